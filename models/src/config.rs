@@ -1,0 +1,77 @@
+//! The `[model]` section of an experiment: which architecture and its layer sizes.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Logistic regression over dense features and one weight per categorical value.
+    Lr,
+    /// Factorisation machine (Rendle 2010).
+    Fm,
+    /// DeepFM (Guo et al. 2017): FM plus an MLP over the same embeddings.
+    Deepfm,
+    /// DCN-V2 (Wang et al. 2021): stacked full-rank cross layers, then an MLP.
+    Dcnv2,
+    /// DLRM (Naumov et al. 2019): bottom MLP, pairwise dot interaction, top MLP.
+    Dlrm,
+}
+
+impl ModelKind {
+    /// Whether the model has a first-order (linear) term over categorical values.
+    pub fn needs_first_order(self) -> bool {
+        matches!(self, ModelKind::Lr | ModelKind::Fm | ModelKind::Deepfm)
+    }
+}
+
+fn default_hidden() -> Vec<i64> {
+    vec![256, 128]
+}
+fn default_bottom() -> Vec<i64> {
+    vec![512, 256]
+}
+fn default_top() -> Vec<i64> {
+    vec![512, 256]
+}
+fn default_cross() -> usize {
+    3
+}
+
+/// Architecture and layer sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub kind: ModelKind,
+    /// Hidden layers of the MLP of DeepFM and DCNv2.
+    #[serde(default = "default_hidden")]
+    pub hidden: Vec<i64>,
+    /// DLRM bottom MLP over dense features; a last layer of the embedding width is added.
+    #[serde(default = "default_bottom")]
+    pub bottom: Vec<i64>,
+    /// DLRM top MLP; a last layer of width 1 is added.
+    #[serde(default = "default_top")]
+    pub top: Vec<i64>,
+    /// DCNv2 cross layers.
+    #[serde(default = "default_cross")]
+    pub cross_layers: usize,
+    /// Dropout after each hidden layer, in [0, 1).
+    #[serde(default)]
+    pub dropout: f64,
+    /// Batch normalisation after each hidden linear layer.
+    #[serde(default)]
+    pub batch_norm: bool,
+}
+
+impl ModelConfig {
+    pub fn new(kind: ModelKind) -> Self {
+        Self {
+            kind,
+            hidden: default_hidden(),
+            bottom: default_bottom(),
+            top: default_top(),
+            cross_layers: default_cross(),
+            dropout: 0.0,
+            batch_norm: false,
+        }
+    }
+}

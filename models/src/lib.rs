@@ -1,0 +1,25 @@
+//! CTR models for shardrec as tch modules: LR, FM, DeepFM, DCNv2 and DLRM, plus the
+//! dense optimizers (Adam, Adagrad, SGD with weight decay).
+//!
+//! Every model reads the same two inputs, produced outside libtorch by the embedding
+//! tables: `dense` (`[batch, num_dense]`) and `emb` (`[batch, sum of feature widths]`,
+//! each feature's vector in its own columns), plus `first_order` (`[batch, features]`,
+//! one scalar weight per feature) for the models with a linear part. The models never own
+//! embedding tables, so tables can be sharded, hashed or pruned without touching them.
+
+mod config;
+mod dcnv2;
+mod deepfm;
+mod dense_optimizer;
+mod dlrm;
+mod error;
+mod fm;
+mod logistic;
+mod mlp;
+mod model;
+
+pub use config::{ModelConfig, ModelKind};
+pub use dense_optimizer::{DenseOptimizer, DenseOptimizerConfig, DenseOptimizerKind};
+pub use error::ModelError;
+pub use mlp::Mlp;
+pub use model::{build_model, CtrModel, ModelInput, ModelShape};

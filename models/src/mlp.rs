@@ -1,0 +1,75 @@
+//! A multilayer perceptron: Linear, optional batch norm, ReLU, optional dropout per hidden
+//! layer; optionally a final linear layer without activation.
+
+use tch::nn::{self, Module, ModuleT};
+use tch::Tensor;
+
+#[derive(Debug)]
+pub struct Mlp {
+    layers: Vec<(nn::Linear, Option<nn::BatchNorm>)>,
+    output: Option<nn::Linear>,
+    dropout: f64,
+    relu_last_hidden: bool,
+}
+
+impl Mlp {
+    /// `hidden` layers with ReLU; then, if `output` is given, a linear layer of that width.
+    /// # Shapes
+    /// `[batch, input] -> [batch, output or last hidden]`
+    pub fn new(
+        p: &nn::Path,
+        input: i64,
+        hidden: &[i64],
+        output: Option<i64>,
+        batch_norm: bool,
+        dropout: f64,
+    ) -> Self {
+        let mut layers = Vec::with_capacity(hidden.len());
+        let mut width = input;
+        for (i, &h) in hidden.iter().enumerate() {
+            let lin = nn::linear(p / format!("linear{i}"), width, h, Default::default());
+            let bn =
+                batch_norm.then(|| nn::batch_norm1d(p / format!("bn{i}"), h, Default::default()));
+            layers.push((lin, bn));
+            width = h;
+        }
+        let output = output.map(|o| nn::linear(p / "out", width, o, Default::default()));
+        Self {
+            layers,
+            output,
+            dropout,
+            relu_last_hidden: true,
+        }
+    }
+
+    /// Width of the result.
+    pub fn out_width(&self, input: i64) -> i64 {
+        if let Some(o) = &self.output {
+            o.ws.size()[0]
+        } else if let Some((l, _)) = self.layers.last() {
+            l.ws.size()[0]
+        } else {
+            input
+        }
+    }
+
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut x = xs.shallow_clone();
+        for (lin, bn) in &self.layers {
+            x = lin.forward(&x);
+            if let Some(bn) = bn {
+                x = bn.forward_t(&x, train);
+            }
+            if self.relu_last_hidden {
+                x = x.relu();
+            }
+            if self.dropout > 0.0 {
+                x = x.dropout(self.dropout, train);
+            }
+        }
+        match &self.output {
+            Some(o) => o.forward(&x),
+            None => x,
+        }
+    }
+}

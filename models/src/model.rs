@@ -1,0 +1,92 @@
+//! The model interface the trainer drives, and the builder from `[model]`.
+
+use tch::{nn, Tensor};
+
+use crate::config::{ModelConfig, ModelKind};
+use crate::dcnv2::Dcnv2;
+use crate::deepfm::DeepFm;
+use crate::dlrm::Dlrm;
+use crate::logistic::Logistic;
+use crate::ModelError;
+
+/// Shape of the inputs a model is built for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelShape {
+    pub num_dense: i64,
+    /// Width of each categorical feature's embedding, in input order.
+    pub feature_widths: Vec<i64>,
+}
+
+impl ModelShape {
+    pub fn embedding_width(&self) -> i64 {
+        self.feature_widths.iter().sum()
+    }
+
+    /// The common width when all features share one, else an error naming the model.
+    pub fn uniform_width(&self, model: &'static str) -> Result<i64, ModelError> {
+        let w = *self.feature_widths.first().ok_or(ModelError::Config {
+            key: "kind",
+            reason: format!("{model} needs at least one categorical feature"),
+        })?;
+        if self.feature_widths.iter().any(|&x| x != w) {
+            return Err(ModelError::Config {
+                key: "kind",
+                reason: format!(
+                    "{model} needs every feature at one width, got {:?}",
+                    self.feature_widths
+                ),
+            });
+        }
+        Ok(w)
+    }
+}
+
+/// One batch's inputs.
+pub struct ModelInput<'a> {
+    /// `[batch, num_dense]`
+    pub dense: &'a Tensor,
+    /// `[batch, embedding width]`
+    pub emb: &'a Tensor,
+    /// `[batch, features]`, present when the model needs first-order weights.
+    pub first_order: Option<&'a Tensor>,
+}
+
+/// A CTR model: inputs to one logit per sample.
+pub trait CtrModel: Send {
+    /// # Shapes
+    /// `dense [B, nd], emb [B, W], first_order [B, F] -> logits [B]`
+    fn forward_t(&self, input: &ModelInput, train: bool) -> Tensor;
+}
+
+/// Builds the configured model with its parameters under `p`.
+pub fn build_model(
+    p: &nn::Path,
+    cfg: &ModelConfig,
+    shape: &ModelShape,
+) -> Result<Box<dyn CtrModel>, ModelError> {
+    if !(0.0..1.0).contains(&cfg.dropout) {
+        return Err(ModelError::Config {
+            key: "dropout",
+            reason: format!("{} is outside [0, 1)", cfg.dropout),
+        });
+    }
+    for (key, layers) in [
+        ("hidden", &cfg.hidden),
+        ("bottom", &cfg.bottom),
+        ("top", &cfg.top),
+    ] {
+        if let Some(&bad) = layers.iter().find(|&&w| !(1..=1 << 20).contains(&w)) {
+            return Err(ModelError::Config {
+                key,
+                reason: format!("layer width {bad} is outside [1, 1048576]"),
+            });
+        }
+    }
+    Ok(match cfg.kind {
+        ModelKind::Lr => Box::new(Logistic::new(p, shape, false)?),
+        ModelKind::Fm => Box::new(Logistic::new(p, shape, true)?),
+        ModelKind::Deepfm => Box::new(DeepFm::new(p, cfg, shape)?),
+        ModelKind::Dcnv2 => Box::new(Dcnv2::new(p, cfg, shape)?),
+        ModelKind::Dlrm => Box::new(Dlrm::new(p, cfg, shape)?),
+    })
+}

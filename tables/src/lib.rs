@@ -1,0 +1,48 @@
+//! Embedding storage, id routing and sparse optimizers for shardrec.
+//!
+//! This crate holds everything about embedding tables that does not need libtorch or MPI,
+//! so it builds and tests in seconds. The pieces, in the order a training step uses them:
+//!
+//! 1. [`KeyedJaggedIds`]: the sparse half of a batch (TorchRec's `KeyedJaggedTensor`).
+//! 2. [`CollectionSpec`]: which tables exist and how each feature's ids reach their rows
+//!    (plain offset, hashed bucket, and later unified chunks or quotient-remainder),
+//!    validated into a [`CollectionLayout`] that fixes every feature's output columns.
+//! 3. [`LookupPlan`]: one batch's requests, with duplicate rows merged per table and the
+//!    requests grouped by row, so forward gathers each row once and backward reduces each
+//!    row's gradient once, in a fixed order (bitwise repeatable).
+//! 4. [`ShardingPlan`]: plain data saying which rank owns which rows and columns of each
+//!    table; routing an id to its owner is a pure function of it.
+//! 5. [`TableShard`]: the rows (and optimizer state) one rank owns, behind the
+//!    [`RowStorage`] seam (RAM now, memory-mapped files later).
+//! 6. [`SparseOptimizer`]: SGD, Adagrad (row-wise and element-wise) and lazy Adam applied
+//!    to the touched rows only.
+//! 7. [`LocalEmbeddings`]: one process owning every shard; the MPI engine replaces only the
+//!    exchange between steps 3 and 5.
+
+mod collection;
+mod error;
+mod hashing;
+mod init;
+mod jagged;
+mod local;
+mod lookup_plan;
+mod optimizer;
+mod row_ops;
+mod shard;
+mod sharding;
+mod spec;
+mod storage;
+
+pub use collection::{CollectionLayout, FeatureLayout};
+pub use error::TableError;
+pub use hashing::{hash_id, mix64, unit_f32};
+pub use init::RowInit;
+pub use jagged::KeyedJaggedIds;
+pub use local::LocalEmbeddings;
+pub use lookup_plan::{LookupPlan, Request, TableRequests};
+pub use optimizer::{OptimizerKind, SparseOptimizer};
+pub use row_ops::{assemble_output, reduce_row_gradients};
+pub use shard::TableShard;
+pub use sharding::{Bucketized, ShardExtent, ShardingKind, ShardingPlan, TablePlacement};
+pub use spec::{CollectionSpec, Combine, FeatureSpec, Pooling, Probe, RowMap, TableSpec};
+pub use storage::{InMemoryRows, RowStorage};

@@ -1,0 +1,240 @@
+//! One process owning every shard of a collection: the single-rank case of the sharded
+//! engine, used when shardrec runs without mpirun and as the reference the MPI engine is
+//! tested against. The steps mirror the distributed ones (bucketize by owner, gather at
+//! the owner, unbucketize; split gradients by owner, apply at the owner) with the
+//! exchange being a function call.
+
+use crate::collection::CollectionLayout;
+use crate::lookup_plan::LookupPlan;
+use crate::optimizer::SparseOptimizer;
+use crate::row_ops::{assemble_output, reduce_row_gradients};
+use crate::shard::TableShard;
+use crate::sharding::ShardingPlan;
+use crate::{KeyedJaggedIds, TableError};
+
+#[derive(Debug)]
+pub struct LocalEmbeddings {
+    layout: CollectionLayout,
+    plan: ShardingPlan,
+    optimizer: SparseOptimizer,
+    /// Shards of table t, in the order of `plan.tables[t].extents(..)`.
+    shards: Vec<Vec<TableShard>>,
+    dims: Vec<usize>,
+}
+
+impl LocalEmbeddings {
+    /// Initialises every table under `plan` (every extent held here, whatever its rank).
+    pub fn new(
+        layout: CollectionLayout,
+        plan: ShardingPlan,
+        optimizer: SparseOptimizer,
+    ) -> Result<Self, TableError> {
+        plan.validate(&layout)?;
+        let dims: Vec<usize> = (0..layout.num_tables())
+            .map(|t| layout.table_dim(t))
+            .collect();
+        let shards = layout
+            .spec()
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(t, spec)| {
+                plan.placement(t)
+                    .extents(spec.rows, spec.dim)
+                    .iter()
+                    .take(
+                        if plan.placement(t).kind == crate::ShardingKind::DataParallel {
+                            1
+                        } else {
+                            usize::MAX
+                        },
+                    )
+                    .map(|e| TableShard::new(&spec.name, spec.dim, e, &spec.init, &optimizer))
+                    .collect()
+            })
+            .collect();
+        Ok(Self {
+            layout,
+            plan,
+            optimizer,
+            shards,
+            dims,
+        })
+    }
+
+    /// Everything table-wise on this process.
+    pub fn single_process(
+        layout: CollectionLayout,
+        optimizer: SparseOptimizer,
+    ) -> Result<Self, TableError> {
+        let plan = ShardingPlan::single_process(&layout);
+        Self::new(layout, plan, optimizer)
+    }
+
+    pub fn layout(&self) -> &CollectionLayout {
+        &self.layout
+    }
+
+    pub fn optimizer(&self) -> &SparseOptimizer {
+        &self.optimizer
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    pub fn shards(&self) -> &[Vec<TableShard>] {
+        &self.shards
+    }
+
+    pub fn shards_mut(&mut self) -> &mut [Vec<TableShard>] {
+        &mut self.shards
+    }
+
+    /// Plans a batch's lookups.
+    pub fn plan(&self, batch: &KeyedJaggedIds) -> Result<LookupPlan, TableError> {
+        LookupPlan::build(&self.layout, batch)
+    }
+
+    /// Fetches every table's distinct rows of the plan (the forward exchange).
+    pub fn fetch(&self, plan: &LookupPlan) -> Result<Vec<Vec<f32>>, TableError> {
+        use rayon::prelude::*;
+        (0..self.layout.num_tables())
+            .into_par_iter()
+            .map(|t| {
+                let reqs = &plan.tables[t];
+                let b = self.plan.bucketize(
+                    t,
+                    self.layout.table_rows(t),
+                    self.dims[t],
+                    &reqs.unique_rows,
+                    0,
+                );
+                let answers = b
+                    .dests
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        self.shards[t][i.min(self.shards[t].len() - 1)].gather(&d.local_rows)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                b.unbucketize(reqs.unique_rows.len(), self.dims[t], &answers)
+            })
+            .collect()
+    }
+
+    /// Forward: the batch x width embedding input of the dense model, written to `out`.
+    /// Returns the fetched rows, which backward needs.
+    pub fn forward(&self, plan: &LookupPlan, out: &mut [f32]) -> Result<Vec<Vec<f32>>, TableError> {
+        let gathered = self.fetch(plan)?;
+        assemble_output(plan, &self.dims, &gathered, out)?;
+        Ok(gathered)
+    }
+
+    /// Backward: reduces the output gradient per distinct row and applies the optimizer at
+    /// the owners.
+    pub fn backward(
+        &mut self,
+        plan: &LookupPlan,
+        gathered: &[Vec<f32>],
+        out_grad: &[f32],
+    ) -> Result<(), TableError> {
+        let grads = reduce_row_gradients(plan, &self.dims, gathered, out_grad)?;
+        self.apply_row_gradients(plan, &grads)
+    }
+
+    /// Applies per-distinct-row gradients (`grads[t]`: unique x dim) at the owners.
+    pub fn apply_row_gradients(
+        &mut self,
+        plan: &LookupPlan,
+        grads: &[Vec<f32>],
+    ) -> Result<(), TableError> {
+        use rayon::prelude::*;
+        let opt = self.optimizer;
+        let dims = &self.dims;
+        let sharding = &self.plan;
+        let layout = &self.layout;
+        self.shards
+            .par_iter_mut()
+            .enumerate()
+            .try_for_each(|(t, shards)| {
+                let reqs = &plan.tables[t];
+                let b = sharding.bucketize(t, layout.table_rows(t), dims[t], &reqs.unique_rows, 0);
+                let parts = b.split_gradients(dims[t], &grads[t]);
+                for ((i, d), g) in b.dests.iter().enumerate().zip(&parts) {
+                    let s = i.min(shards.len() - 1);
+                    shards[s].apply(&opt, &d.local_rows, g)?;
+                }
+                Ok(())
+            })
+    }
+
+    /// Bytes of parameters and optimizer state over all shards.
+    pub fn bytes(&self) -> (usize, usize) {
+        self.shards
+            .iter()
+            .flatten()
+            .map(|s| s.bytes())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CollectionSpec, OptimizerKind, RowInit, ShardingKind, TablePlacement};
+
+    fn layout() -> CollectionLayout {
+        CollectionLayout::new(CollectionSpec::plain(
+            &["a".into(), "b".into()],
+            &[7, 5],
+            4,
+            RowInit::Uniform {
+                bound: 0.5,
+                seed: 9,
+            },
+        ))
+        .unwrap()
+    }
+
+    /// Every sharding kind (all shards in one process) gives the same embeddings and the
+    /// same rows after an update as the unsharded table.
+    #[test]
+    fn sharded_placements_match_single_table() {
+        let opt = SparseOptimizer::new(OptimizerKind::Adam, 0.1);
+        let batch = KeyedJaggedIds::from_single_valued(2, 3, &[1, 4, 6, 0, 1, 4]).unwrap();
+        let mut reference = LocalEmbeddings::single_process(layout(), opt).unwrap();
+        let run = |e: &mut LocalEmbeddings| {
+            let plan = e.plan(&batch).unwrap();
+            let mut out = vec![0.0; 3 * 8];
+            let g = e.forward(&plan, &mut out).unwrap();
+            let grad: Vec<f32> = (0..24).map(|i| i as f32 * 0.1 - 1.0).collect();
+            e.backward(&plan, &g, &grad).unwrap();
+            let mut after = vec![0.0; 3 * 8];
+            e.forward(&plan, &mut after).unwrap();
+            (out, after)
+        };
+        let want = run(&mut reference);
+        for kind in [
+            ShardingKind::RowWise,
+            ShardingKind::ColumnWise,
+            ShardingKind::DataParallel,
+        ] {
+            let n = 3;
+            let plan = ShardingPlan {
+                world_size: n,
+                tables: ["a", "b"]
+                    .iter()
+                    .map(|t| TablePlacement {
+                        table: t.to_string(),
+                        kind,
+                        ranks: (0..n).collect(),
+                        column_starts: vec![],
+                    })
+                    .collect(),
+            };
+            let mut e = LocalEmbeddings::new(layout(), plan, opt).unwrap();
+            assert_eq!(run(&mut e), want, "{kind:?}");
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The two data movements between fetched rows and the dense model's input.
+//!
+//! Forward ([`assemble_output`]): each sample's output row is the pooled, combined rows
+//! its requests point at. Backward ([`reduce_row_gradients`]): each distinct row's
+//! gradient is the weighted sum of the output-gradient slices its requests fed. Both run
+//! in parallel over disjoint outputs (samples, then distinct rows) and sum in a fixed
+//! order, so results do not depend on the number of threads.
+
+use rayon::prelude::*;
+
+use crate::lookup_plan::{LookupPlan, NO_PARTNER};
+use crate::TableError;
+
+fn check_rows(
+    plan: &LookupPlan,
+    dims: &[usize],
+    rows: &[Vec<f32>],
+    what: &str,
+) -> Result<(), TableError> {
+    if dims.len() != plan.tables.len() || rows.len() != plan.tables.len() {
+        return Err(TableError::SizeMismatch {
+            what: format!("{what} tables"),
+            expected: plan.tables.len(),
+            got: rows.len().min(dims.len()),
+        });
+    }
+    for (t, (r, &d)) in rows.iter().zip(dims).enumerate() {
+        let expected = plan.tables[t].unique_rows.len() * d;
+        if r.len() != expected {
+            return Err(TableError::SizeMismatch {
+                what: format!("{what} of table {t}"),
+                expected,
+                got: r.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes the batch's embeddings into `out` (batch x width, overwritten).
+///
+/// `gathered[t]` holds table `t`'s distinct rows of this batch (in `unique_rows` order),
+/// `dims[t]` floats each.
+pub fn assemble_output(
+    plan: &LookupPlan,
+    dims: &[usize],
+    gathered: &[Vec<f32>],
+    out: &mut [f32],
+) -> Result<(), TableError> {
+    check_rows(plan, dims, gathered, "gathered rows")?;
+    let expected = plan.batch_size * plan.width;
+    if out.len() != expected {
+        return Err(TableError::SizeMismatch {
+            what: "output".into(),
+            expected,
+            got: out.len(),
+        });
+    }
+    if plan.width == 0 {
+        return Ok(());
+    }
+    out.par_chunks_mut(plan.width)
+        .enumerate()
+        .for_each(|(b, row_out)| {
+            row_out.fill(0.0);
+            let base = b * plan.width;
+            let reqs =
+                &plan.requests[plan.sample_starts[b] as usize..plan.sample_starts[b + 1] as usize];
+            for r in reqs {
+                if r.secondary {
+                    continue;
+                }
+                let d = dims[r.table as usize];
+                let src = &gathered[r.table as usize][r.unique as usize * d..][..d];
+                let dst = &mut row_out[r.dest - base..][..d];
+                if r.partner == NO_PARTNER {
+                    for (o, s) in dst.iter_mut().zip(src) {
+                        *o += r.weight * s;
+                    }
+                } else {
+                    let p = plan.requests[r.partner as usize];
+                    let other = &gathered[p.table as usize][p.unique as usize * d..][..d];
+                    for ((o, s), q) in dst.iter_mut().zip(src).zip(other) {
+                        *o += r.weight * s * q;
+                    }
+                }
+            }
+        });
+    Ok(())
+}
+
+/// Gradient of every distinct row of every table, from the gradient of the output
+/// (batch x width). `gathered` (the forward rows) is needed only by `Mul` features.
+pub fn reduce_row_gradients(
+    plan: &LookupPlan,
+    dims: &[usize],
+    gathered: &[Vec<f32>],
+    out_grad: &[f32],
+) -> Result<Vec<Vec<f32>>, TableError> {
+    check_rows(plan, dims, gathered, "gathered rows")?;
+    let expected = plan.batch_size * plan.width;
+    if out_grad.len() != expected {
+        return Err(TableError::SizeMismatch {
+            what: "output gradient".into(),
+            expected,
+            got: out_grad.len(),
+        });
+    }
+    Ok(plan
+        .tables
+        .par_iter()
+        .zip(dims.par_iter())
+        .map(|(t, &d)| {
+            let mut grads = vec![0.0f32; t.unique_rows.len() * d];
+            grads
+                .par_chunks_mut(d.max(1))
+                .enumerate()
+                .for_each(|(g, acc)| {
+                    for &ri in &t.order[t.group_starts[g] as usize..t.group_starts[g + 1] as usize]
+                    {
+                        let r = plan.requests[ri as usize];
+                        let src = &out_grad[r.dest..][..d];
+                        if r.partner == NO_PARTNER {
+                            for (a, s) in acc.iter_mut().zip(src) {
+                                *a += r.weight * s;
+                            }
+                        } else {
+                            let p = plan.requests[r.partner as usize];
+                            let other = &gathered[p.table as usize][p.unique as usize * d..][..d];
+                            for ((a, s), q) in acc.iter_mut().zip(src).zip(other) {
+                                *a += r.weight * s * q;
+                            }
+                        }
+                    }
+                });
+            grads
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{CollectionSpec, Combine, FeatureSpec, Pooling, Probe, RowMap, TableSpec};
+    use crate::{CollectionLayout, KeyedJaggedIds, RowInit};
+
+    /// A table whose row r is [r, 10 r].
+    fn rows_of(t: &crate::TableRequests) -> Vec<f32> {
+        t.unique_rows
+            .iter()
+            .flat_map(|&r| [r as f32, 10.0 * r as f32])
+            .collect()
+    }
+
+    fn layout(combine: Combine, pooling: Pooling, probes: Vec<RowMap>) -> CollectionLayout {
+        CollectionLayout::new(CollectionSpec {
+            tables: vec![
+                TableSpec {
+                    name: "a".into(),
+                    rows: 100,
+                    dim: 2,
+                    init: RowInit::Zeros,
+                },
+                TableSpec {
+                    name: "b".into(),
+                    rows: 100,
+                    dim: 2,
+                    init: RowInit::Zeros,
+                },
+            ],
+            features: vec![FeatureSpec {
+                name: "f".into(),
+                probes: probes
+                    .into_iter()
+                    .zip(["a", "b"])
+                    .map(|(map, t)| Probe {
+                        table: t.into(),
+                        map,
+                    })
+                    .collect(),
+                combine,
+                pooling,
+            }],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn mean_pooling_and_its_gradient() {
+        let l = layout(
+            Combine::Concat,
+            Pooling::Mean,
+            vec![RowMap::Offset {
+                offset: 0,
+                id_rows: 100,
+            }],
+        );
+        let batch = KeyedJaggedIds::from_lengths(1, 2, &[2, 1], vec![3, 5, 3]).unwrap();
+        let plan = LookupPlan::build(&l, &batch).unwrap();
+        let g = vec![rows_of(&plan.tables[0]), vec![]];
+        let dims = [2, 2];
+        let mut out = vec![0.0; 4];
+        assemble_output(&plan, &dims, &g, &mut out).unwrap();
+        assert_eq!(out, vec![4.0, 40.0, 3.0, 30.0]);
+        let grads = reduce_row_gradients(&plan, &dims, &g, &[1.0, 2.0, 10.0, 20.0]).unwrap();
+        // row 3: 0.5 * [1, 2] + [10, 20]; row 5: 0.5 * [1, 2]
+        assert_eq!(grads[0], vec![10.5, 21.0, 0.5, 1.0]);
+    }
+
+    #[test]
+    fn quotient_remainder_product_and_its_gradient() {
+        let l = layout(
+            Combine::Mul,
+            Pooling::Sum,
+            vec![
+                RowMap::Quotient { divisor: 10 },
+                RowMap::Remainder { modulus: 10 },
+            ],
+        );
+        let batch = KeyedJaggedIds::from_single_valued(1, 1, &[23]).unwrap();
+        let plan = LookupPlan::build(&l, &batch).unwrap();
+        assert_eq!(plan.tables[0].unique_rows, vec![2]);
+        assert_eq!(plan.tables[1].unique_rows, vec![3]);
+        let g = vec![rows_of(&plan.tables[0]), rows_of(&plan.tables[1])];
+        let mut out = vec![0.0; 2];
+        assemble_output(&plan, &[2, 2], &g, &mut out).unwrap();
+        assert_eq!(out, vec![6.0, 600.0]);
+        let grads = reduce_row_gradients(&plan, &[2, 2], &g, &[1.0, 1.0]).unwrap();
+        assert_eq!(grads[0], vec![3.0, 30.0]);
+        assert_eq!(grads[1], vec![2.0, 20.0]);
+    }
+
+    #[test]
+    fn wrong_buffer_sizes_are_errors() {
+        let l = layout(
+            Combine::Concat,
+            Pooling::Sum,
+            vec![RowMap::Offset {
+                offset: 0,
+                id_rows: 100,
+            }],
+        );
+        let batch = KeyedJaggedIds::from_single_valued(1, 2, &[1, 2]).unwrap();
+        let plan = LookupPlan::build(&l, &batch).unwrap();
+        let g = vec![rows_of(&plan.tables[0]), vec![]];
+        let mut out = vec![0.0; 3];
+        assert!(assemble_output(&plan, &[2, 2], &g, &mut out).is_err());
+        assert!(reduce_row_gradients(&plan, &[2, 2], &g, &[0.0; 5]).is_err());
+    }
+}

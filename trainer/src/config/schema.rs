@@ -1,0 +1,400 @@
+//! The sections of an experiment file. Keys users set most keep stable names: `seed`,
+//! `data.format`, `data.train`, `data.valid`, `data.test`, `model.kind`, `train.epochs`,
+//! `train.batch_size`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use shardrec_models::{DenseOptimizerConfig, ModelConfig};
+use shardrec_tables::{OptimizerKind, Pooling};
+
+fn default_seed() -> u64 {
+    2024
+}
+
+/// A whole experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Name used for the run folder; defaults to the config file's stem.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub embedding: EmbeddingConfig,
+    pub model: ModelConfig,
+    /// Optimizer of the dense network.
+    #[serde(default)]
+    pub optimizer: DenseOptimizerConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// Criteo TSV: label, 13 integer columns, 26 hex categorical columns, no header.
+    Criteo,
+    /// Avazu CSV with header (`id,click,hour,...`).
+    Avazu,
+    /// libFM: `label idx:val ...`, one field per position.
+    Libfm,
+    /// A delimited file whose columns `data.columns` describes.
+    Delimited,
+    /// Already prepared by `shardrec prepare` (a folder with `meta.json`).
+    Prepared,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DenseTransform {
+    /// log(1 + max(x, 0)) (DLRM).
+    #[default]
+    Log1p,
+    /// floor(ln(x)^2) for x > 2, x otherwise (BARS, OptEmbed).
+    LnSquared,
+    Identity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BadRowPolicy {
+    /// Stop at the first bad row with file:line:column and its text.
+    #[default]
+    Error,
+    /// Skip bad rows, count each kind, report the counts.
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitKind {
+    /// The last fractions of the rows in file order (valid, then test).
+    #[default]
+    Tail,
+    /// Each row assigned by a seeded hash of its index.
+    Random,
+}
+
+fn default_test_fraction() -> f64 {
+    0.2
+}
+fn default_split_seed() -> u64 {
+    42
+}
+
+/// How one file is split when `data.valid` / `data.test` are not given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    #[serde(default)]
+    pub kind: SplitKind,
+    #[serde(default)]
+    pub valid: f64,
+    #[serde(default = "default_test_fraction")]
+    pub test: f64,
+    #[serde(default = "default_split_seed")]
+    pub seed: u64,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            kind: SplitKind::Tail,
+            valid: 0.0,
+            test: default_test_fraction(),
+            seed: default_split_seed(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnRole {
+    Label,
+    Dense,
+    Categorical,
+    Skip,
+}
+
+/// One column of a delimited file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    pub name: String,
+    pub role: ColumnRole,
+    /// Categorical columns holding several values (e.g. genres "a|b"): their separator.
+    #[serde(default)]
+    pub separator: Option<String>,
+    /// Label column only: label = 1 when the value is >= threshold, else 0. Without a
+    /// threshold the value must be 0 or 1 (or -1 for 0).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+}
+
+fn default_min_count() -> u64 {
+    1
+}
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("data/prepared")
+}
+
+/// `[data]`: where the rows come from and how they are prepared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub format: DataFormat,
+    /// Training file (raw or prepared folder).
+    pub train: PathBuf,
+    #[serde(default)]
+    pub valid: Option<PathBuf>,
+    #[serde(default)]
+    pub test: Option<PathBuf>,
+    /// Split of `train` into train/valid/test when those files are not given.
+    #[serde(default)]
+    pub split: SplitConfig,
+    /// Categorical values seen fewer times in the training split share one OOV id.
+    #[serde(default = "default_min_count")]
+    pub min_count: u64,
+    #[serde(default)]
+    pub dense_transform: DenseTransform,
+    /// Turn (transformed) dense columns into categorical features, as BARS does.
+    #[serde(default)]
+    pub dense_as_categorical: bool,
+    #[serde(default)]
+    pub on_bad_row: BadRowPolicy,
+    /// Prepared data is cached here, keyed by inputs and options.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Delimited format: field separator (one character; default tab).
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    /// Delimited format: the first line is a header.
+    #[serde(default)]
+    pub header: bool,
+    /// Delimited format: every column in order.
+    #[serde(default)]
+    pub columns: Vec<ColumnConfig>,
+    /// libFM: fields per row (default: taken from the first row).
+    #[serde(default)]
+    pub libfm_fields: Option<usize>,
+    /// Read at most this many rows of each file (0 = all).
+    #[serde(default)]
+    pub max_rows: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TableKindConfig {
+    /// One row per vocabulary id.
+    #[default]
+    Plain,
+    /// A fixed number of buckets, ids hashed with a per-feature seed.
+    Hashed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InitKind {
+    /// Uniform in [-scale, scale]; default scale sqrt(1 / rows) (TorchRec).
+    #[default]
+    Uniform,
+    /// Normal with standard deviation `scale` (default 0.01).
+    Normal,
+}
+
+/// Row initialisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    #[serde(default)]
+    pub kind: InitKind,
+    #[serde(default)]
+    pub scale: Option<f32>,
+}
+
+fn default_sparse_lr() -> f32 {
+    0.01
+}
+
+/// The sparse optimizer of the embedding tables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparseOptimizerConfig {
+    pub kind: OptimizerKind,
+    #[serde(default = "default_sparse_lr")]
+    pub lr: f32,
+    #[serde(default)]
+    pub weight_decay: f32,
+    #[serde(default)]
+    pub eps: Option<f32>,
+    #[serde(default)]
+    pub beta1: Option<f32>,
+    #[serde(default)]
+    pub beta2: Option<f32>,
+    #[serde(default)]
+    pub initial_accumulator: f32,
+}
+
+impl Default for SparseOptimizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::RowwiseAdagrad,
+            lr: default_sparse_lr(),
+            weight_decay: 0.0,
+            eps: None,
+            beta1: None,
+            beta2: None,
+            initial_accumulator: 0.0,
+        }
+    }
+}
+
+/// A table serving one or more features, overriding the `[embedding]` defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    pub name: String,
+    pub features: Vec<String>,
+    #[serde(default)]
+    pub kind: Option<TableKindConfig>,
+    #[serde(default)]
+    pub dim: Option<usize>,
+    #[serde(default)]
+    pub buckets: Option<u64>,
+}
+
+fn default_dim() -> usize {
+    16
+}
+
+/// `[embedding]`: tables for the categorical features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    #[serde(default = "default_dim")]
+    pub dim: usize,
+    /// Default table kind of a feature without its own `[[embedding.tables]]` entry.
+    #[serde(default)]
+    pub kind: TableKindConfig,
+    /// Rows of each hashed table.
+    #[serde(default)]
+    pub buckets: u64,
+    #[serde(default)]
+    pub pooling: Pooling,
+    #[serde(default)]
+    pub init: InitConfig,
+    #[serde(default)]
+    pub optimizer: SparseOptimizerConfig,
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        Self {
+            dim: default_dim(),
+            kind: TableKindConfig::Plain,
+            buckets: 0,
+            pooling: Pooling::Sum,
+            init: InitConfig::default(),
+            optimizer: SparseOptimizerConfig::default(),
+            tables: vec![],
+        }
+    }
+}
+
+fn default_epochs() -> usize {
+    1
+}
+fn default_batch_size() -> usize {
+    1024
+}
+fn default_queue() -> usize {
+    4
+}
+fn default_true() -> bool {
+    true
+}
+fn default_window() -> usize {
+    1 << 20
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// `[train]`: the training loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Validate every N steps (0: at the end of each epoch).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Stop after this many validations without a better AUC (0: never).
+    #[serde(default)]
+    pub early_stopping_patience: usize,
+    /// Stop after this many steps (0: no limit).
+    #[serde(default)]
+    pub max_steps: usize,
+    /// Threads for libtorch and for the table kernels (0: all cores).
+    #[serde(default)]
+    pub threads: usize,
+    /// Log a line every N steps when not on a terminal (0: about 20 lines per epoch).
+    #[serde(default)]
+    pub log_every: usize,
+    /// Run folder (default: runs/<name>-<time>).
+    #[serde(default)]
+    pub run_dir: Option<std::path::PathBuf>,
+    /// Batches prepared ahead by the loader thread.
+    #[serde(default = "default_queue")]
+    pub loader_queue: usize,
+    #[serde(default = "default_true")]
+    pub shuffle: bool,
+    /// Rows shuffled together (memory bound of the shuffle).
+    #[serde(default = "default_window")]
+    pub shuffle_window: usize,
+    /// "cpu" or "cuda".
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Save the model (dense + tables) in the run folder at the end.
+    #[serde(default = "default_true")]
+    pub save_model: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialise")
+    }
+}
+
+fn default_eval_batch() -> usize {
+    8192
+}
+
+/// `[eval]`: offline evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+    /// Categorical feature whose value groups samples for GAUC (e.g. a user id).
+    #[serde(default)]
+    pub gauc_by: Option<String>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: default_eval_batch(),
+            gauc_by: None,
+        }
+    }
+}

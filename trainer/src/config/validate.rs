@@ -1,0 +1,241 @@
+//! Range and consistency checks of a deserialised experiment, each naming its key.
+
+use super::schema::{ColumnRole, DataFormat, ExperimentConfig, TableKindConfig};
+
+/// A value outside its range: the dotted key, the value, the allowed range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub key: String,
+    pub value: String,
+    pub range: String,
+}
+
+fn check<T: PartialOrd + std::fmt::Display>(
+    out: &mut Vec<Violation>,
+    key: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) {
+    if !(v >= lo && v <= hi) {
+        out.push(Violation {
+            key: key.into(),
+            value: v.to_string(),
+            range: format!("must be in [{lo}, {hi}]"),
+        });
+    }
+}
+
+fn fail(
+    out: &mut Vec<Violation>,
+    key: &str,
+    value: impl std::fmt::Display,
+    range: impl Into<String>,
+) {
+    out.push(Violation {
+        key: key.into(),
+        value: value.to_string(),
+        range: range.into(),
+    });
+}
+
+/// Every violation, in key order of the file's sections.
+pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
+    let mut v = Vec::new();
+    let d = &c.data;
+    check(&mut v, "data.split.valid", d.split.valid, 0.0, 0.9);
+    check(&mut v, "data.split.test", d.split.test, 0.0, 0.9);
+    if d.split.valid + d.split.test >= 0.95 {
+        fail(
+            &mut v,
+            "data.split.test",
+            d.split.test,
+            "valid + test fractions must leave rows to train on (sum below 0.95)",
+        );
+    }
+    check(&mut v, "data.min_count", d.min_count, 1, u32::MAX as u64);
+    if let Some(del) = &d.delimiter {
+        if del.len() != 1 {
+            fail(
+                &mut v,
+                "data.delimiter",
+                format!("{del:?}"),
+                "must be one ASCII character",
+            );
+        }
+    }
+    if let Some(n) = d.libfm_fields {
+        check(&mut v, "data.libfm_fields", n, 1, 4096);
+    }
+    if d.format == DataFormat::Delimited {
+        let labels = d
+            .columns
+            .iter()
+            .filter(|c| c.role == ColumnRole::Label)
+            .count();
+        if labels != 1 {
+            fail(
+                &mut v,
+                "data.columns",
+                format!("{labels} label columns"),
+                "a delimited file needs exactly one column with role = \"label\"",
+            );
+        }
+        let mut names: Vec<&str> = d.columns.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            fail(
+                &mut v,
+                "data.columns",
+                format!("`{}` twice", w[0]),
+                "column names must be distinct",
+            );
+        }
+        for c in &d.columns {
+            if let Some(s) = &c.separator {
+                if s.len() != 1 || c.role != ColumnRole::Categorical {
+                    fail(
+                        &mut v,
+                        "data.columns.separator",
+                        format!("{s:?} on `{}`", c.name),
+                        "one ASCII character, on categorical columns only",
+                    );
+                }
+            }
+            if c.threshold.is_some() && c.role != ColumnRole::Label {
+                fail(
+                    &mut v,
+                    "data.columns.threshold",
+                    &c.name,
+                    "only the label column takes a threshold",
+                );
+            }
+        }
+    } else if !d.columns.is_empty() {
+        fail(
+            &mut v,
+            "data.columns",
+            format!("{:?}", d.format),
+            "columns are only read for format = \"delimited\"",
+        );
+    }
+
+    let e = &c.embedding;
+    check(&mut v, "embedding.dim", e.dim, 1, 4096);
+    if e.kind == TableKindConfig::Hashed {
+        check(&mut v, "embedding.buckets", e.buckets, 1, 1 << 40);
+    }
+    if let Some(s) = e.init.scale {
+        check(&mut v, "embedding.init.scale", s, f32::MIN_POSITIVE, 10.0);
+    }
+    let o = &e.optimizer;
+    check(
+        &mut v,
+        "embedding.optimizer.lr",
+        o.lr,
+        f32::MIN_POSITIVE,
+        1000.0,
+    );
+    check(
+        &mut v,
+        "embedding.optimizer.weight_decay",
+        o.weight_decay,
+        0.0,
+        1.0,
+    );
+    check(
+        &mut v,
+        "embedding.optimizer.initial_accumulator",
+        o.initial_accumulator,
+        0.0,
+        1e6,
+    );
+    if let Some(x) = o.eps {
+        check(&mut v, "embedding.optimizer.eps", x, 0.0, 1.0);
+    }
+    for (k, b) in [
+        ("embedding.optimizer.beta1", o.beta1),
+        ("embedding.optimizer.beta2", o.beta2),
+    ] {
+        if let Some(b) = b {
+            check(&mut v, k, b, 0.0, 0.999_999);
+        }
+    }
+    for t in &e.tables {
+        if t.features.is_empty() {
+            fail(
+                &mut v,
+                "embedding.tables.features",
+                format!("table `{}`", t.name),
+                "needs at least one feature",
+            );
+        }
+        if let Some(dim) = t.dim {
+            check(&mut v, "embedding.tables.dim", dim, 1, 4096);
+        }
+        if let Some(b) = t.buckets {
+            check(&mut v, "embedding.tables.buckets", b, 1, 1 << 40);
+        }
+        if t.kind.unwrap_or(e.kind) == TableKindConfig::Hashed
+            && t.buckets.unwrap_or(e.buckets) == 0
+        {
+            fail(
+                &mut v,
+                "embedding.tables.buckets",
+                format!("table `{}`", t.name),
+                "a hashed table needs buckets >= 1",
+            );
+        }
+    }
+
+    let m = &c.model;
+    check(&mut v, "model.dropout", m.dropout, 0.0, 0.99);
+    check(&mut v, "model.cross_layers", m.cross_layers, 1, 64);
+    for (k, layers) in [
+        ("model.hidden", &m.hidden),
+        ("model.bottom", &m.bottom),
+        ("model.top", &m.top),
+    ] {
+        for &w in layers.iter() {
+            check(&mut v, k, w, 1, 1 << 20);
+        }
+    }
+    let p = &c.optimizer;
+    check(&mut v, "optimizer.lr", p.lr, f64::MIN_POSITIVE, 1000.0);
+    check(&mut v, "optimizer.weight_decay", p.weight_decay, 0.0, 1.0);
+    check(&mut v, "optimizer.beta1", p.beta1, 0.0, 0.999_999);
+    check(&mut v, "optimizer.beta2", p.beta2, 0.0, 0.999_999);
+    check(&mut v, "optimizer.eps", p.eps, 0.0, 1.0);
+    check(&mut v, "optimizer.momentum", p.momentum, 0.0, 0.999);
+
+    let t = &c.train;
+    check(&mut v, "train.epochs", t.epochs, 1, 1_000_000);
+    check(&mut v, "train.batch_size", t.batch_size, 1, 1 << 24);
+    check(&mut v, "train.threads", t.threads, 0, 1024);
+    check(&mut v, "train.loader_queue", t.loader_queue, 1, 1024);
+    check(&mut v, "train.shuffle_window", t.shuffle_window, 1, 1 << 32);
+    if !(t.device == "cpu"
+        || t.device == "cuda"
+        || t.device
+            .strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<u32>().is_ok()))
+    {
+        fail(
+            &mut v,
+            "train.device",
+            format!("\"{}\"", t.device),
+            "must be \"cpu\", \"cuda\" or \"cuda:N\"",
+        );
+    }
+    let has_valid = d.valid.is_some() || d.split.valid > 0.0 || d.format == DataFormat::Prepared;
+    if t.early_stopping_patience > 0 && !has_valid {
+        fail(
+            &mut v,
+            "train.early_stopping_patience",
+            t.early_stopping_patience,
+            "needs a validation split (data.valid or data.split.valid > 0)",
+        );
+    }
+    check(&mut v, "eval.batch_size", c.eval.batch_size, 1, 1 << 24);
+    v
+}

@@ -1,0 +1,233 @@
+//! Batches from a prepared split, made by a loader thread ahead of the training step and
+//! handed over through a bounded crossbeam channel (so at most `queue` batches wait).
+//!
+//! Order: a rank reads its own contiguous slice of the rows. With shuffling on, the slice
+//! is cut into windows of `window` rows; the order of windows and the order of rows inside
+//! each window are permutations drawn from (seed, epoch), so the shuffle is repeatable and
+//! its memory is one window of row indices, whatever the file size.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver};
+use shardrec_tables::{mix64, KeyedJaggedIds};
+
+use super::prepared::PreparedSplit;
+
+/// One batch, ready for the tables and the dense model.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub labels: Vec<f32>,
+    /// `[rows, num_dense]`, row-major.
+    pub dense: Vec<f32>,
+    pub sparse: KeyedJaggedIds,
+    /// Group key of each row (for GAUC), when asked for.
+    pub groups: Option<Vec<u64>>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoaderOptions {
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub seed: u64,
+    pub epoch: u64,
+    pub window: usize,
+    pub queue: usize,
+    /// (rank, world): this rank reads the rank-th of world contiguous slices.
+    pub shard: (usize, usize),
+    /// Categorical feature whose first id groups rows for GAUC.
+    pub group_feature: Option<usize>,
+}
+
+/// Receiving end of a loader thread.
+pub struct BatchStream {
+    rx: Receiver<Batch>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Iterator for BatchStream {
+    type Item = Batch;
+    fn next(&mut self) -> Option<Batch> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Drop for BatchStream {
+    fn drop(&mut self) {
+        // Closing the channel stops the thread at its next send.
+        let (_, dead) = bounded(0);
+        self.rx = dead;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Small deterministic RNG (SplitMix64 stream) for permutations.
+struct Stream(u64);
+impl Stream {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        mix64(self.0)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        ((self.next() as u128 * n as u128) >> 64) as usize
+    }
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Rows of this rank's slice in the order the epoch visits them, window by window.
+pub fn row_order(rows: usize, opts: &LoaderOptions) -> impl Iterator<Item = Vec<usize>> {
+    let (rank, world) = opts.shard;
+    let start = rows * rank / world.max(1);
+    let end = rows * (rank + 1) / world.max(1);
+    let window = opts.window.max(1);
+    let n_windows = (end - start).div_ceil(window);
+    let mut rng = Stream(mix64(opts.seed ^ mix64(opts.epoch.wrapping_add(0x5EED))));
+    let mut windows: Vec<usize> = (0..n_windows).collect();
+    if opts.shuffle {
+        rng.shuffle(&mut windows);
+    }
+    let shuffle = opts.shuffle;
+    windows.into_iter().map(move |w| {
+        let a = start + w * window;
+        let mut idx: Vec<usize> = (a..(a + window).min(end)).collect();
+        if shuffle {
+            rng.shuffle(&mut idx);
+        }
+        idx
+    })
+}
+
+/// Gathers the given rows into a batch.
+pub fn gather(split: &PreparedSplit, rows: &[usize], group_feature: Option<usize>) -> Batch {
+    let labels_all = split.labels();
+    let labels = rows.iter().map(|&r| labels_all[r]).collect();
+    let nd = split.num_dense();
+    let mut dense = vec![0.0f32; rows.len() * nd];
+    for j in 0..nd {
+        let col = split.dense_column(j);
+        for (i, &r) in rows.iter().enumerate() {
+            dense[i * nd + j] = col[r];
+        }
+    }
+    let nc = split.num_categorical();
+    let mut lengths = Vec::with_capacity(nc * rows.len());
+    let mut values = Vec::with_capacity(nc * rows.len());
+    for f in 0..nc {
+        for &r in rows {
+            let ids = split.cat_ids(f, r);
+            lengths.push(ids.len() as u32);
+            values.extend(ids.iter().map(|&id| u64::from(id)));
+        }
+    }
+    let sparse = KeyedJaggedIds::from_lengths(nc, rows.len(), &lengths, values)
+        .expect("lengths are counted from the values just gathered");
+    let groups = group_feature.map(|f| {
+        rows.iter()
+            .map(|&r| split.cat_ids(f, r).first().map_or(0, |&v| u64::from(v)))
+            .collect()
+    });
+    Batch {
+        labels,
+        dense,
+        sparse,
+        groups,
+    }
+}
+
+/// Starts a loader thread over `split`.
+pub fn spawn_loader(split: Arc<PreparedSplit>, opts: LoaderOptions) -> BatchStream {
+    let (tx, rx) = bounded(opts.queue.max(1));
+    let handle = std::thread::Builder::new()
+        .name(format!("loader-{}", split.name.as_str()))
+        .spawn(move || {
+            let bs = opts.batch_size.max(1);
+            let mut pending: Vec<usize> = Vec::with_capacity(bs);
+            for window in row_order(split.rows, &opts) {
+                for r in window {
+                    pending.push(r);
+                    if pending.len() == bs {
+                        if tx
+                            .send(gather(&split, &pending, opts.group_feature))
+                            .is_err()
+                        {
+                            return;
+                        }
+                        pending.clear();
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                let _ = tx.send(gather(&split, &pending, opts.group_feature));
+            }
+        })
+        .expect("spawning the loader thread");
+    BatchStream {
+        rx,
+        handle: Some(handle),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(shuffle: bool, window: usize, shard: (usize, usize)) -> LoaderOptions {
+        LoaderOptions {
+            batch_size: 4,
+            shuffle,
+            seed: 7,
+            epoch: 0,
+            window,
+            queue: 2,
+            shard,
+            group_feature: None,
+        }
+    }
+
+    #[test]
+    fn order_is_a_permutation_of_the_rank_slice() {
+        for window in [3, 100] {
+            let all: Vec<usize> = row_order(50, &opts(true, window, (1, 3)))
+                .flatten()
+                .collect();
+            let mut sorted = all.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (16..33).collect::<Vec<_>>());
+            assert_ne!(all, sorted, "shuffled");
+            let again: Vec<usize> = row_order(50, &opts(true, window, (1, 3)))
+                .flatten()
+                .collect();
+            assert_eq!(all, again, "same seed, same order");
+        }
+        let plain: Vec<usize> = row_order(10, &opts(false, 4, (0, 1))).flatten().collect();
+        assert_eq!(plain, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn ranks_read_disjoint_slices_covering_all_rows() {
+        let mut seen = vec![0; 103];
+        for rank in 0..4 {
+            for r in row_order(103, &opts(true, 10, (rank, 4))).flatten() {
+                seen[r] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1));
+    }
+}

@@ -1,0 +1,51 @@
+//! Input data: raw formats in, a prepared binary columnar layout out, batches from it.
+//!
+//! `prepare` reads Criteo / Avazu / libFM / delimited files once to build per-feature
+//! vocabularies on the training split, then writes one little-endian file per column
+//! (labels, dense values, categorical ids) per split, cached under a key of the inputs and
+//! options. Training reads those files through memmap2, so memory stays bounded for data
+//! larger than RAM, and a loader thread turns rows into batches ahead of the step.
+
+mod bad_rows;
+mod fast_hash;
+mod loader;
+mod prepare;
+mod prepared;
+mod raw_format;
+mod vocab;
+
+use std::path::PathBuf;
+
+pub use bad_rows::{BadField, BadRow, BadRowCounts, BadRowKind};
+pub use fast_hash::FastHashBuilder;
+pub use loader::{row_order, spawn_loader, Batch, BatchStream, LoaderOptions};
+pub(crate) use prepare::round_half_even;
+pub use prepare::{prepare, prepare_with_vocab};
+pub use prepared::{PreparedDataset, PreparedMeta, PreparedSplit, SplitName};
+pub use raw_format::{CategoricalColumn, ParsedRow, RowParser, Schema};
+pub use vocab::{FeatureVocab, Vocab, VocabBuilder};
+
+/// Errors of reading and preparing data; each names the file (and line, for rows).
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    BadRow(Box<BadRow>),
+    #[error("{path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl DataError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,662 @@
+//! Parsing one line of a raw input file into a label, dense values and categorical
+//! values, for each supported format: Criteo TSV, Avazu CSV, libFM, and delimited files
+//! whose columns the config describes. Nothing here panics on any input: every problem
+//! is a [`BadField`] naming the column.
+
+use crate::config::{ColumnRole, DataConfig, DataFormat, DenseTransform};
+
+use super::bad_rows::{BadField, BadRowKind};
+
+/// The columns a prepared dataset has, in order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Schema {
+    pub dense: Vec<String>,
+    pub categorical: Vec<CategoricalColumn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CategoricalColumn {
+    pub name: String,
+    /// Several values per row (pooled by the table).
+    pub multi_valued: bool,
+}
+
+/// A parsed row, reused between lines to avoid allocation.
+#[derive(Debug, Default, Clone)]
+pub struct ParsedRow {
+    pub label: f32,
+    pub dense: Vec<f32>,
+    cat_bytes: Vec<u8>,
+    cat_values: Vec<(u32, u32)>,
+    cat_starts: Vec<u32>,
+}
+
+impl ParsedRow {
+    fn clear(&mut self) {
+        self.dense.clear();
+        self.cat_bytes.clear();
+        self.cat_values.clear();
+        self.cat_starts.clear();
+        self.cat_starts.push(0);
+    }
+
+    fn push_value(&mut self, v: &[u8]) {
+        let s = self.cat_bytes.len() as u32;
+        self.cat_bytes.extend_from_slice(v);
+        self.cat_values.push((s, self.cat_bytes.len() as u32));
+    }
+
+    fn end_feature(&mut self) {
+        self.cat_starts.push(self.cat_values.len() as u32);
+    }
+
+    /// Values of categorical feature `f`.
+    pub fn cat(&self, f: usize) -> impl Iterator<Item = &[u8]> {
+        let (a, b) = (self.cat_starts[f] as usize, self.cat_starts[f + 1] as usize);
+        self.cat_values[a..b]
+            .iter()
+            .map(move |&(s, e)| &self.cat_bytes[s as usize..e as usize])
+    }
+
+    pub fn num_categorical(&self) -> usize {
+        self.cat_starts.len().saturating_sub(1)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Label {
+        threshold: Option<f64>,
+    },
+    Dense,
+    Categorical {
+        separator: Option<u8>,
+        hex: bool,
+        hour_of_day: bool,
+    },
+    Skip,
+}
+
+#[derive(Debug, Clone)]
+enum Layout {
+    Delimited { delimiter: u8, actions: Vec<Action> },
+    Libfm { fields: usize },
+}
+
+/// Parses lines of one format.
+#[derive(Debug, Clone)]
+pub struct RowParser {
+    layout: Layout,
+    transform: DenseTransform,
+    dense_as_categorical: bool,
+    schema: Schema,
+    /// Whether the first line of a file may be a header to skip.
+    header: HeaderRule,
+}
+
+/// How to recognise a header line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderRule {
+    None,
+    /// The first line of every file is a header.
+    Always,
+    /// A first line starting with this text is a header (Avazu: only train.csv has one).
+    StartsWith(String),
+}
+
+pub const CRITEO_DENSE: usize = 13;
+pub const CRITEO_CATEGORICAL: usize = 26;
+
+/// Avazu's columns when a file has no header (the Kaggle order).
+pub const AVAZU_COLUMNS: [&str; 24] = [
+    "id",
+    "click",
+    "hour",
+    "C1",
+    "banner_pos",
+    "site_id",
+    "site_domain",
+    "site_category",
+    "app_id",
+    "app_domain",
+    "app_category",
+    "device_id",
+    "device_ip",
+    "device_model",
+    "device_type",
+    "device_conn_type",
+    "C14",
+    "C15",
+    "C16",
+    "C17",
+    "C18",
+    "C19",
+    "C20",
+    "C21",
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FormatError(pub String);
+
+impl RowParser {
+    /// The parser for `cfg.format`. `first_line` is the first line of the training file
+    /// (libFM reads its field count from it when `libfm_fields` is unset).
+    pub fn new(cfg: &DataConfig, first_line: Option<&[u8]>) -> Result<Self, FormatError> {
+        let mut names = Vec::new();
+        let (layout, header) = match cfg.format {
+            DataFormat::Criteo => {
+                let mut actions = vec![Action::Label { threshold: None }];
+                for i in 1..=CRITEO_DENSE {
+                    actions.push(Action::Dense);
+                    names.push(format!("I{i}"));
+                }
+                for i in 1..=CRITEO_CATEGORICAL {
+                    actions.push(Action::Categorical {
+                        separator: None,
+                        hex: true,
+                        hour_of_day: false,
+                    });
+                    names.push(format!("C{i}"));
+                }
+                (
+                    Layout::Delimited {
+                        delimiter: b'\t',
+                        actions,
+                    },
+                    HeaderRule::None,
+                )
+            }
+            DataFormat::Avazu => {
+                let mut actions = Vec::new();
+                for c in AVAZU_COLUMNS {
+                    actions.push(match c {
+                        "id" => Action::Skip,
+                        "click" => Action::Label { threshold: None },
+                        _ => {
+                            names.push(c.to_string());
+                            Action::Categorical {
+                                separator: None,
+                                hex: false,
+                                hour_of_day: c == "hour",
+                            }
+                        }
+                    });
+                }
+                (
+                    Layout::Delimited {
+                        delimiter: b',',
+                        actions,
+                    },
+                    HeaderRule::StartsWith("id,".into()),
+                )
+            }
+            DataFormat::Libfm => {
+                let fields = match cfg.libfm_fields {
+                    Some(n) => n,
+                    None => {
+                        let line =
+                            first_line.ok_or_else(|| FormatError("libFM file is empty".into()))?;
+                        let n = line
+                            .split(|b| b.is_ascii_whitespace())
+                            .filter(|t| !t.is_empty())
+                            .count();
+                        n.checked_sub(1).filter(|&n| n > 0).ok_or_else(|| {
+                            FormatError(
+                                "libFM first line has no features; set data.libfm_fields".into(),
+                            )
+                        })?
+                    }
+                };
+                for i in 1..=fields {
+                    names.push(format!("f{i}"));
+                }
+                (Layout::Libfm { fields }, HeaderRule::None)
+            }
+            DataFormat::Delimited => {
+                let delimiter = cfg.delimiter.as_deref().map_or(b'\t', |d| d.as_bytes()[0]);
+                let mut actions = Vec::new();
+                for c in &cfg.columns {
+                    actions.push(match c.role {
+                        ColumnRole::Label => Action::Label {
+                            threshold: c.threshold,
+                        },
+                        ColumnRole::Dense => Action::Dense,
+                        ColumnRole::Categorical => Action::Categorical {
+                            separator: c.separator.as_ref().map(|s| s.as_bytes()[0]),
+                            hex: false,
+                            hour_of_day: false,
+                        },
+                        ColumnRole::Skip => Action::Skip,
+                    });
+                    if matches!(c.role, ColumnRole::Dense | ColumnRole::Categorical) {
+                        names.push(c.name.clone());
+                    }
+                }
+                let header = if cfg.header {
+                    HeaderRule::Always
+                } else {
+                    HeaderRule::None
+                };
+                (Layout::Delimited { delimiter, actions }, header)
+            }
+            DataFormat::Prepared => {
+                return Err(FormatError("prepared data needs no parser".into()))
+            }
+        };
+        // Schema: dense columns first in file order, then categorical ones.
+        let mut dense = Vec::new();
+        let mut categorical = Vec::new();
+        let mut name_iter = names.into_iter();
+        let push_cat = |categorical: &mut Vec<CategoricalColumn>, name: String, multi: bool| {
+            categorical.push(CategoricalColumn {
+                name,
+                multi_valued: multi,
+            })
+        };
+        match &layout {
+            Layout::Delimited { actions, .. } => {
+                let mut dense_cats = Vec::new();
+                for a in actions {
+                    match a {
+                        Action::Dense => {
+                            let n = name_iter.next().unwrap_or_default();
+                            if cfg.dense_as_categorical {
+                                dense_cats.push(n);
+                            } else {
+                                dense.push(n);
+                            }
+                        }
+                        Action::Categorical { separator, .. } => {
+                            let n = name_iter.next().unwrap_or_default();
+                            push_cat(&mut categorical, n, separator.is_some());
+                        }
+                        _ => {}
+                    }
+                }
+                // dense-as-categorical features come first, as they do in the file
+                let mut all: Vec<CategoricalColumn> = dense_cats
+                    .into_iter()
+                    .map(|name| CategoricalColumn {
+                        name,
+                        multi_valued: false,
+                    })
+                    .collect();
+                all.append(&mut categorical);
+                categorical = all;
+            }
+            Layout::Libfm { .. } => {
+                for n in name_iter {
+                    push_cat(&mut categorical, n, false);
+                }
+            }
+        }
+        Ok(Self {
+            layout,
+            transform: cfg.dense_transform,
+            dense_as_categorical: cfg.dense_as_categorical,
+            schema: Schema { dense, categorical },
+            header,
+        })
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Whether `line`, the first of a file, is a header to skip.
+    pub fn is_header(&self, line: &[u8]) -> bool {
+        match &self.header {
+            HeaderRule::None => false,
+            HeaderRule::Always => true,
+            HeaderRule::StartsWith(p) => line.starts_with(p.as_bytes()),
+        }
+    }
+
+    /// Parses one line (without its newline) into `row`.
+    pub fn parse(&self, line: &[u8], row: &mut ParsedRow) -> Result<(), BadField> {
+        row.clear();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match &self.layout {
+            Layout::Delimited { delimiter, actions } => {
+                self.parse_delimited(line, *delimiter, actions, row)
+            }
+            Layout::Libfm { fields } => parse_libfm(line, *fields, row),
+        }
+    }
+
+    fn parse_delimited(
+        &self,
+        line: &[u8],
+        delimiter: u8,
+        actions: &[Action],
+        row: &mut ParsedRow,
+    ) -> Result<(), BadField> {
+        let count = line.iter().filter(|&&b| b == delimiter).count() + 1;
+        if count != actions.len() {
+            return Err(BadField::new(
+                BadRowKind::WrongColumnCount,
+                count.min(actions.len()) + 1,
+                line,
+                format!("expected {} columns, found {count}", actions.len()),
+            ));
+        }
+        // dense-as-categorical values are pushed first; keep categorical text aside
+        let mut deferred: Vec<(usize, &[u8], Option<u8>, bool)> = Vec::new();
+        for (i, (field, action)) in line.split(|&b| b == delimiter).zip(actions).enumerate() {
+            let col = i + 1;
+            match action {
+                Action::Skip => {}
+                Action::Label { threshold } => row.label = parse_label(field, *threshold, col)?,
+                Action::Dense => {
+                    let x = parse_dense(field, col)?;
+                    if self.dense_as_categorical {
+                        if x.is_nan() {
+                            row.push_value(b"");
+                        } else {
+                            let v = transform(self.transform, x);
+                            row.push_value(format_number(v).as_bytes());
+                        }
+                        row.end_feature();
+                    } else {
+                        row.dense.push(
+                            transform(self.transform, if x.is_nan() { 0.0 } else { x }) as f32
+                        );
+                    }
+                }
+                Action::Categorical {
+                    separator,
+                    hex,
+                    hour_of_day,
+                } => {
+                    if *hex && !field.iter().all(u8::is_ascii_hexdigit) {
+                        return Err(BadField::new(
+                            BadRowKind::NonHexCategory,
+                            col,
+                            field,
+                            "Criteo categories are hexadecimal",
+                        ));
+                    }
+                    deferred.push((col, field, *separator, *hour_of_day));
+                }
+            }
+        }
+        for (_, field, separator, hour) in deferred {
+            match separator {
+                Some(s) => {
+                    if !field.is_empty() {
+                        for v in field.split(|&b| b == s) {
+                            row.push_value(v);
+                        }
+                    }
+                }
+                None if hour && field.len() >= 2 => row.push_value(&field[field.len() - 2..]),
+                None => row.push_value(field),
+            }
+            row.end_feature();
+        }
+        Ok(())
+    }
+}
+
+/// NaN marks a missing (empty) dense value.
+fn parse_dense(field: &[u8], col: usize) -> Result<f64, BadField> {
+    if field.is_empty() {
+        return Ok(f64::NAN);
+    }
+    std::str::from_utf8(field)
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|x| x.is_finite())
+        .ok_or_else(|| BadField::new(BadRowKind::UnparsableNumber, col, field, "not a number"))
+}
+
+fn parse_label(field: &[u8], threshold: Option<f64>, col: usize) -> Result<f32, BadField> {
+    if field.iter().all(u8::is_ascii_whitespace) {
+        return Err(BadField::new(
+            BadRowKind::MissingLabel,
+            col,
+            field,
+            "the label is empty",
+        ));
+    }
+    let x = std::str::from_utf8(field)
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|x| x.is_finite())
+        .ok_or_else(|| {
+            BadField::new(
+                BadRowKind::BadLabel,
+                col,
+                field,
+                "the label is not a number",
+            )
+        })?;
+    match threshold {
+        Some(t) => Ok(if x >= t { 1.0 } else { 0.0 }),
+        None if x == 1.0 => Ok(1.0),
+        None if x == 0.0 || x == -1.0 => Ok(0.0),
+        None => Err(BadField::new(
+            BadRowKind::BadLabel,
+            col,
+            field,
+            "the label must be 0 or 1 (or -1)",
+        )),
+    }
+}
+
+fn parse_libfm(line: &[u8], fields: usize, row: &mut ParsedRow) -> Result<(), BadField> {
+    let mut tokens = line
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|t| !t.is_empty());
+    let label = tokens.next().unwrap_or(b"");
+    row.label = parse_label(label, None, 1)?;
+    let mut n = 0;
+    for (i, tok) in tokens.enumerate() {
+        let col = i + 2;
+        n += 1;
+        if n > fields {
+            continue;
+        }
+        let (idx, val) = match tok.iter().position(|&b| b == b':') {
+            Some(p) => (&tok[..p], &tok[p + 1..]),
+            None => {
+                return Err(BadField::new(
+                    BadRowKind::BadLibfmPair,
+                    col,
+                    tok,
+                    "expected index:value",
+                ))
+            }
+        };
+        let v = std::str::from_utf8(val)
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok());
+        match v {
+            Some(v) if v == 1.0 => {}
+            Some(_) => {
+                return Err(BadField::new(
+                    BadRowKind::BadLibfmPair,
+                    col,
+                    tok,
+                    "only binary feature values (1) are supported",
+                ))
+            }
+            None => {
+                return Err(BadField::new(
+                    BadRowKind::BadLibfmPair,
+                    col,
+                    tok,
+                    "value is not a number",
+                ))
+            }
+        }
+        if idx.is_empty() {
+            return Err(BadField::new(
+                BadRowKind::BadLibfmPair,
+                col,
+                tok,
+                "empty index",
+            ));
+        }
+        row.push_value(idx);
+        row.end_feature();
+    }
+    if n != fields {
+        return Err(BadField::new(
+            BadRowKind::WrongColumnCount,
+            n.min(fields) + 2,
+            line,
+            format!("expected {fields} features, found {n}"),
+        ));
+    }
+    Ok(())
+}
+
+fn transform(t: DenseTransform, x: f64) -> f64 {
+    match t {
+        DenseTransform::Log1p => x.max(0.0).ln_1p(),
+        DenseTransform::LnSquared => {
+            if x > 2.0 {
+                (x.ln() * x.ln()).floor()
+            } else {
+                x
+            }
+        }
+        DenseTransform::Identity => x,
+    }
+}
+
+fn format_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_config_str, BadRowPolicy};
+
+    fn data_cfg(extra: &str) -> DataConfig {
+        let text = format!("[data]\n{extra}\ntrain = \"x\"\n[model]\nkind = \"lr\"\n");
+        let mut c = load_config_str(&text, "t.toml", &[]).unwrap().0.data;
+        c.on_bad_row = BadRowPolicy::Error;
+        c
+    }
+
+    fn criteo_line(label: &str, dense0: &str, cat0: &str) -> String {
+        let mut f = vec![label.to_string(), dense0.to_string()];
+        f.extend((1..13).map(|i| i.to_string()));
+        f.push(cat0.to_string());
+        f.extend((1..26).map(|i| format!("{i:08x}")));
+        f.join("\t")
+    }
+
+    #[test]
+    fn criteo_rows_parse_and_transform() {
+        let p = RowParser::new(&data_cfg("format = \"criteo\""), None).unwrap();
+        let mut row = ParsedRow::default();
+        p.parse(criteo_line("1", "", "68fd1e64").as_bytes(), &mut row)
+            .unwrap();
+        assert_eq!(row.label, 1.0);
+        assert_eq!(row.dense[0], 0.0);
+        assert!((row.dense[1] - (2f64).ln() as f32).abs() < 1e-6);
+        assert_eq!(row.cat(0).collect::<Vec<_>>(), vec![b"68fd1e64".as_slice()]);
+        p.parse(criteo_line("0", "-5", "").as_bytes(), &mut row)
+            .unwrap();
+        assert_eq!(row.dense[0], 0.0);
+        assert_eq!(row.cat(0).next(), Some(b"".as_slice()));
+        assert_eq!(row.num_categorical(), 26);
+    }
+
+    #[test]
+    fn every_bad_kind_names_its_column() {
+        let p = RowParser::new(&data_cfg("format = \"criteo\""), None).unwrap();
+        let mut row = ParsedRow::default();
+        let cases = [
+            (
+                criteo_line("1", "abc", "00"),
+                BadRowKind::UnparsableNumber,
+                2,
+            ),
+            (criteo_line("1", "1", "zz"), BadRowKind::NonHexCategory, 15),
+            (criteo_line("", "1", "00"), BadRowKind::MissingLabel, 1),
+            (criteo_line("7", "1", "00"), BadRowKind::BadLabel, 1),
+            ("1\t2\t3".to_string(), BadRowKind::WrongColumnCount, 4),
+        ];
+        for (line, kind, col) in cases {
+            let e = p.parse(line.as_bytes(), &mut row).unwrap_err();
+            assert_eq!((e.kind, e.column), (kind, col), "{line}: {e:?}");
+        }
+        let lp = RowParser::new(&data_cfg("format = \"libfm\"\nlibfm_fields = 2"), None).unwrap();
+        assert_eq!(
+            lp.parse(b"1 3:1 9:0.5", &mut row).unwrap_err().kind,
+            BadRowKind::BadLibfmPair
+        );
+        assert_eq!(
+            lp.parse(b"1 3:1 9", &mut row).unwrap_err().kind,
+            BadRowKind::BadLibfmPair
+        );
+        assert_eq!(
+            lp.parse(b"1 3:1", &mut row).unwrap_err().kind,
+            BadRowKind::WrongColumnCount
+        );
+        lp.parse(b"-1 3:1 9:1", &mut row).unwrap();
+        assert_eq!(row.label, 0.0);
+        assert_eq!(row.cat(1).next(), Some(b"9".as_slice()));
+    }
+
+    #[test]
+    fn delimited_columns_with_threshold_and_multi_values() {
+        let cfg = data_cfg(
+            "format = \"delimited\"\ndelimiter = \",\"\ncolumns = [\
+             {name = \"rating\", role = \"label\", threshold = 3.0},\
+             {name = \"user\", role = \"categorical\"},\
+             {name = \"genres\", role = \"categorical\", separator = \"|\"},\
+             {name = \"age\", role = \"dense\"}, {name = \"ts\", role = \"skip\"}]",
+        );
+        let p = RowParser::new(&cfg, None).unwrap();
+        assert_eq!(p.schema().dense, vec!["age".to_string()]);
+        assert!(p.schema().categorical[1].multi_valued);
+        let mut row = ParsedRow::default();
+        p.parse(b"4,u1,Drama|Comedy,30,999", &mut row).unwrap();
+        assert_eq!(row.label, 1.0);
+        assert_eq!(row.cat(1).count(), 2);
+        p.parse(b"2,u1,,30,999", &mut row).unwrap();
+        assert_eq!(row.label, 0.0);
+        assert_eq!(row.cat(1).count(), 0);
+    }
+
+    #[test]
+    fn avazu_header_and_hour_of_day() {
+        let p = RowParser::new(&data_cfg("format = \"avazu\""), None).unwrap();
+        assert!(p.is_header(b"id,click,hour,C1"));
+        assert!(!p.is_header(b"1000,0,14102100"));
+        let line = b"1000,1,14102117,1005,0,a,b,c,d,e,f,g,h,i,1,0,15704,320,50,1722,0,35,100084,79";
+        let mut row = ParsedRow::default();
+        p.parse(line, &mut row).unwrap();
+        assert_eq!(row.label, 1.0);
+        assert_eq!(row.cat(0).next(), Some(b"17".as_slice()));
+        assert_eq!(p.schema().categorical.len(), 22);
+    }
+
+    #[test]
+    fn dense_as_categorical_buckets_with_ln_squared() {
+        let p = RowParser::new(
+            &data_cfg("format = \"criteo\"\ndense_as_categorical = true\ndense_transform = \"ln_squared\""),
+            None,
+        )
+        .unwrap();
+        assert!(p.schema().dense.is_empty());
+        assert_eq!(p.schema().categorical.len(), 39);
+        let mut row = ParsedRow::default();
+        p.parse(criteo_line("1", "100", "aa").as_bytes(), &mut row)
+            .unwrap();
+        // floor(ln(100)^2) = floor(21.2) = 21
+        assert_eq!(row.cat(0).next(), Some(b"21".as_slice()));
+        assert_eq!(row.cat(13).next(), Some(b"aa".as_slice()));
+    }
+}

@@ -1,0 +1,208 @@
+//! Per-feature vocabularies: categorical values seen at least `min_count` times in the
+//! training split get ids 1..n in order of decreasing frequency (frequent rows sit
+//! together in memory); every other value, including values first seen in validation or
+//! test data, maps to the feature's OOV id 0.
+//!
+//! Saved as `vocab.bin`: magic, feature count, then per feature its entries (length-
+//! prefixed bytes and training count) in id order, and a CRC32 of everything before it.
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
+
+use super::fast_hash::FastHashBuilder;
+use super::raw_format::ParsedRow;
+use super::DataError;
+
+const MAGIC: &[u8; 8] = b"SRVOCAB1";
+
+/// Counts values while the training split streams past.
+#[derive(Debug)]
+pub struct VocabBuilder {
+    counts: Vec<HashMap<Box<[u8]>, u64, FastHashBuilder>>,
+}
+
+impl VocabBuilder {
+    pub fn new(features: usize) -> Self {
+        Self {
+            counts: (0..features)
+                .map(|_| HashMap::with_hasher(FastHashBuilder))
+                .collect(),
+        }
+    }
+
+    pub fn add(&mut self, row: &ParsedRow) {
+        for (f, map) in self.counts.iter_mut().enumerate() {
+            for v in row.cat(f) {
+                match map.get_mut(v) {
+                    Some(c) => *c += 1,
+                    None => {
+                        map.insert(v.into(), 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Assigns ids: count >= min_count, most frequent first, ties by value.
+    pub fn finish(self, min_count: u64) -> Vocab {
+        let features = self
+            .counts
+            .into_iter()
+            .map(|map| {
+                let mut entries: Vec<(Box<[u8]>, u64)> =
+                    map.into_iter().filter(|(_, c)| *c >= min_count).collect();
+                entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                FeatureVocab::from_entries(entries)
+            })
+            .collect();
+        Vocab { features }
+    }
+}
+
+/// One feature's value -> id map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureVocab {
+    ids: HashMap<Box<[u8]>, u32, FastHashBuilder>,
+    /// Training count of id i + 1.
+    counts: Vec<u64>,
+}
+
+impl FeatureVocab {
+    fn from_entries(entries: Vec<(Box<[u8]>, u64)>) -> Self {
+        let mut ids = HashMap::with_capacity_and_hasher(entries.len(), FastHashBuilder);
+        let mut counts = Vec::with_capacity(entries.len());
+        for (i, (v, c)) in entries.into_iter().enumerate() {
+            ids.insert(v, i as u32 + 1);
+            counts.push(c);
+        }
+        Self { ids, counts }
+    }
+
+    /// Id of a value; 0 when out of vocabulary.
+    #[inline]
+    pub fn id(&self, value: &[u8]) -> u32 {
+        self.ids.get(value).copied().unwrap_or(0)
+    }
+
+    /// Number of ids including OOV (the rows a plain table needs).
+    pub fn size(&self) -> u64 {
+        self.counts.len() as u64 + 1
+    }
+
+    /// Training counts by id (index 0 = id 1).
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+}
+
+/// Vocabularies of every categorical feature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vocab {
+    pub features: Vec<FeatureVocab>,
+}
+
+impl Vocab {
+    pub fn sizes(&self) -> Vec<u64> {
+        self.features.iter().map(FeatureVocab::size).collect()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), DataError> {
+        let io = |e| DataError::io(path, e);
+        let mut buf = Vec::new();
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&(self.features.len() as u64).to_le_bytes());
+        for f in &self.features {
+            let mut entries: Vec<(&[u8], u32)> = f.ids.iter().map(|(k, &v)| (&**k, v)).collect();
+            entries.sort_unstable_by_key(|e| e.1);
+            buf.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+            for (value, id) in entries {
+                buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                buf.extend_from_slice(value);
+                buf.extend_from_slice(&f.counts[id as usize - 1].to_le_bytes());
+            }
+        }
+        let crc = crc32fast::hash(&buf);
+        let mut w = BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        w.write_all(&buf).map_err(io)?;
+        w.write_all(&crc.to_le_bytes()).map_err(io)?;
+        w.flush().map_err(io)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, DataError> {
+        let mut data = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| DataError::io(path, e))?;
+        let corrupt = |m: &str| DataError::Corrupt {
+            path: path.into(),
+            message: m.into(),
+        };
+        if data.len() < 20 || &data[..8] != MAGIC {
+            return Err(corrupt("not a shardrec vocabulary file"));
+        }
+        let (body, tail) = data.split_at(data.len() - 4);
+        if crc32fast::hash(body).to_le_bytes() != tail {
+            return Err(corrupt("checksum mismatch (truncated or modified)"));
+        }
+        let mut pos = 8;
+        let mut take = |n: usize| -> Result<&[u8], DataError> {
+            let s = body
+                .get(pos..pos + n)
+                .ok_or_else(|| corrupt("unexpected end of file"))?;
+            pos += n;
+            Ok(s)
+        };
+        let u64_at = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or([0; 8]));
+        let nf = u64_at(take(8)?) as usize;
+        let mut features = Vec::with_capacity(nf.min(1 << 16));
+        for _ in 0..nf {
+            let n = u64_at(take(8)?) as usize;
+            let mut entries = Vec::with_capacity(n.min(1 << 24));
+            for _ in 0..n {
+                let len = u32::from_le_bytes(take(4)?.try_into().unwrap_or([0; 4])) as usize;
+                let value: Box<[u8]> = take(len)?.into();
+                let count = u64_at(take(8)?);
+                entries.push((value, count));
+            }
+            features.push(FeatureVocab::from_entries(entries));
+        }
+        Ok(Self { features })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_config_str;
+    use crate::data::RowParser;
+
+    #[test]
+    fn min_count_frequency_order_and_round_trip() {
+        let text = "[data]\nformat = \"delimited\"\ntrain = \"x\"\ncolumns = [{name = \"y\", role = \"label\"}, {name = \"c\", role = \"categorical\"}]\n[model]\nkind = \"lr\"\n";
+        let cfg = load_config_str(text, "t", &[]).unwrap().0.data;
+        let p = RowParser::new(&cfg, None).unwrap();
+        let mut b = VocabBuilder::new(1);
+        let mut row = Default::default();
+        for line in ["1\ta", "0\tb", "1\tb", "0\tc", "0\tb", "1\ta"] {
+            p.parse(line.as_bytes(), &mut row).unwrap();
+            b.add(&row);
+        }
+        let v = b.finish(2);
+        let f = &v.features[0];
+        assert_eq!(
+            (f.id(b"b"), f.id(b"a"), f.id(b"c"), f.id(b"zz")),
+            (1, 2, 0, 0)
+        );
+        assert_eq!(f.size(), 3);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vocab.bin");
+        v.save(&path).unwrap();
+        assert_eq!(Vocab::load(&path).unwrap(), v);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[12] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Vocab::load(&path).unwrap_err().to_string();
+        assert!(e.contains("vocab.bin") && e.contains("checksum"), "{e}");
+    }
+}

@@ -1,0 +1,9 @@
+//! The bridge between the configured tables (in Rust memory, `shardrec-tables`) and the
+//! dense model (libtorch): building the collections from `[embedding]` and the data's
+//! schema, and moving embeddings into and gradients out of tch tensors.
+
+mod builder;
+mod tensor_bridge;
+
+pub use builder::{build_collections, Collections};
+pub use tensor_bridge::{apply_gradient, lookup, Activation};

@@ -1,0 +1,72 @@
+//! Embeddings into a tch tensor and its gradient back into the tables.
+//!
+//! Forward gathers rows straight into the memory of a freshly allocated CPU tensor (no
+//! intermediate buffer), then marks it as requiring a gradient; after `backward` the
+//! tensor's gradient is read in place and handed to the tables, which merge duplicate
+//! rows and apply the sparse optimizer to the touched rows only. With a CUDA model the
+//! filled tensor is copied to the device and the gradient copied back.
+
+use shardrec_tables::{KeyedJaggedIds, LocalEmbeddings, LookupPlan, TableError};
+use tch::{Device, Kind, Tensor};
+
+/// One batch's embedding input and what backward needs.
+pub struct Activation {
+    plan: LookupPlan,
+    gathered: Vec<Vec<f32>>,
+    /// `[batch, width]`, on the model's device.
+    pub tensor: Tensor,
+}
+
+/// Mutable view of a contiguous CPU f32 tensor's memory.
+fn cpu_f32_mut(t: &mut Tensor) -> Result<&mut [f32], TableError> {
+    if t.kind() != Kind::Float || t.device() != Device::Cpu || !t.is_contiguous() {
+        return Err(TableError::BadBatch(
+            "embedding buffer must be a contiguous CPU f32 tensor".into(),
+        ));
+    }
+    let n = t.numel();
+    if n == 0 {
+        return Ok(&mut []);
+    }
+    // SAFETY: the tensor is contiguous, f32, on the CPU and holds `n` elements; the
+    // exclusive borrow of `t` keeps other Rust views away while the slice lives.
+    Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) })
+}
+
+/// Looks the batch up; `train` makes the result require a gradient.
+pub fn lookup(
+    tables: &LocalEmbeddings,
+    batch: &KeyedJaggedIds,
+    device: Device,
+    train: bool,
+) -> Result<Activation, TableError> {
+    let plan = tables.plan(batch)?;
+    let mut t = Tensor::zeros(
+        [plan.batch_size as i64, plan.width as i64],
+        (Kind::Float, Device::Cpu),
+    );
+    let gathered = tables.forward(&plan, cpu_f32_mut(&mut t)?)?;
+    let t = if device == Device::Cpu {
+        t
+    } else {
+        t.to_device(device)
+    };
+    let tensor = if train { t.set_requires_grad(true) } else { t };
+    Ok(Activation {
+        plan,
+        gathered,
+        tensor,
+    })
+}
+
+/// Applies the gradient that `backward` left on the activation to the tables.
+pub fn apply_gradient(tables: &mut LocalEmbeddings, act: Activation) -> Result<(), TableError> {
+    let g = act.tensor.grad();
+    if !g.defined() {
+        // the model did not use this input (e.g. an empty collection): nothing to update
+        return Ok(());
+    }
+    let mut g = g.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let grad = cpu_f32_mut(&mut g)?;
+    tables.backward(&act.plan, &act.gathered, grad)
+}

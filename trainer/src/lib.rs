@@ -1,0 +1,42 @@
+//! shardrec's trainer: data preparation, generated data, the training loop, evaluation
+//! and the run folder. The `shardrec` binary is a thin command-line layer over this.
+
+pub mod bundle;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod embedding;
+pub mod evaluate;
+pub mod metrics;
+pub mod model_io;
+pub mod progress;
+pub mod run_dir;
+pub mod synth;
+pub mod train;
+mod zipf;
+
+pub use train::{eval_saved_model, train};
+
+/// Errors of a training or evaluation run; each names what it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error("tables: {0}")]
+    Table(#[from] shardrec_tables::TableError),
+    #[error(transparent)]
+    Model(#[from] shardrec_models::ModelError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    ModelIo(#[from] model_io::ModelIoError),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,184 @@
+//! `shardrec`: train, evaluate, prepare data, generate data. A thin layer over the
+//! `shardrec` library; every error is printed with its chain and exits non-zero.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shardrec::config::load_config;
+use shardrec::synth::{generate, SynthOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "shardrec",
+    version,
+    about = "CTR / recommendation trainer with sharded embedding tables"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model as the TOML config describes; the last stdout line is a JSON summary.
+    Train {
+        config: PathBuf,
+        /// Override a config key: --set train.epochs=3 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Evaluate a saved model (a run's model/ folder) on the config's test data.
+    Eval {
+        config: PathBuf,
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Prepare (or find in the cache) the config's data and print where it is.
+    Prepare {
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Generate Criteo-format data from a teacher model with a known Bayes ceiling.
+    Synth {
+        /// Rows to write.
+        #[arg(long)]
+        rows: u64,
+        /// Output TSV; `<out>.prob` gets each row's true probability, `<out>.json` the summary.
+        #[arg(long)]
+        out: PathBuf,
+        /// Cardinality of every categorical field.
+        #[arg(long, default_value_t = 100_000)]
+        cardinality: u64,
+        /// Per-field cardinalities, comma-separated (overrides --cardinality and --fields).
+        #[arg(long, value_delimiter = ',')]
+        cardinalities: Vec<u64>,
+        #[arg(long, default_value_t = 26)]
+        fields: usize,
+        #[arg(long, default_value_t = 13)]
+        dense: usize,
+        #[arg(long, default_value_t = 1.1)]
+        zipf: f64,
+        #[arg(long, default_value_t = 8)]
+        latent_dim: usize,
+        #[arg(long, default_value_t = 2024)]
+        seed: u64,
+        #[arg(long, default_value_t = 0.2)]
+        test_fraction: f64,
+        #[arg(long, default_value_t = 0.02)]
+        missing_rate: f64,
+        #[arg(long, default_value_t = 0.25)]
+        ctr: f64,
+    },
+}
+
+fn config_name(path: &std::path::Path) -> String {
+    path.file_stem()
+        .map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned())
+}
+
+fn run() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Train { config, set } => {
+            let (cfg, _) = load_config(&config, &set)?;
+            let name = cfg.name.clone().unwrap_or_else(|| config_name(&config));
+            let summary = shardrec::train(&cfg, &name)
+                .with_context(|| format!("training {}", config.display()))?;
+            eprintln!(
+                "[shardrec] test auc {} logloss {} | {:.0} samples/s | run folder {}",
+                summary["auc"],
+                summary["logloss"],
+                summary["train_samples_per_s"].as_f64().unwrap_or(0.0),
+                summary["run_dir"]
+            );
+            println!("{summary}");
+        }
+        Command::Eval { config, model, set } => {
+            let (cfg, _) = load_config(&config, &set)?;
+            let summary = shardrec::eval_saved_model(&cfg, &model)
+                .with_context(|| format!("evaluating {}", model.display()))?;
+            println!("{summary}");
+        }
+        Command::Prepare { config, set } => {
+            let (cfg, _) = load_config(&config, &set)?;
+            let ds = shardrec::data::prepare(&cfg.data, &|m| eprintln!("[shardrec] {m}"))?;
+            let rows: serde_json::Map<String, serde_json::Value> = ds
+                .splits
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.rows.into()))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "prepared": ds.dir.display().to_string(),
+                    "rows": rows,
+                    "vocab_sizes": ds.meta.vocab_sizes,
+                    "bad_rows_skipped": ds.meta.bad_rows.total(),
+                    "bad_rows": ds.meta.bad_rows.to_json(),
+                })
+            );
+        }
+        Command::Synth {
+            rows,
+            out,
+            cardinality,
+            cardinalities,
+            fields,
+            dense,
+            zipf,
+            latent_dim,
+            seed,
+            test_fraction,
+            missing_rate,
+            ctr,
+        } => {
+            let mut o = SynthOptions::criteo_like(rows, out, cardinality);
+            o.cardinalities = if cardinalities.is_empty() {
+                vec![cardinality; fields]
+            } else {
+                cardinalities
+            };
+            o.num_dense = dense;
+            o.zipf_exponent = zipf;
+            o.latent_dim = latent_dim;
+            o.seed = seed;
+            o.test_fraction = test_fraction;
+            o.missing_rate = missing_rate;
+            o.ctr = ctr;
+            let step = (rows / 10).max(1);
+            let s = generate(o, &|done| {
+                if done % step < (1 << 19) || done == rows {
+                    eprintln!("[synth] {done} / {rows} rows");
+                }
+            })?;
+            eprintln!(
+                "[synth] wrote {} ({} train + {} test rows, click rate {:.4}); Bayes test AUC {:.5}, logloss {:.5}",
+                s.data_file.display(),
+                s.train_rows,
+                s.test_rows,
+                s.click_rate,
+                s.bayes_auc,
+                s.bayes_logloss
+            );
+            println!("{}", serde_json::to_string(&s)?);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

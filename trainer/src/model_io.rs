@@ -1,0 +1,286 @@
+//! A trained model on disk: the dense parameters (safetensors), every table's rows
+//! (little-endian f32, `rows x dim`), the vocabulary, and a manifest with the specs and a
+//! CRC32 per file. Written under a temporary name and renamed, so a crash never leaves a
+//! model folder that looks complete; on load every file's size and checksum are verified
+//! and a mismatch is refused naming the file.
+
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shardrec_models::ModelConfig;
+use shardrec_tables::{CollectionSpec, LocalEmbeddings};
+use tch::nn::VarStore;
+
+use crate::data::Schema;
+
+pub const MODEL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SavedCollection {
+    pub name: String,
+    pub spec: CollectionSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SavedFile {
+    pub path: String,
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelManifest {
+    pub version: u32,
+    pub schema: Schema,
+    pub vocab_sizes: Vec<u64>,
+    pub num_dense: usize,
+    pub model: ModelConfig,
+    pub collections: Vec<SavedCollection>,
+    pub files: Vec<SavedFile>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelIoError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{path}: libtorch: {source}")]
+    Torch {
+        path: PathBuf,
+        source: tch::TchError,
+    },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelIoError + '_ {
+    move |source| ModelIoError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Streams a file through a writer while computing its CRC32.
+struct CrcWriter {
+    inner: BufWriter<std::fs::File>,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl CrcWriter {
+    fn create(path: &Path) -> Result<Self, ModelIoError> {
+        Ok(Self {
+            inner: BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(path).map_err(io(path))?,
+            ),
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        })
+    }
+
+    fn write_f32s(&mut self, v: &[f32]) -> std::io::Result<()> {
+        for chunk in v.chunks(1 << 14) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
+            self.crc.update(&bytes);
+            self.inner.write_all(&bytes)?;
+            self.bytes += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<(u64, u32)> {
+        self.inner.flush()?;
+        self.inner.get_ref().sync_all()?;
+        Ok((self.bytes, self.crc.finalize()))
+    }
+}
+
+fn file_crc(path: &Path) -> Result<(u64, u32), ModelIoError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).map_err(io(path))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, h.finalize()))
+}
+
+/// Writes table `t` of `tables` (all shards held here) as `rows x dim` f32.
+fn write_table(w: &mut CrcWriter, tables: &LocalEmbeddings, t: usize) -> std::io::Result<()> {
+    let shards = &tables.shards()[t];
+    let dim = tables.dims()[t];
+    let full_width = shards.iter().all(|s| s.cols.len() == dim);
+    if full_width {
+        let mut ordered: Vec<_> = shards.iter().collect();
+        ordered.sort_by_key(|s| s.rows.start);
+        let mut next = 0;
+        for s in ordered {
+            if s.rows.start < next {
+                continue; // a replica of rows already written
+            }
+            w.write_f32s(s.weights())?;
+            next = s.rows.end;
+        }
+    } else {
+        let rows = tables.layout().table_rows(t);
+        let mut row = vec![0f32; dim];
+        for r in 0..rows {
+            for s in shards.iter().filter(|s| s.rows.contains(&r)) {
+                let lr = (r - s.rows.start) as usize;
+                row[s.cols.clone()].copy_from_slice(&s.weights()[lr * s.width()..][..s.width()]);
+            }
+            w.write_f32s(&row)?;
+        }
+    }
+    Ok(())
+}
+
+/// Saves a model into `dir` (replacing it).
+#[allow(clippy::too_many_arguments)]
+pub fn save_model(
+    dir: &Path,
+    vs: &VarStore,
+    model: &ModelConfig,
+    schema: &Schema,
+    vocab_sizes: &[u64],
+    vocab_file: &Path,
+    collections: &[(&str, &LocalEmbeddings)],
+) -> Result<(), ModelIoError> {
+    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("tables")).map_err(io(&tmp))?;
+    let mut files = Vec::new();
+    let dense = tmp.join("dense.safetensors");
+    vs.save(&dense).map_err(|source| ModelIoError::Torch {
+        path: dense.clone(),
+        source,
+    })?;
+    let (bytes, crc32) = file_crc(&dense)?;
+    files.push(SavedFile {
+        path: "dense.safetensors".into(),
+        bytes,
+        crc32,
+    });
+    let vocab = tmp.join("vocab.bin");
+    std::fs::copy(vocab_file, &vocab).map_err(io(vocab_file))?;
+    let (bytes, crc32) = file_crc(&vocab)?;
+    files.push(SavedFile {
+        path: "vocab.bin".into(),
+        bytes,
+        crc32,
+    });
+    let mut saved = Vec::new();
+    for (name, tables) in collections {
+        for t in 0..tables.layout().num_tables() {
+            let rel = format!("tables/{name}_{t}.f32");
+            let path = tmp.join(&rel);
+            let mut w = CrcWriter::create(&path)?;
+            write_table(&mut w, tables, t).map_err(io(&path))?;
+            let (bytes, crc32) = w.finish().map_err(io(&path))?;
+            files.push(SavedFile {
+                path: rel,
+                bytes,
+                crc32,
+            });
+        }
+        saved.push(SavedCollection {
+            name: name.to_string(),
+            spec: tables.layout().spec().clone(),
+        });
+    }
+    let manifest = ModelManifest {
+        version: MODEL_VERSION,
+        schema: schema.clone(),
+        vocab_sizes: vocab_sizes.to_vec(),
+        num_dense: schema.dense.len(),
+        model: model.clone(),
+        collections: saved,
+        files,
+    };
+    let mpath = tmp.join("manifest.json");
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| ModelIoError::Corrupt {
+        path: mpath.clone(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(&mpath, text).map_err(io(&mpath))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    Ok(())
+}
+
+/// Reads and checks a model folder's manifest and files (sizes and checksums).
+pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ModelIoError> {
+    let mpath = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&mpath).map_err(io(&mpath))?;
+    let m: ModelManifest = serde_json::from_str(&text).map_err(|e| ModelIoError::Corrupt {
+        path: mpath.clone(),
+        message: e.to_string(),
+    })?;
+    if m.version != MODEL_VERSION {
+        return Err(ModelIoError::Corrupt {
+            path: mpath,
+            message: format!("model version {} (expected {MODEL_VERSION})", m.version),
+        });
+    }
+    for f in &m.files {
+        let p = dir.join(&f.path);
+        let (bytes, crc) = file_crc(&p)?;
+        if bytes != f.bytes {
+            return Err(ModelIoError::Corrupt {
+                path: p,
+                message: format!("{bytes} bytes, the manifest says {}", f.bytes),
+            });
+        }
+        if crc != f.crc32 {
+            return Err(ModelIoError::Corrupt {
+                path: p,
+                message: "checksum mismatch (corrupt file)".into(),
+            });
+        }
+    }
+    Ok(m)
+}
+
+/// Copies a saved table's rows into the shards of table `t`.
+pub fn load_table(
+    dir: &Path,
+    collection: &str,
+    tables: &mut LocalEmbeddings,
+    t: usize,
+) -> Result<(), ModelIoError> {
+    let path = dir.join(format!("tables/{collection}_{t}.f32"));
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    let dim = tables.dims()[t];
+    let rows = tables.layout().table_rows(t);
+    if bytes.len() as u64 != rows * dim as u64 * 4 {
+        return Err(ModelIoError::Corrupt {
+            path,
+            message: format!("{} bytes for a {rows} x {dim} table", bytes.len()),
+        });
+    }
+    let value = |r: u64, c: usize| {
+        let i = (r as usize * dim + c) * 4;
+        f32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]])
+    };
+    for s in &mut tables.shards_mut()[t] {
+        let (start, cols, w) = (s.rows.start, s.cols.clone(), s.width());
+        let data = s.weights_mut();
+        for lr in 0..data.len() / w.max(1) {
+            for (j, c) in cols.clone().enumerate() {
+                data[lr * w + j] = value(start + lr as u64, c);
+            }
+        }
+    }
+    Ok(())
+}

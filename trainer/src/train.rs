@@ -1,0 +1,489 @@
+//! The training loop of one process: prepare data, build tables and model, run epochs
+//! with a loader thread feeding batches, validate, stop early, test, save, summarise.
+//!
+//! Each step: lookup (plan the batch's ids, gather rows into the input tensor), dense
+//! forward/backward and optimizer step (libtorch), sparse update (reduce each touched
+//! row's gradient, apply the sparse optimizer to it). Each phase is timed; the summary
+//! reports the breakdown. The same seed repeats a run bitwise in one process.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use shardrec_models::DenseOptimizer;
+use shardrec_tables::SparseOptimizer;
+
+use crate::bundle::ModelBundle;
+use crate::config::{ExperimentConfig, SparseOptimizerConfig};
+use crate::data::{
+    prepare, prepare_with_vocab, spawn_loader, LoaderOptions, PreparedDataset, SplitName,
+};
+use crate::device::resolve_device;
+use crate::embedding::build_collections;
+use crate::evaluate::{evaluate, EvalResult};
+use crate::model_io::{load_table, read_manifest, save_model};
+use crate::progress::Progress;
+use crate::run_dir::{peak_rss_bytes, RunDir};
+use crate::TrainError;
+
+fn sparse_optimizer(c: &SparseOptimizerConfig) -> SparseOptimizer {
+    let mut o = SparseOptimizer::new(c.kind, c.lr);
+    o.weight_decay = c.weight_decay;
+    o.initial_accumulator = c.initial_accumulator;
+    if let Some(e) = c.eps {
+        o.eps = e;
+    }
+    if let Some(b) = c.beta1 {
+        o.beta1 = b;
+    }
+    if let Some(b) = c.beta2 {
+        o.beta2 = b;
+    }
+    o
+}
+
+/// Time spent in each phase of the steps.
+#[derive(Debug, Default, Clone, Copy)]
+struct Timing {
+    data: Duration,
+    lookup: Duration,
+    dense: Duration,
+    sparse_update: Duration,
+}
+
+impl Timing {
+    fn to_json(self) -> serde_json::Value {
+        let total = (self.data + self.lookup + self.dense + self.sparse_update)
+            .as_secs_f64()
+            .max(1e-9);
+        json!({
+            "data_wait_s": self.data.as_secs_f64(),
+            "lookup_s": self.lookup.as_secs_f64(),
+            "dense_forward_backward_s": self.dense.as_secs_f64(),
+            "sparse_update_s": self.sparse_update.as_secs_f64(),
+            "lookup_plus_sparse_update_share": (self.lookup + self.sparse_update).as_secs_f64() / total,
+        })
+    }
+}
+
+fn threads_for(cfg: &ExperimentConfig) -> usize {
+    if cfg.train.threads > 0 {
+        cfg.train.threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// Runs `f` with libtorch and the table kernels limited to the configured threads.
+fn with_threads<T: Send>(
+    cfg: &ExperimentConfig,
+    f: impl FnOnce(usize) -> T + Send,
+) -> Result<T, TrainError> {
+    let threads = threads_for(cfg);
+    tch::set_num_threads(threads as i32);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| TrainError::Invalid(format!("thread pool: {e}")))?;
+    Ok(pool.install(|| f(threads)))
+}
+
+fn group_feature(
+    cfg: &ExperimentConfig,
+    data: &PreparedDataset,
+) -> Result<Option<usize>, TrainError> {
+    let Some(g) = &cfg.eval.gauc_by else {
+        return Ok(None);
+    };
+    let names: Vec<&str> = data
+        .meta
+        .schema
+        .categorical
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    names.iter().position(|n| n == g).map(Some).ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "eval.gauc_by = \"{g}\" is not a categorical feature (features: {})",
+            names.join(", ")
+        ))
+    })
+}
+
+fn log(msg: &str) {
+    eprintln!("[shardrec] {msg}");
+}
+
+fn eval_json(prefix: &str, r: &EvalResult) -> serde_json::Value {
+    json!({ format!("{prefix}_auc"): r.auc, format!("{prefix}_logloss"): r.logloss, format!("{prefix}_gauc"): r.gauc, format!("{prefix}_rows"): r.rows })
+}
+
+/// Trains as configured; returns the summary (also written to the run folder).
+pub fn train(cfg: &ExperimentConfig, name: &str) -> Result<serde_json::Value, TrainError> {
+    with_threads(cfg, |threads| train_inner(cfg, name, threads))?
+}
+
+fn train_inner(
+    cfg: &ExperimentConfig,
+    name: &str,
+    threads: usize,
+) -> Result<serde_json::Value, TrainError> {
+    let started = Instant::now();
+    let device = resolve_device(&cfg.train.device, 0).map_err(TrainError::Invalid)?;
+    let data = prepare(&cfg.data, &log)?;
+    let train_split = data.split(SplitName::Train).cloned().ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "{}: the training split has no rows",
+            cfg.data.train.display()
+        ))
+    })?;
+    let valid = data.split(SplitName::Valid).cloned();
+    let test = data.split(SplitName::Test).cloned();
+    if cfg.train.early_stopping_patience > 0 && valid.is_none() {
+        return Err(TrainError::Invalid(
+            "train.early_stopping_patience needs a non-empty validation split".into(),
+        ));
+    }
+    let groups = group_feature(cfg, &data)?;
+    let schema = &data.meta.schema;
+    let colls = build_collections(
+        &cfg.embedding,
+        schema,
+        &data.meta.vocab_sizes,
+        cfg.seed,
+        cfg.model.kind.needs_first_order(),
+    )
+    .map_err(TrainError::Invalid)?;
+    tch::manual_seed(cfg.seed as i64);
+    let mut bundle = ModelBundle::new(
+        colls.main,
+        colls.first_order,
+        sparse_optimizer(&cfg.embedding.optimizer),
+        &cfg.model,
+        schema.dense.len(),
+        device,
+    )?;
+    let mut opt = DenseOptimizer::new(&bundle.vs, cfg.optimizer.clone());
+    let mut run = RunDir::create(cfg, name).map_err(|source| TrainError::Io {
+        path: "runs".into(),
+        source,
+    })?;
+    let run_path = run.path.clone();
+    let run_io = |source| TrainError::Io {
+        path: run_path.clone(),
+        source,
+    };
+    log(&format!(
+        "run folder {}; {} train / {} valid / {} test rows; {} dense + {} categorical features; {} table parameters; {} threads",
+        run.path.display(),
+        train_split.rows,
+        valid.as_ref().map_or(0, |s| s.rows),
+        test.as_ref().map_or(0, |s| s.rows),
+        schema.dense.len(),
+        schema.categorical.len(),
+        bundle.tables.layout().parameters(),
+        threads
+    ));
+
+    let bs = cfg.train.batch_size;
+    let steps_per_epoch = train_split.rows.div_ceil(bs);
+    let mut total_steps = steps_per_epoch * cfg.train.epochs;
+    if cfg.train.max_steps > 0 {
+        total_steps = total_steps.min(cfg.train.max_steps);
+    }
+    let log_every = if cfg.train.log_every > 0 {
+        cfg.train.log_every
+    } else {
+        (steps_per_epoch / 20).max(1)
+    };
+    let progress = Progress::new(total_steps as u64, log_every);
+    let mut timing = Timing::default();
+    let (mut step, mut samples, mut epochs_run) = (0usize, 0u64, 0usize);
+    let (mut window_loss, mut window_rows, mut window_clock) = (0f64, 0usize, Instant::now());
+    let mut best_valid: Option<f64> = None;
+    let mut evals_without_gain = 0usize;
+    let mut stopped_early = false;
+    let mut train_time = Duration::ZERO;
+    let mut validations = Vec::new();
+
+    'epochs: for epoch in 0..cfg.train.epochs {
+        epochs_run = epoch + 1;
+        let stream = spawn_loader(
+            train_split.clone(),
+            LoaderOptions {
+                batch_size: bs,
+                shuffle: cfg.train.shuffle,
+                seed: cfg.seed,
+                epoch: epoch as u64,
+                window: cfg.train.shuffle_window,
+                queue: cfg.train.loader_queue,
+                shard: (0, 1),
+                group_feature: None,
+            },
+        );
+        let mut wait = Instant::now();
+        for batch in stream {
+            let t_data = wait.elapsed();
+            let t0 = Instant::now();
+            let lk = bundle.lookup(&batch, true)?;
+            let t1 = Instant::now();
+            let logits = bundle.logits(&lk, &batch, true);
+            let loss = bundle.loss(&logits, &batch);
+            opt.zero_grad();
+            loss.backward();
+            opt.step();
+            let loss_v = loss.double_value(&[]);
+            let t2 = Instant::now();
+            bundle.update_tables(lk)?;
+            let t3 = Instant::now();
+            timing.data += t_data;
+            timing.lookup += t1 - t0;
+            timing.dense += t2 - t1;
+            timing.sparse_update += t3 - t2;
+            train_time += t_data + (t3 - t0);
+            step += 1;
+            samples += batch.len() as u64;
+            if !loss_v.is_finite() {
+                return Err(TrainError::Invalid(format!(
+                    "training diverged: loss is {loss_v} at step {step}; lower optimizer.lr or embedding.optimizer.lr"
+                )));
+            }
+            window_loss += loss_v * batch.len() as f64;
+            window_rows += batch.len();
+            progress.step(step, || {
+                format!(
+                    "epoch {} loss {:.5}",
+                    epoch + 1,
+                    window_loss / window_rows.max(1) as f64
+                )
+            });
+            if step % log_every == 0 {
+                let secs = window_clock.elapsed().as_secs_f64().max(1e-9);
+                run.log_metrics(&json!({
+                    "step": step, "epoch": epoch + 1,
+                    "loss": window_loss / window_rows.max(1) as f64,
+                    "samples_per_s": window_rows as f64 / secs,
+                }))
+                .map_err(run_io)?;
+                (window_loss, window_rows, window_clock) = (0.0, 0, Instant::now());
+            }
+            let eval_now = cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0;
+            if eval_now {
+                if let Some(v) = &valid {
+                    if validate(
+                        &bundle,
+                        v,
+                        cfg,
+                        groups,
+                        step,
+                        epoch,
+                        &mut run,
+                        &progress,
+                        &mut best_valid,
+                        &mut evals_without_gain,
+                        &mut validations,
+                    )? {
+                        stopped_early = true;
+                        break 'epochs;
+                    }
+                }
+            }
+            if cfg.train.max_steps > 0 && step >= cfg.train.max_steps {
+                break 'epochs;
+            }
+            wait = Instant::now();
+        }
+        if cfg.train.eval_every == 0 {
+            if let Some(v) = &valid {
+                if validate(
+                    &bundle,
+                    v,
+                    cfg,
+                    groups,
+                    step,
+                    epoch,
+                    &mut run,
+                    &progress,
+                    &mut best_valid,
+                    &mut evals_without_gain,
+                    &mut validations,
+                )? {
+                    stopped_early = true;
+                    break 'epochs;
+                }
+            }
+        }
+    }
+    progress.finish();
+    let test_result = match &test {
+        Some(t) => Some(evaluate(&bundle, t, cfg.eval.batch_size, groups)?),
+        None => None,
+    };
+    if cfg.train.save_model {
+        let mut colls: Vec<(&str, &shardrec_tables::LocalEmbeddings)> =
+            vec![("main", &bundle.tables)];
+        if let Some(f) = &bundle.first_order {
+            colls.push(("first_order", f));
+        }
+        save_model(
+            &run.model_dir(),
+            &bundle.vs,
+            &cfg.model,
+            schema,
+            &data.meta.vocab_sizes,
+            &data.dir.join("vocab.bin"),
+            &colls,
+        )?;
+    }
+    let (emb_bytes, state_bytes) = bundle.table_bytes();
+    let params = bundle.tables.layout().parameters()
+        + bundle
+            .first_order
+            .as_ref()
+            .map_or(0, |f| f.layout().parameters());
+    let mut summary = json!({
+        "auc": test_result.as_ref().and_then(|r| r.auc),
+        "logloss": test_result.as_ref().map(|r| r.logloss),
+        "gauc": test_result.as_ref().and_then(|r| r.gauc),
+        "best_valid_auc": best_valid,
+        "train_samples_per_s": samples as f64 / train_time.as_secs_f64().max(1e-9),
+        "rows_train": train_split.rows,
+        "rows_valid": valid.as_ref().map_or(0, |s| s.rows),
+        "rows_test": test.as_ref().map_or(0, |s| s.rows),
+        "bad_rows_skipped": data.meta.bad_rows.total(),
+        "bad_rows": data.meta.bad_rows.to_json(),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "steps": step,
+        "epochs": epochs_run,
+        "stopped_early": stopped_early,
+        "samples_seen": samples,
+        "embedding_params": params,
+        "embedding_bytes": emb_bytes,
+        "optimizer_state_bytes": state_bytes,
+        "model": format!("{:?}", cfg.model.kind).to_lowercase(),
+        "threads": threads,
+        "device": cfg.train.device,
+        "seed": cfg.seed,
+        "time": timing.to_json(),
+        "wall_s": started.elapsed().as_secs_f64(),
+        "run_dir": run.path.display().to_string(),
+        "validations": validations,
+    });
+    if let Some(r) = &test_result {
+        summary["rows_test"] = r.rows.into();
+    }
+    run.write_summary(&summary).map_err(run_io)?;
+    Ok(summary)
+}
+
+/// Evaluates on the validation split, logs it, updates early stopping; true = stop.
+#[allow(clippy::too_many_arguments)]
+fn validate(
+    bundle: &ModelBundle,
+    split: &Arc<crate::data::PreparedSplit>,
+    cfg: &ExperimentConfig,
+    groups: Option<usize>,
+    step: usize,
+    epoch: usize,
+    run: &mut RunDir,
+    progress: &Progress,
+    best: &mut Option<f64>,
+    without_gain: &mut usize,
+    history: &mut Vec<serde_json::Value>,
+) -> Result<bool, TrainError> {
+    let r = evaluate(bundle, split, cfg.eval.batch_size, groups)?;
+    let mut line = eval_json("valid", &r);
+    line["step"] = step.into();
+    line["epoch"] = (epoch + 1).into();
+    run.log_metrics(&line).map_err(|source| TrainError::Io {
+        path: run.path.clone(),
+        source,
+    })?;
+    progress.println(&format!(
+        "[shardrec] step {step}: valid auc {} logloss {:.5}",
+        r.auc.map_or("n/a".into(), |a| format!("{a:.5}")),
+        r.logloss
+    ));
+    history.push(json!({ "step": step, "auc": r.auc, "logloss": r.logloss }));
+    let auc = r.auc.unwrap_or(f64::NAN);
+    if best.is_none_or(|b| auc > b) {
+        *best = Some(auc);
+        *without_gain = 0;
+    } else {
+        *without_gain += 1;
+    }
+    Ok(cfg.train.early_stopping_patience > 0 && *without_gain >= cfg.train.early_stopping_patience)
+}
+
+/// `shardrec eval`: evaluates a saved model on the config's test data (prepared with the
+/// model's vocabulary).
+pub fn eval_saved_model(
+    cfg: &ExperimentConfig,
+    model_dir: &Path,
+) -> Result<serde_json::Value, TrainError> {
+    with_threads(cfg, |threads| {
+        let manifest = read_manifest(model_dir)?;
+        let device = resolve_device(&cfg.train.device, 0).map_err(TrainError::Invalid)?;
+        let data = prepare_with_vocab(&cfg.data, &model_dir.join("vocab.bin"), &log)?;
+        if data.meta.schema != manifest.schema {
+            return Err(TrainError::Invalid(format!(
+                "{}: the data's columns differ from the model's",
+                cfg.data.train.display()
+            )));
+        }
+        let split = data
+            .split(SplitName::Test)
+            .or_else(|| data.split(SplitName::Valid))
+            .cloned()
+            .ok_or_else(|| {
+                TrainError::Invalid(
+                    "no test (or validation) rows to evaluate; set data.test".into(),
+                )
+            })?;
+        let layout = |name: &str| -> Result<Option<shardrec_tables::CollectionLayout>, TrainError> {
+            manifest
+                .collections
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| shardrec_tables::CollectionLayout::new(c.spec.clone()))
+                .transpose()
+                .map_err(TrainError::from)
+        };
+        let main = layout("main")?.ok_or_else(|| {
+            TrainError::Invalid(format!("{}: no main collection", model_dir.display()))
+        })?;
+        let mut vs_bundle = ModelBundle::new(
+            main,
+            layout("first_order")?,
+            sparse_optimizer(&cfg.embedding.optimizer),
+            &manifest.model,
+            manifest.num_dense,
+            device,
+        )?;
+        for t in 0..vs_bundle.tables.layout().num_tables() {
+            load_table(model_dir, "main", &mut vs_bundle.tables, t)?;
+        }
+        if let Some(fo) = vs_bundle.first_order.as_mut() {
+            for t in 0..fo.layout().num_tables() {
+                load_table(model_dir, "first_order", fo, t)?;
+            }
+        }
+        let dense = model_dir.join("dense.safetensors");
+        vs_bundle
+            .vs
+            .load(&dense)
+            .map_err(|source| crate::model_io::ModelIoError::Torch {
+                path: dense.clone(),
+                source,
+            })?;
+        let groups = group_feature(cfg, &data)?;
+        let r = evaluate(&vs_bundle, &split, cfg.eval.batch_size, groups)?;
+        Ok(json!({
+            "auc": r.auc, "logloss": r.logloss, "gauc": r.gauc, "rows_test": r.rows,
+            "split": split.name.as_str(), "model_dir": model_dir.display().to_string(),
+            "bad_rows_skipped": data.meta.bad_rows.total(), "threads": threads,
+            "peak_rss_bytes": peak_rss_bytes(),
+        }))
+    })?
+}
