@@ -1,1 +1,17 @@
+//! shardrec's integration tests, in one binary (each test binary links libtorch).
+//!
+//! Tests that read the bundled real data (`../shared/data`) skip with a message when it
+//! is absent (a user's clone); CI sets `SHARDREC_REQUIRE_SHARED=1`, which turns the
+//! absence into a failure.
 
+mod common;
+
+mod bad_config;
+mod bad_input;
+mod cli_train;
+mod dense_optimizers;
+mod gradients;
+mod model_files;
+mod optimizers;
+mod real_data;
+mod synth_data;

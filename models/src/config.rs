@@ -18,9 +18,15 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
-    /// Whether the model has a first-order (linear) term over categorical values.
+    /// Whether the model reads a first-order (one weight per value) input beside its
+    /// embeddings. LR has no embeddings: its main input *is* the first-order weights.
     pub fn needs_first_order(self) -> bool {
-        matches!(self, ModelKind::Lr | ModelKind::Fm | ModelKind::Deepfm)
+        matches!(self, ModelKind::Fm | ModelKind::Deepfm)
+    }
+
+    /// Width the main tables must have when the model fixes it (LR: one weight per value).
+    pub fn fixed_embedding_width(self) -> Option<usize> {
+        matches!(self, ModelKind::Lr).then_some(1)
     }
 }
 

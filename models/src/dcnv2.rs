@@ -7,7 +7,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use crate::config::ModelConfig;
-use crate::mlp::Mlp;
+use crate::mlp::{torch_linear, Mlp};
 use crate::model::{CtrModel, ModelInput, ModelShape};
 use crate::ModelError;
 
@@ -27,7 +27,7 @@ impl Dcnv2 {
         }
         let n = shape.embedding_width() + shape.num_dense;
         let cross = (0..cfg.cross_layers)
-            .map(|i| nn::linear(p / format!("cross{i}"), n, n, Default::default()))
+            .map(|i| torch_linear(p / format!("cross{i}"), n, n))
             .collect();
         Ok(Self {
             cross,

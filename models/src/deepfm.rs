@@ -8,7 +8,7 @@ use tch::Tensor;
 use crate::config::ModelConfig;
 use crate::fm::fm_pairwise;
 use crate::logistic::linear_logit;
-use crate::mlp::Mlp;
+use crate::mlp::{torch_linear, Mlp};
 use crate::model::{CtrModel, ModelInput, ModelShape};
 use crate::ModelError;
 
@@ -26,8 +26,7 @@ impl DeepFm {
         let width = shape.uniform_width("deepfm")?;
         let input = shape.embedding_width() + shape.num_dense;
         Ok(Self {
-            dense: (shape.num_dense > 0)
-                .then(|| nn::linear(p / "dense", shape.num_dense, 1, Default::default())),
+            dense: (shape.num_dense > 0).then(|| torch_linear(p / "dense", shape.num_dense, 1)),
             bias: p.zeros("bias", &[1]),
             features: shape.feature_widths.len() as i64,
             width,

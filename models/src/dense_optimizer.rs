@@ -7,9 +7,10 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DenseOptimizerKind {
+    #[default]
     Adam,
     Adagrad,
     Sgd,
@@ -32,6 +33,7 @@ fn default_eps() -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DenseOptimizerConfig {
+    #[serde(default)]
     pub kind: DenseOptimizerKind,
     #[serde(default = "default_lr")]
     pub lr: f64,

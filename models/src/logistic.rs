@@ -1,11 +1,13 @@
 //! Logistic regression and the factorisation machine (Rendle 2010): a bias, a linear term
-//! over dense features, one learned weight per categorical value (the first-order table),
-//! and for FM the pairwise term over the embeddings.
+//! over dense features, one learned weight per categorical value, and for FM the pairwise
+//! term over the embeddings. LR reads its per-value weights as its main input (tables of
+//! width 1); FM reads them as the separate first-order input.
 
 use tch::nn::{self, Module};
 use tch::Tensor;
 
 use crate::fm::fm_pairwise;
+use crate::mlp::torch_linear;
 use crate::model::{CtrModel, ModelInput, ModelShape};
 use crate::ModelError;
 
@@ -28,8 +30,7 @@ impl Logistic {
             None
         };
         Ok(Self {
-            dense: (shape.num_dense > 0)
-                .then(|| nn::linear(p / "dense", shape.num_dense, 1, Default::default())),
+            dense: (shape.num_dense > 0).then(|| torch_linear(p / "dense", shape.num_dense, 1)),
             bias: p.zeros("bias", &[1]),
             fm,
         })
@@ -42,14 +43,16 @@ pub(crate) fn linear_logit(
     bias: &Tensor,
     input: &ModelInput,
 ) -> Tensor {
-    let mut logit = bias.expand([input.emb.size()[0]], false).shallow_clone();
-    if let Some(fo) = input.first_order {
-        logit = logit + fo.sum_dim_intlist(1i64, false, None);
-    }
-    if let Some(d) = dense {
-        logit = logit + d.forward(input.dense).squeeze_dim(1);
-    }
-    logit
+    let base = bias.expand([input.emb.size()[0]], false);
+    let first_order = input
+        .first_order
+        .map(|fo| fo.sum_dim_intlist(1i64, false, None));
+    let dense = dense.map(|d| d.forward(input.dense).squeeze_dim(1));
+    // functional sums: `+=` would write into the expanded view of the bias
+    [first_order, dense]
+        .into_iter()
+        .flatten()
+        .fold(base, |acc, t| acc + t)
 }
 
 impl CtrModel for Logistic {
@@ -57,7 +60,7 @@ impl CtrModel for Logistic {
         let logit = linear_logit(self.dense.as_ref(), &self.bias, input);
         match self.fm {
             Some((f, w)) => logit + fm_pairwise(&input.emb.view([-1, f, w])),
-            None => logit,
+            None => logit + input.emb.sum_dim_intlist(1i64, false, None),
         }
     }
 }

@@ -4,6 +4,27 @@
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
+/// A linear layer initialised as `torch.nn.Linear` is (weights and bias uniform in
+/// +-1/sqrt(fan_in)), so results match what PyTorch users expect; tch's default
+/// (Kaiming with a ReLU gain) starts sqrt(6) times wider.
+pub fn torch_linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
+    let bound = 1.0 / (input.max(1) as f64).sqrt();
+    let init = nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    nn::linear(
+        p,
+        input,
+        output,
+        nn::LinearConfig {
+            ws_init: init,
+            bs_init: Some(init),
+            bias: true,
+        },
+    )
+}
+
 #[derive(Debug)]
 pub struct Mlp {
     layers: Vec<(nn::Linear, Option<nn::BatchNorm>)>,
@@ -27,13 +48,13 @@ impl Mlp {
         let mut layers = Vec::with_capacity(hidden.len());
         let mut width = input;
         for (i, &h) in hidden.iter().enumerate() {
-            let lin = nn::linear(p / format!("linear{i}"), width, h, Default::default());
+            let lin = torch_linear(p / format!("linear{i}"), width, h);
             let bn =
                 batch_norm.then(|| nn::batch_norm1d(p / format!("bn{i}"), h, Default::default()));
             layers.push((lin, bn));
             width = h;
         }
-        let output = output.map(|o| nn::linear(p / "out", width, o, Default::default()));
+        let output = output.map(|o| torch_linear(p / "out", width, o));
         Self {
             layers,
             output,

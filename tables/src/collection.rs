@@ -86,16 +86,15 @@ impl CollectionLayout {
                     })?;
                 let table = &spec.tables[t];
                 match p.map {
-                    RowMap::Offset { offset, id_rows } => {
+                    RowMap::Offset { offset, id_rows }
                         if offset
                             .checked_add(id_rows)
-                            .is_none_or(|end| end > table.rows)
-                        {
-                            return Err(bad(format!(
-                                "ids at offset {offset} with {id_rows} rows overrun table `{}` ({} rows)",
-                                table.name, table.rows
-                            )));
-                        }
+                            .is_none_or(|end| end > table.rows) =>
+                    {
+                        return Err(bad(format!(
+                            "ids at offset {offset} with {id_rows} rows overrun table `{}` ({} rows)",
+                            table.name, table.rows
+                        )));
                     }
                     RowMap::Quotient { divisor: 0 } => {
                         return Err(bad("quotient divisor must be positive".into()))

@@ -32,11 +32,13 @@ impl Progress {
         match &self.bar {
             Some(b) => {
                 b.set_position(step as u64);
-                if step % 10 == 0 {
+                if step.is_multiple_of(10) {
                     b.set_message(msg());
                 }
             }
-            None if step % self.log_every == 0 => eprintln!("[train] step {step} {}", msg()),
+            None if step.is_multiple_of(self.log_every) => {
+                eprintln!("[train] step {step} {}", msg())
+            }
             None => {}
         }
     }

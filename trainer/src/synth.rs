@@ -105,6 +105,9 @@ fn permute32(x: u32, key: u32) -> u32 {
     x
 }
 
+/// One chunk of rows: their TSV text, their probability lines, (label, probability).
+type Chunk = (String, String, Vec<(bool, f64)>);
+
 struct Row {
     values: Vec<Option<u64>>,
     dense: Vec<Option<u64>>,
@@ -150,10 +153,8 @@ impl Teacher {
         let mut logit = 0.0;
         let mut sum_u = vec![0.0; k];
         let mut sum_sq = 0.0;
-        let mut draw = 0u64;
         for f in 0..nf {
-            let missing = uni(s, r, draw) < self.o.missing_rate;
-            draw += 1;
+            let missing = uni(s, r, f as u64) < self.o.missing_rate;
             let mut counter = 0u64;
             let v = if missing {
                 None
@@ -161,7 +162,7 @@ impl Teacher {
                 Some(
                     self.zipf[f].sample(|| {
                         counter += 1;
-                        uni(s ^ 0x21, r * 64 + f as u64, counter)
+                        uni(s ^ 0x21, mix64(r) ^ f as u64, counter)
                     }) - 1,
                 )
             };
@@ -309,7 +310,7 @@ pub fn generate(opts: SynthOptions, progress: &dyn Fn(u64)) -> Result<SynthSumma
     let mut start = 0u64;
     while start < opts.rows {
         let end = (start + chunk * 8).min(opts.rows);
-        let parts: Vec<(String, String, Vec<(bool, f64)>)> = (start..end)
+        let parts: Vec<Chunk> = (start..end)
             .step_by(chunk as usize)
             .collect::<Vec<_>>()
             .into_par_iter()

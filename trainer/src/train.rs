@@ -152,7 +152,7 @@ fn train_inner(
         schema,
         &data.meta.vocab_sizes,
         cfg.seed,
-        cfg.model.kind.needs_first_order(),
+        cfg.model.kind,
     )
     .map_err(TrainError::Invalid)?;
     tch::manual_seed(cfg.seed as i64);

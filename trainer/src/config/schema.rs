@@ -217,6 +217,10 @@ pub struct InitConfig {
     pub scale: Option<f32>,
 }
 
+fn default_sparse_kind() -> OptimizerKind {
+    OptimizerKind::RowwiseAdagrad
+}
+
 fn default_sparse_lr() -> f32 {
     0.01
 }
@@ -225,6 +229,9 @@ fn default_sparse_lr() -> f32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SparseOptimizerConfig {
+    /// Default `rowwise_adagrad` (one accumulator per row, as TorchRec's and HugeCTR's
+    /// production configs).
+    #[serde(default = "default_sparse_kind")]
     pub kind: OptimizerKind,
     #[serde(default = "default_sparse_lr")]
     pub lr: f32,

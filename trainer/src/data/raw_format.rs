@@ -473,7 +473,7 @@ fn parse_libfm(line: &[u8], fields: usize, row: &mut ParsedRow) -> Result<(), Ba
             .ok()
             .and_then(|s| s.parse::<f64>().ok());
         match v {
-            Some(v) if v == 1.0 => {}
+            Some(1.0) => {}
             Some(_) => {
                 return Err(BadField::new(
                     BadRowKind::BadLibfmPair,

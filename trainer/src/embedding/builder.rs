@@ -34,14 +34,15 @@ struct TablePlan {
     features: Vec<usize>,
 }
 
-/// Builds the main collection (and the first-order one when asked for).
+/// Builds the main collection (and the first-order one when the model has that term).
 pub fn build_collections(
     cfg: &EmbeddingConfig,
     schema: &Schema,
     vocab_sizes: &[u64],
     seed: u64,
-    first_order: bool,
+    model: shardrec_models::ModelKind,
 ) -> Result<Collections, String> {
+    let first_order = model.needs_first_order();
     let names: Vec<&str> = schema.categorical.iter().map(|c| c.name.as_str()).collect();
     let mut owner: Vec<Option<usize>> = vec![None; names.len()];
     let mut plans: Vec<TablePlan> = Vec::new();
@@ -162,7 +163,7 @@ pub fn build_collections(
         CollectionLayout::new(spec).map_err(|e| format!("embedding: {e}"))
     };
     Ok(Collections {
-        main: make(None, "")?,
+        main: make(model.fixed_embedding_width(), "")?,
         first_order: if first_order {
             Some(make(Some(1), ".linear")?)
         } else {

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up (launch/setup.sh), then runs every check: formatting, clippy, and all tests
+# (unit tests of each crate and the integration tests in tests/), in release mode so the
+# libtorch bindings are compiled once for both the binary and the tests.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+bash launch/setup.sh
+source launch/env.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --release --quiet -- -D warnings
+cargo test --workspace --release
