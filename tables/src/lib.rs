@@ -27,6 +27,7 @@ mod jagged;
 mod local;
 mod lookup_plan;
 mod optimizer;
+mod prefetch;
 mod row_ops;
 mod shard;
 mod sharding;

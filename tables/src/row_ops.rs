@@ -61,6 +61,7 @@ pub fn assemble_output(
     }
     out.par_chunks_mut(plan.width)
         .enumerate()
+        .with_min_len(64)
         .for_each(|(b, row_out)| {
             row_out.fill(0.0);
             let base = b * plan.width;
@@ -91,6 +92,10 @@ pub fn assemble_output(
 
 /// Gradient of every distinct row of every table, from the gradient of the output
 /// (batch x width). `gathered` (the forward rows) is needed only by `Mul` features.
+///
+/// Requests are visited in request order (sample-major), so the output gradient is read
+/// front to back at a steady stride, and each row sums its contributions in request
+/// order. Tables are independent and run in parallel.
 pub fn reduce_row_gradients(
     plan: &LookupPlan,
     dims: &[usize],
@@ -110,29 +115,24 @@ pub fn reduce_row_gradients(
         .tables
         .par_iter()
         .zip(dims.par_iter())
-        .map(|(t, &d)| {
-            let mut grads = vec![0.0f32; t.unique_rows.len() * d];
-            grads
-                .par_chunks_mut(d.max(1))
-                .enumerate()
-                .for_each(|(g, acc)| {
-                    for &ri in &t.order[t.group_starts[g] as usize..t.group_starts[g + 1] as usize]
-                    {
-                        let r = plan.requests[ri as usize];
-                        let src = &out_grad[r.dest..][..d];
-                        if r.partner == NO_PARTNER {
-                            for (a, s) in acc.iter_mut().zip(src) {
-                                *a += r.weight * s;
-                            }
-                        } else {
-                            let p = plan.requests[r.partner as usize];
-                            let other = &gathered[p.table as usize][p.unique as usize * d..][..d];
-                            for ((a, s), q) in acc.iter_mut().zip(src).zip(other) {
-                                *a += r.weight * s * q;
-                            }
-                        }
+        .map(|(reqs, &d)| {
+            let mut grads = vec![0.0f32; reqs.unique_rows.len() * d];
+            for &ri in &reqs.in_request_order {
+                let r = &plan.requests[ri as usize];
+                let acc = &mut grads[r.unique as usize * d..][..d];
+                let src = &out_grad[r.dest..][..d];
+                if r.partner == NO_PARTNER {
+                    for (a, s) in acc.iter_mut().zip(src) {
+                        *a += r.weight * s;
                     }
-                });
+                } else {
+                    let p = plan.requests[r.partner as usize];
+                    let other = &gathered[p.table as usize][p.unique as usize * d..][..d];
+                    for ((a, s), q) in acc.iter_mut().zip(src).zip(other) {
+                        *a += r.weight * s * q;
+                    }
+                }
+            }
             grads
         })
         .collect())

@@ -104,12 +104,15 @@ impl TableShard {
         let n = self.num_rows() as u64;
         let data = self.weights.as_slice();
         let mut out = Vec::with_capacity(local_rows.len() * w);
-        for &r in local_rows {
+        for (i, &r) in local_rows.iter().enumerate() {
             if r >= n {
                 return Err(TableError::BadBatch(format!(
                     "table `{}`: local row {r} outside the shard's {n} rows",
                     self.table
                 )));
+            }
+            if let Some(&ahead) = local_rows.get(i + crate::prefetch::DISTANCE) {
+                crate::prefetch::prefetch(data.as_ptr().wrapping_add(ahead as usize * w));
             }
             out.extend_from_slice(&data[r as usize * w..][..w]);
         }

@@ -372,9 +372,15 @@ fn build(
     let schema = parser.schema().clone();
     let mut sources = sources.to_vec();
 
-    // Pass 0: the tail split needs the number of good rows.
+    // Pass 0: the tail split needs the number of good rows. Under on_bad_row = "error"
+    // every row is good (or preparation stops later), so counting lines is enough.
     if let Assign::Tail { .. } = sources[0].1 {
-        let (n, _) = scan(train_path, &parser, cfg, |_, _| Ok(()))?;
+        let n = match cfg.on_bad_row {
+            BadRowPolicy::Error => {
+                count_data_lines(train_path, &parser, first_line.as_deref(), cfg.max_rows)?
+            }
+            BadRowPolicy::Skip => scan(train_path, &parser, cfg, |_, _| Ok(()))?.0,
+        };
         let valid = if cfg.valid.is_some() {
             0.0
         } else {
@@ -478,6 +484,36 @@ fn build(
     let text = serde_json::to_string_pretty(&meta).map_err(|e| DataError::Config(e.to_string()))?;
     std::fs::write(&meta_path, text).map_err(|e| DataError::io(&meta_path, e))?;
     PreparedDataset::open(tmp)
+}
+
+/// Lines of a file that are data rows (a header excluded, at most `max_rows` if set).
+fn count_data_lines(
+    path: &Path,
+    parser: &RowParser,
+    first: Option<&[u8]>,
+    max_rows: u64,
+) -> Result<u64, DataError> {
+    use std::io::Read;
+    let mut f = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut newlines, mut last) = (0u64, b'\n');
+    loop {
+        let k = f.read(&mut buf).map_err(|e| DataError::io(path, e))?;
+        if k == 0 {
+            break;
+        }
+        newlines += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64;
+        last = buf[k - 1];
+    }
+    let mut lines = newlines + u64::from(last != b'\n');
+    if first.is_some_and(|l| parser.is_header(l)) {
+        lines = lines.saturating_sub(1);
+    }
+    Ok(if max_rows > 0 {
+        lines.min(max_rows)
+    } else {
+        lines
+    })
 }
 
 fn read_first_data_line(path: &Path) -> Result<Option<Vec<u8>>, DataError> {

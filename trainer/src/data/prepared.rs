@@ -157,7 +157,6 @@ impl PreparedSplit {
 pub struct PreparedDataset {
     pub dir: PathBuf,
     pub meta: PreparedMeta,
-    pub vocab: Vocab,
     pub splits: BTreeMap<SplitName, std::sync::Arc<PreparedSplit>>,
 }
 
@@ -183,11 +182,13 @@ impl PreparedDataset {
                 ),
             });
         }
-        let vocab = Vocab::load(&dir.join("vocab.bin"))?;
-        if vocab.sizes() != meta.vocab_sizes {
+        // The value -> id maps are only needed to encode new raw files (evaluation of a
+        // saved model); training needs the sizes in meta.json, so the maps stay on disk.
+        let vocab_path = dir.join("vocab.bin");
+        if !vocab_path.is_file() {
             return Err(DataError::Corrupt {
-                path: dir.join("vocab.bin"),
-                message: "does not match meta.json".into(),
+                path: vocab_path,
+                message: "missing".into(),
             });
         }
         let mut splits = BTreeMap::new();
@@ -257,9 +258,20 @@ impl PreparedDataset {
         Ok(Self {
             dir: dir.to_path_buf(),
             meta,
-            vocab,
             splits,
         })
+    }
+
+    /// The vocabulary (value -> id maps), read from `vocab.bin`.
+    pub fn load_vocab(&self) -> Result<Vocab, DataError> {
+        let vocab = Vocab::load(&self.dir.join("vocab.bin"))?;
+        if vocab.sizes() != self.meta.vocab_sizes {
+            return Err(DataError::Corrupt {
+                path: self.dir.join("vocab.bin"),
+                message: "does not match meta.json".into(),
+            });
+        }
+        Ok(vocab)
     }
 
     pub fn split(&self, name: SplitName) -> Option<&std::sync::Arc<PreparedSplit>> {

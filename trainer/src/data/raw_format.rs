@@ -341,8 +341,8 @@ impl RowParser {
                 format!("expected {} columns, found {count}", actions.len()),
             ));
         }
-        // dense-as-categorical values are pushed first; keep categorical text aside
-        let mut deferred: Vec<(usize, &[u8], Option<u8>, bool)> = Vec::new();
+        // label and dense columns first (dense-as-categorical values come first among the
+        // categorical features), then a second pass over the categorical columns
         for (i, (field, action)) in line.split(|&b| b == delimiter).zip(actions).enumerate() {
             let col = i + 1;
             match action {
@@ -364,11 +364,7 @@ impl RowParser {
                         );
                     }
                 }
-                Action::Categorical {
-                    separator,
-                    hex,
-                    hour_of_day,
-                } => {
+                Action::Categorical { hex, .. } => {
                     if *hex && !field.iter().all(u8::is_ascii_hexdigit) {
                         return Err(BadField::new(
                             BadRowKind::NonHexCategory,
@@ -377,20 +373,29 @@ impl RowParser {
                             "Criteo categories are hexadecimal",
                         ));
                     }
-                    deferred.push((col, field, *separator, *hour_of_day));
                 }
             }
         }
-        for (_, field, separator, hour) in deferred {
+        for (field, action) in line.split(|&b| b == delimiter).zip(actions) {
+            let Action::Categorical {
+                separator,
+                hour_of_day,
+                ..
+            } = action
+            else {
+                continue;
+            };
             match separator {
                 Some(s) => {
                     if !field.is_empty() {
-                        for v in field.split(|&b| b == s) {
+                        for v in field.split(|b| b == s) {
                             row.push_value(v);
                         }
                     }
                 }
-                None if hour && field.len() >= 2 => row.push_value(&field[field.len() - 2..]),
+                None if *hour_of_day && field.len() >= 2 => {
+                    row.push_value(&field[field.len() - 2..])
+                }
                 None => row.push_value(field),
             }
             row.end_feature();

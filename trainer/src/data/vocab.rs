@@ -6,7 +6,9 @@
 //! Saved as `vocab.bin`: magic, feature count, then per feature its entries (length-
 //! prefixed bytes and training count) in id order, and a CRC32 of everything before it.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
@@ -16,10 +18,55 @@ use super::DataError;
 
 const MAGIC: &[u8; 8] = b"SRVOCAB1";
 
+/// A categorical value's bytes; values of up to 23 bytes (hex hashes, numbers, most
+/// names) live inline, so counting tens of millions of values allocates almost nothing.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Inline(u8, [u8; 23]),
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    fn new(v: &[u8]) -> Self {
+        if v.len() <= 23 {
+            let mut b = [0u8; 23];
+            b[..v.len()].copy_from_slice(v);
+            Key::Inline(v.len() as u8, b)
+        } else {
+            Key::Heap(v.into())
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline(n, b) => &b[..*n as usize],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.bytes().hash(state)
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.bytes()))
+    }
+}
+
 /// Counts values while the training split streams past.
 #[derive(Debug)]
 pub struct VocabBuilder {
-    counts: Vec<HashMap<Box<[u8]>, u64, FastHashBuilder>>,
+    counts: Vec<HashMap<Key, u64, FastHashBuilder>>,
 }
 
 impl VocabBuilder {
@@ -37,23 +84,33 @@ impl VocabBuilder {
                 match map.get_mut(v) {
                     Some(c) => *c += 1,
                     None => {
-                        map.insert(v.into(), 1);
+                        map.insert(Key::new(v), 1);
                     }
                 }
             }
         }
     }
 
-    /// Assigns ids: count >= min_count, most frequent first, ties by value.
+    /// Assigns ids: count >= min_count, most frequent first; ties in a fixed order (by a
+    /// hash of the value, then the value), so ids never depend on map iteration order.
     pub fn finish(self, min_count: u64) -> Vocab {
+        use rayon::prelude::*;
         let features = self
             .counts
-            .into_iter()
+            .into_par_iter()
             .map(|map| {
-                let mut entries: Vec<(Box<[u8]>, u64)> =
-                    map.into_iter().filter(|(_, c)| *c >= min_count).collect();
-                entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                FeatureVocab::from_entries(entries)
+                let tie = |k: &Key| FastHashBuilder.hash_one(k.bytes());
+                let mut entries: Vec<(u64, u64, Key)> = map
+                    .into_iter()
+                    .filter(|(_, c)| *c >= min_count)
+                    .map(|(k, c)| (c, tie(&k), k))
+                    .collect();
+                entries.sort_unstable_by(|a, b| {
+                    b.0.cmp(&a.0)
+                        .then(a.1.cmp(&b.1))
+                        .then_with(|| a.2.cmp(&b.2))
+                });
+                FeatureVocab::from_entries(entries.into_iter().map(|(c, _, k)| (k, c)).collect())
             })
             .collect();
         Vocab { features }
@@ -63,13 +120,13 @@ impl VocabBuilder {
 /// One feature's value -> id map.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureVocab {
-    ids: HashMap<Box<[u8]>, u32, FastHashBuilder>,
+    ids: HashMap<Key, u32, FastHashBuilder>,
     /// Training count of id i + 1.
     counts: Vec<u64>,
 }
 
 impl FeatureVocab {
-    fn from_entries(entries: Vec<(Box<[u8]>, u64)>) -> Self {
+    fn from_entries(entries: Vec<(Key, u64)>) -> Self {
         let mut ids = HashMap::with_capacity_and_hasher(entries.len(), FastHashBuilder);
         let mut counts = Vec::with_capacity(entries.len());
         for (i, (v, c)) in entries.into_iter().enumerate() {
@@ -113,7 +170,8 @@ impl Vocab {
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&(self.features.len() as u64).to_le_bytes());
         for f in &self.features {
-            let mut entries: Vec<(&[u8], u32)> = f.ids.iter().map(|(k, &v)| (&**k, v)).collect();
+            let mut entries: Vec<(&[u8], u32)> =
+                f.ids.iter().map(|(k, &v)| (k.bytes(), v)).collect();
             entries.sort_unstable_by_key(|e| e.1);
             buf.extend_from_slice(&(entries.len() as u64).to_le_bytes());
             for (value, id) in entries {
@@ -161,7 +219,7 @@ impl Vocab {
             let mut entries = Vec::with_capacity(n.min(1 << 24));
             for _ in 0..n {
                 let len = u32::from_le_bytes(take(4)?.try_into().unwrap_or([0; 4])) as usize;
-                let value: Box<[u8]> = take(len)?.into();
+                let value = Key::new(take(len)?);
                 let count = u64_at(take(8)?);
                 entries.push((value, count));
             }

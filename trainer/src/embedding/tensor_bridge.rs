@@ -41,7 +41,8 @@ pub fn lookup(
     train: bool,
 ) -> Result<Activation, TableError> {
     let plan = tables.plan(batch)?;
-    let mut t = Tensor::zeros(
+    // every element is written by the forward pass, so the buffer starts uninitialised
+    let mut t = Tensor::empty(
         [plan.batch_size as i64, plan.width as i64],
         (Kind::Float, Device::Cpu),
     );
