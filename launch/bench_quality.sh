@@ -12,7 +12,7 @@ SEEDS=${1:-5}
 source launch/env.sh
 BIN=target/release/shardrec
 [ -x "$BIN" ] || bash launch/setup.sh
-PY=$(bash ../shared/peers/setup.sh)
+PY=$(bash ../shared/peers/setup.sh | tail -n 1)
 D=../shared/data
 DIR=data/bench/quality
 mkdir -p "$DIR"

@@ -18,7 +18,7 @@ REPEATS=${3:-2}
 source launch/env.sh
 BIN=target/release/shardrec
 [ -x "$BIN" ] || bash launch/setup.sh
-PY=$(bash ../shared/peers/setup.sh)
+PY=$(bash ../shared/peers/setup.sh | tail -n 1)
 DIR=data/bench
 DATA=$DIR/uniform-$ROWS.tsv
 mkdir -p "$DIR"

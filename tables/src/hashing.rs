@@ -16,9 +16,12 @@ pub fn mix64(mut z: u64) -> u64 {
 }
 
 /// Hash of an id under a seed; different seeds give independent hash functions.
+///
+/// The id is mixed before the seed's key is applied and the result mixed again, so
+/// nearby ids (consecutive rows and columns of a table) share no structure.
 #[inline]
 pub fn hash_id(seed: u64, id: u64) -> u64 {
-    mix64(id ^ mix64(seed))
+    mix64(mix64(id) ^ mix64(seed ^ 0x6A09_E667_F3BC_C909))
 }
 
 /// Uniform f32 in [0, 1) from 64 random bits (top 24 bits).
