@@ -7,7 +7,7 @@ use crate::common::*;
 fn train_writes_run_folder_and_summary_then_eval_reproduces_auc() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = synth(dir.path(), 6000, 500);
-    let cfg = criteo_config(dir.path(), &data, "dlrm", "");
+    let cfg = criteo_config(dir.path(), &data, "dlrm", "epochs = 3");
     let o = run(dir.path(), &["train", cfg.to_str().unwrap()]);
     let s = summary(&o);
     for key in [
