@@ -78,6 +78,23 @@ impl VocabBuilder {
         }
     }
 
+    /// Counts the values of many rows, features in parallel.
+    pub fn add_rows(&mut self, rows: &[&ParsedRow]) {
+        use rayon::prelude::*;
+        self.counts.par_iter_mut().enumerate().for_each(|(f, map)| {
+            for row in rows {
+                for v in row.cat(f) {
+                    match map.get_mut(v) {
+                        Some(c) => *c += 1,
+                        None => {
+                            map.insert(Key::new(v), 1);
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     pub fn add(&mut self, row: &ParsedRow) {
         for (f, map) in self.counts.iter_mut().enumerate() {
             for v in row.cat(f) {
@@ -160,6 +177,15 @@ pub struct Vocab {
 }
 
 impl Vocab {
+    /// Ids of a row's categorical values, all features in order (OOV = 0).
+    pub fn encode(&self, row: &ParsedRow) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(self.features.len());
+        for (f, fv) in self.features.iter().enumerate() {
+            ids.extend(row.cat(f).map(|v| fv.id(v)));
+        }
+        ids
+    }
+
     pub fn sizes(&self) -> Vec<u64> {
         self.features.iter().map(FeatureVocab::size).collect()
     }
