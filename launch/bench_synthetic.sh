@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Gap to the Bayes AUC on generated data: shardrec's DLRM and DCNv2 beside the peers
+# Gap to the Bayes AUC on generated data: shardrec's DLRM, DCNv2 and DeepFM beside the peers
 # (TorchRec DLRM, DeepCTR-Torch DeepFM) on the same file and split (last 20% as test),
 # one epoch, batch 1024, dim 16, one thread. Not a test: prints a table.
 #
@@ -22,7 +22,7 @@ DATA=$DIR/synth-$ROWS.tsv
 [ -f "$DATA.json" ] || "$BIN" synth --rows "$ROWS" --cardinalities "$CARDS" --out "$DATA" > /dev/null
 LOG=$DIR/synthetic-$ROWS.log
 : > "$LOG"
-for m in dlrm dcnv2; do
+for m in dlrm dcnv2 deepfm; do
   "$BIN" train "configs/synthetic_$m.toml" --set data.train="$DATA" --set data.cache_dir="$DIR/prepared" \
       --set train.threads=1 --set train.save_model=false --set train.run_dir="$DIR/runs/$m" 2>/dev/null \
       | tail -n 1 | sed "s/^/SHARDREC $m /" >> "$LOG"

@@ -136,3 +136,21 @@ fn config_references_to_unknown_features_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn every_bundled_config_loads_and_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        if let Err(e) = shardrec::config::load_config(&path, &[]) {
+            panic!("{}: {e}", path.display());
+        }
+        seen += 1;
+    }
+    // criteo, avazu, frappe, movielens100k x {dlrm, deepfm} + synthetic {dlrm, dcnv2, deepfm}
+    assert!(seen >= 11, "only {seen} configs in {}", dir.display());
+}
