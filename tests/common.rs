@@ -108,3 +108,40 @@ run_dir = "{}"
     );
     write(dir, "config.toml", &text)
 }
+
+/// Runs `mpirun -np <ranks> shardrec <args>` in `cwd`, killing the job after `limit`.
+/// Output streams go to files, so a chatty job cannot block on a full pipe.
+pub fn run_mpi(cwd: &Path, ranks: usize, args: &[&str], limit: std::time::Duration) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Command::new("mpirun")
+        .current_dir(cwd)
+        .arg("-np")
+        .arg(ranks.to_string())
+        .arg(env!("CARGO_BIN_EXE_shardrec"))
+        .args(args)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("running mpirun (MPICH; launch/setup.sh installs it)");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > limit {
+            child.kill().ok();
+            let _ = child.wait();
+            panic!(
+                "mpirun -np {ranks} {args:?} still running after {limit:?}:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap(),
+        stderr: std::fs::read(&err_path).unwrap(),
+    }
+}

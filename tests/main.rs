@@ -12,6 +12,7 @@ mod cli_train;
 mod dense_optimizers;
 mod gradients;
 mod model_files;
+mod mpi_exchange;
 mod optimizers;
 mod real_data;
 mod synth_data;

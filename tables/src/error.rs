@@ -25,6 +25,8 @@ pub enum TableError {
     BadBatch(String),
     #[error("sharding plan: {0}")]
     BadPlan(String),
+    #[error("exchange between ranks: {0}")]
+    Exchange(String),
     #[error("buffer size: expected {expected} values for {what}, got {got}")]
     SizeMismatch {
         what: String,

@@ -16,11 +16,14 @@
 //!    [`RowStorage`] seam (RAM now, memory-mapped files later).
 //! 6. [`SparseOptimizer`]: SGD, Adagrad (row-wise and element-wise) and lazy Adam applied
 //!    to the touched rows only.
-//! 7. [`LocalEmbeddings`]: one process owning every shard; the MPI engine replaces only the
-//!    exchange between steps 3 and 5.
+//! 7. [`LocalEmbeddings`]: one process owning every shard, the fast path without mpirun.
+//! 8. [`ShardedEmbeddings`]: one rank's shards and the all-to-all exchanges of a step,
+//!    over any [`Exchange`] (MPI in the trainer, threads in tests).
 
 mod collection;
+mod conformance;
 mod error;
+mod exchange;
 mod hashing;
 mod init;
 mod jagged;
@@ -30,12 +33,17 @@ mod optimizer;
 mod prefetch;
 mod row_ops;
 mod shard;
+mod sharded;
 mod sharding;
 mod spec;
 mod storage;
 
 pub use collection::{CollectionLayout, FeatureLayout};
+pub use conformance::{
+    check_against_one_process, conformance_plan, ConformanceReport, CONFORMANCE_TABLES,
+};
 pub use error::TableError;
+pub use exchange::{Exchange, SoloExchange, ThreadExchange};
 pub use hashing::{hash_id, mix64, unit_f32};
 pub use init::RowInit;
 pub use jagged::KeyedJaggedIds;
@@ -44,6 +52,7 @@ pub use lookup_plan::{LookupPlan, Request, TableRequests};
 pub use optimizer::{OptimizerKind, SparseOptimizer};
 pub use row_ops::{assemble_output, reduce_row_gradients};
 pub use shard::TableShard;
+pub use sharded::{ShardedEmbeddings, ShardedLookup};
 pub use sharding::{Bucketized, ShardExtent, ShardingKind, ShardingPlan, TablePlacement};
 pub use spec::{CollectionSpec, Combine, FeatureSpec, Pooling, Probe, RowMap, TableSpec};
 pub use storage::{InMemoryRows, RowStorage};

@@ -2,6 +2,7 @@
 //! and the run folder. The `shardrec` binary is a thin command-line layer over this.
 
 pub mod bundle;
+pub mod cluster;
 pub mod config;
 pub mod data;
 pub mod device;

@@ -1,0 +1,445 @@
+//! One rank's part of a collection whose tables are spread over the ranks of a job by a
+//! [`ShardingPlan`], and the two exchanges of a step (as TorchRec's sharded
+//! `EmbeddingBagCollection`, with the dedup of its input-dist):
+//!
+//! - forward: the batch's distinct rows per table are split by owner; each rank sends
+//!   every owner the rows it needs (one all-to-all of ids), owners gather them from their
+//!   shards and send the values back (one all-to-all of floats);
+//! - backward: each row's gradient, already summed over this rank's samples, goes back to
+//!   its owner (one all-to-all of floats; data-parallel tables add one of ids, since every
+//!   replica applies every rank's gradients); the owner sums the gradients of a row over
+//!   the sending ranks in rank order and applies the sparse optimizer once per step.
+//!
+//! Only the owner holds a shard's rows and optimizer state. With one rank this computes
+//! exactly what [`crate::LocalEmbeddings`] does; with several, the same up to the order of
+//! floating-point sums across ranks.
+
+use crate::collection::CollectionLayout;
+use crate::exchange::Exchange;
+use crate::lookup_plan::LookupPlan;
+use crate::optimizer::{OptimizerKind, SparseOptimizer};
+use crate::row_ops::{assemble_output, reduce_row_gradients};
+use crate::shard::TableShard;
+use crate::sharding::{Bucketized, ShardingKind, ShardingPlan};
+use crate::{KeyedJaggedIds, TableError};
+
+/// The tables' shards this rank owns.
+#[derive(Debug)]
+pub struct ShardedEmbeddings {
+    layout: CollectionLayout,
+    plan: ShardingPlan,
+    optimizer: SparseOptimizer,
+    rank: usize,
+    dims: Vec<usize>,
+    /// `shards[t]`: this rank's shard of table `t`, if it holds one.
+    shards: Vec<Option<TableShard>>,
+}
+
+/// What forward leaves for backward.
+#[derive(Debug)]
+pub struct ShardedLookup {
+    pub plan: LookupPlan,
+    /// Per table, the distinct rows' values (`unique x dim`).
+    pub gathered: Vec<Vec<f32>>,
+    buckets: Vec<Bucketized>,
+    /// What every rank asked this one for in forward (per sending rank: per-table counts,
+    /// then the local rows), which tells backward whose gradients arrive for which rows.
+    served: Vec<Vec<u64>>,
+}
+
+impl ShardedEmbeddings {
+    /// Initialises the shards `rank` owns under `plan`.
+    pub fn new(
+        layout: CollectionLayout,
+        plan: ShardingPlan,
+        optimizer: SparseOptimizer,
+        rank: usize,
+    ) -> Result<Self, TableError> {
+        plan.validate(&layout)?;
+        if rank >= plan.world_size {
+            return Err(TableError::BadPlan(format!(
+                "rank {rank} is outside the plan's world of {} ranks",
+                plan.world_size
+            )));
+        }
+        if optimizer.kind == OptimizerKind::RowwiseAdagrad {
+            if let Some(p) = plan
+                .tables
+                .iter()
+                .find(|p| p.kind == ShardingKind::ColumnWise && p.ranks.len() > 1)
+            {
+                return Err(TableError::BadPlan(format!(
+                    "table `{}`: row-wise Adagrad keeps one accumulator per row, which a column-wise split would turn into one per column slice (training differently from the unsharded table); shard it row_wise or table_wise, or use adagrad",
+                    p.table
+                )));
+            }
+        }
+        let dims: Vec<usize> = (0..layout.num_tables())
+            .map(|t| layout.table_dim(t))
+            .collect();
+        let shards = layout
+            .spec()
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(t, spec)| {
+                plan.placement(t)
+                    .extents(spec.rows, spec.dim)
+                    .iter()
+                    .find(|e| e.rank == rank)
+                    .map(|e| TableShard::new(&spec.name, spec.dim, e, &spec.init, &optimizer))
+            })
+            .collect();
+        Ok(Self {
+            layout,
+            plan,
+            optimizer,
+            rank,
+            dims,
+            shards,
+        })
+    }
+
+    pub fn layout(&self) -> &CollectionLayout {
+        &self.layout
+    }
+
+    pub fn sharding(&self) -> &ShardingPlan {
+        &self.plan
+    }
+
+    pub fn optimizer(&self) -> &SparseOptimizer {
+        &self.optimizer
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    /// This rank's shard of table `t`, if it holds one.
+    pub fn shard(&self, t: usize) -> Option<&TableShard> {
+        self.shards[t].as_ref()
+    }
+
+    pub fn shard_mut(&mut self, t: usize) -> Option<&mut TableShard> {
+        self.shards[t].as_mut()
+    }
+
+    /// Bytes of parameters and optimizer state held by this rank.
+    pub fn bytes(&self) -> (usize, usize) {
+        self.shards
+            .iter()
+            .flatten()
+            .map(TableShard::bytes)
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    }
+
+    fn check_world(&self, ex: &dyn Exchange) -> Result<(), TableError> {
+        if ex.world_size() != self.plan.world_size || ex.rank() != self.rank {
+            return Err(TableError::BadPlan(format!(
+                "the plan is for rank {} of {} but this process is rank {} of {}",
+                self.rank,
+                self.plan.world_size,
+                ex.rank(),
+                ex.world_size()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forward: plans this rank's batch, fetches every distinct row from its owner and
+    /// writes the `batch x width` embedding input to `out`. Collective: every rank calls it
+    /// once per step.
+    pub fn forward(
+        &self,
+        ex: &dyn Exchange,
+        batch: &KeyedJaggedIds,
+        out: &mut [f32],
+    ) -> Result<ShardedLookup, TableError> {
+        self.check_world(ex)?;
+        let n = ex.world_size();
+        let tables = self.layout.num_tables();
+        let plan = LookupPlan::build(&self.layout, batch)?;
+        let buckets: Vec<Bucketized> = (0..tables)
+            .map(|t| {
+                self.plan.bucketize(
+                    t,
+                    self.layout.table_rows(t),
+                    self.dims[t],
+                    &plan.tables[t].unique_rows,
+                    self.rank,
+                )
+            })
+            .collect();
+        // Ids to each owner: per-table counts, then the rows, table by table.
+        let mut send: Vec<Vec<u64>> = vec![vec![0; tables]; n];
+        for (t, b) in buckets.iter().enumerate() {
+            for d in &b.dests {
+                send[d.rank][t] = d.local_rows.len() as u64;
+                send[d.rank].extend_from_slice(&d.local_rows);
+            }
+        }
+        let served = ex.all_to_all_u64(send)?;
+        let answers = served
+            .iter()
+            .enumerate()
+            .map(|(src, msg)| self.serve(src, msg))
+            .collect::<Result<Vec<_>, _>>()?;
+        let received = ex.all_to_all_f32(answers)?;
+        // Owners answer table by table in the order asked; take each dest's slice in turn.
+        let mut offsets = vec![0usize; n];
+        let mut gathered = Vec::with_capacity(tables);
+        for (t, b) in buckets.iter().enumerate() {
+            let mut parts = Vec::with_capacity(b.dests.len());
+            for d in &b.dests {
+                let len = d.local_rows.len() * d.cols.len();
+                let from = &received[d.rank];
+                let part = from
+                    .get(offsets[d.rank]..offsets[d.rank] + len)
+                    .ok_or_else(|| {
+                        TableError::Exchange(format!(
+                            "rank {}: rank {} answered {} floats, fewer than asked for",
+                            self.rank,
+                            d.rank,
+                            from.len()
+                        ))
+                    })?;
+                parts.push(part.to_vec());
+                offsets[d.rank] += len;
+            }
+            gathered.push(b.unbucketize(plan.tables[t].unique_rows.len(), self.dims[t], &parts)?);
+        }
+        assemble_output(&plan, &self.dims, &gathered, out)?;
+        Ok(ShardedLookup {
+            plan,
+            gathered,
+            buckets,
+            served,
+        })
+    }
+
+    /// Splits a forward request from `src` into (table, local rows) sections.
+    fn sections<'a>(&self, src: usize, msg: &'a [u64]) -> Result<Vec<&'a [u64]>, TableError> {
+        let tables = self.layout.num_tables();
+        let bad = |what: String| {
+            TableError::Exchange(format!(
+                "rank {}: malformed request from rank {src}: {what}",
+                self.rank
+            ))
+        };
+        if msg.len() < tables {
+            return Err(bad(format!(
+                "{} values, fewer than {tables} counts",
+                msg.len()
+            )));
+        }
+        let (counts, mut rest) = msg.split_at(tables);
+        let mut out = Vec::with_capacity(tables);
+        for (t, &c) in counts.iter().enumerate() {
+            let c = c as usize;
+            if c > rest.len() {
+                return Err(bad(format!("table {t} count {c} overruns the message")));
+            }
+            if c > 0 && self.shards[t].is_none() {
+                return Err(TableError::BadPlan(format!(
+                    "rank {src} asked rank {} for rows of table `{}`, which it does not hold (do the ranks use the same plan?)",
+                    self.rank,
+                    self.layout.spec().tables[t].name
+                )));
+            }
+            let (rows, tail) = rest.split_at(c);
+            out.push(rows);
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err(bad(format!("{} values after the last table", rest.len())));
+        }
+        Ok(out)
+    }
+
+    /// An owner's answer to one rank's request: the asked rows, table by table.
+    fn serve(&self, src: usize, msg: &[u64]) -> Result<Vec<f32>, TableError> {
+        let mut out = Vec::new();
+        for (t, rows) in self.sections(src, msg)?.into_iter().enumerate() {
+            if let Some(shard) = &self.shards[t] {
+                if !rows.is_empty() {
+                    out.extend_from_slice(&shard.gather(rows)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Backward: reduces the output gradient per distinct row, sends each row's gradient to
+    /// its owner(s), and applies the optimizer to every held shard. Collective.
+    pub fn backward(
+        &mut self,
+        ex: &dyn Exchange,
+        lookup: ShardedLookup,
+        out_grad: &[f32],
+    ) -> Result<(), TableError> {
+        self.check_world(ex)?;
+        let n = ex.world_size();
+        let tables = self.layout.num_tables();
+        let grads = reduce_row_gradients(&lookup.plan, &self.dims, &lookup.gathered, out_grad)?;
+        let dp: Vec<bool> = (0..tables)
+            .map(|t| self.plan.placement(t).kind == ShardingKind::DataParallel)
+            .collect();
+        // Gradients to owners, in forward's order; then data-parallel tables' gradients to
+        // every replica, with their rows.
+        let mut send_g: Vec<Vec<f32>> = vec![Vec::new(); n];
+        for (t, b) in lookup.buckets.iter().enumerate() {
+            if dp[t] {
+                continue;
+            }
+            for (d, part) in b
+                .dests
+                .iter()
+                .zip(b.split_gradients(self.dims[t], &grads[t]))
+            {
+                send_g[d.rank].extend_from_slice(&part);
+            }
+        }
+        let any_dp = dp.iter().any(|&x| x);
+        let mut send_dp_rows: Vec<Vec<u64>> = vec![vec![0; tables]; n];
+        if any_dp {
+            for t in (0..tables).filter(|&t| dp[t]) {
+                let rows = &lookup.plan.tables[t].unique_rows;
+                for dest in 0..n {
+                    send_dp_rows[dest][t] = rows.len() as u64;
+                    send_dp_rows[dest].extend_from_slice(rows);
+                    send_g[dest].extend_from_slice(&grads[t]);
+                }
+            }
+        }
+        let recv_g = ex.all_to_all_f32(send_g)?;
+        let recv_dp = if any_dp {
+            ex.all_to_all_u64(send_dp_rows)?
+        } else {
+            vec![vec![0; tables]; n]
+        };
+        // Per held table: (local row, sending rank, gradient slice start) of every arrival.
+        let mut arrivals: Vec<Vec<(u64, usize, usize)>> = vec![Vec::new(); tables];
+        for src in 0..n {
+            let mut off = 0usize;
+            let fwd = self.sections(src, &lookup.served[src])?;
+            let dpr = self.sections(src, &recv_dp[src])?;
+            for (t, rows) in fwd
+                .iter()
+                .enumerate()
+                .filter(|(t, _)| !dp[*t])
+                .chain(dpr.iter().enumerate().filter(|(t, _)| dp[*t]))
+            {
+                let Some(shard) = &self.shards[t] else {
+                    continue;
+                };
+                let w = shard.width();
+                for &r in rows.iter() {
+                    arrivals[t].push((r, src, off));
+                    off += w;
+                }
+            }
+            if off != recv_g[src].len() {
+                return Err(TableError::Exchange(format!(
+                    "rank {}: rank {src} sent {} gradient values for {off} expected",
+                    self.rank,
+                    recv_g[src].len()
+                )));
+            }
+        }
+        let opt = self.optimizer;
+        for (t, mut arr) in arrivals.into_iter().enumerate() {
+            let Some(shard) = self.shards[t].as_mut() else {
+                continue;
+            };
+            let w = shard.width();
+            // Stable: equal rows stay in sending-rank order, so sums are in a fixed order.
+            arr.sort_by_key(|&(r, _, _)| r);
+            let mut rows: Vec<u64> = Vec::with_capacity(arr.len());
+            let mut g: Vec<f32> = Vec::with_capacity(arr.len() * w);
+            for &(r, src, off) in &arr {
+                let slice = &recv_g[src][off..off + w];
+                if rows.last() == Some(&r) {
+                    let base = g.len() - w;
+                    for (acc, v) in g[base..].iter_mut().zip(slice) {
+                        *acc += v;
+                    }
+                } else {
+                    rows.push(r);
+                    g.extend_from_slice(slice);
+                }
+            }
+            shard.apply(&opt, &rows, &g)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::conformance_plan;
+    use crate::spec::CollectionSpec;
+    use crate::RowInit;
+
+    fn layout() -> CollectionLayout {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        CollectionLayout::new(CollectionSpec::plain(
+            &names,
+            &[50, 37, 20],
+            4,
+            RowInit::Zeros,
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn malformed_or_misrouted_requests_are_errors_naming_rank_and_table() {
+        let e = ShardedEmbeddings::new(
+            layout(),
+            conformance_plan(2, [ShardingKind::TableWise; 3]),
+            SparseOptimizer::new(OptimizerKind::Sgd, 0.1),
+            0,
+        )
+        .unwrap();
+        // table `a` lives on rank 1 under this plan; a request for it reaching rank 0
+        let err = e.serve(1, &[2, 0, 0, 3, 4]).unwrap_err().to_string();
+        assert!(err.contains("`a`") && err.contains("rank 1"), "{err}");
+        let short = e.serve(1, &[5]).unwrap_err().to_string();
+        assert!(short.contains("malformed request from rank 1"), "{short}");
+        let long = e.serve(1, &[0, 0, 1]).unwrap_err().to_string();
+        assert!(long.contains("overruns"), "{long}");
+    }
+
+    #[test]
+    fn rowwise_adagrad_on_a_column_split_is_refused_naming_the_table() {
+        let mut plan = conformance_plan(2, [ShardingKind::RowWise; 3]);
+        plan.tables[1].kind = ShardingKind::ColumnWise;
+        let err = ShardedEmbeddings::new(
+            layout(),
+            plan,
+            SparseOptimizer::new(OptimizerKind::RowwiseAdagrad, 0.1),
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("table `b`") && err.contains("column"), "{err}");
+    }
+
+    #[test]
+    fn a_rank_outside_the_plan_is_refused() {
+        let err = ShardedEmbeddings::new(
+            layout(),
+            conformance_plan(2, [ShardingKind::RowWise; 3]),
+            SparseOptimizer::new(OptimizerKind::Sgd, 0.1),
+            2,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("rank 2") && err.contains("2 ranks"), "{err}");
+    }
+}

@@ -1,0 +1,192 @@
+//! The ranks of a job: one plain process, or the ranks `mpirun` started (MPICH through
+//! the `mpi` crate). MPI is initialised only when a process manager launched us (its
+//! `PMI_*` / `PMIX_*` variables are set), so the same binary runs unchanged without
+//! mpirun. Implements the tables' [`Exchange`] (all-to-all with counts) and the dense
+//! collectives the trainer needs (all-reduce, all-gather).
+
+use mpi::collective::SystemOperation;
+use mpi::datatype::{Equivalence, Partition, PartitionMut};
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use mpi::Count;
+use shardrec_tables::{Exchange, TableError};
+
+/// This process's place in the job.
+pub struct Cluster {
+    rank: usize,
+    size: usize,
+    mpi: Option<MpiWorld>,
+}
+
+struct MpiWorld {
+    // Field order matters: the communicator is dropped before the universe finalises MPI.
+    world: SimpleCommunicator,
+    _universe: mpi::environment::Universe,
+}
+
+/// Whether a process manager (mpirun / mpiexec / srun with PMI) started this process.
+pub fn launched_by_mpirun() -> bool {
+    ["PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+fn too_big(what: &str, n: usize) -> TableError {
+    TableError::Exchange(format!(
+        "{what}: {n} values exceed MPI's 32-bit count; use smaller batches or more ranks"
+    ))
+}
+
+fn count(what: &str, n: usize) -> Result<Count, TableError> {
+    Count::try_from(n).map_err(|_| too_big(what, n))
+}
+
+fn displacements(counts: &[Count]) -> Result<Vec<Count>, TableError> {
+    let mut acc: i64 = 0;
+    counts
+        .iter()
+        .map(|&c| {
+            let d = Count::try_from(acc).map_err(|_| too_big("all-to-all buffer", acc as usize));
+            acc += i64::from(c);
+            d
+        })
+        .collect()
+}
+
+impl Cluster {
+    /// One plain process.
+    pub fn solo() -> Self {
+        Self {
+            rank: 0,
+            size: 1,
+            mpi: None,
+        }
+    }
+
+    /// The MPI world when launched by mpirun, else one plain process.
+    pub fn from_environment() -> Result<Self, String> {
+        if !launched_by_mpirun() {
+            return Ok(Self::solo());
+        }
+        let universe = mpi::initialize().ok_or_else(|| {
+            "MPI was already initialised in this process (internal error)".to_string()
+        })?;
+        let world = universe.world();
+        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        Ok(Self {
+            rank,
+            size,
+            mpi: Some(MpiWorld {
+                world,
+                _universe: universe,
+            }),
+        })
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.rank == 0
+    }
+
+    pub fn is_mpi(&self) -> bool {
+        self.mpi.is_some()
+    }
+
+    /// Sums `buf` element-wise over all ranks, in place.
+    pub fn all_reduce_sum<T: Equivalence + Copy>(&self, buf: &mut [T]) {
+        if let Some(m) = &self.mpi {
+            let send = buf.to_vec();
+            m.world
+                .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        }
+    }
+
+    /// Element-wise maximum over all ranks, in place.
+    pub fn all_reduce_max<T: Equivalence + Copy>(&self, buf: &mut [T]) {
+        if let Some(m) = &self.mpi {
+            let send = buf.to_vec();
+            m.world
+                .all_reduce_into(&send[..], buf, SystemOperation::max());
+        }
+    }
+
+    /// Every rank's `v`, concatenated in rank order, on every rank.
+    pub fn all_gather<T: Equivalence + Copy + Default>(
+        &self,
+        v: &[T],
+    ) -> Result<Vec<T>, TableError> {
+        let Some(m) = &self.mpi else {
+            return Ok(v.to_vec());
+        };
+        let mine = count("all-gather", v.len())?;
+        let mut counts = vec![0 as Count; self.size];
+        m.world.all_gather_into(&mine, &mut counts[..]);
+        let displs = displacements(&counts)?;
+        let total: usize = counts.iter().map(|&c| c as usize).sum();
+        let mut out = vec![T::default(); total];
+        {
+            let mut part = PartitionMut::new(&mut out[..], counts, &displs[..]);
+            m.world.all_gather_varcount_into(v, &mut part);
+        }
+        Ok(out)
+    }
+
+    /// Waits for every rank.
+    pub fn barrier(&self) {
+        if let Some(m) = &self.mpi {
+            m.world.barrier();
+        }
+    }
+
+    fn all_to_all_v<T: Equivalence + Copy + Default>(
+        &self,
+        send: Vec<Vec<T>>,
+    ) -> Result<Vec<Vec<T>>, TableError> {
+        if send.len() != self.size {
+            return Err(TableError::SizeMismatch {
+                what: "all-to-all send buffers (one per rank)".into(),
+                expected: self.size,
+                got: send.len(),
+            });
+        }
+        let Some(m) = &self.mpi else {
+            return Ok(send);
+        };
+        let send_counts = send
+            .iter()
+            .map(|v| count("all-to-all", v.len()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut recv_counts = vec![0 as Count; self.size];
+        m.world
+            .all_to_all_into(&send_counts[..], &mut recv_counts[..]);
+        let send_displs = displacements(&send_counts)?;
+        let recv_displs = displacements(&recv_counts)?;
+        let flat: Vec<T> = send.concat();
+        let total: usize = recv_counts.iter().map(|&c| c as usize).sum();
+        let mut recv = vec![T::default(); total];
+        {
+            let s = Partition::new(&flat[..], &send_counts[..], &send_displs[..]);
+            let mut r = PartitionMut::new(&mut recv[..], &recv_counts[..], &recv_displs[..]);
+            m.world.all_to_all_varcount_into(&s, &mut r);
+        }
+        Ok(recv_displs
+            .iter()
+            .zip(&recv_counts)
+            .map(|(&d, &c)| recv[d as usize..(d + c) as usize].to_vec())
+            .collect())
+    }
+}
+
+impl Exchange for Cluster {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.size
+    }
+    fn all_to_all_u64(&self, send: Vec<Vec<u64>>) -> Result<Vec<Vec<u64>>, TableError> {
+        self.all_to_all_v(send)
+    }
+    fn all_to_all_f32(&self, send: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, TableError> {
+        self.all_to_all_v(send)
+    }
+}
