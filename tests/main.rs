@@ -13,6 +13,7 @@ mod dense_optimizers;
 mod gradients;
 mod model_files;
 mod mpi_exchange;
+mod mpi_train;
 mod optimizers;
 mod real_data;
 mod synth_data;

@@ -1,18 +1,18 @@
 //! Tables plus dense model: what a batch runs through, in training and in evaluation.
 
 use shardrec_models::{build_model, CtrModel, ModelConfig, ModelInput, ModelShape};
-use shardrec_tables::{CollectionLayout, LocalEmbeddings, SparseOptimizer};
+use shardrec_tables::{CollectionLayout, Exchange, SparseOptimizer};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::Batch;
-use crate::embedding::{apply_gradient, lookup, Activation};
+use crate::embedding::{apply_gradient, lookup, Activation, EmbeddingEngine};
 use crate::TrainError;
 
 /// The collections, the dense model and its variables, on one device.
 pub struct ModelBundle {
-    pub tables: LocalEmbeddings,
-    pub first_order: Option<LocalEmbeddings>,
+    pub tables: EmbeddingEngine,
+    pub first_order: Option<EmbeddingEngine>,
     pub vs: VarStore,
     pub model: Box<dyn CtrModel>,
     pub device: Device,
@@ -26,8 +26,8 @@ pub struct Lookups {
 }
 
 impl ModelBundle {
-    /// Fresh tables (initialised from their specs) and a fresh model (from libtorch's
-    /// RNG, seeded by the caller).
+    /// Fresh tables (initialised from their specs; sharded over the ranks of `ex` when
+    /// there are several) and a fresh model (from libtorch's RNG, seeded by the caller).
     pub fn new(
         main: CollectionLayout,
         first_order: Option<CollectionLayout>,
@@ -35,6 +35,7 @@ impl ModelBundle {
         model_cfg: &ModelConfig,
         num_dense: usize,
         device: Device,
+        ex: &dyn Exchange,
     ) -> Result<Self, TrainError> {
         let shape = ModelShape {
             num_dense: num_dense as i64,
@@ -44,9 +45,9 @@ impl ModelBundle {
                 .map(|w| w as i64)
                 .collect(),
         };
-        let tables = LocalEmbeddings::single_process(main, optimizer)?;
+        let tables = EmbeddingEngine::new(main, optimizer, ex)?;
         let first_order = first_order
-            .map(|l| LocalEmbeddings::single_process(l, optimizer))
+            .map(|l| EmbeddingEngine::new(l, optimizer, ex))
             .transpose()?;
         let vs = VarStore::new(device);
         let model = build_model(&vs.root(), model_cfg, &shape)?;
@@ -60,11 +61,16 @@ impl ModelBundle {
         })
     }
 
-    /// Looks the batch's ids up in every collection.
-    pub fn lookup(&self, batch: &Batch, train: bool) -> Result<Lookups, TrainError> {
-        let emb = lookup(&self.tables, &batch.sparse, self.device, train)?;
+    /// Looks the batch's ids up in every collection (collective when sharded).
+    pub fn lookup(
+        &self,
+        batch: &Batch,
+        train: bool,
+        ex: &dyn Exchange,
+    ) -> Result<Lookups, TrainError> {
+        let emb = lookup(&self.tables, ex, &batch.sparse, self.device, train)?;
         let first_order = match &self.first_order {
-            Some(t) => Some(lookup(t, &batch.sparse, self.device, train)?),
+            Some(t) => Some(lookup(t, ex, &batch.sparse, self.device, train)?),
             None => None,
         };
         Ok(Lookups { emb, first_order })
@@ -93,19 +99,29 @@ impl ModelBundle {
         logits.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Mean)
     }
 
-    /// After `loss.backward()`: applies the tables' gradients with the sparse optimizer.
-    pub fn update_tables(&mut self, lk: Lookups) -> Result<(), TrainError> {
-        apply_gradient(&mut self.tables, lk.emb)?;
+    /// This rank's share of the global batch's mean loss: its samples' summed binary
+    /// cross-entropy over the number of samples in the whole step (all ranks), so that
+    /// gradients summed over ranks are those of the global batch's mean.
+    pub fn loss_share(&self, logits: &Tensor, batch: &Batch, global_rows: usize) -> Tensor {
+        let y = Tensor::from_slice(&batch.labels).to_device(self.device);
+        logits.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Sum)
+            / global_rows.max(1) as f64
+    }
+
+    /// After `loss.backward()`: applies the tables' gradients with the sparse optimizer
+    /// (collective when sharded).
+    pub fn update_tables(&mut self, lk: Lookups, ex: &dyn Exchange) -> Result<(), TrainError> {
+        apply_gradient(&mut self.tables, ex, lk.emb)?;
         if let (Some(t), Some(a)) = (self.first_order.as_mut(), lk.first_order) {
-            apply_gradient(t, a)?;
+            apply_gradient(t, ex, a)?;
         }
         Ok(())
     }
 
-    /// Click probabilities of a batch (no gradients).
-    pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>, TrainError> {
+    /// Click probabilities of a batch (no gradients; collective when sharded).
+    pub fn predict(&self, batch: &Batch, ex: &dyn Exchange) -> Result<Vec<f32>, TrainError> {
         let _guard = tch::no_grad_guard();
-        let lk = self.lookup(batch, false)?;
+        let lk = self.lookup(batch, false, ex)?;
         let p = self
             .logits(&lk, batch, false)
             .sigmoid()

@@ -130,6 +130,15 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Ends the whole job with `code`: under mpirun `MPI_Abort`, so the other ranks never
+    /// wait forever in a collective for a rank that has stopped; else a plain exit.
+    pub fn abort(&self, code: i32) -> ! {
+        if let Some(m) = &self.mpi {
+            m.world.abort(code)
+        }
+        std::process::exit(code)
+    }
+
     /// Waits for every rank.
     pub fn barrier(&self) {
         if let Some(m) = &self.mpi {

@@ -1,14 +1,20 @@
 //! Offline evaluation of a split: predictions for every row, then exact AUC, logloss and
-//! (when a grouping feature is configured) GAUC over all of them.
+//! (when a grouping feature is configured) GAUC over all of them. Under mpirun each rank
+//! predicts its slice of the split (the sharded lookups being collective, ranks step
+//! together, feeding empty batches once their slice is done); labels, predictions and
+//! groups of all ranks are then gathered, so the metrics are exact over the whole split,
+//! never an average of per-rank figures.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::bundle::ModelBundle;
-use crate::data::{spawn_loader, LoaderOptions, PreparedSplit};
+use crate::cluster::Cluster;
+use crate::data::{spawn_loader, Batch, LoaderOptions, PreparedSplit};
 use crate::metrics::{auc, gauc, logloss};
 use crate::TrainError;
+use shardrec_tables::Exchange;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EvalResult {
@@ -18,12 +24,14 @@ pub struct EvalResult {
     pub gauc: Option<f64>,
 }
 
-/// Predicts every row of `split` and scores the predictions.
+/// Predicts every row of `split` and scores the predictions (collective under mpirun;
+/// every rank gets the same result).
 pub fn evaluate(
     bundle: &ModelBundle,
     split: &Arc<PreparedSplit>,
     batch_size: usize,
     group_feature: Option<usize>,
+    cluster: &Cluster,
 ) -> Result<EvalResult, TrainError> {
     let opts = LoaderOptions {
         batch_size,
@@ -32,17 +40,33 @@ pub fn evaluate(
         epoch: 0,
         window: split.rows.max(1),
         queue: 2,
-        shard: (0, 1),
+        shard: (cluster.rank(), cluster.world_size()),
         group_feature,
     };
     let mut labels = Vec::with_capacity(split.rows);
     let mut preds = Vec::with_capacity(split.rows);
     let mut groups = Vec::new();
-    for batch in spawn_loader(split.clone(), opts) {
-        preds.extend(bundle.predict(&batch)?);
+    let mut stream = spawn_loader(split.clone(), opts);
+    loop {
+        let batch = stream.next();
+        let mut active = [u32::from(batch.is_some())];
+        cluster.all_reduce_sum(&mut active);
+        if active[0] == 0 {
+            break;
+        }
+        let batch =
+            batch.unwrap_or_else(|| Batch::empty(split.num_categorical(), group_feature.is_some()));
+        preds.extend(bundle.predict(&batch, cluster)?);
         labels.extend_from_slice(&batch.labels);
         if let Some(g) = &batch.groups {
             groups.extend_from_slice(g);
+        }
+    }
+    if cluster.world_size() > 1 {
+        labels = cluster.all_gather(&labels)?;
+        preds = cluster.all_gather(&preds)?;
+        if group_feature.is_some() {
+            groups = cluster.all_gather(&groups)?;
         }
     }
     Ok(EvalResult {

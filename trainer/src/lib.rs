@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod cluster;
 pub mod config;
 pub mod data;
+pub mod dense_sync;
 pub mod device;
 pub mod embedding;
 pub mod evaluate;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shardrec::config::load_config;
 use shardrec::synth::{generate, SynthOptions};
+use shardrec_tables::Exchange;
 
 #[derive(Parser)]
 #[command(
@@ -94,8 +95,27 @@ fn run() -> anyhow::Result<()> {
         Command::Train { config, set } => {
             let (cfg, _) = load_config(&config, &set)?;
             let name = cfg.name.clone().unwrap_or_else(|| config_name(&config));
-            let summary = shardrec::train(&cfg, &name)
-                .with_context(|| format!("training {}", config.display()))?;
+            let cluster =
+                shardrec::cluster::Cluster::from_environment().map_err(anyhow::Error::msg)?;
+            let summary = match shardrec::train(&cfg, &name, &cluster).with_context(|| {
+                format!(
+                    "rank {} of {}: training {}",
+                    cluster.rank(),
+                    cluster.world_size(),
+                    config.display()
+                )
+            }) {
+                Ok(s) => s,
+                Err(e) if cluster.world_size() > 1 => {
+                    // the other ranks may be waiting in a collective for this one
+                    report(&e);
+                    cluster.abort(1)
+                }
+                Err(e) => return Err(e),
+            };
+            if !cluster.is_root() {
+                return Ok(());
+            }
             eprintln!(
                 "[shardrec] test auc {} logloss {} | {:.0} samples/s | run folder {}",
                 summary["auc"],
@@ -181,8 +201,7 @@ fn run() -> anyhow::Result<()> {
 
 fn check_exchange(steps: usize) -> anyhow::Result<()> {
     use shardrec_tables::{
-        check_against_one_process, Exchange, OptimizerKind, ShardingKind, SparseOptimizer,
-        CONFORMANCE_TABLES,
+        check_against_one_process, OptimizerKind, ShardingKind, SparseOptimizer, CONFORMANCE_TABLES,
     };
     use ShardingKind::*;
     let cluster = shardrec::cluster::Cluster::from_environment().map_err(anyhow::Error::msg)?;
@@ -252,15 +271,19 @@ fn tune_allocator() {
     }
 }
 
+fn report(e: &anyhow::Error) {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            report(&e);
             ExitCode::FAILURE
         }
     }

@@ -8,12 +8,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Progress {
     bar: Option<ProgressBar>,
     log_every: usize,
+    /// False on ranks other than 0, which keep quiet.
+    shown: bool,
 }
 
 impl Progress {
     /// `total` steps expected (0 if unknown); `log_every` steps between plain lines.
-    pub fn new(total: u64, log_every: usize) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    /// Nothing is shown unless `shown` (rank 0 of a job).
+    pub fn new(total: u64, log_every: usize, shown: bool) -> Self {
+        let bar = (shown && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::new(total);
             b.set_style(
                 ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -24,6 +27,7 @@ impl Progress {
         Self {
             bar,
             log_every: log_every.max(1),
+            shown,
         }
     }
 
@@ -36,7 +40,7 @@ impl Progress {
                     b.set_message(msg());
                 }
             }
-            None if step.is_multiple_of(self.log_every) => {
+            None if self.shown && step.is_multiple_of(self.log_every) => {
                 eprintln!("[train] step {step} {}", msg())
             }
             None => {}
@@ -46,7 +50,8 @@ impl Progress {
     pub fn println(&self, line: &str) {
         match &self.bar {
             Some(b) => b.println(line),
-            None => eprintln!("{line}"),
+            None if self.shown => eprintln!("{line}"),
+            None => {}
         }
     }
 

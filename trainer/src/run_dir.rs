@@ -11,7 +11,8 @@ use crate::config::ExperimentConfig;
 
 pub struct RunDir {
     pub path: PathBuf,
-    metrics: BufWriter<File>,
+    /// None on ranks other than 0, which write nothing.
+    metrics: Option<BufWriter<File>>,
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC.
@@ -40,27 +41,39 @@ pub fn timestamp() -> String {
 
 impl RunDir {
     /// Creates the folder (`train.run_dir`, or `runs/<name>-<time>`) and writes the
-    /// resolved config.
-    pub fn create(cfg: &ExperimentConfig, name: &str) -> std::io::Result<Self> {
+    /// resolved config; with `write` false (ranks other than 0) touches nothing.
+    pub fn create(cfg: &ExperimentConfig, name: &str, write: bool) -> std::io::Result<Self> {
         let path = match &cfg.train.run_dir {
             Some(p) => p.clone(),
             None => {
                 PathBuf::from("runs").join(format!("{name}-{}-{}", timestamp(), std::process::id()))
             }
         };
+        if !write {
+            return Ok(Self {
+                path,
+                metrics: None,
+            });
+        }
         std::fs::create_dir_all(&path)?;
         let resolved = toml::to_string(cfg).map_err(std::io::Error::other)?;
         std::fs::write(path.join("config.resolved.toml"), resolved)?;
-        let metrics = BufWriter::new(File::create(path.join("metrics.jsonl"))?);
+        let metrics = Some(BufWriter::new(File::create(path.join("metrics.jsonl"))?));
         Ok(Self { path, metrics })
     }
 
     pub fn log_metrics(&mut self, v: &serde_json::Value) -> std::io::Result<()> {
-        writeln!(self.metrics, "{v}")?;
-        self.metrics.flush()
+        let Some(m) = self.metrics.as_mut() else {
+            return Ok(());
+        };
+        writeln!(m, "{v}")?;
+        m.flush()
     }
 
     pub fn write_summary(&self, v: &serde_json::Value) -> std::io::Result<()> {
+        if self.metrics.is_none() {
+            return Ok(());
+        }
         let text = serde_json::to_string_pretty(v).map_err(std::io::Error::other)?;
         std::fs::write(self.path.join("summary.json"), text)
     }

@@ -14,11 +14,15 @@ use serde_json::json;
 use shardrec_models::DenseOptimizer;
 use shardrec_tables::SparseOptimizer;
 
+use shardrec_tables::Exchange;
+
 use crate::bundle::ModelBundle;
+use crate::cluster::Cluster;
 use crate::config::{ExperimentConfig, SparseOptimizerConfig};
 use crate::data::{
-    prepare, prepare_with_vocab, spawn_loader, LoaderOptions, PreparedDataset, SplitName,
+    prepare, prepare_with_vocab, spawn_loader, Batch, LoaderOptions, PreparedDataset, SplitName,
 };
+use crate::dense_sync::all_reduce_gradients;
 use crate::device::resolve_device;
 use crate::embedding::build_collections;
 use crate::evaluate::{evaluate, EvalResult};
@@ -67,11 +71,20 @@ impl Timing {
     }
 }
 
+/// Ranks started on this node by the process manager (MPICH's hydra says so).
+fn local_ranks() -> usize {
+    std::env::var("MPI_LOCALNRANKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
 fn threads_for(cfg: &ExperimentConfig) -> usize {
     if cfg.train.threads > 0 {
         cfg.train.threads
     } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / local_ranks().max(1)).max(1)
     }
 }
 
@@ -119,19 +132,65 @@ fn eval_json(prefix: &str, r: &EvalResult) -> serde_json::Value {
     json!({ format!("{prefix}_auc"): r.auc, format!("{prefix}_logloss"): r.logloss, format!("{prefix}_gauc"): r.gauc, format!("{prefix}_rows"): r.rows })
 }
 
-/// Trains as configured; returns the summary (also written to the run folder).
-pub fn train(cfg: &ExperimentConfig, name: &str) -> Result<serde_json::Value, TrainError> {
-    with_threads(cfg, |threads| train_inner(cfg, name, threads))?
+/// Trains as configured on the ranks of `cluster` (one plain process, or the ranks
+/// mpirun started); returns the summary (rank 0 also writes it to the run folder).
+pub fn train(
+    cfg: &ExperimentConfig,
+    name: &str,
+    cluster: &Cluster,
+) -> Result<serde_json::Value, TrainError> {
+    with_threads(cfg, |threads| train_inner(cfg, name, threads, cluster))?
+}
+
+fn quiet(_: &str) {}
+
+/// Prepares (or finds cached) data: rank 0 first, then the others read its cache, so
+/// ranks never prepare the same files at once. A failure on rank 0 stops every rank.
+fn prepare_on_ranks(
+    cfg: &ExperimentConfig,
+    cluster: &Cluster,
+) -> Result<PreparedDataset, TrainError> {
+    if cluster.world_size() == 1 {
+        return Ok(prepare(&cfg.data, &log)?);
+    }
+    let first = cluster.is_root().then(|| prepare(&cfg.data, &log));
+    let mut failed = [u32::from(matches!(first, Some(Err(_))))];
+    cluster.all_reduce_max(&mut failed);
+    match first {
+        Some(r) => Ok(r?),
+        None if failed[0] != 0 => Err(TrainError::Invalid(
+            "rank 0 could not prepare the data (its error is above)".into(),
+        )),
+        None => Ok(prepare(&cfg.data, &quiet)?),
+    }
 }
 
 fn train_inner(
     cfg: &ExperimentConfig,
     name: &str,
     threads: usize,
+    cluster: &Cluster,
 ) -> Result<serde_json::Value, TrainError> {
     let started = Instant::now();
-    let device = resolve_device(&cfg.train.device, 0).map_err(TrainError::Invalid)?;
-    let data = prepare(&cfg.data, &log)?;
+    let (rank, world) = (cluster.rank(), cluster.world_size());
+    let distributed = world > 1;
+    let say = |m: &str| {
+        if cluster.is_root() {
+            log(m)
+        }
+    };
+    let device = resolve_device(&cfg.train.device, rank).map_err(TrainError::Invalid)?;
+    let (global_bs, local_bs) = if cfg.train.batch_size_per_rank {
+        (cfg.train.batch_size * world, cfg.train.batch_size)
+    } else if !cfg.train.batch_size.is_multiple_of(world) {
+        return Err(TrainError::Invalid(format!(
+            "train.batch_size = {} is the batch of the whole job and must divide among its {world} ranks (or set train.batch_size_per_rank = true)",
+            cfg.train.batch_size
+        )));
+    } else {
+        (cfg.train.batch_size, cfg.train.batch_size / world)
+    };
+    let data = prepare_on_ranks(cfg, cluster)?;
     let train_split = data.split(SplitName::Train).cloned().ok_or_else(|| {
         TrainError::Invalid(format!(
             "{}: the training split has no rows",
@@ -163,19 +222,21 @@ fn train_inner(
         &cfg.model,
         schema.dense.len(),
         device,
+        cluster,
     )?;
     let mut opt = DenseOptimizer::new(&bundle.vs, cfg.optimizer.clone());
-    let mut run = RunDir::create(cfg, name).map_err(|source| TrainError::Io {
-        path: "runs".into(),
-        source,
-    })?;
+    let mut run =
+        RunDir::create(cfg, name, cluster.is_root()).map_err(|source| TrainError::Io {
+            path: "runs".into(),
+            source,
+        })?;
     let run_path = run.path.clone();
     let run_io = |source| TrainError::Io {
         path: run_path.clone(),
         source,
     };
-    log(&format!(
-        "run folder {}; {} train / {} valid / {} test rows; {} dense + {} categorical features; {} table parameters; {} threads",
+    say(&format!(
+        "run folder {}; {} train / {} valid / {} test rows; {} dense + {} categorical features; {} table parameters; {} threads{}",
         run.path.display(),
         train_split.rows,
         valid.as_ref().map_or(0, |s| s.rows),
@@ -183,10 +244,15 @@ fn train_inner(
         schema.dense.len(),
         schema.categorical.len(),
         bundle.tables.layout().parameters(),
-        threads
+        threads,
+        if distributed {
+            format!(" per rank; {world} ranks, tables row-wise over all of them, batch {local_bs} per rank ({global_bs} per step)")
+        } else {
+            String::new()
+        }
     ));
 
-    let bs = cfg.train.batch_size;
+    let bs = global_bs;
     let steps_per_epoch = train_split.rows.div_ceil(bs);
     let mut total_steps = steps_per_epoch * cfg.train.epochs;
     if cfg.train.max_steps > 0 {
@@ -197,7 +263,7 @@ fn train_inner(
     } else {
         (steps_per_epoch / 20).max(1)
     };
-    let progress = Progress::new(total_steps as u64, log_every);
+    let progress = Progress::new(total_steps as u64, log_every, cluster.is_root());
     let mut timing = Timing::default();
     let (mut step, mut samples, mut epochs_run) = (0usize, 0u64, 0usize);
     let (mut window_loss, mut window_rows, mut window_clock) = (0f64, 0usize, Instant::now());
@@ -209,33 +275,53 @@ fn train_inner(
 
     'epochs: for epoch in 0..cfg.train.epochs {
         epochs_run = epoch + 1;
-        let stream = spawn_loader(
+        let mut stream = spawn_loader(
             train_split.clone(),
             LoaderOptions {
-                batch_size: bs,
+                batch_size: local_bs,
                 shuffle: cfg.train.shuffle,
                 seed: cfg.seed,
                 epoch: epoch as u64,
                 window: cfg.train.shuffle_window,
                 queue: cfg.train.loader_queue,
-                shard: (0, 1),
+                shard: (rank, world),
                 group_feature: None,
             },
         );
-        let mut wait = Instant::now();
-        for batch in stream {
+        loop {
+            let wait = Instant::now();
+            let next = stream.next();
             let t_data = wait.elapsed();
+            // Ranks step together (the exchanges are collective): a rank whose slice is
+            // done feeds empty batches until every rank's is.
+            let mut rows_in_step = [next.as_ref().map_or(0, Batch::len) as u64];
+            if distributed {
+                cluster.all_reduce_sum(&mut rows_in_step);
+            }
+            let global_rows = rows_in_step[0] as usize;
+            if global_rows == 0 {
+                break;
+            }
+            let batch = next.unwrap_or_else(|| Batch::empty(schema.categorical.len(), false));
             let t0 = Instant::now();
-            let lk = bundle.lookup(&batch, true)?;
+            let lk = bundle.lookup(&batch, true, cluster)?;
             let t1 = Instant::now();
             let logits = bundle.logits(&lk, &batch, true);
-            let loss = bundle.loss(&logits, &batch);
             opt.zero_grad();
-            loss.backward();
+            let loss_v = if distributed {
+                let loss = bundle.loss_share(&logits, &batch, global_rows);
+                loss.backward();
+                let mut global_loss = [loss.double_value(&[]) as f32];
+                all_reduce_gradients(&bundle.vs, cluster, &mut global_loss)?;
+                f64::from(global_loss[0])
+            } else {
+                let loss = bundle.loss(&logits, &batch);
+                loss.backward();
+                loss.double_value(&[])
+            };
             opt.step();
-            let loss_v = loss.double_value(&[]);
             let t2 = Instant::now();
-            bundle.update_tables(lk)?;
+            bundle.update_tables(lk, cluster)?;
             let t3 = Instant::now();
             timing.data += t_data;
             timing.lookup += t1 - t0;
@@ -243,14 +329,14 @@ fn train_inner(
             timing.sparse_update += t3 - t2;
             train_time += t_data + (t3 - t0);
             step += 1;
-            samples += batch.len() as u64;
+            samples += global_rows as u64;
             if !loss_v.is_finite() {
                 return Err(TrainError::Invalid(format!(
                     "training diverged: loss is {loss_v} at step {step}; lower optimizer.lr or embedding.optimizer.lr"
                 )));
             }
-            window_loss += loss_v * batch.len() as f64;
-            window_rows += batch.len();
+            window_loss += loss_v * global_rows as f64;
+            window_rows += global_rows;
             progress.step(step, || {
                 format!(
                     "epoch {} loss {:.5}",
@@ -273,6 +359,7 @@ fn train_inner(
                 if let Some(v) = &valid {
                     if validate(
                         &bundle,
+                        cluster,
                         v,
                         cfg,
                         groups,
@@ -292,12 +379,12 @@ fn train_inner(
             if cfg.train.max_steps > 0 && step >= cfg.train.max_steps {
                 break 'epochs;
             }
-            wait = Instant::now();
         }
         if cfg.train.eval_every == 0 {
             if let Some(v) = &valid {
                 if validate(
                     &bundle,
+                    cluster,
                     v,
                     cfg,
                     groups,
@@ -317,14 +404,25 @@ fn train_inner(
     }
     progress.finish();
     let test_result = match &test {
-        Some(t) => Some(evaluate(&bundle, t, cfg.eval.batch_size, groups)?),
+        Some(t) => Some(evaluate(&bundle, t, cfg.eval.batch_size, groups, cluster)?),
         None => None,
     };
-    if cfg.train.save_model {
+    let model_saved = cfg.train.save_model && !distributed;
+    if cfg.train.save_model && distributed {
+        say("not saving the model: saving sharded tables arrives with distributed checkpoints; this run's summary has model_saved = false");
+    }
+    if model_saved {
+        fn local(
+            e: &crate::embedding::EmbeddingEngine,
+        ) -> Result<&shardrec_tables::LocalEmbeddings, TrainError> {
+            e.as_local().ok_or_else(|| {
+                TrainError::Invalid("saving a sharded collection is not supported yet".into())
+            })
+        }
         let mut colls: Vec<(&str, &shardrec_tables::LocalEmbeddings)> =
-            vec![("main", &bundle.tables)];
+            vec![("main", local(&bundle.tables)?)];
         if let Some(f) = &bundle.first_order {
-            colls.push(("first_order", f));
+            colls.push(("first_order", local(f)?));
         }
         save_model(
             &run.model_dir(),
@@ -337,6 +435,9 @@ fn train_inner(
         )?;
     }
     let (emb_bytes, state_bytes) = bundle.table_bytes();
+    let mut per_rank_bytes = [emb_bytes as u64, state_bytes as u64];
+    cluster.all_reduce_sum(&mut per_rank_bytes);
+    let rss_per_rank = cluster.all_gather(&[peak_rss_bytes()])?;
     let params = bundle.tables.layout().parameters()
         + bundle
             .first_order
@@ -353,14 +454,21 @@ fn train_inner(
         "rows_test": test.as_ref().map_or(0, |s| s.rows),
         "bad_rows_skipped": data.meta.bad_rows.total(),
         "bad_rows": data.meta.bad_rows.to_json(),
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": rss_per_rank.iter().copied().max().unwrap_or(0),
         "steps": step,
         "epochs": epochs_run,
         "stopped_early": stopped_early,
         "samples_seen": samples,
         "embedding_params": params,
-        "embedding_bytes": emb_bytes,
-        "optimizer_state_bytes": state_bytes,
+        "embedding_bytes": per_rank_bytes[0],
+        "optimizer_state_bytes": per_rank_bytes[1],
+        "embedding_bytes_this_rank": emb_bytes,
+        "optimizer_state_bytes_this_rank": state_bytes,
+        "peak_rss_bytes_per_rank": rss_per_rank,
+        "world_size": world,
+        "batch_size_per_rank": local_bs,
+        "batch_size": global_bs,
+        "model_saved": model_saved,
         "model": format!("{:?}", cfg.model.kind).to_lowercase(),
         "threads": threads,
         "device": cfg.train.device,
@@ -381,6 +489,7 @@ fn train_inner(
 #[allow(clippy::too_many_arguments)]
 fn validate(
     bundle: &ModelBundle,
+    cluster: &Cluster,
     split: &Arc<crate::data::PreparedSplit>,
     cfg: &ExperimentConfig,
     groups: Option<usize>,
@@ -392,7 +501,7 @@ fn validate(
     without_gain: &mut usize,
     history: &mut Vec<serde_json::Value>,
 ) -> Result<bool, TrainError> {
-    let r = evaluate(bundle, split, cfg.eval.batch_size, groups)?;
+    let r = evaluate(bundle, split, cfg.eval.batch_size, groups, cluster)?;
     let mut line = eval_json("valid", &r);
     line["step"] = step.into();
     line["epoch"] = (epoch + 1).into();
@@ -453,6 +562,7 @@ pub fn eval_saved_model(
         let main = layout("main")?.ok_or_else(|| {
             TrainError::Invalid(format!("{}: no main collection", model_dir.display()))
         })?;
+        let solo = Cluster::solo();
         let mut vs_bundle = ModelBundle::new(
             main,
             layout("first_order")?,
@@ -460,13 +570,19 @@ pub fn eval_saved_model(
             &manifest.model,
             manifest.num_dense,
             device,
+            &solo,
         )?;
-        for t in 0..vs_bundle.tables.layout().num_tables() {
-            load_table(model_dir, "main", &mut vs_bundle.tables, t)?;
-        }
-        if let Some(fo) = vs_bundle.first_order.as_mut() {
-            for t in 0..fo.layout().num_tables() {
-                load_table(model_dir, "first_order", fo, t)?;
+        let whole = "one process holds every table when evaluating a saved model";
+        for (name, engine) in [
+            ("main", Some(&mut vs_bundle.tables)),
+            ("first_order", vs_bundle.first_order.as_mut()),
+        ] {
+            let Some(engine) = engine else { continue };
+            let local = engine
+                .as_local_mut()
+                .ok_or_else(|| TrainError::Invalid(whole.into()))?;
+            for t in 0..local.layout().num_tables() {
+                load_table(model_dir, name, local, t)?;
             }
         }
         let dense = model_dir.join("dense.safetensors");
@@ -478,7 +594,7 @@ pub fn eval_saved_model(
                 source,
             })?;
         let groups = group_feature(cfg, &data)?;
-        let r = evaluate(&vs_bundle, &split, cfg.eval.batch_size, groups)?;
+        let r = evaluate(&vs_bundle, &split, cfg.eval.batch_size, groups, &solo)?;
         Ok(json!({
             "auc": r.auc, "logloss": r.logloss, "gauc": r.gauc, "rows_test": r.rows,
             "split": split.name.as_str(), "model_dir": model_dir.display().to_string(),

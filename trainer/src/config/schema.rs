@@ -340,8 +340,12 @@ fn default_device() -> String {
 pub struct TrainConfig {
     #[serde(default = "default_epochs")]
     pub epochs: usize,
+    /// Samples per step over the whole job (each of N ranks takes batch_size / N), or per
+    /// rank when `batch_size_per_rank` is true.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    #[serde(default)]
+    pub batch_size_per_rank: bool,
     /// Validate every N steps (0: at the end of each epoch).
     #[serde(default)]
     pub eval_every: usize,
@@ -351,7 +355,8 @@ pub struct TrainConfig {
     /// Stop after this many steps (0: no limit).
     #[serde(default)]
     pub max_steps: usize,
-    /// Threads for libtorch and for the table kernels (0: all cores).
+    /// Threads for libtorch and for the table kernels (0: the cores divided among the ranks
+    /// on this node).
     #[serde(default)]
     pub threads: usize,
     /// Log a line every N steps when not on a terminal (0: about 20 lines per epoch).

@@ -26,6 +26,17 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch of no rows: what a rank whose slice has run out feeds a collective step.
+    pub fn empty(num_categorical: usize, with_groups: bool) -> Self {
+        Self {
+            labels: vec![],
+            dense: vec![],
+            sparse: KeyedJaggedIds::from_lengths(num_categorical, 0, &[], vec![])
+                .expect("an empty batch is well formed"),
+            groups: with_groups.then(Vec::new),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }

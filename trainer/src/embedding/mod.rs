@@ -3,7 +3,9 @@
 //! schema, and moving embeddings into and gradients out of tch tensors.
 
 mod builder;
+mod engine;
 mod tensor_bridge;
 
 pub use builder::{build_collections, Collections};
+pub use engine::EmbeddingEngine;
 pub use tensor_bridge::{apply_gradient, lookup, Activation};

@@ -6,13 +6,23 @@
 //! rows and apply the sparse optimizer to the touched rows only. With a CUDA model the
 //! filled tensor is copied to the device and the gradient copied back.
 
-use shardrec_tables::{KeyedJaggedIds, LocalEmbeddings, LookupPlan, TableError};
+use shardrec_tables::{Exchange, KeyedJaggedIds, LookupPlan, ShardedLookup, TableError};
 use tch::{Device, Kind, Tensor};
+
+use super::engine::EmbeddingEngine;
+
+/// What the tables' backward needs from forward.
+enum Saved {
+    Local {
+        plan: LookupPlan,
+        gathered: Vec<Vec<f32>>,
+    },
+    Sharded(ShardedLookup),
+}
 
 /// One batch's embedding input and what backward needs.
 pub struct Activation {
-    plan: LookupPlan,
-    gathered: Vec<Vec<f32>>,
+    saved: Saved,
     /// `[batch, width]`, on the model's device.
     pub tensor: Tensor,
 }
@@ -33,41 +43,69 @@ fn cpu_f32_mut(t: &mut Tensor) -> Result<&mut [f32], TableError> {
     Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) })
 }
 
-/// Looks the batch up; `train` makes the result require a gradient.
+/// Looks the batch up; `train` makes the result require a gradient. Collective when the
+/// tables are sharded.
 pub fn lookup(
-    tables: &LocalEmbeddings,
+    tables: &EmbeddingEngine,
+    ex: &dyn Exchange,
     batch: &KeyedJaggedIds,
     device: Device,
     train: bool,
 ) -> Result<Activation, TableError> {
-    let plan = tables.plan(batch)?;
+    let width = tables.layout().width();
     // every element is written by the forward pass, so the buffer starts uninitialised
     let mut t = Tensor::empty(
-        [plan.batch_size as i64, plan.width as i64],
+        [batch.batch_size() as i64, width as i64],
         (Kind::Float, Device::Cpu),
     );
-    let gathered = tables.forward(&plan, cpu_f32_mut(&mut t)?)?;
+    let saved = match tables {
+        EmbeddingEngine::Local(e) => {
+            let plan = e.plan(batch)?;
+            let gathered = e.forward(&plan, cpu_f32_mut(&mut t)?)?;
+            Saved::Local { plan, gathered }
+        }
+        EmbeddingEngine::Sharded(e) => {
+            Saved::Sharded(e.forward(ex, batch, cpu_f32_mut(&mut t)?)?)
+        }
+    };
     let t = if device == Device::Cpu {
         t
     } else {
         t.to_device(device)
     };
     let tensor = if train { t.set_requires_grad(true) } else { t };
-    Ok(Activation {
-        plan,
-        gathered,
-        tensor,
-    })
+    Ok(Activation { saved, tensor })
 }
 
-/// Applies the gradient that `backward` left on the activation to the tables.
-pub fn apply_gradient(tables: &mut LocalEmbeddings, act: Activation) -> Result<(), TableError> {
+/// Applies the gradient that `backward` left on the activation to the tables. Collective
+/// when the tables are sharded (every rank calls it, whatever its batch).
+pub fn apply_gradient(
+    tables: &mut EmbeddingEngine,
+    ex: &dyn Exchange,
+    act: Activation,
+) -> Result<(), TableError> {
     let g = act.tensor.grad();
-    if !g.defined() {
+    if !g.defined() && matches!(tables, EmbeddingEngine::Local(_)) {
         // the model did not use this input (e.g. an empty collection): nothing to update
         return Ok(());
     }
-    let mut g = g.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let mut g = if g.defined() {
+        g.to_device(Device::Cpu).to_kind(Kind::Float).contiguous()
+    } else {
+        // sharded: still take part in the exchange, with nothing to add
+        act.tensor
+            .zeros_like()
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+    };
     let grad = cpu_f32_mut(&mut g)?;
-    tables.backward(&act.plan, &act.gathered, grad)
+    match (tables, act.saved) {
+        (EmbeddingEngine::Local(e), Saved::Local { plan, gathered }) => {
+            e.backward(&plan, &gathered, grad)
+        }
+        (EmbeddingEngine::Sharded(e), Saved::Sharded(lk)) => e.backward(ex, lk, grad),
+        _ => Err(TableError::BadBatch(
+            "an activation went back to a different kind of table".into(),
+        )),
+    }
 }

@@ -1,0 +1,82 @@
+//! Training under real MPI: `mpirun -np 2` and `-np 4` train on generated data to the test
+//! AUC of one rank (within 0.002), every rank seeing its slice of the data and the tables
+//! row-wise over all ranks; rank 0 alone prints the summary and writes the run folder.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+#[test]
+fn two_and_four_ranks_reach_the_one_rank_test_auc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 100_000, 500);
+    let cfg = criteo_config(dir.path(), &data, "dlrm", "epochs = 2\nsave_model = false");
+    let train = |ranks: usize| {
+        let run_dir = format!(
+            "train.run_dir={}",
+            dir.path().join(format!("run{ranks}")).display()
+        );
+        let o = run_mpi(
+            dir.path(),
+            ranks,
+            &["train", cfg.to_str().unwrap(), "--set", &run_dir],
+            Duration::from_secs(300),
+        );
+        // only rank 0 prints a summary line
+        let lines = stdout(&o).lines().filter(|l| l.starts_with('{')).count();
+        assert_eq!(lines, 1, "{}", stdout(&o));
+        summary(&o)
+    };
+    let one = train(1);
+    assert_eq!(one["world_size"], 1);
+    let one_auc = one["auc"].as_f64().unwrap();
+    assert!(one_auc > 0.62, "{one}");
+    for ranks in [2, 4] {
+        let s = train(ranks);
+        assert_eq!(s["world_size"], ranks);
+        assert_eq!(s["batch_size"], 256);
+        assert_eq!(s["batch_size_per_rank"], 256 / ranks);
+        assert_eq!(
+            s["rows_test"], one["rows_test"],
+            "every test row scored once"
+        );
+        assert_eq!(
+            s["samples_seen"], one["samples_seen"],
+            "every train row seen once per epoch"
+        );
+        assert_eq!(
+            s["peak_rss_bytes_per_rank"].as_array().unwrap().len(),
+            ranks
+        );
+        let auc = s["auc"].as_f64().unwrap();
+        assert!(
+            (auc - one_auc).abs() <= 0.002,
+            "{ranks} ranks: AUC {auc} vs one rank {one_auc}"
+        );
+    }
+}
+
+#[test]
+fn a_batch_that_does_not_divide_among_the_ranks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 2_000, 50);
+    let cfg = criteo_config(dir.path(), &data, "dlrm", "");
+    let o = run_mpi(
+        dir.path(),
+        2,
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--set",
+            "train.batch_size=255",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("train.batch_size = 255") && err.contains("2 ranks"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -1,0 +1,70 @@
+//! Data-parallel dense model: after each rank's backward, the gradients of every dense
+//! parameter are summed over the ranks in one flattened buffer (one `MPI_Allreduce` per
+//! step, as PyTorch DDP's bucketed all-reduce with a single bucket), so every replica
+//! takes the same optimizer step and stays identical. Each rank's loss is already its
+//! share of the global batch's mean, so the sum is the global batch's gradient.
+
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::cluster::Cluster;
+use crate::TrainError;
+
+/// The trainable variables in name order: the same order on every rank.
+fn trainable_by_name(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// Sums every trainable variable's gradient over the ranks, in place, together with
+/// `extra` (per-step scalars such as the loss, summed in the same message).
+pub fn all_reduce_gradients(
+    vs: &VarStore,
+    cluster: &Cluster,
+    extra: &mut [f32],
+) -> Result<(), TrainError> {
+    let vars = trainable_by_name(vs);
+    for (_, v) in &vars {
+        if !v.grad().defined() {
+            // this rank's backward did not reach the variable (others' may have): give it
+            // a zero gradient to receive theirs
+            (v * 0.0).sum(Kind::Float).backward();
+        }
+    }
+    let parts: Vec<Tensor> = vars
+        .iter()
+        .map(|(_, v)| {
+            v.grad()
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .reshape([-1])
+        })
+        .collect();
+    let flat = if parts.is_empty() {
+        Tensor::zeros([0], (Kind::Float, Device::Cpu))
+    } else {
+        Tensor::cat(&parts, 0)
+    };
+    let mut buf = Vec::<f32>::try_from(&flat)?;
+    let n = buf.len();
+    buf.extend_from_slice(extra);
+    cluster.all_reduce_sum(&mut buf);
+    extra.copy_from_slice(&buf[n..]);
+    let _guard = tch::no_grad_guard();
+    let mut off = 0usize;
+    for (_, v) in &vars {
+        let k = v.numel();
+        let summed = Tensor::from_slice(&buf[off..off + k])
+            .view(v.size().as_slice())
+            .to_device(v.device())
+            .to_kind(v.kind());
+        v.grad().copy_(&summed);
+        off += k;
+    }
+    Ok(())
+}
