@@ -83,6 +83,21 @@ fn bad_values_name_key_and_range() {
     );
     check(GOOD, &["data.split.test=1.5"], &["data.split.test"]);
     check(GOOD, &["train.device=tpu"], &["train.device", "cpu"]);
+    check(
+        GOOD,
+        &["sharding.memory_limit_per_rank=0"],
+        &["`sharding.memory_limit_per_rank` = 0"],
+    );
+    check(
+        GOOD,
+        &["sharding.strategy=\"diagonal\""],
+        &["sharding.strategy", "row_wise"],
+    );
+    check(
+        &format!("{GOOD}[sharding]\nplanfile = \"p.toml\"\n"),
+        &[],
+        &["exp.toml:10", "`sharding.planfile`", "`sharding.plan_file`"],
+    );
     check(GOOD, &["embedding.kind=hashed"], &["embedding.buckets"]);
     check(
         GOOD,

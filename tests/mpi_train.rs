@@ -80,3 +80,81 @@ fn a_batch_that_does_not_divide_among_the_ranks_is_refused() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn the_written_plan_reloads_to_the_same_run_and_a_tight_memory_limit_names_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 20_000, 300);
+    let cfg = criteo_config(dir.path(), &data, "dlrm", "save_model = false");
+    let cfg = cfg.to_str().unwrap();
+    let set = |k: &str, v: &std::path::Path| format!("{k}={}", v.display());
+    let (run_a, run_b) = (dir.path().join("a"), dir.path().join("b"));
+    let a = summary(&run_mpi(
+        dir.path(),
+        2,
+        &[
+            "train",
+            cfg,
+            "--set",
+            &set("train.run_dir", &run_a),
+            "--set",
+            "sharding.strategy=\"row_wise\"",
+        ],
+        Duration::from_secs(120),
+    ));
+    let plan = run_a.join("sharding_plan.toml");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    assert!(
+        text.contains("kind = \"row_wise\"") && !text.contains("table_wise"),
+        "{text}"
+    );
+    let b = summary(&run_mpi(
+        dir.path(),
+        2,
+        &[
+            "train",
+            cfg,
+            "--set",
+            &set("train.run_dir", &run_b),
+            "--set",
+            &set("sharding.plan_file", &plan),
+        ],
+        Duration::from_secs(120),
+    ));
+    assert_eq!(
+        std::fs::read_to_string(run_b.join("sharding_plan.toml")).unwrap(),
+        text
+    );
+    assert_eq!(a["auc"], b["auc"], "same plan, same seed: the same run");
+    // 26 tables of ~300 rows x (8 + 8 Adagrad) floats: about 500 KB in all
+    let o = run_mpi(
+        dir.path(),
+        2,
+        &[
+            "train",
+            cfg,
+            "--set",
+            "sharding.memory_limit_per_rank=100000",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("table `C") && err.contains("bytes") && err.contains("100000"),
+        "{err}"
+    );
+    // a plan for 2 ranks does not load into 1
+    let o = run_mpi(
+        dir.path(),
+        1,
+        &["train", cfg, "--set", &set("sharding.plan_file", &plan)],
+        Duration::from_secs(120),
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("plan for 2 ranks, but this job has 1"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -14,6 +14,9 @@
 //! exactly what [`crate::LocalEmbeddings`] does; with several, the same up to the order of
 //! floating-point sums across ranks.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use crate::collection::CollectionLayout;
 use crate::exchange::Exchange;
 use crate::lookup_plan::LookupPlan;
@@ -22,6 +25,32 @@ use crate::row_ops::{assemble_output, reduce_row_gradients};
 use crate::shard::TableShard;
 use crate::sharding::{Bucketized, ShardingKind, ShardingPlan};
 use crate::{KeyedJaggedIds, TableError};
+
+/// Time spent waiting in the exchanges, summed over steps.
+#[derive(Debug, Default)]
+struct ExchangeClock {
+    ids_ns: AtomicU64,
+    values_ns: AtomicU64,
+    gradients_ns: AtomicU64,
+}
+
+fn timed<T>(counter: &AtomicU64, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let out = f();
+    counter.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    out
+}
+
+/// Seconds spent in each exchange since the tables were built.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ExchangeTimes {
+    /// Forward: ids to their owners.
+    pub ids: Duration,
+    /// Forward: rows back from their owners.
+    pub values: Duration,
+    /// Backward: row gradients to their owners.
+    pub gradients: Duration,
+}
 
 /// The tables' shards this rank owns.
 #[derive(Debug)]
@@ -33,6 +62,7 @@ pub struct ShardedEmbeddings {
     dims: Vec<usize>,
     /// `shards[t]`: this rank's shard of table `t`, if it holds one.
     shards: Vec<Option<TableShard>>,
+    clock: ExchangeClock,
 }
 
 /// What forward leaves for backward.
@@ -97,7 +127,18 @@ impl ShardedEmbeddings {
             rank,
             dims,
             shards,
+            clock: ExchangeClock::default(),
         })
+    }
+
+    /// Time spent in the exchanges so far.
+    pub fn exchange_times(&self) -> ExchangeTimes {
+        let d = |c: &AtomicU64| Duration::from_nanos(c.load(Ordering::Relaxed));
+        ExchangeTimes {
+            ids: d(&self.clock.ids_ns),
+            values: d(&self.clock.values_ns),
+            gradients: d(&self.clock.gradients_ns),
+        }
     }
 
     pub fn layout(&self) -> &CollectionLayout {
@@ -183,13 +224,13 @@ impl ShardedEmbeddings {
                 send[d.rank].extend_from_slice(&d.local_rows);
             }
         }
-        let served = ex.all_to_all_u64(send)?;
+        let served = timed(&self.clock.ids_ns, || ex.all_to_all_u64(send))?;
         let answers = served
             .iter()
             .enumerate()
             .map(|(src, msg)| self.serve(src, msg))
             .collect::<Result<Vec<_>, _>>()?;
-        let received = ex.all_to_all_f32(answers)?;
+        let received = timed(&self.clock.values_ns, || ex.all_to_all_f32(answers))?;
         // Owners answer table by table in the order asked; take each dest's slice in turn.
         let mut offsets = vec![0usize; n];
         let mut gathered = Vec::with_capacity(tables);
@@ -316,9 +357,9 @@ impl ShardedEmbeddings {
                 }
             }
         }
-        let recv_g = ex.all_to_all_f32(send_g)?;
+        let recv_g = timed(&self.clock.gradients_ns, || ex.all_to_all_f32(send_g))?;
         let recv_dp = if any_dp {
-            ex.all_to_all_u64(send_dp_rows)?
+            timed(&self.clock.gradients_ns, || ex.all_to_all_u64(send_dp_rows))?
         } else {
             vec![vec![0; tables]; n]
         };

@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::Batch;
 use crate::embedding::{apply_gradient, lookup, Activation, EmbeddingEngine};
+use crate::sharding_plan::CollectionPlans;
 use crate::TrainError;
 
 /// The collections, the dense model and its variables, on one device.
@@ -26,8 +27,10 @@ pub struct Lookups {
 }
 
 impl ModelBundle {
-    /// Fresh tables (initialised from their specs; sharded over the ranks of `ex` when
-    /// there are several) and a fresh model (from libtorch's RNG, seeded by the caller).
+    /// Fresh tables (initialised from their specs; sharded over the ranks of `ex` by
+    /// `plans` when there are several) and a fresh model (from libtorch's RNG, seeded by
+    /// the caller).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         main: CollectionLayout,
         first_order: Option<CollectionLayout>,
@@ -36,6 +39,7 @@ impl ModelBundle {
         num_dense: usize,
         device: Device,
         ex: &dyn Exchange,
+        plans: Option<&CollectionPlans>,
     ) -> Result<Self, TrainError> {
         let shape = ModelShape {
             num_dense: num_dense as i64,
@@ -45,9 +49,11 @@ impl ModelBundle {
                 .map(|w| w as i64)
                 .collect(),
         };
-        let tables = EmbeddingEngine::new(main, optimizer, ex)?;
+        let tables = EmbeddingEngine::new(main, optimizer, ex, plans.map(|p| p.main.clone()))?;
         let first_order = first_order
-            .map(|l| EmbeddingEngine::new(l, optimizer, ex))
+            .map(|l| {
+                EmbeddingEngine::new(l, optimizer, ex, plans.and_then(|p| p.first_order.clone()))
+            })
             .transpose()?;
         let vs = VarStore::new(device);
         let model = build_model(&vs.root(), model_cfg, &shape)?;
@@ -128,6 +134,18 @@ impl ModelBundle {
             .to_device(Device::Cpu)
             .to_kind(Kind::Float);
         Ok(Vec::<f32>::try_from(&p)?)
+    }
+
+    /// Time spent in the tables' exchanges so far (all collections).
+    pub fn exchange_times(&self) -> shardrec_tables::ExchangeTimes {
+        let mut t = self.tables.exchange_times();
+        if let Some(f) = &self.first_order {
+            let u = f.exchange_times();
+            t.ids += u.ids;
+            t.values += u.values;
+            t.gradients += u.gradients;
+        }
+        t
     }
 
     /// Bytes of table parameters and of their optimizer state.

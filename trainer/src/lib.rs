@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod model_io;
 pub mod progress;
 pub mod run_dir;
+pub mod sharding_plan;
 pub mod synth;
 pub mod train;
 mod zipf;

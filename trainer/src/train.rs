@@ -14,7 +14,7 @@ use serde_json::json;
 use shardrec_models::DenseOptimizer;
 use shardrec_tables::SparseOptimizer;
 
-use shardrec_tables::Exchange;
+use shardrec_tables::{Exchange, ShardingKind};
 
 use crate::bundle::ModelBundle;
 use crate::cluster::Cluster;
@@ -29,6 +29,7 @@ use crate::evaluate::{evaluate, EvalResult};
 use crate::model_io::{load_table, read_manifest, save_model};
 use crate::progress::Progress;
 use crate::run_dir::{peak_rss_bytes, RunDir};
+use crate::sharding_plan::{resolve_plans, write_plans, CollectionPlans};
 use crate::TrainError;
 
 fn sparse_optimizer(c: &SparseOptimizerConfig) -> SparseOptimizer {
@@ -51,21 +52,32 @@ fn sparse_optimizer(c: &SparseOptimizerConfig) -> SparseOptimizer {
 #[derive(Debug, Default, Clone, Copy)]
 struct Timing {
     data: Duration,
+    /// Includes the forward exchanges (ids out, rows back) when sharded.
     lookup: Duration,
     dense: Duration,
+    all_reduce: Duration,
+    /// Includes the gradient exchange when sharded.
     sparse_update: Duration,
+    exchanges: shardrec_tables::ExchangeTimes,
 }
 
 impl Timing {
     fn to_json(self) -> serde_json::Value {
-        let total = (self.data + self.lookup + self.dense + self.sparse_update)
+        let total = (self.data + self.lookup + self.dense + self.all_reduce + self.sparse_update)
             .as_secs_f64()
             .max(1e-9);
+        let x = self.exchanges;
         json!({
             "data_wait_s": self.data.as_secs_f64(),
             "lookup_s": self.lookup.as_secs_f64(),
             "dense_forward_backward_s": self.dense.as_secs_f64(),
+            "all_reduce_s": self.all_reduce.as_secs_f64(),
             "sparse_update_s": self.sparse_update.as_secs_f64(),
+            "id_exchange_s": x.ids.as_secs_f64(),
+            "embedding_exchange_s": (x.values + x.gradients).as_secs_f64(),
+            "embedding_exchange_forward_s": x.values.as_secs_f64(),
+            "embedding_exchange_backward_s": x.gradients.as_secs_f64(),
+            "exchange_share": (x.ids + x.values + x.gradients).as_secs_f64() / total,
             "lookup_plus_sparse_update_share": (self.lookup + self.sparse_update).as_secs_f64() / total,
         })
     }
@@ -144,6 +156,10 @@ pub fn train(
 
 fn quiet(_: &str) {}
 
+fn count_kind(plans: &CollectionPlans, kind: ShardingKind) -> usize {
+    plans.main.tables.iter().filter(|t| t.kind == kind).count()
+}
+
 /// Prepares (or finds cached) data: rank 0 first, then the others read its cache, so
 /// ranks never prepare the same files at once. A failure on rank 0 stops every rank.
 fn prepare_on_ranks(
@@ -214,15 +230,24 @@ fn train_inner(
         cfg.model.kind,
     )
     .map_err(TrainError::Invalid)?;
+    let table_optimizer = sparse_optimizer(&cfg.embedding.optimizer);
+    let plans = resolve_plans(
+        &cfg.sharding,
+        &colls.main,
+        colls.first_order.as_ref(),
+        world,
+        &table_optimizer,
+    )?;
     tch::manual_seed(cfg.seed as i64);
     let mut bundle = ModelBundle::new(
         colls.main,
         colls.first_order,
-        sparse_optimizer(&cfg.embedding.optimizer),
+        table_optimizer,
         &cfg.model,
         schema.dense.len(),
         device,
         cluster,
+        Some(&plans),
     )?;
     let mut opt = DenseOptimizer::new(&bundle.vs, cfg.optimizer.clone());
     let mut run =
@@ -230,6 +255,9 @@ fn train_inner(
             path: "runs".into(),
             source,
         })?;
+    if cluster.is_root() {
+        write_plans(&run.path.join("sharding_plan.toml"), &plans)?;
+    }
     let run_path = run.path.clone();
     let run_io = |source| TrainError::Io {
         path: run_path.clone(),
@@ -246,7 +274,13 @@ fn train_inner(
         bundle.tables.layout().parameters(),
         threads,
         if distributed {
-            format!(" per rank; {world} ranks, tables row-wise over all of them, batch {local_bs} per rank ({global_bs} per step)")
+            format!(
+                " per rank; {world} ranks ({} tables row-wise, {} table-wise, {} column-wise, {} data-parallel; plan in sharding_plan.toml), batch {local_bs} per rank ({global_bs} per step)",
+                count_kind(&plans, ShardingKind::RowWise),
+                count_kind(&plans, ShardingKind::TableWise),
+                count_kind(&plans, ShardingKind::ColumnWise),
+                count_kind(&plans, ShardingKind::DataParallel)
+            )
         } else {
             String::new()
         }
@@ -308,11 +342,14 @@ fn train_inner(
             let t1 = Instant::now();
             let logits = bundle.logits(&lk, &batch, true);
             opt.zero_grad();
+            let mut t_all_reduce = Duration::ZERO;
             let loss_v = if distributed {
                 let loss = bundle.loss_share(&logits, &batch, global_rows);
                 loss.backward();
                 let mut global_loss = [loss.double_value(&[]) as f32];
+                let t = Instant::now();
                 all_reduce_gradients(&bundle.vs, cluster, &mut global_loss)?;
+                t_all_reduce = t.elapsed();
                 f64::from(global_loss[0])
             } else {
                 let loss = bundle.loss(&logits, &batch);
@@ -325,7 +362,8 @@ fn train_inner(
             let t3 = Instant::now();
             timing.data += t_data;
             timing.lookup += t1 - t0;
-            timing.dense += t2 - t1;
+            timing.dense += t2 - t1 - t_all_reduce;
+            timing.all_reduce += t_all_reduce;
             timing.sparse_update += t3 - t2;
             train_time += t_data + (t3 - t0);
             step += 1;
@@ -403,6 +441,42 @@ fn train_inner(
         }
     }
     progress.finish();
+    timing.exchanges = bundle.exchange_times();
+    let time_per_rank = if distributed {
+        let x = timing.exchanges;
+        let mine: Vec<f64> = [
+            timing.data,
+            timing.lookup,
+            timing.dense,
+            timing.all_reduce,
+            timing.sparse_update,
+            x.ids,
+            x.values + x.gradients,
+        ]
+        .iter()
+        .map(Duration::as_secs_f64)
+        .collect();
+        let all = cluster.all_gather(&mine)?;
+        let keys = [
+            "data_wait_s",
+            "lookup_s",
+            "dense_forward_backward_s",
+            "all_reduce_s",
+            "sparse_update_s",
+            "id_exchange_s",
+            "embedding_exchange_s",
+        ];
+        all.chunks(keys.len())
+            .map(|c| {
+                keys.iter()
+                    .zip(c)
+                    .map(|(k, v)| ((*k).to_string(), json!(v)))
+                    .collect::<serde_json::Map<_, _>>()
+            })
+            .collect::<Vec<_>>()
+    } else {
+        Vec::new()
+    };
     let test_result = match &test {
         Some(t) => Some(evaluate(&bundle, t, cfg.eval.batch_size, groups, cluster)?),
         None => None,
@@ -474,6 +548,7 @@ fn train_inner(
         "device": cfg.train.device,
         "seed": cfg.seed,
         "time": timing.to_json(),
+        "time_per_rank": time_per_rank,
         "wall_s": started.elapsed().as_secs_f64(),
         "run_dir": run.path.display().to_string(),
         "validations": validations,
@@ -571,6 +646,7 @@ pub fn eval_saved_model(
             manifest.num_dense,
             device,
             &solo,
+            None,
         )?;
         let whole = "one process holds every table when evaluating a saved model";
         for (name, engine) in [

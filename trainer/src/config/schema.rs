@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use shardrec_models::{DenseOptimizerConfig, ModelConfig};
-use shardrec_tables::{OptimizerKind, Pooling};
+use shardrec_tables::{OptimizerKind, PlanStrategy, Pooling, ShardingKind};
 
 fn default_seed() -> u64 {
     2024
@@ -32,6 +32,30 @@ pub struct ExperimentConfig {
     pub train: TrainConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    #[serde(default)]
+    pub sharding: ShardingConfig,
+}
+
+/// `[sharding]`: where the tables' rows live when the job has several ranks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ShardingConfig {
+    /// `auto` (balance each rank's bytes of rows + optimizer state: big tables row-wise,
+    /// small ones whole) or one kind for every table: `row_wise`, `table_wise`,
+    /// `column_wise`, `data_parallel`.
+    #[serde(default)]
+    pub strategy: PlanStrategy,
+    /// Per-table kind, by table name (e.g. `C3 = "data_parallel"`).
+    #[serde(default)]
+    pub tables: std::collections::BTreeMap<String, ShardingKind>,
+    /// Bytes of rows + optimizer state one rank may hold; planning fails, naming the
+    /// table, when they cannot fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_per_rank: Option<u64>,
+    /// A plan written by an earlier run (`sharding_plan.toml` in its run folder), for the
+    /// identical placement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

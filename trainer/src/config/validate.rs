@@ -237,5 +237,8 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
         );
     }
     check(&mut v, "eval.batch_size", c.eval.batch_size, 1, 1 << 24);
+    if let Some(limit) = c.sharding.memory_limit_per_rank {
+        check(&mut v, "sharding.memory_limit_per_rank", limit, 1, u64::MAX);
+    }
     v
 }

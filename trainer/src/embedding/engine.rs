@@ -4,8 +4,8 @@
 //! backward are collective all-to-all exchanges).
 
 use shardrec_tables::{
-    CollectionLayout, Exchange, LocalEmbeddings, ShardedEmbeddings, ShardingKind, ShardingPlan,
-    SparseOptimizer, TableError, TablePlacement,
+    CollectionLayout, Exchange, LocalEmbeddings, ShardedEmbeddings, ShardingPlan, SparseOptimizer,
+    TableError,
 };
 
 #[derive(Debug)]
@@ -15,12 +15,12 @@ pub enum EmbeddingEngine {
 }
 
 impl EmbeddingEngine {
-    /// One process: every table here. Several ranks: every table row-wise over all ranks
-    /// (TorchRec's choice for large tables; a configurable plan is to come).
+    /// One process: every table here. Several ranks: this rank's shards under `plan`.
     pub fn new(
         layout: CollectionLayout,
         optimizer: SparseOptimizer,
         ex: &dyn Exchange,
+        plan: Option<ShardingPlan>,
     ) -> Result<Self, TableError> {
         let n = ex.world_size();
         if n == 1 {
@@ -28,20 +28,15 @@ impl EmbeddingEngine {
                 layout, optimizer,
             )?));
         }
-        let plan = ShardingPlan {
-            world_size: n,
-            tables: layout
-                .spec()
-                .tables
-                .iter()
-                .map(|t| TablePlacement {
-                    table: t.name.clone(),
-                    kind: ShardingKind::RowWise,
-                    ranks: (0..n).collect(),
-                    column_starts: vec![],
-                })
-                .collect(),
-        };
+        let plan = plan.ok_or_else(|| {
+            TableError::BadPlan(format!("{n} ranks but no sharding plan for the tables"))
+        })?;
+        if plan.world_size != n {
+            return Err(TableError::BadPlan(format!(
+                "a plan for {} ranks in a job of {n}",
+                plan.world_size
+            )));
+        }
         Ok(Self::Sharded(ShardedEmbeddings::new(
             layout,
             plan,
@@ -62,6 +57,14 @@ impl EmbeddingEngine {
         match self {
             Self::Local(e) => e.bytes(),
             Self::Sharded(e) => e.bytes(),
+        }
+    }
+
+    /// Time spent in the all-to-all exchanges so far (zero in one process).
+    pub fn exchange_times(&self) -> shardrec_tables::ExchangeTimes {
+        match self {
+            Self::Local(_) => Default::default(),
+            Self::Sharded(e) => e.exchange_times(),
         }
     }
 

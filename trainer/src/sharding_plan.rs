@@ -1,0 +1,119 @@
+//! The job's sharding plans (one per table collection) from `[sharding]`: computed by the
+//! planner, or read back from a `sharding_plan.toml` an earlier run wrote, so a placement
+//! can be repeated exactly. Every run writes the plan it used to its run folder.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use shardrec_tables::{
+    plan_collection, rank_loads, CollectionLayout, PlanRequest, ShardingPlan, SparseOptimizer,
+};
+
+use crate::config::ShardingConfig;
+use crate::TrainError;
+
+/// Plans of the main collection and of the first-order weights (LR, FM, DeepFM).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionPlans {
+    pub main: ShardingPlan,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_order: Option<ShardingPlan>,
+}
+
+fn invalid(m: String) -> TrainError {
+    TrainError::Invalid(m)
+}
+
+/// The plans for `world` ranks as `[sharding]` says.
+pub fn resolve_plans(
+    cfg: &ShardingConfig,
+    main: &CollectionLayout,
+    first_order: Option<&CollectionLayout>,
+    world: usize,
+    opt: &SparseOptimizer,
+) -> Result<CollectionPlans, TrainError> {
+    if let Some(path) = &cfg.plan_file {
+        let plans = read_plans(path)?;
+        let check =
+            |name: &str, plan: Option<&ShardingPlan>, layout: Option<&CollectionLayout>| match (
+                plan, layout,
+            ) {
+                (Some(p), Some(l)) => {
+                    if p.world_size != world {
+                        return Err(invalid(format!(
+                            "{}: [{name}] is a plan for {} ranks, but this job has {world}",
+                            path.display(),
+                            p.world_size
+                        )));
+                    }
+                    p.validate(l)
+                        .map_err(|e| invalid(format!("{}: [{name}]: {e}", path.display())))
+                }
+                (None, None) => Ok(()),
+                _ => Err(invalid(format!(
+                    "{}: [{name}] does not match this model's collections",
+                    path.display()
+                ))),
+            };
+        check("main", Some(&plans.main), Some(main))?;
+        check("first_order", plans.first_order.as_ref(), first_order)?;
+        return Ok(plans);
+    }
+    let req = PlanRequest {
+        strategy: cfg.strategy,
+        tables: cfg.tables.clone(),
+        memory_limit_per_rank: cfg.memory_limit_per_rank,
+    };
+    let named = |e: shardrec_tables::TableError| invalid(format!("[sharding]: {e}"));
+    let main_plan = plan_collection(main, world, opt, &req).map_err(named)?;
+    let first_plan = first_order
+        .map(|l| {
+            // the per-table choices name main tables; first-order tables follow the strategy
+            let req = PlanRequest {
+                tables: Default::default(),
+                ..req.clone()
+            };
+            plan_collection(l, world, opt, &req).map_err(named)
+        })
+        .transpose()?;
+    if let Some(limit) = cfg.memory_limit_per_rank {
+        let mut loads = rank_loads(&main_plan, main, opt);
+        if let (Some(p), Some(l)) = (&first_plan, first_order) {
+            for (a, b) in loads.iter_mut().zip(rank_loads(p, l, opt)) {
+                *a += b;
+            }
+        }
+        if let Some((rank, &load)) = loads.iter().enumerate().find(|(_, &b)| b > limit) {
+            return Err(invalid(format!(
+                "[sharding]: rank {rank} would hold {load} bytes of rows and optimizer state (tables plus first-order weights), above sharding.memory_limit_per_rank = {limit}"
+            )));
+        }
+    }
+    Ok(CollectionPlans {
+        main: main_plan,
+        first_order: first_plan,
+    })
+}
+
+pub fn read_plans(path: &Path) -> Result<CollectionPlans, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        invalid(format!(
+            "{}: not a sharding plan: {}",
+            path.display(),
+            e.to_string().replace('\n', " ")
+        ))
+    })
+}
+
+pub fn write_plans(path: &Path, plans: &CollectionPlans) -> Result<(), TrainError> {
+    let text = toml::to_string(plans).map_err(|e| invalid(format!("sharding plan: {e}")))?;
+    std::fs::write(path, text).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
