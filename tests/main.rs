@@ -11,6 +11,7 @@ mod bad_input;
 mod cli_train;
 mod dense_optimizers;
 mod gradients;
+mod launch_scripts;
 mod model_files;
 mod mpi_exchange;
 mod mpi_train;

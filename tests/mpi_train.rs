@@ -158,3 +158,61 @@ fn the_written_plan_reloads_to_the_same_run_and_a_tight_memory_limit_names_the_t
         stderr(&o)
     );
 }
+
+/// SIGKILL of one rank mid-training ends the whole job with a non-zero exit, promptly.
+#[test]
+fn killing_one_rank_ends_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 100_000, 500);
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "dlrm",
+        "epochs = 50\nsave_model = false\nlog_every = 1",
+    );
+    let err_path = dir.path().join("stderr");
+    let mut child = std::process::Command::new("mpirun")
+        .current_dir(dir.path())
+        .args(["-np", "2"])
+        .arg(env!("CARGO_BIN_EXE_shardrec"))
+        .args(["train", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("running mpirun");
+    // wait until rank 1 has said its pid and training has started
+    let started = std::time::Instant::now();
+    let pid = loop {
+        let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let pid = err
+            .lines()
+            .find_map(|l| l.split("rank 1 of 2: pid ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse::<i32>().ok());
+        if let (Some(pid), true) = (pid, err.contains("[train] step 3 ")) {
+            break pid;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the job ended before the kill ({status}):\n{err}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no training steps:\n{err}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: sending a signal to a process id we read from the job's own log.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let killed = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if killed.elapsed() > Duration::from_secs(30) {
+            child.kill().ok();
+            panic!("the job was still running 30 s after one rank was killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "{status}");
+}

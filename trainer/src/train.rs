@@ -195,6 +195,15 @@ fn train_inner(
             log(m)
         }
     };
+    if distributed {
+        // every rank, so a user (or a test) can find a rank's process on its node
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        log(&format!(
+            "rank {rank} of {world}: pid {} on {}",
+            std::process::id(),
+            host.trim()
+        ));
+    }
     let device = resolve_device(&cfg.train.device, rank).map_err(TrainError::Invalid)?;
     let (global_bs, local_bs) = if cfg.train.batch_size_per_rank {
         (cfg.train.batch_size * world, cfg.train.batch_size)
