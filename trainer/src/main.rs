@@ -107,8 +107,11 @@ fn run() -> anyhow::Result<()> {
             }) {
                 Ok(s) => s,
                 Err(e) if cluster.world_size() > 1 => {
-                    // the other ranks may be waiting in a collective for this one
+                    // the other ranks may be waiting in a collective for this one, so end
+                    // the job; first give mpirun a moment to forward the message, which
+                    // the abort would otherwise cut off
                     report(&e);
+                    std::thread::sleep(std::time::Duration::from_millis(500));
                     cluster.abort(1)
                 }
                 Err(e) => return Err(e),

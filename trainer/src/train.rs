@@ -204,7 +204,13 @@ fn train_inner(
             host.trim()
         ));
     }
-    let device = resolve_device(&cfg.train.device, rank).map_err(TrainError::Invalid)?;
+    // one GPU per rank: the rank's index on its node (MPICH's hydra says it), modulo the
+    // node's devices
+    let local_rank = std::env::var("MPI_LOCALRANKID")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(rank);
+    let device = resolve_device(&cfg.train.device, local_rank).map_err(TrainError::Invalid)?;
     let (global_bs, local_bs) = if cfg.train.batch_size_per_rank {
         (cfg.train.batch_size * world, cfg.train.batch_size)
     } else if !cfg.train.batch_size.is_multiple_of(world) {
