@@ -15,35 +15,9 @@ RANKS=("$@")
 source launch/env.sh
 BIN=target/release/shardrec
 [ -x "$BIN" ] || bash launch/setup.sh
-DIR=data/bench
-DATA=$DIR/uniform-$ROWS.tsv
-mkdir -p "$DIR"
-[ -f "$DATA.json" ] || "$BIN" synth --rows "$ROWS" --cardinality 1000000 --zipf 0.0001 --out "$DATA" > /dev/null
-CFG=$DIR/bench_distributed.toml
-cat > "$CFG" <<TOML
-seed = 2024
-[data]
-format = "criteo"
-train = "$DATA"
-split = { kind = "tail", test = 0.2 }
-cache_dir = "$DIR/prepared"
-[embedding]
-dim = 16
-optimizer = { kind = "adagrad", lr = 0.01, eps = 1e-8 }
-[model]
-kind = "dlrm"
-bottom = [512, 256]
-top = [512, 256]
-[optimizer]
-kind = "adam"
-lr = 0.001
-[train]
-epochs = 1
-batch_size = 2048
-threads = 1
-save_model = false
-TOML
-"$BIN" prepare "$CFG" > /dev/null
+THREADS=1   # one torch thread per rank
+# shellcheck source=launch/bench_dlrm_data.sh
+source launch/bench_dlrm_data.sh
 LOG=$DIR/bench_distributed-$ROWS.log
 : > "$LOG"
 for n in "${RANKS[@]}"; do

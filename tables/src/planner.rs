@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::collection::CollectionLayout;
 use crate::optimizer::SparseOptimizer;
-use crate::sharding::{ShardingKind, ShardingPlan, TablePlacement};
+use crate::sharding::{ShardExtent, ShardingKind, ShardingPlan, TablePlacement};
 use crate::TableError;
 
 /// How tables are placed when no per-table choice is given.
@@ -40,6 +40,11 @@ pub struct PlanRequest {
 pub fn table_bytes(layout: &CollectionLayout, t: usize, opt: &SparseOptimizer) -> u64 {
     let dim = layout.table_dim(t);
     layout.table_rows(t) * (dim + opt.state_width(dim)) as u64 * 4
+}
+
+/// Bytes of the part `e` of a table of `dim` columns whose rows take `row_bytes` each.
+fn extent_bytes(e: &ShardExtent, row_bytes: u64, dim: usize) -> u64 {
+    (e.rows.end - e.rows.start) * row_bytes * e.cols.len() as u64 / dim.max(1) as u64
 }
 
 /// A table's share of a rank's fair load below which `auto` keeps it whole on one rank.
@@ -108,9 +113,7 @@ pub fn plan_collection(
         // what each rank gains
         let row_bytes = bytes[t] / rows.max(1);
         for e in placement.extents(rows, dim) {
-            let share =
-                (e.rows.end - e.rows.start) * row_bytes * e.cols.len() as u64 / dim.max(1) as u64;
-            load[e.rank] += share;
+            load[e.rank] += extent_bytes(&e, row_bytes, dim);
             if let Some(limit) = req.memory_limit_per_rank {
                 if load[e.rank] > limit {
                     return Err(TableError::BadPlan(format!(
@@ -141,8 +144,7 @@ pub fn rank_loads(
         let (rows, dim) = (layout.table_rows(t), layout.table_dim(t));
         let row_bytes = table_bytes(layout, t, opt) / rows.max(1);
         for e in p.extents(rows, dim) {
-            load[e.rank] +=
-                (e.rows.end - e.rows.start) * row_bytes * e.cols.len() as u64 / dim.max(1) as u64;
+            load[e.rank] += extent_bytes(&e, row_bytes, dim);
         }
     }
     load

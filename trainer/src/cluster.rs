@@ -31,6 +31,10 @@ pub fn launched_by_mpirun() -> bool {
         .any(|v| std::env::var_os(v).is_some())
 }
 
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn too_big(what: &str, n: usize) -> TableError {
     TableError::Exchange(format!(
         "{what}: {n} values exceed MPI's 32-bit count; use smaller batches or more ranks"
@@ -81,6 +85,17 @@ impl Cluster {
                 _universe: universe,
             }),
         })
+    }
+
+    /// This rank's index among the ranks on its node (MPICH's hydra says it; else the
+    /// rank), e.g. to pick its GPU.
+    pub fn local_rank(&self) -> usize {
+        env_usize("MPI_LOCALRANKID").unwrap_or(self.rank)
+    }
+
+    /// Ranks on this node (1 without mpirun).
+    pub fn local_size(&self) -> usize {
+        env_usize("MPI_LOCALNRANKS").unwrap_or(1)
     }
 
     pub fn is_root(&self) -> bool {

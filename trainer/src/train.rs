@@ -83,29 +83,23 @@ impl Timing {
     }
 }
 
-/// Ranks started on this node by the process manager (MPICH's hydra says so).
-fn local_ranks() -> usize {
-    std::env::var("MPI_LOCALNRANKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
-}
-
-fn threads_for(cfg: &ExperimentConfig) -> usize {
+/// Threads per rank: as configured, or the node's cores divided among its ranks.
+fn threads_for(cfg: &ExperimentConfig, ranks_on_node: usize) -> usize {
     if cfg.train.threads > 0 {
         cfg.train.threads
     } else {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / local_ranks().max(1)).max(1)
+        (cores / ranks_on_node.max(1)).max(1)
     }
 }
 
 /// Runs `f` with libtorch and the table kernels limited to the configured threads.
 fn with_threads<T: Send>(
     cfg: &ExperimentConfig,
+    ranks_on_node: usize,
     f: impl FnOnce(usize) -> T + Send,
 ) -> Result<T, TrainError> {
-    let threads = threads_for(cfg);
+    let threads = threads_for(cfg, ranks_on_node);
     tch::set_num_threads(threads as i32);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -151,7 +145,9 @@ pub fn train(
     name: &str,
     cluster: &Cluster,
 ) -> Result<serde_json::Value, TrainError> {
-    with_threads(cfg, |threads| train_inner(cfg, name, threads, cluster))?
+    with_threads(cfg, cluster.local_size(), |threads| {
+        train_inner(cfg, name, threads, cluster)
+    })?
 }
 
 fn quiet(_: &str) {}
@@ -204,13 +200,9 @@ fn train_inner(
             host.trim()
         ));
     }
-    // one GPU per rank: the rank's index on its node (MPICH's hydra says it), modulo the
-    // node's devices
-    let local_rank = std::env::var("MPI_LOCALRANKID")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(rank);
-    let device = resolve_device(&cfg.train.device, local_rank).map_err(TrainError::Invalid)?;
+    // one GPU per rank: the rank's index on its node, modulo the node's devices
+    let device =
+        resolve_device(&cfg.train.device, cluster.local_rank()).map_err(TrainError::Invalid)?;
     let (global_bs, local_bs) = if cfg.train.batch_size_per_rank {
         (cfg.train.batch_size * world, cfg.train.batch_size)
     } else if !cfg.train.batch_size.is_multiple_of(world) {
@@ -621,7 +613,7 @@ pub fn eval_saved_model(
     cfg: &ExperimentConfig,
     model_dir: &Path,
 ) -> Result<serde_json::Value, TrainError> {
-    with_threads(cfg, |threads| {
+    with_threads(cfg, 1, |threads| {
         let manifest = read_manifest(model_dir)?;
         let device = resolve_device(&cfg.train.device, 0).map_err(TrainError::Invalid)?;
         let data = prepare_with_vocab(&cfg.data, &model_dir.join("vocab.bin"), &log)?;
