@@ -174,6 +174,11 @@ impl CollectionLayout {
         self.spec.tables.len()
     }
 
+    /// Width of every table, in table order.
+    pub fn table_dims(&self) -> Vec<usize> {
+        self.spec.tables.iter().map(|t| t.dim).collect()
+    }
+
     pub fn table_dim(&self, t: usize) -> usize {
         self.spec.tables[t].dim
     }

@@ -30,9 +30,7 @@ impl LocalEmbeddings {
         optimizer: SparseOptimizer,
     ) -> Result<Self, TableError> {
         plan.validate(&layout)?;
-        let dims: Vec<usize> = (0..layout.num_tables())
-            .map(|t| layout.table_dim(t))
-            .collect();
+        let dims = layout.table_dims();
         let shards = layout
             .spec()
             .tables
@@ -49,7 +47,7 @@ impl LocalEmbeddings {
                             usize::MAX
                         },
                     )
-                    .map(|e| TableShard::new(&spec.name, spec.dim, e, &spec.init, &optimizer))
+                    .map(|e| TableShard::of_table(spec, e, &optimizer))
                     .collect()
             })
             .collect();

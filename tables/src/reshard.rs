@@ -86,17 +86,8 @@ pub fn fill_from_pieces(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sharding::{ShardingKind, TablePlacement};
+    use crate::sharding::{test_placement as placement, ShardingKind};
     use proptest::prelude::*;
-
-    fn placement(kind: ShardingKind, n: usize) -> TablePlacement {
-        TablePlacement {
-            table: "t".into(),
-            kind,
-            ranks: (0..n).collect(),
-            column_starts: vec![],
-        }
-    }
 
     fn kind(i: u8) -> ShardingKind {
         [

@@ -7,6 +7,7 @@ use std::ops::Range;
 use crate::init::RowInit;
 use crate::optimizer::SparseOptimizer;
 use crate::sharding::ShardExtent;
+use crate::spec::TableSpec;
 use crate::storage::{InMemoryRows, RowStorage};
 use crate::TableError;
 
@@ -53,6 +54,11 @@ impl TableShard {
             state_width: sw,
             steps: 0,
         }
+    }
+
+    /// The freshly initialised part `extent` of the table `spec`.
+    pub fn of_table(spec: &TableSpec, extent: &ShardExtent, opt: &SparseOptimizer) -> Self {
+        Self::new(&spec.name, spec.dim, extent, &spec.init, opt)
     }
 
     /// Floats per held row.

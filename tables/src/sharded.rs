@@ -104,9 +104,7 @@ impl ShardedEmbeddings {
                 )));
             }
         }
-        let dims: Vec<usize> = (0..layout.num_tables())
-            .map(|t| layout.table_dim(t))
-            .collect();
+        let dims = layout.table_dims();
         let shards = layout
             .spec()
             .tables
@@ -117,7 +115,7 @@ impl ShardedEmbeddings {
                     .extents(spec.rows, spec.dim)
                     .iter()
                     .find(|e| e.rank == rank)
-                    .map(|e| TableShard::new(&spec.name, spec.dim, e, &spec.init, &optimizer))
+                    .map(|e| TableShard::of_table(spec, e, &optimizer))
             })
             .collect();
         Ok(Self {

@@ -333,18 +333,24 @@ impl Bucketized {
     }
 }
 
+/// Table `t` of kind `kind` over ranks `0..n` (tests).
+#[cfg(test)]
+pub(crate) fn test_placement(kind: ShardingKind, n: usize) -> TablePlacement {
+    TablePlacement {
+        table: "t".into(),
+        kind,
+        ranks: (0..n).collect(),
+        column_starts: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn placement(kind: ShardingKind, n: usize) -> TablePlacement {
-        TablePlacement {
-            table: "t".into(),
-            kind,
-            ranks: (0..n).collect(),
-            column_starts: vec![],
-        }
+        test_placement(kind, n)
     }
 
     fn plan(kind: ShardingKind, n: usize) -> ShardingPlan {

@@ -1,7 +1,7 @@
 //! Offline evaluation of a split: predictions for every row, then exact AUC, logloss and
 //! (when a grouping feature is configured) GAUC over all of them. Under mpirun each rank
 //! predicts its slice of the split (the sharded lookups being collective, ranks step
-//! together, feeding empty batches once their slice is done); labels, predictions and
+//! together: [`LockstepBatches`]); labels, predictions and
 //! groups of all ranks are then gathered, so the metrics are exact over the whole split,
 //! never an average of per-rank figures.
 
@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::bundle::ModelBundle;
 use crate::cluster::Cluster;
-use crate::data::{spawn_loader, Batch, LoaderOptions, PreparedSplit};
+use crate::data::{spawn_loader, LoaderOptions, PreparedSplit};
+use crate::lockstep::{LockstepBatches, Step};
 use crate::metrics::{auc, gauc, logloss};
 use crate::TrainError;
 use shardrec_tables::Exchange;
@@ -46,16 +47,14 @@ pub fn evaluate(
     let mut labels = Vec::with_capacity(split.rows);
     let mut preds = Vec::with_capacity(split.rows);
     let mut groups = Vec::new();
-    let mut stream = spawn_loader(split.clone(), opts);
-    loop {
-        let batch = stream.next();
-        let mut active = [u32::from(batch.is_some())];
-        cluster.all_reduce_sum(&mut active);
-        if active[0] == 0 {
-            break;
-        }
-        let batch =
-            batch.unwrap_or_else(|| Batch::empty(split.num_categorical(), group_feature.is_some()));
+    let stream = spawn_loader(split.clone(), opts);
+    let steps = LockstepBatches::new(
+        stream,
+        cluster,
+        split.num_categorical(),
+        group_feature.is_some(),
+    );
+    for Step { batch, .. } in steps {
         preds.extend(bundle.predict(&batch, cluster)?);
         labels.extend_from_slice(&batch.labels);
         if let Some(g) = &batch.groups {

@@ -9,6 +9,7 @@ pub mod dense_sync;
 pub mod device;
 pub mod embedding;
 pub mod evaluate;
+pub mod lockstep;
 pub mod metrics;
 pub mod model_io;
 pub mod progress;

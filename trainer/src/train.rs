@@ -20,12 +20,13 @@ use crate::bundle::ModelBundle;
 use crate::cluster::Cluster;
 use crate::config::{ExperimentConfig, SparseOptimizerConfig};
 use crate::data::{
-    prepare, prepare_with_vocab, spawn_loader, Batch, LoaderOptions, PreparedDataset, SplitName,
+    prepare, prepare_with_vocab, spawn_loader, LoaderOptions, PreparedDataset, SplitName,
 };
 use crate::dense_sync::all_reduce_gradients;
 use crate::device::resolve_device;
 use crate::embedding::build_collections;
 use crate::evaluate::{evaluate, EvalResult};
+use crate::lockstep::{LockstepBatches, Step};
 use crate::model_io::{load_table, read_manifest, save_model};
 use crate::progress::Progress;
 use crate::run_dir::{peak_rss_bytes, RunDir};
@@ -316,7 +317,7 @@ fn train_inner(
 
     'epochs: for epoch in 0..cfg.train.epochs {
         epochs_run = epoch + 1;
-        let mut stream = spawn_loader(
+        let stream = spawn_loader(
             train_split.clone(),
             LoaderOptions {
                 batch_size: local_bs,
@@ -329,21 +330,12 @@ fn train_inner(
                 group_feature: None,
             },
         );
-        loop {
-            let wait = Instant::now();
-            let next = stream.next();
-            let t_data = wait.elapsed();
-            // Ranks step together (the exchanges are collective): a rank whose slice is
-            // done feeds empty batches until every rank's is.
-            let mut rows_in_step = [next.as_ref().map_or(0, Batch::len) as u64];
-            if distributed {
-                cluster.all_reduce_sum(&mut rows_in_step);
-            }
-            let global_rows = rows_in_step[0] as usize;
-            if global_rows == 0 {
-                break;
-            }
-            let batch = next.unwrap_or_else(|| Batch::empty(schema.categorical.len(), false));
+        for Step {
+            batch,
+            global_rows,
+            data_wait: t_data,
+        } in LockstepBatches::new(stream, cluster, schema.categorical.len(), false)
+        {
             let t0 = Instant::now();
             let lk = bundle.lookup(&batch, true, cluster)?;
             let t1 = Instant::now();
