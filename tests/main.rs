@@ -8,6 +8,7 @@ mod common;
 
 mod bad_config;
 mod bad_input;
+mod checkpoints;
 mod cli_train;
 mod dense_optimizers;
 mod gradients;

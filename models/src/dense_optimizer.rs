@@ -112,6 +112,11 @@ impl DenseOptimizer {
         &self.state
     }
 
+    /// Mutable state (to restore from a checkpoint).
+    pub fn state_mut(&mut self) -> &mut [(Tensor, Tensor)] {
+        &mut self.state
+    }
+
     pub fn set_steps(&mut self, steps: i64) {
         self.steps = steps;
     }

@@ -51,7 +51,7 @@ pub use init::RowInit;
 pub use jagged::KeyedJaggedIds;
 pub use local::LocalEmbeddings;
 pub use lookup_plan::{LookupPlan, Request, TableRequests};
-pub use optimizer::{OptimizerKind, SparseOptimizer};
+pub use optimizer::{OptimizerKind, SparseOptimizer, StateLayout};
 pub use planner::{plan_collection, rank_loads, table_bytes, PlanRequest, PlanStrategy};
 pub use reshard::{fill_from_pieces, Piece};
 pub use row_ops::{assemble_output, reduce_row_gradients};

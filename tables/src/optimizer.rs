@@ -24,6 +24,27 @@ pub enum OptimizerKind {
     Adam,
 }
 
+/// Layout of one row's optimizer state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateLayout {
+    /// `planes` values per column (Adagrad's accumulator; Adam's first then second
+    /// moment): a row holds plane 0 of every column, then plane 1, and so on.
+    PerColumn { planes: usize },
+    /// One value per row (row-wise Adagrad).
+    PerRow,
+}
+
+impl StateLayout {
+    /// Planes of a row's state: each is a `rows x cols` rectangle (per column) or a
+    /// `rows x 1` one (per row).
+    pub fn planes(self) -> usize {
+        match self {
+            Self::PerColumn { planes } => planes,
+            Self::PerRow => 1,
+        }
+    }
+}
+
 /// An update rule with its hyperparameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SparseOptimizer {
@@ -60,6 +81,17 @@ impl SparseOptimizer {
             OptimizerKind::Adagrad => dim,
             OptimizerKind::RowwiseAdagrad => 1,
             OptimizerKind::Adam => 2 * dim,
+        }
+    }
+
+    /// How a row's state floats are laid out, for checkpoints that must cut state along
+    /// the same rows and columns as the weights.
+    pub fn state_layout(&self) -> StateLayout {
+        match self.kind {
+            OptimizerKind::Sgd => StateLayout::PerColumn { planes: 0 },
+            OptimizerKind::Adagrad => StateLayout::PerColumn { planes: 1 },
+            OptimizerKind::Adam => StateLayout::PerColumn { planes: 2 },
+            OptimizerKind::RowwiseAdagrad => StateLayout::PerRow,
         }
     }
 

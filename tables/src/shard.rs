@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use crate::init::RowInit;
-use crate::optimizer::SparseOptimizer;
+use crate::optimizer::{SparseOptimizer, StateLayout};
 use crate::sharding::ShardExtent;
 use crate::spec::TableSpec;
 use crate::storage::{InMemoryRows, RowStorage};
@@ -90,6 +90,45 @@ impl TableShard {
         self.state_width
     }
 
+    /// Plane `p` of the optimizer state (see [`StateLayout`]): `rows x width` floats per
+    /// column, or `rows` floats per row.
+    pub fn state_plane(&self, layout: StateLayout, p: usize) -> Vec<f32> {
+        let (n, w, sw) = (self.num_rows(), self.width(), self.state_width);
+        let s = self.state.as_slice();
+        match layout {
+            StateLayout::PerRow => (0..n).map(|r| s[r * sw]).collect(),
+            StateLayout::PerColumn { .. } => (0..n)
+                .flat_map(|r| s[r * sw + p * w..][..w].iter().copied())
+                .collect(),
+        }
+    }
+
+    /// Overwrites plane `p` of the optimizer state (the inverse of [`Self::state_plane`]).
+    pub fn set_state_plane(
+        &mut self,
+        layout: StateLayout,
+        p: usize,
+        values: &[f32],
+    ) -> Result<(), TableError> {
+        let (n, w, sw) = (self.num_rows(), self.width(), self.state_width);
+        let per_row = match layout {
+            StateLayout::PerRow => 1,
+            StateLayout::PerColumn { .. } => w,
+        };
+        if values.len() != n * per_row || (p + 1) * per_row > sw {
+            return Err(TableError::SizeMismatch {
+                what: format!("table `{}`: optimizer state plane {p}", self.table),
+                expected: n * per_row,
+                got: values.len(),
+            });
+        }
+        let s = self.state.as_mut_slice();
+        for r in 0..n {
+            s[r * sw + p * per_row..][..per_row].copy_from_slice(&values[r * per_row..][..per_row]);
+        }
+        Ok(())
+    }
+
     /// Updates applied so far.
     pub fn steps(&self) -> u64 {
         self.steps
@@ -142,5 +181,49 @@ impl TableShard {
             local_rows,
             grads,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optimizer::OptimizerKind;
+
+    fn shard(kind: OptimizerKind) -> (TableShard, SparseOptimizer) {
+        let opt = SparseOptimizer::new(kind, 0.1);
+        let extent = ShardExtent {
+            rank: 0,
+            rows: 2..5,
+            cols: 1..3,
+        };
+        (TableShard::new("t", 4, &extent, &RowInit::Zeros, &opt), opt)
+    }
+
+    #[test]
+    fn adam_state_planes_are_first_then_second_moments() {
+        let (mut s, opt) = shard(OptimizerKind::Adam);
+        let layout = opt.state_layout();
+        assert_eq!(layout.planes(), 2);
+        // row r holds [m(2 columns), v(2 columns)]
+        for (i, v) in s.state_mut().iter_mut().enumerate() {
+            *v = i as f32;
+        }
+        assert_eq!(s.state_plane(layout, 0), vec![0., 1., 4., 5., 8., 9.]);
+        assert_eq!(s.state_plane(layout, 1), vec![2., 3., 6., 7., 10., 11.]);
+        let m: Vec<f32> = (0..6).map(|i| 100.0 + i as f32).collect();
+        s.set_state_plane(layout, 0, &m).unwrap();
+        assert_eq!(s.state_plane(layout, 0), m);
+        assert_eq!(s.state_plane(layout, 1), vec![2., 3., 6., 7., 10., 11.]);
+        assert!(s.set_state_plane(layout, 2, &m).is_err());
+        assert!(s.set_state_plane(layout, 0, &m[..5]).is_err());
+    }
+
+    #[test]
+    fn rowwise_adagrad_has_one_plane_of_one_value_per_row() {
+        let (mut s, opt) = shard(OptimizerKind::RowwiseAdagrad);
+        let layout = opt.state_layout();
+        s.set_state_plane(layout, 0, &[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(s.state(), &[1.0, 2.0, 3.0]);
+        assert_eq!(s.state_plane(layout, 0), vec![1.0, 2.0, 3.0]);
     }
 }

@@ -168,6 +168,21 @@ impl ShardedEmbeddings {
         self.shards[t].as_mut()
     }
 
+    /// Every shard this rank holds, with its table.
+    pub fn held(&self) -> impl Iterator<Item = (usize, &TableShard)> {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter_map(|(t, s)| s.as_ref().map(|s| (t, s)))
+    }
+
+    pub fn held_mut(&mut self) -> impl Iterator<Item = (usize, &mut TableShard)> {
+        self.shards
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(t, s)| s.as_mut().map(|s| (t, s)))
+    }
+
     /// Bytes of parameters and optimizer state held by this rank.
     pub fn bytes(&self) -> (usize, usize) {
         self.shards

@@ -145,6 +145,26 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Rank 0's bytes, on every rank.
+    pub fn broadcast_from_root(&self, v: &[u8]) -> Result<Vec<u8>, TableError> {
+        self.all_gather(if self.is_root() { v } else { &[] })
+    }
+
+    /// Every rank's bytes (of any length), in rank order, on every rank.
+    pub fn all_gather_bytes(&self, v: &[u8]) -> Result<Vec<Vec<u8>>, TableError> {
+        let lens = self.all_gather(&[v.len() as u64])?;
+        let all = self.all_gather(v)?;
+        let mut at = 0usize;
+        Ok(lens
+            .iter()
+            .map(|&n| {
+                let part = all[at..at + n as usize].to_vec();
+                at += n as usize;
+                part
+            })
+            .collect())
+    }
+
     /// Ends the whole job with `code`: under mpirun `MPI_Abort`, so the other ranks never
     /// wait forever in a collective for a rank that has stopped; else a plain exit.
     pub fn abort(&self, code: i32) -> ! {

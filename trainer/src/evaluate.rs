@@ -1,9 +1,11 @@
 //! Offline evaluation of a split: predictions for every row, then exact AUC, logloss and
-//! (when a grouping feature is configured) GAUC over all of them. Under mpirun each rank
-//! predicts its slice of the split (the sharded lookups being collective, ranks step
-//! together: [`LockstepBatches`]); labels, predictions and
-//! groups of all ranks are then gathered, so the metrics are exact over the whole split,
-//! never an average of per-rank figures.
+//! (when a grouping feature is configured) GAUC over all of them. Under mpirun the
+//! split's batches (the batches one process would make) are dealt to the ranks round
+//! robin, so every row is predicted in the same batch whatever the number of ranks (the
+//! sharded lookups being collective, ranks step together: [`LockstepBatches`]); labels,
+//! predictions and groups of all ranks are then gathered and put back in the split's
+//! order, so the metrics are exact over the whole split, never an average of per-rank
+//! figures, and a model evaluates identically on 1, 2 or 4 ranks.
 
 use std::sync::Arc;
 
@@ -42,6 +44,8 @@ pub fn evaluate(
         window: split.rows.max(1),
         queue: 2,
         shard: (cluster.rank(), cluster.world_size()),
+        interleave_batches: true,
+        skip_batches: 0,
         group_feature,
     };
     let mut labels = Vec::with_capacity(split.rows);
@@ -61,11 +65,13 @@ pub fn evaluate(
             groups.extend_from_slice(g);
         }
     }
-    if cluster.world_size() > 1 {
-        labels = cluster.all_gather(&labels)?;
-        preds = cluster.all_gather(&preds)?;
+    let world = cluster.world_size();
+    if world > 1 {
+        let rows = split.rows;
+        labels = to_split_order(&cluster.all_gather(&labels)?, rows, batch_size, world);
+        preds = to_split_order(&cluster.all_gather(&preds)?, rows, batch_size, world);
         if group_feature.is_some() {
-            groups = cluster.all_gather(&groups)?;
+            groups = to_split_order(&cluster.all_gather(&groups)?, rows, batch_size, world);
         }
     }
     Ok(EvalResult {
@@ -74,4 +80,45 @@ pub fn evaluate(
         logloss: logloss(&labels, &preds),
         gauc: group_feature.and_then(|_| gauc(&labels, &preds, &groups)),
     })
+}
+
+/// Values gathered in rank order, rank `r` holding batches `r, r + world, ...` of a split
+/// of `rows` rows cut into batches of `batch`, put back in the split's row order.
+fn to_split_order<T: Copy>(gathered: &[T], rows: usize, batch: usize, world: usize) -> Vec<T> {
+    let batch = batch.max(1);
+    let batches = rows.div_ceil(batch);
+    let len = |b: usize| batch.min(rows - b * batch);
+    let mut start = vec![0usize; world + 1];
+    for b in 0..batches {
+        start[b % world + 1] += len(b);
+    }
+    for r in 0..world {
+        start[r + 1] += start[r];
+    }
+    let mut cursor = start[..world].to_vec();
+    let mut out = Vec::with_capacity(gathered.len());
+    for b in 0..batches {
+        let r = b % world;
+        out.extend_from_slice(&gathered[cursor[r]..cursor[r] + len(b)]);
+        cursor[r] += len(b);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_split_order;
+
+    #[test]
+    fn round_robin_batches_go_back_to_row_order() {
+        // 11 rows, batches of 3: [0,1,2] [3,4,5] [6,7,8] [9,10]; 3 ranks hold batches
+        // {0, 3}, {1}, {2}
+        let gathered = [0, 1, 2, 9, 10, 3, 4, 5, 6, 7, 8];
+        assert_eq!(
+            to_split_order(&gathered, 11, 3, 3),
+            (0..11).collect::<Vec<_>>()
+        );
+        let one: Vec<i32> = (0..7).collect();
+        assert_eq!(to_split_order(&one, 7, 2, 1), one);
+    }
 }

@@ -2,6 +2,8 @@
 //! and the run folder. The `shardrec` binary is a thin command-line layer over this.
 
 pub mod bundle;
+pub mod checked_file;
+pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod data;

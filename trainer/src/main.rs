@@ -29,8 +29,13 @@ enum Command {
         /// Override a config key: --set train.epochs=3 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Continue from a checkpoint folder, or from a run folder's newest checkpoint
+        /// (any number of ranks may have written it).
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
     },
-    /// Evaluate a saved model (a run's model/ folder) on the config's test data.
+    /// Evaluate a saved model (a run's model/ folder) or a checkpoint on the config's test
+    /// data; under mpirun the tables are sharded over the job's ranks.
     Eval {
         config: PathBuf,
         #[arg(long)]
@@ -92,30 +97,25 @@ fn config_name(path: &std::path::Path) -> String {
 
 fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Train { config, set } => {
+        Command::Train {
+            config,
+            set,
+            resume,
+        } => {
             let (cfg, _) = load_config(&config, &set)?;
             let name = cfg.name.clone().unwrap_or_else(|| config_name(&config));
             let cluster =
                 shardrec::cluster::Cluster::from_environment().map_err(anyhow::Error::msg)?;
-            let summary = match shardrec::train(&cfg, &name, &cluster).with_context(|| {
-                format!(
-                    "rank {} of {}: training {}",
-                    cluster.rank(),
-                    cluster.world_size(),
-                    config.display()
-                )
-            }) {
-                Ok(s) => s,
-                Err(e) if cluster.world_size() > 1 => {
-                    // the other ranks may be waiting in a collective for this one, so end
-                    // the job; first give mpirun a moment to forward the message, which
-                    // the abort would otherwise cut off
-                    report(&e);
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                    cluster.abort(1)
-                }
-                Err(e) => return Err(e),
-            };
+            let summary = on_every_rank(&cluster, || {
+                shardrec::train(&cfg, &name, &cluster, resume.as_deref()).with_context(|| {
+                    format!(
+                        "rank {} of {}: training {}",
+                        cluster.rank(),
+                        cluster.world_size(),
+                        config.display()
+                    )
+                })
+            })?;
             if !cluster.is_root() {
                 return Ok(());
             }
@@ -130,9 +130,21 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Eval { config, model, set } => {
             let (cfg, _) = load_config(&config, &set)?;
-            let summary = shardrec::eval_saved_model(&cfg, &model)
-                .with_context(|| format!("evaluating {}", model.display()))?;
-            println!("{summary}");
+            let cluster =
+                shardrec::cluster::Cluster::from_environment().map_err(anyhow::Error::msg)?;
+            let summary = on_every_rank(&cluster, || {
+                shardrec::eval_saved_model(&cfg, &model, &cluster).with_context(|| {
+                    format!(
+                        "rank {} of {}: evaluating {}",
+                        cluster.rank(),
+                        cluster.world_size(),
+                        model.display()
+                    )
+                })
+            })?;
+            if cluster.is_root() {
+                println!("{summary}");
+            }
         }
         Command::Prepare { config, set } => {
             let (cfg, _) = load_config(&config, &set)?;
@@ -271,6 +283,23 @@ fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+/// Runs a job's work on this rank; under mpirun a failure ends the whole job (the other
+/// ranks may be waiting for this one in a collective), after giving mpirun a moment to
+/// forward the message, which the abort would otherwise cut off.
+fn on_every_rank<T>(
+    cluster: &shardrec::cluster::Cluster,
+    work: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match work() {
+        Err(e) if cluster.world_size() > 1 => {
+            report(&e);
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            cluster.abort(1)
+        }
+        r => r,
     }
 }
 

@@ -4,7 +4,6 @@
 //! model folder that looks complete; on load every file's size and checksum are verified
 //! and a mismatch is refused naming the file.
 
-use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +11,8 @@ use shardrec_models::ModelConfig;
 use shardrec_tables::{CollectionSpec, LocalEmbeddings};
 use tch::nn::VarStore;
 
+pub use crate::checked_file::SavedFile;
+use crate::checked_file::{file_crc, io, verify, CrcWriter};
 use crate::data::Schema;
 
 pub const MODEL_VERSION: u32 = 1;
@@ -20,13 +21,6 @@ pub const MODEL_VERSION: u32 = 1;
 pub struct SavedCollection {
     pub name: String,
     pub spec: CollectionSpec,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SavedFile {
-    pub path: String,
-    pub bytes: u64,
-    pub crc32: u32,
 }
 
 /// `manifest.json`.
@@ -55,65 +49,6 @@ pub enum ModelIoError {
         path: PathBuf,
         source: tch::TchError,
     },
-}
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelIoError + '_ {
-    move |source| ModelIoError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Streams a file through a writer while computing its CRC32.
-struct CrcWriter {
-    inner: BufWriter<std::fs::File>,
-    crc: crc32fast::Hasher,
-    bytes: u64,
-}
-
-impl CrcWriter {
-    fn create(path: &Path) -> Result<Self, ModelIoError> {
-        Ok(Self {
-            inner: BufWriter::with_capacity(
-                1 << 20,
-                std::fs::File::create(path).map_err(io(path))?,
-            ),
-            crc: crc32fast::Hasher::new(),
-            bytes: 0,
-        })
-    }
-
-    fn write_f32s(&mut self, v: &[f32]) -> std::io::Result<()> {
-        for chunk in v.chunks(1 << 14) {
-            let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
-            self.crc.update(&bytes);
-            self.inner.write_all(&bytes)?;
-            self.bytes += bytes.len() as u64;
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> std::io::Result<(u64, u32)> {
-        self.inner.flush()?;
-        self.inner.get_ref().sync_all()?;
-        Ok((self.bytes, self.crc.finalize()))
-    }
-}
-
-fn file_crc(path: &Path) -> Result<(u64, u32), ModelIoError> {
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).map_err(io(path))?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((n, h.finalize()))
 }
 
 /// Writes table `t` of `tables` (all shards held here) as `rows x dim` f32.
@@ -234,20 +169,7 @@ pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ModelIoError> {
         });
     }
     for f in &m.files {
-        let p = dir.join(&f.path);
-        let (bytes, crc) = file_crc(&p)?;
-        if bytes != f.bytes {
-            return Err(ModelIoError::Corrupt {
-                path: p,
-                message: format!("{bytes} bytes, the manifest says {}", f.bytes),
-            });
-        }
-        if crc != f.crc32 {
-            return Err(ModelIoError::Corrupt {
-                path: p,
-                message: "checksum mismatch (corrupt file)".into(),
-            });
-        }
+        verify(dir, f)?;
     }
     Ok(m)
 }

@@ -40,15 +40,25 @@ pub fn timestamp() -> String {
 }
 
 impl RunDir {
-    /// Creates the folder (`train.run_dir`, or `runs/<name>-<time>`) and writes the
-    /// resolved config; with `write` false (ranks other than 0) touches nothing.
-    pub fn create(cfg: &ExperimentConfig, name: &str, write: bool) -> std::io::Result<Self> {
-        let path = match &cfg.train.run_dir {
+    /// The folder a run of `name` writes to: `train.run_dir`, or `runs/<name>-<time>-<pid>`.
+    pub fn default_path(cfg: &ExperimentConfig, name: &str) -> PathBuf {
+        match &cfg.train.run_dir {
             Some(p) => p.clone(),
             None => {
                 PathBuf::from("runs").join(format!("{name}-{}-{}", timestamp(), std::process::id()))
             }
-        };
+        }
+    }
+
+    /// Creates the folder `path` and writes the resolved config; with `write` false (ranks
+    /// other than 0) touches nothing. A resumed run (`append`) adds to `metrics.jsonl`
+    /// instead of starting it afresh.
+    pub fn create(
+        cfg: &ExperimentConfig,
+        path: PathBuf,
+        write: bool,
+        append: bool,
+    ) -> std::io::Result<Self> {
         if !write {
             return Ok(Self {
                 path,
@@ -58,7 +68,14 @@ impl RunDir {
         std::fs::create_dir_all(&path)?;
         let resolved = toml::to_string(cfg).map_err(std::io::Error::other)?;
         std::fs::write(path.join("config.resolved.toml"), resolved)?;
-        let metrics = Some(BufWriter::new(File::create(path.join("metrics.jsonl"))?));
+        let metrics = Some(BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(path.join("metrics.jsonl"))?,
+        ));
         Ok(Self { path, metrics })
     }
 

@@ -17,6 +17,10 @@ use shardrec_tables::SparseOptimizer;
 use shardrec_tables::{Exchange, ShardingKind};
 
 use crate::bundle::ModelBundle;
+use crate::checkpoint::{
+    checkpoint_dir, find_checkpoint, is_checkpoint, load_dense, prune_checkpoints, read_checkpoint,
+    write_checkpoint, CheckpointManifest, CheckpointSource, Position, SavedTables, ValidationState,
+};
 use crate::cluster::Cluster;
 use crate::config::{ExperimentConfig, SparseOptimizerConfig};
 use crate::data::{
@@ -27,7 +31,7 @@ use crate::device::resolve_device;
 use crate::embedding::build_collections;
 use crate::evaluate::{evaluate, EvalResult};
 use crate::lockstep::{LockstepBatches, Step};
-use crate::model_io::{load_table, read_manifest, save_model};
+use crate::model_io::{read_manifest, save_model};
 use crate::progress::Progress;
 use crate::run_dir::{peak_rss_bytes, RunDir};
 use crate::sharding_plan::{resolve_plans, write_plans, CollectionPlans};
@@ -141,13 +145,16 @@ fn eval_json(prefix: &str, r: &EvalResult) -> serde_json::Value {
 
 /// Trains as configured on the ranks of `cluster` (one plain process, or the ranks
 /// mpirun started); returns the summary (rank 0 also writes it to the run folder).
+/// With `resume`, training continues from a checkpoint (or a run folder's newest one),
+/// under any number of ranks.
 pub fn train(
     cfg: &ExperimentConfig,
     name: &str,
     cluster: &Cluster,
+    resume: Option<&Path>,
 ) -> Result<serde_json::Value, TrainError> {
     with_threads(cfg, cluster.local_size(), |threads| {
-        train_inner(cfg, name, threads, cluster)
+        train_inner(cfg, name, threads, cluster, resume)
     })?
 }
 
@@ -160,13 +167,13 @@ fn count_kind(plans: &CollectionPlans, kind: ShardingKind) -> usize {
 /// Prepares (or finds cached) data: rank 0 first, then the others read its cache, so
 /// ranks never prepare the same files at once. A failure on rank 0 stops every rank.
 fn prepare_on_ranks(
-    cfg: &ExperimentConfig,
     cluster: &Cluster,
+    prepare: impl Fn(&dyn Fn(&str)) -> Result<PreparedDataset, crate::data::DataError>,
 ) -> Result<PreparedDataset, TrainError> {
     if cluster.world_size() == 1 {
-        return Ok(prepare(&cfg.data, &log)?);
+        return Ok(prepare(&log)?);
     }
-    let first = cluster.is_root().then(|| prepare(&cfg.data, &log));
+    let first = cluster.is_root().then(|| prepare(&log));
     let mut failed = [u32::from(matches!(first, Some(Err(_))))];
     cluster.all_reduce_max(&mut failed);
     match first {
@@ -174,7 +181,7 @@ fn prepare_on_ranks(
         None if failed[0] != 0 => Err(TrainError::Invalid(
             "rank 0 could not prepare the data (its error is above)".into(),
         )),
-        None => Ok(prepare(&cfg.data, &quiet)?),
+        None => Ok(prepare(&quiet)?),
     }
 }
 
@@ -183,6 +190,7 @@ fn train_inner(
     name: &str,
     threads: usize,
     cluster: &Cluster,
+    resume: Option<&Path>,
 ) -> Result<serde_json::Value, TrainError> {
     let started = Instant::now();
     let (rank, world) = (cluster.rank(), cluster.world_size());
@@ -214,7 +222,7 @@ fn train_inner(
     } else {
         (cfg.train.batch_size, cfg.train.batch_size / world)
     };
-    let data = prepare_on_ranks(cfg, cluster)?;
+    let data = prepare_on_ranks(cluster, |log| prepare(&cfg.data, log))?;
     let train_split = data.split(SplitName::Train).cloned().ok_or_else(|| {
         TrainError::Invalid(format!(
             "{}: the training split has no rows",
@@ -258,10 +266,35 @@ fn train_inner(
         Some(&plans),
     )?;
     let mut opt = DenseOptimizer::new(&bundle.vs, cfg.optimizer.clone());
+    let (mut position, mut validation, resumed_from) = match resume {
+        Some(path) => {
+            let (dir, m) = resume_from(path, cfg, &data, &mut bundle, &mut opt)?;
+            say(&format!(
+                "resumed from {} at step {} (epoch {}, {} steps into it; written by {} rank{}, now {world})",
+                dir.display(),
+                m.position.step,
+                m.position.epoch + 1,
+                m.position.steps_in_epoch,
+                m.world_size,
+                if m.world_size == 1 { "" } else { "s" }
+            ));
+            if m.world_size != world && m.position.steps_in_epoch > 0 {
+                say("the number of ranks changed mid-epoch: each rank skips the same number of its own batches, so this epoch's remaining rows differ from an uninterrupted run's");
+            }
+            (m.position, m.validation, Some(dir))
+        }
+        None => (Position::default(), ValidationState::default(), None),
+    };
+    // rank 0 names the run folder, so every rank writes checkpoints to the same place
+    let chosen = RunDir::default_path(cfg, name);
+    let chosen = cluster.broadcast_from_root(chosen.to_string_lossy().as_bytes())?;
+    let run_path = std::path::PathBuf::from(String::from_utf8_lossy(&chosen).into_owned());
     let mut run =
-        RunDir::create(cfg, name, cluster.is_root()).map_err(|source| TrainError::Io {
-            path: "runs".into(),
-            source,
+        RunDir::create(cfg, run_path, cluster.is_root(), resume.is_some()).map_err(|source| {
+            TrainError::Io {
+                path: "runs".into(),
+                source,
+            }
         })?;
     if cluster.is_root() {
         write_plans(&run.path.join("sharding_plan.toml"), &plans)?;
@@ -307,16 +340,29 @@ fn train_inner(
     };
     let progress = Progress::new(total_steps as u64, log_every, cluster.is_root());
     let mut timing = Timing::default();
-    let (mut step, mut samples, mut epochs_run) = (0usize, 0u64, 0usize);
+    let mut epochs_run = position.epoch;
     let (mut window_loss, mut window_rows, mut window_clock) = (0f64, 0usize, Instant::now());
-    let mut best_valid: Option<f64> = None;
-    let mut evals_without_gain = 0usize;
     let mut stopped_early = false;
     let mut train_time = Duration::ZERO;
-    let mut validations = Vec::new();
+    let mut samples_this_run = 0u64;
+    let mut checkpoints = Checkpoints::default();
+    let limit_reached = |step: usize| cfg.train.max_steps > 0 && step >= cfg.train.max_steps;
+    let ctx = Ctx {
+        cfg,
+        cluster,
+        groups,
+        progress: &progress,
+    };
+    let start_epoch = position.epoch;
 
-    'epochs: for epoch in 0..cfg.train.epochs {
+    'epochs: for epoch in start_epoch..cfg.train.epochs {
+        if limit_reached(position.step) {
+            break;
+        }
         epochs_run = epoch + 1;
+        if epoch != position.epoch {
+            (position.epoch, position.steps_in_epoch) = (epoch, 0);
+        }
         let stream = spawn_loader(
             train_split.clone(),
             LoaderOptions {
@@ -327,6 +373,8 @@ fn train_inner(
                 window: cfg.train.shuffle_window,
                 queue: cfg.train.loader_queue,
                 shard: (rank, world),
+                interleave_batches: false,
+                skip_batches: position.steps_in_epoch,
                 group_feature: None,
             },
         );
@@ -336,6 +384,9 @@ fn train_inner(
             data_wait: t_data,
         } in LockstepBatches::new(stream, cluster, schema.categorical.len(), false)
         {
+            // the random state of a step is a function of (seed, step), so a resumed run
+            // draws what the uninterrupted one would (dropout)
+            tch::manual_seed((cfg.seed as i64).wrapping_add(position.step as i64));
             let t0 = Instant::now();
             let lk = bundle.lookup(&batch, true, cluster)?;
             let t1 = Instant::now();
@@ -365,8 +416,11 @@ fn train_inner(
             timing.all_reduce += t_all_reduce;
             timing.sparse_update += t3 - t2;
             train_time += t_data + (t3 - t0);
-            step += 1;
-            samples += global_rows as u64;
+            position.step += 1;
+            position.steps_in_epoch += 1;
+            position.samples_seen += global_rows as u64;
+            samples_this_run += global_rows as u64;
+            let step = position.step;
             if !loss_v.is_finite() {
                 return Err(TrainError::Invalid(format!(
                     "training diverged: loss is {loss_v} at step {step}; lower optimizer.lr or embedding.optimizer.lr"
@@ -391,54 +445,56 @@ fn train_inner(
                 .map_err(run_io)?;
                 (window_loss, window_rows, window_clock) = (0.0, 0, Instant::now());
             }
-            let eval_now = cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0;
-            if eval_now {
+            let mut stop = false;
+            if cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0 {
                 if let Some(v) = &valid {
-                    if validate(
-                        &bundle,
-                        cluster,
-                        v,
-                        cfg,
-                        groups,
-                        step,
-                        epoch,
-                        &mut run,
-                        &progress,
-                        &mut best_valid,
-                        &mut evals_without_gain,
-                        &mut validations,
-                    )? {
-                        stopped_early = true;
-                        break 'epochs;
-                    }
+                    stop = validate(&ctx, &bundle, v, step, epoch, &mut run, &mut validation)?;
                 }
             }
-            if cfg.train.max_steps > 0 && step >= cfg.train.max_steps {
+            if cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 {
+                checkpoints.write(
+                    &ctx,
+                    &run.path,
+                    &bundle,
+                    &opt,
+                    position,
+                    &validation,
+                    &data,
+                    &plans,
+                )?;
+            }
+            if stop {
+                stopped_early = true;
+                break 'epochs;
+            }
+            if limit_reached(step) {
                 break 'epochs;
             }
         }
         if cfg.train.eval_every == 0 {
             if let Some(v) = &valid {
-                if validate(
-                    &bundle,
-                    cluster,
-                    v,
-                    cfg,
-                    groups,
-                    step,
-                    epoch,
-                    &mut run,
-                    &progress,
-                    &mut best_valid,
-                    &mut evals_without_gain,
-                    &mut validations,
-                )? {
+                let step = position.step;
+                if validate(&ctx, &bundle, v, step, epoch, &mut run, &mut validation)? {
                     stopped_early = true;
                     break 'epochs;
                 }
             }
         }
     }
+    if cfg.train.checkpoint_every > 0 && checkpoints.last_step != Some(position.step) {
+        checkpoints.write(
+            &ctx,
+            &run.path,
+            &bundle,
+            &opt,
+            position,
+            &validation,
+            &data,
+            &plans,
+        )?;
+    }
+    let step = position.step;
+    let samples = position.samples_seen;
     progress.finish();
     timing.exchanges = bundle.exchange_times();
     let time_per_rank = if distributed {
@@ -480,16 +536,13 @@ fn train_inner(
         Some(t) => Some(evaluate(&bundle, t, cfg.eval.batch_size, groups, cluster)?),
         None => None,
     };
-    let model_saved = cfg.train.save_model && !distributed;
-    if cfg.train.save_model && distributed {
-        say("not saving the model: saving sharded tables arrives with distributed checkpoints; this run's summary has model_saved = false");
-    }
-    if model_saved {
+    let model_saved = cfg.train.save_model;
+    if model_saved && !distributed {
         fn local(
             e: &crate::embedding::EmbeddingEngine,
         ) -> Result<&shardrec_tables::LocalEmbeddings, TrainError> {
             e.as_local().ok_or_else(|| {
-                TrainError::Invalid("saving a sharded collection is not supported yet".into())
+                TrainError::Invalid("one process holds every table, yet one is sharded".into())
             })
         }
         let mut colls: Vec<(&str, &shardrec_tables::LocalEmbeddings)> =
@@ -506,6 +559,25 @@ fn train_inner(
             &data.dir.join("vocab.bin"),
             &colls,
         )?;
+    } else if model_saved {
+        // no rank holds the whole tables: every rank writes its shards (the checkpoint
+        // format without optimizer state), which `shardrec eval` reads under any ranks
+        write_checkpoint(
+            &run.model_dir(),
+            &CheckpointSource {
+                bundle: &bundle,
+                dense_optimizer: None,
+                position,
+                validation: &validation,
+                seed: cfg.seed,
+                schema,
+                vocab_sizes: &data.meta.vocab_sizes,
+                vocab_file: &data.dir.join("vocab.bin"),
+                model: &cfg.model,
+                plans: &plans,
+            },
+            cluster,
+        )?;
     }
     let (emb_bytes, state_bytes) = bundle.table_bytes();
     let mut per_rank_bytes = [emb_bytes as u64, state_bytes as u64];
@@ -520,8 +592,8 @@ fn train_inner(
         "auc": test_result.as_ref().and_then(|r| r.auc),
         "logloss": test_result.as_ref().map(|r| r.logloss),
         "gauc": test_result.as_ref().and_then(|r| r.gauc),
-        "best_valid_auc": best_valid,
-        "train_samples_per_s": samples as f64 / train_time.as_secs_f64().max(1e-9),
+        "best_valid_auc": validation.best_auc,
+        "train_samples_per_s": samples_this_run as f64 / train_time.as_secs_f64().max(1e-9),
         "rows_train": train_split.rows,
         "rows_valid": valid.as_ref().map_or(0, |s| s.rows),
         "rows_test": test.as_ref().map_or(0, |s| s.rows),
@@ -550,7 +622,11 @@ fn train_inner(
         "time_per_rank": time_per_rank,
         "wall_s": started.elapsed().as_secs_f64(),
         "run_dir": run.path.display().to_string(),
-        "validations": validations,
+        "validations": validation.history,
+        "checkpoints_written": checkpoints.written,
+        "checkpoint_write_s": checkpoints.seconds,
+        "last_checkpoint": checkpoints.last_dir.as_ref().map(|d| d.display().to_string()),
+        "resumed_from": resumed_from.as_ref().map(|d| d.display().to_string()),
     });
     if let Some(r) = &test_result {
         summary["rows_test"] = r.rows.into();
@@ -559,23 +635,30 @@ fn train_inner(
     Ok(summary)
 }
 
-/// Evaluates on the validation split, logs it, updates early stopping; true = stop.
-#[allow(clippy::too_many_arguments)]
-fn validate(
-    bundle: &ModelBundle,
-    cluster: &Cluster,
-    split: &Arc<crate::data::PreparedSplit>,
-    cfg: &ExperimentConfig,
+/// What validation and checkpoints need from the run.
+struct Ctx<'a> {
+    cfg: &'a ExperimentConfig,
+    cluster: &'a Cluster,
     groups: Option<usize>,
+    progress: &'a Progress,
+}
+
+/// Evaluates on the validation split, logs it, updates early stopping; true = stop. A
+/// step already validated (before the checkpoint a run resumed from) is not repeated.
+fn validate(
+    ctx: &Ctx,
+    bundle: &ModelBundle,
+    split: &Arc<crate::data::PreparedSplit>,
     step: usize,
     epoch: usize,
     run: &mut RunDir,
-    progress: &Progress,
-    best: &mut Option<f64>,
-    without_gain: &mut usize,
-    history: &mut Vec<serde_json::Value>,
+    state: &mut ValidationState,
 ) -> Result<bool, TrainError> {
-    let r = evaluate(bundle, split, cfg.eval.batch_size, groups, cluster)?;
+    if state.last_step == Some(step) {
+        return Ok(false);
+    }
+    let cfg = ctx.cfg;
+    let r = evaluate(bundle, split, cfg.eval.batch_size, ctx.groups, ctx.cluster)?;
     let mut line = eval_json("valid", &r);
     line["step"] = step.into();
     line["epoch"] = (epoch + 1).into();
@@ -583,98 +666,265 @@ fn validate(
         path: run.path.clone(),
         source,
     })?;
-    progress.println(&format!(
+    ctx.progress.println(&format!(
         "[shardrec] step {step}: valid auc {} logloss {:.5}",
         r.auc.map_or("n/a".into(), |a| format!("{a:.5}")),
         r.logloss
     ));
-    history.push(json!({ "step": step, "auc": r.auc, "logloss": r.logloss }));
+    state
+        .history
+        .push(json!({ "step": step, "auc": r.auc, "logloss": r.logloss }));
+    state.last_step = Some(step);
     let auc = r.auc.unwrap_or(f64::NAN);
-    if best.is_none_or(|b| auc > b) {
-        *best = Some(auc);
-        *without_gain = 0;
+    if state.best_auc.is_none_or(|b| auc > b) {
+        state.best_auc = Some(auc);
+        state.evals_without_gain = 0;
     } else {
-        *without_gain += 1;
+        state.evals_without_gain += 1;
     }
-    Ok(cfg.train.early_stopping_patience > 0 && *without_gain >= cfg.train.early_stopping_patience)
+    Ok(cfg.train.early_stopping_patience > 0
+        && state.evals_without_gain >= cfg.train.early_stopping_patience)
 }
 
-/// `shardrec eval`: evaluates a saved model on the config's test data (prepared with the
-/// model's vocabulary).
+/// The checkpoints a run writes.
+#[derive(Default)]
+struct Checkpoints {
+    written: usize,
+    seconds: f64,
+    last_step: Option<usize>,
+    last_dir: Option<std::path::PathBuf>,
+}
+
+impl Checkpoints {
+    /// Writes `<run>/checkpoints/step-N` (collective) and drops the oldest beyond
+    /// `train.checkpoint_keep`.
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &mut self,
+        ctx: &Ctx,
+        run: &Path,
+        bundle: &ModelBundle,
+        opt: &DenseOptimizer,
+        position: Position,
+        validation: &ValidationState,
+        data: &PreparedDataset,
+        plans: &CollectionPlans,
+    ) -> Result<(), TrainError> {
+        let t = Instant::now();
+        let dir = checkpoint_dir(run, position.step);
+        let bytes = write_checkpoint(
+            &dir,
+            &CheckpointSource {
+                bundle,
+                dense_optimizer: Some(opt),
+                position,
+                validation,
+                seed: ctx.cfg.seed,
+                schema: &data.meta.schema,
+                vocab_sizes: &data.meta.vocab_sizes,
+                vocab_file: &data.dir.join("vocab.bin"),
+                model: &ctx.cfg.model,
+                plans,
+            },
+            ctx.cluster,
+        )?;
+        if ctx.cluster.is_root() {
+            prune_checkpoints(run, ctx.cfg.train.checkpoint_keep)?;
+        }
+        let mut total = [bytes];
+        ctx.cluster.all_reduce_sum(&mut total);
+        let secs = t.elapsed().as_secs_f64();
+        ctx.progress.println(&format!(
+            "[shardrec] step {}: checkpoint {} ({:.1} MB from {} rank{}) in {secs:.2} s",
+            position.step,
+            dir.display(),
+            total[0] as f64 / 1e6,
+            ctx.cluster.world_size(),
+            if ctx.cluster.world_size() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ));
+        self.written += 1;
+        self.seconds += secs;
+        self.last_step = Some(position.step);
+        self.last_dir = Some(dir);
+        Ok(())
+    }
+}
+
+/// Loads a checkpoint into freshly built tables, model and optimizer (under this job's
+/// plan, whatever plan wrote it) after checking it belongs to this config and data.
+fn resume_from(
+    path: &Path,
+    cfg: &ExperimentConfig,
+    data: &PreparedDataset,
+    bundle: &mut ModelBundle,
+    opt: &mut DenseOptimizer,
+) -> Result<(std::path::PathBuf, CheckpointManifest), TrainError> {
+    let dir = find_checkpoint(path)?;
+    let m = read_checkpoint(&dir)?;
+    let differs = |what: &str| {
+        TrainError::Invalid(format!(
+            "{}: the checkpoint's {what} differs from this run's; resume with the config and data it was trained with",
+            dir.display()
+        ))
+    };
+    if !m.has_optimizer_state() {
+        return Err(TrainError::Invalid(format!(
+            "{}: a saved model (weights only) cannot resume training; give a checkpoint (train.checkpoint_every)",
+            dir.display()
+        )));
+    }
+    if m.schema != data.meta.schema || m.vocab_sizes != data.meta.vocab_sizes {
+        return Err(differs("data columns or vocabulary"));
+    }
+    if m.model != cfg.model || m.num_dense != bundle.num_dense {
+        return Err(differs("[model]"));
+    }
+    if m.seed != cfg.seed {
+        return Err(differs("seed"));
+    }
+    if m.sparse_optimizer.kind != bundle.tables.optimizer().kind {
+        return Err(differs("sparse optimizer"));
+    }
+    let saved = SavedTables::of_checkpoint(&dir, &m);
+    for (name, engine) in [
+        ("main", Some(&mut bundle.tables)),
+        ("first_order", bundle.first_order.as_mut()),
+    ] {
+        let Some(engine) = engine else { continue };
+        let spec = m.collections.iter().find(|c| c.name == name);
+        if spec.map(|c| &c.spec) != Some(engine.layout().spec()) {
+            return Err(differs(&format!("{name} tables")));
+        }
+        saved.fill(name, engine, true)?;
+    }
+    let steps = m.dense_optimizer_steps.unwrap_or(0);
+    load_dense(&dir, &m.files, &mut bundle.vs, Some((opt, steps)))?;
+    Ok((dir, m))
+}
+
+/// What a saved folder holds.
+enum SavedFolder {
+    /// A one-process run's model (whole tables).
+    Model(Box<crate::model_io::ModelManifest>),
+    /// A checkpoint, or a model written by several ranks (pieces of tables).
+    Pieces(Box<CheckpointManifest>),
+}
+
+/// `shardrec eval`: evaluates a saved model (a run's `model/`, written by one process or
+/// by several ranks) or a checkpoint on the config's test data. Under mpirun the tables
+/// are sharded by the config's `[sharding]` for this job's ranks, whatever plan wrote
+/// them; the metrics do not depend on the number of ranks.
 pub fn eval_saved_model(
     cfg: &ExperimentConfig,
     model_dir: &Path,
+    cluster: &Cluster,
 ) -> Result<serde_json::Value, TrainError> {
-    with_threads(cfg, 1, |threads| {
-        let manifest = read_manifest(model_dir)?;
-        let device = resolve_device(&cfg.train.device, 0).map_err(TrainError::Invalid)?;
-        let data = prepare_with_vocab(&cfg.data, &model_dir.join("vocab.bin"), &log)?;
-        if data.meta.schema != manifest.schema {
-            return Err(TrainError::Invalid(format!(
-                "{}: the data's columns differ from the model's",
-                cfg.data.train.display()
-            )));
-        }
-        let split = data
-            .split(SplitName::Test)
-            .or_else(|| data.split(SplitName::Valid))
-            .cloned()
-            .ok_or_else(|| {
-                TrainError::Invalid(
-                    "no test (or validation) rows to evaluate; set data.test".into(),
-                )
-            })?;
-        let layout = |name: &str| -> Result<Option<shardrec_tables::CollectionLayout>, TrainError> {
-            manifest
-                .collections
-                .iter()
-                .find(|c| c.name == name)
-                .map(|c| shardrec_tables::CollectionLayout::new(c.spec.clone()))
-                .transpose()
-                .map_err(TrainError::from)
-        };
-        let main = layout("main")?.ok_or_else(|| {
-            TrainError::Invalid(format!("{}: no main collection", model_dir.display()))
-        })?;
-        let solo = Cluster::solo();
-        let mut vs_bundle = ModelBundle::new(
-            main,
-            layout("first_order")?,
-            sparse_optimizer(&cfg.embedding.optimizer),
-            &manifest.model,
-            manifest.num_dense,
-            device,
-            &solo,
-            None,
-        )?;
-        let whole = "one process holds every table when evaluating a saved model";
-        for (name, engine) in [
-            ("main", Some(&mut vs_bundle.tables)),
-            ("first_order", vs_bundle.first_order.as_mut()),
-        ] {
-            let Some(engine) = engine else { continue };
-            let local = engine
-                .as_local_mut()
-                .ok_or_else(|| TrainError::Invalid(whole.into()))?;
-            for t in 0..local.layout().num_tables() {
-                load_table(model_dir, name, local, t)?;
-            }
-        }
-        let dense = model_dir.join("dense.safetensors");
-        vs_bundle
-            .vs
-            .load(&dense)
-            .map_err(|source| crate::model_io::ModelIoError::Torch {
-                path: dense.clone(),
-                source,
-            })?;
-        let groups = group_feature(cfg, &data)?;
-        let r = evaluate(&vs_bundle, &split, cfg.eval.batch_size, groups, &solo)?;
-        Ok(json!({
-            "auc": r.auc, "logloss": r.logloss, "gauc": r.gauc, "rows_test": r.rows,
-            "split": split.name.as_str(), "model_dir": model_dir.display().to_string(),
-            "bad_rows_skipped": data.meta.bad_rows.total(), "threads": threads,
-            "peak_rss_bytes": peak_rss_bytes(),
-        }))
+    with_threads(cfg, cluster.local_size(), |threads| {
+        eval_inner(cfg, model_dir, cluster, threads)
     })?
+}
+
+fn eval_inner(
+    cfg: &ExperimentConfig,
+    model_dir: &Path,
+    cluster: &Cluster,
+    threads: usize,
+) -> Result<serde_json::Value, TrainError> {
+    let saved = if is_checkpoint(model_dir) {
+        SavedFolder::Pieces(Box::new(read_checkpoint(model_dir)?))
+    } else {
+        SavedFolder::Model(Box::new(read_manifest(model_dir)?))
+    };
+    let (schema, num_dense, model_cfg, collections, files, written_by) = match &saved {
+        SavedFolder::Model(m) => (
+            &m.schema,
+            m.num_dense,
+            &m.model,
+            &m.collections,
+            &m.files,
+            1,
+        ),
+        SavedFolder::Pieces(m) => (
+            &m.schema,
+            m.num_dense,
+            &m.model,
+            &m.collections,
+            &m.files,
+            m.world_size,
+        ),
+    };
+    if let Some(v) = files.iter().find(|f| f.path == "vocab.bin") {
+        crate::checked_file::verify(model_dir, v)?;
+    }
+    let device =
+        resolve_device(&cfg.train.device, cluster.local_rank()).map_err(TrainError::Invalid)?;
+    let vocab = model_dir.join("vocab.bin");
+    let data = prepare_on_ranks(cluster, |log| prepare_with_vocab(&cfg.data, &vocab, log))?;
+    if &data.meta.schema != schema {
+        return Err(TrainError::Invalid(format!(
+            "{}: the data's columns differ from the model's",
+            cfg.data.train.display()
+        )));
+    }
+    let split = data
+        .split(SplitName::Test)
+        .or_else(|| data.split(SplitName::Valid))
+        .cloned()
+        .ok_or_else(|| {
+            TrainError::Invalid("no test (or validation) rows to evaluate; set data.test".into())
+        })?;
+    let layout = |name: &str| -> Result<Option<shardrec_tables::CollectionLayout>, TrainError> {
+        collections
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| shardrec_tables::CollectionLayout::new(c.spec.clone()))
+            .transpose()
+            .map_err(TrainError::from)
+    };
+    let main = layout("main")?.ok_or_else(|| {
+        TrainError::Invalid(format!("{}: no main collection", model_dir.display()))
+    })?;
+    let first = layout("first_order")?;
+    let table_optimizer = sparse_optimizer(&cfg.embedding.optimizer);
+    let plans = resolve_plans(
+        &cfg.sharding,
+        &main,
+        first.as_ref(),
+        cluster.world_size(),
+        &table_optimizer,
+    )?;
+    let mut bundle = ModelBundle::new(
+        main,
+        first,
+        table_optimizer,
+        model_cfg,
+        num_dense,
+        device,
+        cluster,
+        Some(&plans),
+    )?;
+    let tables = match &saved {
+        SavedFolder::Model(m) => SavedTables::of_model(model_dir, m)?,
+        SavedFolder::Pieces(m) => SavedTables::of_checkpoint(model_dir, m),
+    };
+    tables.fill("main", &mut bundle.tables, false)?;
+    if let Some(f) = bundle.first_order.as_mut() {
+        tables.fill("first_order", f, false)?;
+    }
+    load_dense(model_dir, files, &mut bundle.vs, None)?;
+    let groups = group_feature(cfg, &data)?;
+    let r = evaluate(&bundle, &split, cfg.eval.batch_size, groups, cluster)?;
+    let rss = cluster.all_gather(&[peak_rss_bytes()])?;
+    Ok(json!({
+        "auc": r.auc, "logloss": r.logloss, "gauc": r.gauc, "rows_test": r.rows,
+        "split": split.name.as_str(), "model_dir": model_dir.display().to_string(),
+        "bad_rows_skipped": data.meta.bad_rows.total(), "threads": threads,
+        "world_size": cluster.world_size(), "saved_by_ranks": written_by,
+        "peak_rss_bytes": rss.iter().copied().max().unwrap_or(0),
+        "peak_rss_bytes_per_rank": rss,
+    }))
 }

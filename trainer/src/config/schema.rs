@@ -403,6 +403,17 @@ pub struct TrainConfig {
     /// Save the model (dense + tables) in the run folder at the end.
     #[serde(default = "default_true")]
     pub save_model: bool,
+    /// Write a checkpoint (every rank's shards with their optimizer state, the dense
+    /// model and optimizer, the data position) every N steps and at the end (0: never).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    /// Complete checkpoints kept in `<run>/checkpoints` (older ones are deleted; 0: all).
+    #[serde(default = "default_checkpoint_keep")]
+    pub checkpoint_keep: usize,
+}
+
+fn default_checkpoint_keep() -> usize {
+    2
 }
 
 impl Default for TrainConfig {

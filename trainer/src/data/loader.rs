@@ -56,6 +56,14 @@ pub struct LoaderOptions {
     pub queue: usize,
     /// (rank, world): this rank reads the rank-th of world contiguous slices.
     pub shard: (usize, usize),
+    /// Instead of contiguous slices, cut the whole split into batches and give rank `r`
+    /// batches `r, r + world, ...`: every batch then holds the rows it would hold in one
+    /// process, whatever the number of ranks (evaluation uses this, so predictions do not
+    /// depend on how many ranks compute them).
+    pub interleave_batches: bool,
+    /// Batches of this rank's order to pass over without reading them (a resumed run
+    /// continuing mid-epoch).
+    pub skip_batches: usize,
     /// Categorical feature whose first id groups rows for GAUC.
     pub group_feature: Option<usize>,
 }
@@ -104,7 +112,11 @@ impl Stream {
 
 /// Rows of this rank's slice in the order the epoch visits them, window by window.
 pub fn row_order(rows: usize, opts: &LoaderOptions) -> impl Iterator<Item = Vec<usize>> {
-    let (rank, world) = opts.shard;
+    let (rank, world) = if opts.interleave_batches {
+        (0, 1)
+    } else {
+        opts.shard
+    };
     let start = rows * rank / world.max(1);
     let end = rows * (rank + 1) / world.max(1);
     let window = opts.window.max(1);
@@ -169,15 +181,28 @@ pub fn spawn_loader(split: Arc<PreparedSplit>, opts: LoaderOptions) -> BatchStre
         .name(format!("loader-{}", split.name.as_str()))
         .spawn(move || {
             let bs = opts.batch_size.max(1);
+            let (rank, world) = opts.shard;
+            // batch `index` of the order goes out if it is this rank's and not skipped
+            let mut index = 0usize;
+            let mut mine = 0usize;
+            let mut emit = |rows: &[usize]| -> bool {
+                let ours = !opts.interleave_batches || index % world.max(1) == rank;
+                index += 1;
+                if !ours {
+                    return true;
+                }
+                mine += 1;
+                if mine <= opts.skip_batches {
+                    return true;
+                }
+                tx.send(gather(&split, rows, opts.group_feature)).is_ok()
+            };
             let mut pending: Vec<usize> = Vec::with_capacity(bs);
             for window in row_order(split.rows, &opts) {
                 for r in window {
                     pending.push(r);
                     if pending.len() == bs {
-                        if tx
-                            .send(gather(&split, &pending, opts.group_feature))
-                            .is_err()
-                        {
+                        if !emit(&pending) {
                             return;
                         }
                         pending.clear();
@@ -185,7 +210,7 @@ pub fn spawn_loader(split: Arc<PreparedSplit>, opts: LoaderOptions) -> BatchStre
                 }
             }
             if !pending.is_empty() {
-                let _ = tx.send(gather(&split, &pending, opts.group_feature));
+                emit(&pending);
             }
         })
         .expect("spawning the loader thread");
@@ -208,7 +233,46 @@ mod tests {
             window,
             queue: 2,
             shard,
+            interleave_batches: false,
+            skip_batches: 0,
             group_feature: None,
+        }
+    }
+
+    fn batches(split_rows: usize, o: LoaderOptions) -> Vec<Vec<f32>> {
+        let split = Arc::new(PreparedSplit::for_tests(split_rows));
+        spawn_loader(split, o).map(|b| b.labels).collect()
+    }
+
+    #[test]
+    fn skipping_batches_resumes_the_same_order() {
+        let all = batches(50, opts(true, 7, (1, 2)));
+        let rest = batches(
+            50,
+            LoaderOptions {
+                skip_batches: 3,
+                ..opts(true, 7, (1, 2))
+            },
+        );
+        assert_eq!(all.len(), 7);
+        assert_eq!(rest, all[3..].to_vec());
+    }
+
+    #[test]
+    fn interleaved_batches_are_the_one_process_batches_dealt_round_robin() {
+        let one = batches(50, opts(false, 50, (0, 1)));
+        for world in [2, 3] {
+            for rank in 0..world {
+                let got = batches(
+                    50,
+                    LoaderOptions {
+                        interleave_batches: true,
+                        ..opts(false, 50, (rank, world))
+                    },
+                );
+                let want: Vec<_> = one.iter().skip(rank).step_by(world).cloned().collect();
+                assert_eq!(got, want, "rank {rank} of {world}");
+            }
         }
     }
 

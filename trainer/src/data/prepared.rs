@@ -120,6 +120,24 @@ pub struct PreparedSplit {
 }
 
 impl PreparedSplit {
+    /// A split of `rows` rows whose label is the row's index (no features), for tests of
+    /// the order rows are read in.
+    #[cfg(test)]
+    pub(crate) fn for_tests(rows: usize) -> Self {
+        let mut m = memmap2::MmapMut::map_anon((rows * 4).max(4)).expect("anonymous map");
+        for (r, b) in m.chunks_exact_mut(4).take(rows).enumerate() {
+            b.copy_from_slice(&(r as f32).to_le_bytes());
+        }
+        let map = m.make_read_only().expect("read-only map");
+        Self {
+            name: SplitName::Train,
+            rows,
+            label: MappedColumn { map: Some(map) },
+            dense: vec![],
+            cats: vec![],
+        }
+    }
+
     pub fn labels(&self) -> &[f32] {
         self.label.slice()
     }

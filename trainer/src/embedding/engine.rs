@@ -4,8 +4,8 @@
 //! backward are collective all-to-all exchanges).
 
 use shardrec_tables::{
-    CollectionLayout, Exchange, LocalEmbeddings, ShardedEmbeddings, ShardingPlan, SparseOptimizer,
-    TableError,
+    CollectionLayout, Exchange, LocalEmbeddings, ShardedEmbeddings, ShardingKind, ShardingPlan,
+    SparseOptimizer, TableError, TableShard,
 };
 
 #[derive(Debug)]
@@ -65,6 +65,46 @@ impl EmbeddingEngine {
         match self {
             Self::Local(_) => Default::default(),
             Self::Sharded(e) => e.exchange_times(),
+        }
+    }
+
+    pub fn optimizer(&self) -> &SparseOptimizer {
+        match self {
+            Self::Local(e) => e.optimizer(),
+            Self::Sharded(e) => e.optimizer(),
+        }
+    }
+
+    /// The shards this process writes to a checkpoint: all it holds, except replicas of a
+    /// data-parallel table on any rank but its first (one copy is enough).
+    pub fn shards_to_save(&self) -> Vec<(usize, &TableShard)> {
+        match self {
+            Self::Local(e) => e
+                .shards()
+                .iter()
+                .enumerate()
+                .flat_map(|(t, s)| s.iter().map(move |s| (t, s)))
+                .collect(),
+            Self::Sharded(e) => e
+                .held()
+                .filter(|&(t, _)| {
+                    let p = e.sharding().placement(t);
+                    p.kind != ShardingKind::DataParallel || p.ranks.first() == Some(&e.rank())
+                })
+                .collect(),
+        }
+    }
+
+    /// Every shard this process holds (to fill from a checkpoint).
+    pub fn shards_mut(&mut self) -> Vec<(usize, &mut TableShard)> {
+        match self {
+            Self::Local(e) => e
+                .shards_mut()
+                .iter_mut()
+                .enumerate()
+                .flat_map(|(t, s)| s.iter_mut().map(move |s| (t, s)))
+                .collect(),
+            Self::Sharded(e) => e.held_mut().collect(),
         }
     }
 

@@ -1,0 +1,322 @@
+//! Checkpoints: a job killed mid-training resumes from its last checkpoint to the final
+//! test AUC of an uninterrupted run (bitwise: the runs are deterministic); a checkpoint
+//! written by 4 ranks evaluates identically under 2 ranks and 1; a corrupt, truncated or
+//! incomplete checkpoint is refused naming the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::common::*;
+
+fn set(key: &str, path: &Path) -> String {
+    format!("{key}=\"{}\"", path.display())
+}
+
+/// Metrics that must agree exactly.
+fn metrics(s: &serde_json::Value) -> (f64, f64) {
+    (s["auc"].as_f64().unwrap(), s["logloss"].as_f64().unwrap())
+}
+
+fn checkpoints(run: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// SIGKILL of one rank mid-training ends the whole job with a non-zero exit within 30 s,
+/// and `--resume` of the run folder finishes with the uninterrupted run's test AUC.
+#[test]
+fn a_killed_job_ends_promptly_and_resumes_to_the_uninterrupted_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 40_000, 500);
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "dlrm",
+        "epochs = 3\nsave_model = false\nlog_every = 1\ncheckpoint_every = 40\ncheckpoint_keep = 0",
+    );
+    let cfg = cfg.to_str().unwrap();
+    let whole = dir.path().join("whole");
+    let o = run_mpi(
+        dir.path(),
+        2,
+        &["train", cfg, "--set", &set("train.run_dir", &whole)],
+        Duration::from_secs(300),
+    );
+    let uninterrupted = summary(&o);
+    let steps = uninterrupted["steps"].as_u64().unwrap();
+    assert!(steps > 200, "{uninterrupted}");
+    assert_eq!(
+        uninterrupted["checkpoints_written"].as_u64().unwrap(),
+        steps / 40 + 1,
+        "every 40 steps and at the end"
+    );
+
+    let killed_run = dir.path().join("killed");
+    let err_path = dir.path().join("stderr");
+    let mut child = std::process::Command::new("mpirun")
+        .current_dir(dir.path())
+        .args(["-np", "2"])
+        .arg(env!("CARGO_BIN_EXE_shardrec"))
+        .args(["train", cfg, "--set", &set("train.run_dir", &killed_run)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("running mpirun");
+    // wait until rank 1 has said its pid and the second checkpoint exists
+    let started = std::time::Instant::now();
+    let pid = loop {
+        let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let pid = err
+            .lines()
+            .find_map(|l| l.split("rank 1 of 2: pid ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse::<i32>().ok());
+        if let (Some(pid), true) = (pid, err.contains("step-00000080 (")) {
+            break pid;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the job ended before the kill ({status}):\n{err}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint:\n{err}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: sending a signal to a process id we read from the job's own log.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let killed = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if killed.elapsed() > Duration::from_secs(30) {
+            child.kill().ok();
+            panic!("the job was still running 30 s after one rank was killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "{status}");
+    let left = checkpoints(&killed_run);
+    assert!(
+        !left.is_empty() && left.len() < checkpoints(&whole).len(),
+        "killed before the end: {left:?}"
+    );
+
+    // resume in place: the run folder's newest complete checkpoint
+    let o = run_mpi(
+        dir.path(),
+        2,
+        &[
+            "train",
+            cfg,
+            "--set",
+            &set("train.run_dir", &killed_run),
+            "--resume",
+            killed_run.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    let resumed = summary(&o);
+    assert!(
+        resumed["resumed_from"]
+            .as_str()
+            .is_some_and(|p| p.contains("step-0000")),
+        "{resumed}"
+    );
+    assert_eq!(resumed["steps"], uninterrupted["steps"]);
+    assert_eq!(resumed["samples_seen"], uninterrupted["samples_seen"]);
+    assert_eq!(
+        metrics(&resumed),
+        metrics(&uninterrupted),
+        "resumed vs uninterrupted"
+    );
+}
+
+/// A model and a checkpoint written by 4 ranks (tables row-wise) evaluate identically
+/// under 4, 2 (tables column-wise) and 1 rank, and training resumes from the checkpoint
+/// under 2 ranks.
+#[test]
+fn a_four_rank_checkpoint_evaluates_identically_on_two_ranks_and_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 30_000, 400);
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "deepfm",
+        "epochs = 1\ncheckpoint_every = 30\n[sharding]\nstrategy = \"row_wise\"",
+    );
+    let cfg = cfg.to_str().unwrap();
+    let run4 = dir.path().join("run4");
+    let o = run_mpi(
+        dir.path(),
+        4,
+        &["train", cfg, "--set", &set("train.run_dir", &run4)],
+        Duration::from_secs(300),
+    );
+    let trained = summary(&o);
+    assert_eq!(trained["model_saved"], true);
+    let want = metrics(&trained);
+    let model = run4.join("model");
+    let newest = checkpoints(&run4).pop().unwrap();
+    for folder in [&model, &newest] {
+        for (ranks, strategy) in [(4, "row_wise"), (2, "column_wise"), (1, "auto")] {
+            let args = [
+                "eval",
+                cfg,
+                "--model",
+                folder.to_str().unwrap(),
+                "--set",
+                &format!("sharding.strategy=\"{strategy}\""),
+            ];
+            let o = if ranks == 1 {
+                run(dir.path(), &args)
+            } else {
+                run_mpi(dir.path(), ranks, &args, Duration::from_secs(120))
+            };
+            let s = summary(&o);
+            assert_eq!(s["world_size"], ranks);
+            assert_eq!(s["saved_by_ranks"], 4);
+            assert_eq!(s["rows_test"], trained["rows_test"]);
+            assert_eq!(
+                metrics(&s),
+                want,
+                "{} evaluated by {ranks} ranks",
+                folder.display()
+            );
+        }
+    }
+    // the 4-rank checkpoint of a mid-run step resumes under 2 ranks
+    let first = checkpoints(&run4).into_iter().next().unwrap();
+    let o = run_mpi(
+        dir.path(),
+        2,
+        &[
+            "train",
+            cfg,
+            "--set",
+            &set("train.run_dir", &dir.path().join("run2")),
+            "--resume",
+            first.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    let s = summary(&o);
+    assert_eq!(s["steps"], trained["steps"]);
+    assert!((s["auc"].as_f64().unwrap() - want.0).abs() < 0.01, "{s}");
+}
+
+/// In one process resuming is bitwise too (with dropout); a flipped bit, a truncated file or a missing
+/// manifest is refused naming the file.
+#[test]
+fn corrupt_truncated_or_incomplete_checkpoints_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 12_000, 300);
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "deepfm",
+        "epochs = 2\ncheckpoint_every = 25\ncheckpoint_keep = 0\nsave_model = false",
+    );
+    // lazy Adam on the tables (two planes of state per piece) and dropout (libtorch's
+    // random state must be restored too)
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let adam = text
+        .replace(
+            "kind = \"adagrad\", lr = 0.05",
+            "kind = \"adam\", lr = 0.01",
+        )
+        .replace("cross_layers = 2", "cross_layers = 2\ndropout = 0.2");
+    assert_ne!(adam, text);
+    std::fs::write(&cfg, adam).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let run_dir = dir.path().join("run");
+    let whole = summary(&run(dir.path(), &["train", cfg]));
+    let first = checkpoints(&run_dir).into_iter().next().unwrap();
+    let resume = |from: &Path| {
+        run(
+            dir.path(),
+            &[
+                "train",
+                cfg,
+                "--set",
+                &set("train.run_dir", &dir.path().join("again")),
+                "--resume",
+                from.to_str().unwrap(),
+            ],
+        )
+    };
+    let resumed = summary(&resume(&first));
+    assert_eq!(metrics(&resumed), metrics(&whole));
+
+    let refused = |from: &Path, file: &str, words: &str| {
+        let o = resume(from);
+        assert!(!o.status.success());
+        let err = stderr(&o);
+        assert!(err.contains(file) && err.contains(words), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        std::fs::create_dir_all(to.join("tables/main")).unwrap();
+        std::fs::create_dir_all(to.join("tables/first_order")).unwrap();
+        for sub in ["", "tables/main", "tables/first_order"] {
+            for e in std::fs::read_dir(first.join(sub)).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_file() {
+                    std::fs::copy(&p, to.join(sub).join(p.file_name().unwrap())).unwrap();
+                }
+            }
+        }
+        to
+    };
+    // a flipped bit in a table piece
+    let flipped = copy("flipped");
+    let piece = std::fs::read_dir(flipped.join("tables/main"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".weights.f32"))
+        .unwrap();
+    let mut bytes = std::fs::read(&piece).unwrap();
+    bytes[37] ^= 0x04;
+    std::fs::write(&piece, bytes).unwrap();
+    let name = piece.file_name().unwrap().to_str().unwrap();
+    refused(&flipped, name, "checksum mismatch");
+    let o = run(
+        dir.path(),
+        &["eval", cfg, "--model", flipped.to_str().unwrap()],
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains(name),
+        "{}",
+        stderr(&o)
+    );
+    // a truncated dense optimizer state
+    let truncated = copy("truncated");
+    let f = truncated.join("dense_optimizer.safetensors");
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    refused(&truncated, "dense_optimizer.safetensors", "truncated");
+    // an edited manifest
+    let edited = copy("edited");
+    let m = edited.join("manifest.json");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replacen("\"step\": 25", "\"step\": 26", 1)).unwrap();
+    refused(&edited, "manifest.json", "checksum mismatch");
+    // a checkpoint whose writing never finished: no manifest
+    let partial = copy("step-00000099.partial");
+    std::fs::remove_file(partial.join("manifest.json")).unwrap();
+    refused(
+        &partial,
+        "step-00000099.partial",
+        "not a complete checkpoint",
+    );
+}

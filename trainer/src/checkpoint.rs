@@ -1,0 +1,714 @@
+//! Checkpoints of a training job of any number of ranks, and loading them back under
+//! another number of ranks and another sharding plan (resharding).
+//!
+//! A checkpoint is a folder `step-NNNNNNNN`: every rank writes the pieces of the tables it
+//! owns (one file of weights and one of optimizer state per piece, row-major, the state
+//! cut into planes so pieces can be recut along rows and columns), rank 0 writes the
+//! dense parameters, the dense optimizer's state, the vocabulary and `manifest.json`: the
+//! plans, the step, the data position (epoch and batches into it), the seed, the
+//! validation history, every piece's rectangle and a CRC32 and size per file. Everything
+//! is written under `step-NNNNNNNN.partial`, synced, and renamed only when every rank
+//! has finished, so a crash never leaves a folder that looks complete; the manifest's
+//! own CRC32 sits beside it in `manifest.crc32`.
+//!
+//! Loading fills each shard the reader holds under its own plan from the saved pieces
+//! that overlap it ([`shardrec_tables::fill_from_pieces`], which also checks that the
+//! pieces cover the shard exactly once), so N ranks' checkpoint loads into M ranks. Each
+//! file is checked (size, CRC32) before use; a mismatch is refused naming the file.
+//! This is TorchRec's `DistributedModelParallel` state dict with resharding on load, in
+//! a format readable without Python.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+use shardrec_models::{DenseOptimizer, ModelConfig};
+use shardrec_tables::{
+    fill_from_pieces, Exchange, Piece, ShardExtent, SparseOptimizer, StateLayout,
+};
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+use crate::bundle::ModelBundle;
+use crate::checked_file::{as_f32s, io, map_verified, record, sync_dir, CrcWriter, SavedFile};
+use crate::cluster::Cluster;
+use crate::data::Schema;
+use crate::embedding::EmbeddingEngine;
+use crate::model_io::{ModelIoError, ModelManifest, SavedCollection};
+use crate::sharding_plan::CollectionPlans;
+use crate::TrainError;
+
+pub const CHECKPOINT_FORMAT: &str = "shardrec-checkpoint";
+pub const CHECKPOINT_VERSION: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+const MANIFEST_CRC: &str = "manifest.crc32";
+const DENSE: &str = "dense.safetensors";
+const DENSE_OPTIMIZER: &str = "dense_optimizer.safetensors";
+const VOCAB: &str = "vocab.bin";
+
+/// Where training stands: steps done, and where in the data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    /// Steps done in all.
+    pub step: usize,
+    /// Epoch (from 0) the next step belongs to, and steps of it already done.
+    pub epoch: usize,
+    pub steps_in_epoch: usize,
+    pub samples_seen: u64,
+}
+
+/// Validation history, for early stopping to go on where it was.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationState {
+    pub best_auc: Option<f64>,
+    pub evals_without_gain: usize,
+    /// Step of the last validation (a resumed run does not repeat it).
+    pub last_step: Option<usize>,
+    pub history: Vec<serde_json::Value>,
+}
+
+/// One rectangle of one table as a rank saved it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedPiece {
+    pub collection: String,
+    pub table: usize,
+    pub table_name: String,
+    pub rank: usize,
+    pub rows: [u64; 2],
+    pub cols: [usize; 2],
+    /// Sparse optimizer steps applied to the piece (lazy Adam's bias correction).
+    pub updates: u64,
+    pub weights: String,
+    /// The optimizer state, plane after plane; absent in a model (weights only).
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+impl SavedPiece {
+    fn extent(&self) -> ShardExtent {
+        ShardExtent {
+            rank: self.rank,
+            rows: self.rows[0]..self.rows[1],
+            cols: self.cols[0]..self.cols[1],
+        }
+    }
+}
+
+/// `manifest.json` of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointManifest {
+    pub format: String,
+    pub version: u32,
+    /// Ranks that wrote it.
+    pub world_size: usize,
+    pub seed: u64,
+    pub position: Position,
+    pub validation: ValidationState,
+    /// How the random state is restored.
+    pub rng: String,
+    pub schema: Schema,
+    pub vocab_sizes: Vec<u64>,
+    pub num_dense: usize,
+    pub model: ModelConfig,
+    pub sparse_optimizer: SparseOptimizer,
+    /// Dense optimizer steps; absent in a model (weights only).
+    pub dense_optimizer_steps: Option<i64>,
+    pub plans: CollectionPlans,
+    pub collections: Vec<SavedCollection>,
+    pub pieces: Vec<SavedPiece>,
+    pub files: Vec<SavedFile>,
+}
+
+impl CheckpointManifest {
+    /// Whether it holds optimizer state (a checkpoint) or weights only (a model).
+    pub fn has_optimizer_state(&self) -> bool {
+        self.dense_optimizer_steps.is_some()
+    }
+}
+
+/// What a checkpoint is written from.
+pub struct CheckpointSource<'a> {
+    pub bundle: &'a ModelBundle,
+    /// None: weights only (a model for `shardrec eval`).
+    pub dense_optimizer: Option<&'a DenseOptimizer>,
+    pub position: Position,
+    pub validation: &'a ValidationState,
+    pub seed: u64,
+    pub schema: &'a Schema,
+    pub vocab_sizes: &'a [u64],
+    pub vocab_file: &'a Path,
+    pub model: &'a ModelConfig,
+    pub plans: &'a CollectionPlans,
+}
+
+/// How libtorch's generator is restored: it is seeded before every step.
+pub const RNG_NOTE: &str = "libtorch is seeded with seed + step before every step; the data order is a function of (seed, epoch)";
+
+/// Every rank's `mine`: an error on any rank is an error on all (so no rank waits in a
+/// collective for one that stopped).
+fn agree<T>(cluster: &Cluster, mine: Result<T, TrainError>, what: &str) -> Result<T, TrainError> {
+    let mut failed = [u32::from(mine.is_err())];
+    cluster.all_reduce_max(&mut failed);
+    match mine {
+        Err(e) => Err(e),
+        Ok(_) if failed[0] != 0 => Err(TrainError::Invalid(format!(
+            "{what}: another rank failed (its error is above)"
+        ))),
+        Ok(v) => Ok(v),
+    }
+}
+
+fn collections(bundle: &ModelBundle) -> Vec<(&'static str, &EmbeddingEngine)> {
+    let mut v = vec![("main", &bundle.tables)];
+    if let Some(f) = &bundle.first_order {
+        v.push(("first_order", f));
+    }
+    v
+}
+
+/// This rank's pieces: writes them under `tmp` and says what it wrote.
+fn write_pieces(
+    tmp: &Path,
+    bundle: &ModelBundle,
+    rank: usize,
+    with_state: bool,
+) -> Result<(Vec<SavedPiece>, Vec<SavedFile>), TrainError> {
+    let mut pieces = Vec::new();
+    let mut files = Vec::new();
+    for (name, engine) in collections(bundle) {
+        std::fs::create_dir_all(tmp.join("tables").join(name)).map_err(io(tmp))?;
+        let layout = engine.optimizer().state_layout();
+        for (t, shard) in engine.shards_to_save() {
+            let stem = format!(
+                "tables/{name}/t{t:04}.rows{}-{}.cols{}-{}",
+                shard.rows.start, shard.rows.end, shard.cols.start, shard.cols.end
+            );
+            let mut write = |rel: String,
+                             planes: &mut dyn FnMut(&mut CrcWriter) -> std::io::Result<()>|
+             -> Result<String, TrainError> {
+                let path = tmp.join(&rel);
+                let mut w = CrcWriter::create(&path)?;
+                planes(&mut w).map_err(io(&path))?;
+                let (bytes, crc32) = w.finish().map_err(io(&path))?;
+                files.push(SavedFile {
+                    path: rel.clone(),
+                    bytes,
+                    crc32,
+                });
+                Ok(rel)
+            };
+            let weights = write(format!("{stem}.weights.f32"), &mut |w| {
+                w.write_f32s(shard.weights())
+            })?;
+            let state = if with_state && layout.planes() > 0 {
+                Some(write(format!("{stem}.state.f32"), &mut |w| {
+                    (0..layout.planes())
+                        .try_for_each(|p| w.write_f32s(&shard.state_plane(layout, p)))
+                })?)
+            } else {
+                None
+            };
+            pieces.push(SavedPiece {
+                collection: name.to_string(),
+                table: t,
+                table_name: shard.table.clone(),
+                rank,
+                rows: [shard.rows.start, shard.rows.end],
+                cols: [shard.cols.start, shard.cols.end],
+                updates: shard.steps(),
+                weights,
+                state,
+            });
+        }
+    }
+    Ok((pieces, files))
+}
+
+/// Names of the optimizer's variables (matched to the var store's by storage).
+fn optimizer_var_names(vs: &VarStore, opt: &DenseOptimizer) -> Result<Vec<String>, TrainError> {
+    let by_ptr: HashMap<usize, String> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (t.data_ptr() as usize, n))
+        .collect();
+    opt.variables()
+        .iter()
+        .map(|v| {
+            by_ptr
+                .get(&(v.data_ptr() as usize))
+                .cloned()
+                .ok_or_else(|| {
+                    TrainError::Invalid("a dense optimizer variable is not in the model".into())
+                })
+        })
+        .collect()
+}
+
+fn torch_err(path: &Path) -> impl Fn(tch::TchError) -> ModelIoError + '_ {
+    move |source| ModelIoError::Torch {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Rank 0's files: dense parameters, dense optimizer state, vocabulary.
+fn write_dense(tmp: &Path, src: &CheckpointSource) -> Result<Vec<SavedFile>, TrainError> {
+    let mut files = Vec::new();
+    let mut named: Vec<(String, Tensor)> = src
+        .bundle
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let path = tmp.join(DENSE);
+    Tensor::write_safetensors(&named, &path).map_err(torch_err(&path))?;
+    files.push(record(tmp, DENSE)?);
+    if let Some(opt) = src.dense_optimizer {
+        let names = optimizer_var_names(&src.bundle.vs, opt)?;
+        let mut state: Vec<(String, Tensor)> = Vec::new();
+        for (name, (s1, s2)) in names.iter().zip(opt.state()) {
+            state.push((format!("m.{name}"), s1.to_device(Device::Cpu).contiguous()));
+            state.push((format!("v.{name}"), s2.to_device(Device::Cpu).contiguous()));
+        }
+        let path = tmp.join(DENSE_OPTIMIZER);
+        Tensor::write_safetensors(&state, &path).map_err(torch_err(&path))?;
+        files.push(record(tmp, DENSE_OPTIMIZER)?);
+    }
+    let vocab = tmp.join(VOCAB);
+    std::fs::copy(src.vocab_file, &vocab).map_err(io(src.vocab_file))?;
+    files.push(record(tmp, VOCAB)?);
+    Ok(files)
+}
+
+/// Writes a checkpoint (or, without a dense optimizer, a model) to `dir`, replacing it.
+/// Collective: every rank calls it; returns the bytes this rank wrote.
+pub fn write_checkpoint(
+    dir: &Path,
+    src: &CheckpointSource,
+    cluster: &Cluster,
+) -> Result<u64, TrainError> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let tmp = dir.with_file_name(format!("{name}.partial"));
+    let what = format!("writing checkpoint {}", dir.display());
+    let made = if cluster.is_root() {
+        (|| {
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+            }
+            std::fs::create_dir_all(tmp.join("tables")).map_err(io(&tmp))?;
+            Ok(())
+        })()
+    } else {
+        Ok(())
+    };
+    agree(cluster, made, &what)?;
+    let with_state = src.dense_optimizer.is_some();
+    let mine = write_pieces(&tmp, src.bundle, cluster.rank(), with_state).and_then(|(p, mut f)| {
+        if cluster.is_root() {
+            f.extend(write_dense(&tmp, src)?);
+        }
+        Ok((p, f))
+    });
+    let (pieces, files) = agree(cluster, mine, &what)?;
+    let my_bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    let listing = serde_json::to_vec(&(pieces, files))
+        .map_err(|e| TrainError::Invalid(format!("{what}: {e}")))?;
+    let all = cluster.all_gather_bytes(&listing)?;
+    let committed = if cluster.is_root() {
+        commit(dir, &tmp, src, cluster.world_size(), &all)
+    } else {
+        Ok(())
+    };
+    agree(cluster, committed, &what)?;
+    Ok(my_bytes)
+}
+
+/// Rank 0: the manifest, then the rename that makes the checkpoint exist.
+fn commit(
+    dir: &Path,
+    tmp: &Path,
+    src: &CheckpointSource,
+    world: usize,
+    listings: &[Vec<u8>],
+) -> Result<(), TrainError> {
+    let mut pieces = Vec::new();
+    let mut files = Vec::new();
+    for (rank, l) in listings.iter().enumerate() {
+        let (p, f): (Vec<SavedPiece>, Vec<SavedFile>) = serde_json::from_slice(l)
+            .map_err(|e| TrainError::Invalid(format!("rank {rank}'s checkpoint listing: {e}")))?;
+        pieces.extend(p);
+        files.extend(f);
+    }
+    let manifest = CheckpointManifest {
+        format: CHECKPOINT_FORMAT.into(),
+        version: CHECKPOINT_VERSION,
+        world_size: world,
+        seed: src.seed,
+        position: src.position,
+        validation: src.validation.clone(),
+        rng: RNG_NOTE.into(),
+        schema: src.schema.clone(),
+        vocab_sizes: src.vocab_sizes.to_vec(),
+        num_dense: src.bundle.num_dense,
+        model: src.model.clone(),
+        sparse_optimizer: *src.bundle.tables.optimizer(),
+        dense_optimizer_steps: src.dense_optimizer.map(DenseOptimizer::steps),
+        plans: src.plans.clone(),
+        collections: collections(src.bundle)
+            .into_iter()
+            .map(|(name, e)| SavedCollection {
+                name: name.into(),
+                spec: e.layout().spec().clone(),
+            })
+            .collect(),
+        pieces,
+        files,
+    };
+    let text = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| TrainError::Invalid(format!("checkpoint manifest: {e}")))?;
+    let mpath = tmp.join(MANIFEST);
+    let mut w = std::fs::File::create(&mpath).map_err(io(&mpath))?;
+    std::io::Write::write_all(&mut w, &text).map_err(io(&mpath))?;
+    w.sync_all().map_err(io(&mpath))?;
+    let cpath = tmp.join(MANIFEST_CRC);
+    std::fs::write(&cpath, format!("{:08x}\n", crc32fast::hash(&text))).map_err(io(&cpath))?;
+    std::fs::File::open(&cpath)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&cpath))?;
+    for sub in ["tables/main", "tables/first_order", "tables"] {
+        if tmp.join(sub).is_dir() {
+            sync_dir(&tmp.join(sub))?;
+        }
+    }
+    sync_dir(tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    }
+    std::fs::rename(tmp, dir).map_err(io(dir))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Whether `dir` holds a checkpoint-format manifest (else it may be a one-process model).
+pub fn is_checkpoint(dir: &Path) -> bool {
+    dir.join(MANIFEST_CRC).is_file()
+}
+
+/// Reads and checks a checkpoint's manifest (its own checksum, format and version).
+pub fn read_checkpoint(dir: &Path) -> Result<CheckpointManifest, TrainError> {
+    let mpath = dir.join(MANIFEST);
+    if !mpath.is_file() {
+        let partial = dir.with_file_name(format!(
+            "{}.partial",
+            dir.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        return Err(TrainError::Invalid(format!(
+            "{}: not a complete checkpoint (no {MANIFEST}){}",
+            dir.display(),
+            if partial.exists() || dir.to_string_lossy().ends_with(".partial") {
+                "; a .partial folder is a checkpoint whose writing did not finish"
+            } else {
+                ""
+            }
+        )));
+    }
+    let text = std::fs::read(&mpath).map_err(io(&mpath))?;
+    let cpath = dir.join(MANIFEST_CRC);
+    let want = std::fs::read_to_string(&cpath).map_err(io(&cpath))?;
+    let corrupt = |path: &Path, message: String| {
+        TrainError::ModelIo(ModelIoError::Corrupt {
+            path: path.to_path_buf(),
+            message,
+        })
+    };
+    let want = u32::from_str_radix(want.trim(), 16)
+        .map_err(|_| corrupt(&cpath, format!("not a CRC32: {:?}", want.trim())))?;
+    if crc32fast::hash(&text) != want {
+        return Err(corrupt(
+            &mpath,
+            format!("checksum mismatch (corrupt file; {MANIFEST_CRC} says {want:08x})"),
+        ));
+    }
+    let m: CheckpointManifest =
+        serde_json::from_slice(&text).map_err(|e| corrupt(&mpath, e.to_string()))?;
+    if m.format != CHECKPOINT_FORMAT || m.version != CHECKPOINT_VERSION {
+        return Err(corrupt(
+            &mpath,
+            format!(
+                "format {} version {} (this shardrec reads {CHECKPOINT_FORMAT} version {CHECKPOINT_VERSION})",
+                m.format, m.version
+            ),
+        ));
+    }
+    Ok(m)
+}
+
+/// The checkpoint `path` names: a checkpoint folder itself, or a run folder (its newest
+/// complete checkpoint).
+pub fn find_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
+    if path.join(MANIFEST).is_file() || path.to_string_lossy().ends_with(".partial") {
+        return Ok(path.to_path_buf());
+    }
+    let dir = path.join("checkpoints");
+    let newest = list_checkpoints(&dir)?.pop();
+    newest.ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "{}: neither a checkpoint (no {MANIFEST}) nor a run folder with a complete checkpoint in checkpoints/",
+            path.display()
+        ))
+    })
+}
+
+/// Complete checkpoints in `dir` (`step-N` with a manifest), oldest first.
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(vec![]);
+    };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+            e.path().join(MANIFEST).is_file().then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Where a checkpoint of `step` goes in a run folder.
+pub fn checkpoint_dir(run: &Path, step: usize) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step:08}"))
+}
+
+/// Deletes all but the newest `keep` complete checkpoints (0: keeps all).
+pub fn prune_checkpoints(run: &Path, keep: usize) -> Result<(), TrainError> {
+    if keep == 0 {
+        return Ok(());
+    }
+    let all = list_checkpoints(&run.join("checkpoints"))?;
+    for old in &all[..all.len().saturating_sub(keep)] {
+        std::fs::remove_dir_all(old).map_err(io(old))?;
+    }
+    Ok(())
+}
+
+/// Saved tables to fill shards from: a checkpoint's pieces, or a one-process model's
+/// whole tables (one piece each, no optimizer state).
+pub struct SavedTables<'a> {
+    pub dir: &'a Path,
+    pub pieces: Vec<SavedPiece>,
+    pub files: &'a [SavedFile],
+    /// Layout of the saved optimizer state (None: weights only).
+    pub state: Option<StateLayout>,
+}
+
+impl<'a> SavedTables<'a> {
+    pub fn of_checkpoint(dir: &'a Path, m: &'a CheckpointManifest) -> Self {
+        Self {
+            dir,
+            pieces: m.pieces.clone(),
+            files: &m.files,
+            state: m
+                .has_optimizer_state()
+                .then(|| m.sparse_optimizer.state_layout()),
+        }
+    }
+
+    pub fn of_model(dir: &'a Path, m: &'a ModelManifest) -> Result<Self, TrainError> {
+        let mut pieces = Vec::new();
+        for c in &m.collections {
+            let layout = shardrec_tables::CollectionLayout::new(c.spec.clone())?;
+            for (t, spec) in c.spec.tables.iter().enumerate() {
+                pieces.push(SavedPiece {
+                    collection: c.name.clone(),
+                    table: t,
+                    table_name: spec.name.clone(),
+                    rank: 0,
+                    rows: [0, layout.table_rows(t)],
+                    cols: [0, layout.table_dim(t)],
+                    updates: 0,
+                    weights: format!("tables/{}_{t}.f32", c.name),
+                    state: None,
+                });
+            }
+        }
+        Ok(Self {
+            dir,
+            pieces,
+            files: &m.files,
+            state: None,
+        })
+    }
+
+    fn file(&self, rel: &str) -> Result<&SavedFile, TrainError> {
+        self.files.iter().find(|f| f.path == rel).ok_or_else(|| {
+            TrainError::ModelIo(ModelIoError::Corrupt {
+                path: self.dir.join(MANIFEST),
+                message: format!("lists a table piece {rel} but not its checksum"),
+            })
+        })
+    }
+
+    /// Fills every shard `engine` holds of `collection` from the overlapping pieces (and
+    /// the optimizer state too when `with_state`). Files are checked before use.
+    pub fn fill(
+        &self,
+        collection: &str,
+        engine: &mut EmbeddingEngine,
+        with_state: bool,
+    ) -> Result<(), TrainError> {
+        let layout = engine.optimizer().state_layout();
+        if with_state && self.state != Some(layout) && layout.planes() > 0 {
+            return Err(TrainError::Invalid(format!(
+                "{}: the saved tables have no optimizer state of the kind the config's sparse optimizer keeps",
+                self.dir.display()
+            )));
+        }
+        let mut maps: HashMap<String, Mmap> = HashMap::new();
+        let mut mapped = |rel: &str| -> Result<(), TrainError> {
+            if !maps.contains_key(rel) {
+                let m = map_verified(self.dir, self.file(rel)?)?;
+                maps.insert(rel.to_string(), m);
+            }
+            Ok(())
+        };
+        let mut jobs = Vec::new();
+        for (t, shard) in engine.shards_mut() {
+            let target = ShardExtent {
+                rank: 0,
+                rows: shard.rows.clone(),
+                cols: shard.cols.clone(),
+            };
+            let overlapping: Vec<&SavedPiece> = self
+                .pieces
+                .iter()
+                .filter(|p| p.collection == collection && p.table == t)
+                .filter(|p| {
+                    p.rows[0] < target.rows.end
+                        && target.rows.start < p.rows[1]
+                        && p.cols[0] < target.cols.end
+                        && target.cols.start < p.cols[1]
+                })
+                .collect();
+            for p in &overlapping {
+                mapped(&p.weights)?;
+                if with_state && layout.planes() > 0 {
+                    let s = p.state.as_ref().ok_or_else(|| {
+                        TrainError::Invalid(format!(
+                            "{}: table `{}` has a piece without optimizer state",
+                            self.dir.display(),
+                            p.table_name
+                        ))
+                    })?;
+                    mapped(s)?;
+                }
+            }
+            jobs.push((target, shard, overlapping));
+        }
+        for (target, shard, overlapping) in jobs {
+            let name = shard.table.clone();
+            let floats = |rel: &str| as_f32s(&self.dir.join(rel), &maps[rel]);
+            let extents: Vec<ShardExtent> = overlapping.iter().map(|p| p.extent()).collect();
+            let mut pieces = Vec::new();
+            for (p, e) in overlapping.iter().zip(&extents) {
+                pieces.push(Piece {
+                    extent: e,
+                    values: floats(&p.weights)?,
+                });
+            }
+            fill_from_pieces(&name, &target, &pieces, 1, shard.weights_mut())?;
+            shard.set_steps(overlapping.iter().map(|p| p.updates).max().unwrap_or(0));
+            if !with_state || layout.planes() == 0 {
+                continue;
+            }
+            // per-row state is a rectangle of one column
+            let per_row = layout == StateLayout::PerRow;
+            let narrow = |e: &ShardExtent| ShardExtent {
+                rank: e.rank,
+                rows: e.rows.clone(),
+                cols: if per_row { 0..1 } else { e.cols.clone() },
+            };
+            let target = narrow(&target);
+            let saved: Vec<ShardExtent> = extents.iter().map(narrow).collect();
+            let rows = (target.rows.end - target.rows.start) as usize;
+            let mut plane = vec![0f32; rows * target.cols.len()];
+            for k in 0..layout.planes() {
+                let mut pieces = Vec::new();
+                for (p, e) in overlapping.iter().zip(&saved) {
+                    let all = floats(p.state.as_deref().unwrap_or_default())?;
+                    let n = (e.rows.end - e.rows.start) as usize * e.cols.len();
+                    let values = all.get(k * n..(k + 1) * n).ok_or_else(|| {
+                        TrainError::ModelIo(ModelIoError::Corrupt {
+                            path: self.dir.join(p.state.as_deref().unwrap_or_default()),
+                            message: format!(
+                                "{} floats, too few for {} state planes of {n}",
+                                all.len(),
+                                layout.planes()
+                            ),
+                        })
+                    })?;
+                    pieces.push(Piece { extent: e, values });
+                }
+                fill_from_pieces(&name, &target, &pieces, 1, &mut plane)?;
+                shard.set_state_plane(layout, k, &plane)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loads the dense parameters (and the dense optimizer's state and steps when given).
+pub fn load_dense(
+    dir: &Path,
+    files: &[SavedFile],
+    vs: &mut VarStore,
+    opt: Option<(&mut DenseOptimizer, i64)>,
+) -> Result<(), TrainError> {
+    let find = |rel: &str| {
+        files.iter().find(|f| f.path == rel).ok_or_else(|| {
+            TrainError::ModelIo(ModelIoError::Corrupt {
+                path: dir.join(MANIFEST),
+                message: format!("does not list {rel}"),
+            })
+        })
+    };
+    crate::checked_file::verify(dir, find(DENSE)?)?;
+    let path = dir.join(DENSE);
+    vs.load(&path).map_err(torch_err(&path))?;
+    if let Some((opt, steps)) = opt {
+        crate::checked_file::verify(dir, find(DENSE_OPTIMIZER)?)?;
+        let path = dir.join(DENSE_OPTIMIZER);
+        let saved: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+            .map_err(torch_err(&path))?
+            .into_iter()
+            .collect();
+        let names = optimizer_var_names(vs, opt)?;
+        let _guard = tch::no_grad_guard();
+        for (name, (s1, s2)) in names.iter().zip(opt.state_mut()) {
+            for (key, dst) in [(format!("m.{name}"), s1), (format!("v.{name}"), s2)] {
+                let src = saved.get(&key).ok_or_else(|| {
+                    TrainError::ModelIo(ModelIoError::Corrupt {
+                        path: path.clone(),
+                        message: format!("no tensor {key}"),
+                    })
+                })?;
+                dst.f_copy_(src).map_err(torch_err(&path))?;
+            }
+        }
+        opt.set_steps(steps);
+    }
+    Ok(())
+}
