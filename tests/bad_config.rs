@@ -85,6 +85,12 @@ fn bad_values_name_key_and_range() {
     check(GOOD, &["train.device=tpu"], &["train.device", "cpu"]);
     check(
         GOOD,
+        &["embedding.device=\"gpu\""],
+        &["embedding.device", "\"cuda:N\""],
+    );
+    check(GOOD, &["train.checkpoint_every=-1"], &["checkpoint_every"]);
+    check(
+        GOOD,
         &["sharding.memory_limit_per_rank=0"],
         &["`sharding.memory_limit_per_rank` = 0"],
     );

@@ -13,7 +13,7 @@ const ROWS: u64 = 12;
 const DIM: usize = 4;
 
 fn table_values(e: &LocalEmbeddings) -> Tensor {
-    Tensor::from_slice(e.shards()[0][0].weights()).view([ROWS as i64, DIM as i64])
+    Tensor::from_slice(&e.shards()[0][0].weights().unwrap()).view([ROWS as i64, DIM as i64])
 }
 
 fn check(kind: OptimizerKind) {

@@ -55,7 +55,7 @@ pub use optimizer::{OptimizerKind, SparseOptimizer, StateLayout};
 pub use planner::{plan_collection, rank_loads, table_bytes, PlanRequest, PlanStrategy};
 pub use reshard::{fill_from_pieces, Piece};
 pub use row_ops::{assemble_output, reduce_row_gradients};
-pub use shard::TableShard;
+pub use shard::{DeviceRows, TableShard, Upload};
 pub use sharded::{ExchangeTimes, ShardedEmbeddings, ShardedLookup};
 pub use sharding::{Bucketized, ShardExtent, ShardingKind, ShardingPlan, TablePlacement};
 pub use spec::{CollectionSpec, Combine, FeatureSpec, Pooling, Probe, RowMap, TableSpec};

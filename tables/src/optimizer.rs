@@ -213,6 +213,20 @@ impl SparseOptimizer {
     }
 }
 
+/// Checks that `rows` are strictly increasing and below `n`.
+pub(crate) fn check_rows(rows: &[u64], n: usize) -> Result<(), TableError> {
+    let mut next = 0u64;
+    for &r in rows {
+        if r < next || r >= n as u64 {
+            return Err(TableError::BadBatch(format!(
+                "row {r} is out of order or outside the shard's {n} rows"
+            )));
+        }
+        next = r + 1;
+    }
+    Ok(())
+}
+
 /// Disjoint mutable views of the given rows of a row-major block; `rows` must be strictly
 /// increasing and below `n`.
 fn split_rows<'a>(

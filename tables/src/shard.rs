@@ -1,7 +1,12 @@
 //! The part of one table a rank owns: its rows (a block of global rows, a slice of the
 //! columns), the optimizer state of those rows, and the update count. Only the owner
 //! holds a shard's rows and state; others reach them through the exchange.
+//!
+//! The rows sit in host memory behind [`RowStorage`], or in an accelerator's memory
+//! behind [`DeviceRows`] (implemented by the trainer with libtorch, which this crate
+//! does not link), where gathers and the sparse optimizer's update run on the device.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::init::RowInit;
@@ -11,6 +16,41 @@ use crate::spec::TableSpec;
 use crate::storage::{InMemoryRows, RowStorage};
 use crate::TableError;
 
+/// A shard's rows and optimizer state in an accelerator's memory: `n x width` weights
+/// and `n x state_width` state, row-major, laid out as in host memory.
+pub trait DeviceRows: Send + Sync + std::fmt::Debug {
+    /// Copies of the given local rows, `rows.len() x width`.
+    fn gather(&self, local_rows: &[u64]) -> Result<Vec<f32>, TableError>;
+    /// One optimizer step on the given local rows (strictly ascending); `step` is the
+    /// 1-based count of updates (Adam's bias correction).
+    fn apply(
+        &mut self,
+        opt: &SparseOptimizer,
+        step: u64,
+        local_rows: &[u64],
+        grads: &[f32],
+    ) -> Result<(), TableError>;
+    fn weights(&self) -> Result<Vec<f32>, TableError>;
+    fn state(&self) -> Result<Vec<f32>, TableError>;
+    fn set_weights(&mut self, v: &[f32]) -> Result<(), TableError>;
+    fn set_state(&mut self, v: &[f32]) -> Result<(), TableError>;
+    /// Bytes of device memory held for weights and for state.
+    fn bytes(&self) -> (usize, usize);
+}
+
+/// Moves a shard's host rows (weights, state, width, state width) to a device.
+pub type Upload<'a> =
+    dyn Fn(&[f32], &[f32], usize, usize) -> Result<Box<dyn DeviceRows>, TableError> + 'a;
+
+#[derive(Debug)]
+enum Rows {
+    Host {
+        weights: Box<dyn RowStorage>,
+        state: Box<dyn RowStorage>,
+    },
+    Device(Box<dyn DeviceRows>),
+}
+
 #[derive(Debug)]
 pub struct TableShard {
     pub table: String,
@@ -19,8 +59,7 @@ pub struct TableShard {
     /// Columns held, of a table `dim` wide.
     pub cols: Range<usize>,
     pub dim: usize,
-    weights: Box<dyn RowStorage>,
-    state: Box<dyn RowStorage>,
+    held: Rows,
     state_width: usize,
     steps: u64,
 }
@@ -49,8 +88,10 @@ impl TableShard {
             rows: extent.rows.clone(),
             cols: extent.cols.clone(),
             dim,
-            weights: Box::new(w),
-            state: Box::new(InMemoryRows::filled(n * sw, opt.initial_state())),
+            held: Rows::Host {
+                weights: Box::new(w),
+                state: Box::new(InMemoryRows::filled(n * sw, opt.initial_state())),
+            },
             state_width: sw,
             steps: 0,
         }
@@ -59,6 +100,26 @@ impl TableShard {
     /// The freshly initialised part `extent` of the table `spec`.
     pub fn of_table(spec: &TableSpec, extent: &ShardExtent, opt: &SparseOptimizer) -> Self {
         Self::new(&spec.name, spec.dim, extent, &spec.init, opt)
+    }
+
+    /// Moves the rows and state to a device (freeing the host copy); a shard already
+    /// there stays.
+    pub fn move_to_device(&mut self, upload: &Upload) -> Result<(), TableError> {
+        if let Rows::Host { weights, state } = &self.held {
+            let d = upload(
+                weights.as_slice(),
+                state.as_slice(),
+                self.width(),
+                self.state_width,
+            )?;
+            self.held = Rows::Device(d);
+        }
+        Ok(())
+    }
+
+    /// Whether the rows are in a device's memory.
+    pub fn on_device(&self) -> bool {
+        matches!(self.held, Rows::Device(_))
     }
 
     /// Floats per held row.
@@ -70,20 +131,59 @@ impl TableShard {
         (self.rows.end - self.rows.start) as usize
     }
 
-    pub fn weights(&self) -> &[f32] {
-        self.weights.as_slice()
+    /// The weights (`rows x width`; a copy when they sit on a device).
+    pub fn weights(&self) -> Result<Cow<'_, [f32]>, TableError> {
+        match &self.held {
+            Rows::Host { weights, .. } => Ok(Cow::Borrowed(weights.as_slice())),
+            Rows::Device(d) => d.weights().map(Cow::Owned),
+        }
     }
 
-    pub fn weights_mut(&mut self) -> &mut [f32] {
-        self.weights.as_mut_slice()
+    /// The optimizer state (`rows x state_width`; a copy when on a device).
+    pub fn state(&self) -> Result<Cow<'_, [f32]>, TableError> {
+        match &self.held {
+            Rows::Host { state, .. } => Ok(Cow::Borrowed(state.as_slice())),
+            Rows::Device(d) => d.state().map(Cow::Owned),
+        }
     }
 
-    pub fn state(&self) -> &[f32] {
-        self.state.as_slice()
+    fn check_len(&self, what: &str, expected: usize, got: usize) -> Result<(), TableError> {
+        if expected == got {
+            return Ok(());
+        }
+        Err(TableError::SizeMismatch {
+            what: format!("table `{}`: {what}", self.table),
+            expected,
+            got,
+        })
     }
 
-    pub fn state_mut(&mut self) -> &mut [f32] {
-        self.state.as_mut_slice()
+    /// Overwrites the weights.
+    pub fn set_weights(&mut self, v: &[f32]) -> Result<(), TableError> {
+        self.check_len("weights", self.num_rows() * self.width(), v.len())?;
+        match &mut self.held {
+            Rows::Host { weights, .. } => {
+                weights.as_mut_slice().copy_from_slice(v);
+                Ok(())
+            }
+            Rows::Device(d) => d.set_weights(v),
+        }
+    }
+
+    /// Overwrites the optimizer state.
+    pub fn set_state(&mut self, v: &[f32]) -> Result<(), TableError> {
+        self.check_len(
+            "optimizer state",
+            self.num_rows() * self.state_width,
+            v.len(),
+        )?;
+        match &mut self.held {
+            Rows::Host { state, .. } => {
+                state.as_mut_slice().copy_from_slice(v);
+                Ok(())
+            }
+            Rows::Device(d) => d.set_state(v),
+        }
     }
 
     pub fn state_width(&self) -> usize {
@@ -92,15 +192,15 @@ impl TableShard {
 
     /// Plane `p` of the optimizer state (see [`StateLayout`]): `rows x width` floats per
     /// column, or `rows` floats per row.
-    pub fn state_plane(&self, layout: StateLayout, p: usize) -> Vec<f32> {
+    pub fn state_plane(&self, layout: StateLayout, p: usize) -> Result<Vec<f32>, TableError> {
         let (n, w, sw) = (self.num_rows(), self.width(), self.state_width);
-        let s = self.state.as_slice();
-        match layout {
+        let s = self.state()?;
+        Ok(match layout {
             StateLayout::PerRow => (0..n).map(|r| s[r * sw]).collect(),
             StateLayout::PerColumn { .. } => (0..n)
                 .flat_map(|r| s[r * sw + p * w..][..w].iter().copied())
                 .collect(),
-        }
+        })
     }
 
     /// Overwrites plane `p` of the optimizer state (the inverse of [`Self::state_plane`]).
@@ -122,11 +222,23 @@ impl TableShard {
                 got: values.len(),
             });
         }
-        let s = self.state.as_mut_slice();
-        for r in 0..n {
-            s[r * sw + p * per_row..][..per_row].copy_from_slice(&values[r * per_row..][..per_row]);
+        let put = |s: &mut [f32]| {
+            for r in 0..n {
+                s[r * sw + p * per_row..][..per_row]
+                    .copy_from_slice(&values[r * per_row..][..per_row]);
+            }
+        };
+        match &mut self.held {
+            Rows::Host { state, .. } => {
+                put(state.as_mut_slice());
+                Ok(())
+            }
+            Rows::Device(d) => {
+                let mut s = d.state()?;
+                put(&mut s);
+                d.set_state(&s)
+            }
         }
-        Ok(())
     }
 
     /// Updates applied so far.
@@ -140,22 +252,28 @@ impl TableShard {
 
     /// Bytes of parameters and of optimizer state.
     pub fn bytes(&self) -> (usize, usize) {
-        (self.weights.bytes(), self.state.bytes())
+        match &self.held {
+            Rows::Host { weights, state } => (weights.bytes(), state.bytes()),
+            Rows::Device(d) => d.bytes(),
+        }
     }
 
     /// Copies of the given local rows (ascending or not), `rows.len() x width`.
     pub fn gather(&self, local_rows: &[u64]) -> Result<Vec<f32>, TableError> {
         let w = self.width();
         let n = self.num_rows() as u64;
-        let data = self.weights.as_slice();
+        if let Some(&r) = local_rows.iter().find(|&&r| r >= n) {
+            return Err(TableError::BadBatch(format!(
+                "table `{}`: local row {r} outside the shard's {n} rows",
+                self.table
+            )));
+        }
+        let data = match &self.held {
+            Rows::Host { weights, .. } => weights.as_slice(),
+            Rows::Device(d) => return d.gather(local_rows),
+        };
         let mut out = Vec::with_capacity(local_rows.len() * w);
         for (i, &r) in local_rows.iter().enumerate() {
-            if r >= n {
-                return Err(TableError::BadBatch(format!(
-                    "table `{}`: local row {r} outside the shard's {n} rows",
-                    self.table
-                )));
-            }
             if let Some(&ahead) = local_rows.get(i + crate::prefetch::DISTANCE) {
                 crate::prefetch::prefetch(data.as_ptr().wrapping_add(ahead as usize * w));
             }
@@ -173,14 +291,28 @@ impl TableShard {
     ) -> Result<(), TableError> {
         self.steps += 1;
         let w = self.width();
-        opt.apply(
-            self.steps,
-            self.weights.as_mut_slice(),
-            self.state.as_mut_slice(),
-            w,
-            local_rows,
-            grads,
-        )
+        match &mut self.held {
+            Rows::Host { weights, state } => opt.apply(
+                self.steps,
+                weights.as_mut_slice(),
+                state.as_mut_slice(),
+                w,
+                local_rows,
+                grads,
+            ),
+            Rows::Device(d) => {
+                let n = (self.rows.end - self.rows.start) as usize;
+                crate::optimizer::check_rows(local_rows, n)?;
+                if grads.len() != local_rows.len() * w {
+                    return Err(TableError::SizeMismatch {
+                        what: "row gradients".into(),
+                        expected: local_rows.len() * w,
+                        got: grads.len(),
+                    });
+                }
+                d.apply(opt, self.steps, local_rows, grads)
+            }
+        }
     }
 }
 
@@ -205,15 +337,23 @@ mod tests {
         let layout = opt.state_layout();
         assert_eq!(layout.planes(), 2);
         // row r holds [m(2 columns), v(2 columns)]
-        for (i, v) in s.state_mut().iter_mut().enumerate() {
-            *v = i as f32;
-        }
-        assert_eq!(s.state_plane(layout, 0), vec![0., 1., 4., 5., 8., 9.]);
-        assert_eq!(s.state_plane(layout, 1), vec![2., 3., 6., 7., 10., 11.]);
+        let numbered: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        s.set_state(&numbered).unwrap();
+        assert_eq!(
+            s.state_plane(layout, 0).unwrap(),
+            vec![0., 1., 4., 5., 8., 9.]
+        );
+        assert_eq!(
+            s.state_plane(layout, 1).unwrap(),
+            vec![2., 3., 6., 7., 10., 11.]
+        );
         let m: Vec<f32> = (0..6).map(|i| 100.0 + i as f32).collect();
         s.set_state_plane(layout, 0, &m).unwrap();
-        assert_eq!(s.state_plane(layout, 0), m);
-        assert_eq!(s.state_plane(layout, 1), vec![2., 3., 6., 7., 10., 11.]);
+        assert_eq!(s.state_plane(layout, 0).unwrap(), m);
+        assert_eq!(
+            s.state_plane(layout, 1).unwrap(),
+            vec![2., 3., 6., 7., 10., 11.]
+        );
         assert!(s.set_state_plane(layout, 2, &m).is_err());
         assert!(s.set_state_plane(layout, 0, &m[..5]).is_err());
     }
@@ -223,7 +363,7 @@ mod tests {
         let (mut s, opt) = shard(OptimizerKind::RowwiseAdagrad);
         let layout = opt.state_layout();
         s.set_state_plane(layout, 0, &[1.0, 2.0, 3.0]).unwrap();
-        assert_eq!(s.state(), &[1.0, 2.0, 3.0]);
-        assert_eq!(s.state_plane(layout, 0), vec![1.0, 2.0, 3.0]);
+        assert_eq!(&*s.state().unwrap(), &[1.0, 2.0, 3.0]);
+        assert_eq!(s.state_plane(layout, 0).unwrap(), vec![1.0, 2.0, 3.0]);
     }
 }

@@ -28,8 +28,8 @@ pub struct Lookups {
 
 impl ModelBundle {
     /// Fresh tables (initialised from their specs; sharded over the ranks of `ex` by
-    /// `plans` when there are several) and a fresh model (from libtorch's RNG, seeded by
-    /// the caller).
+    /// `plans` when there are several; their rows moved to `table_device` when it is a
+    /// GPU) and a fresh model on `device` (from libtorch's RNG, seeded by the caller).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         main: CollectionLayout,
@@ -38,6 +38,7 @@ impl ModelBundle {
         model_cfg: &ModelConfig,
         num_dense: usize,
         device: Device,
+        table_device: Device,
         ex: &dyn Exchange,
         plans: Option<&CollectionPlans>,
     ) -> Result<Self, TrainError> {
@@ -49,12 +50,18 @@ impl ModelBundle {
                 .map(|w| w as i64)
                 .collect(),
         };
-        let tables = EmbeddingEngine::new(main, optimizer, ex, plans.map(|p| p.main.clone()))?;
-        let first_order = first_order
+        let mut tables = EmbeddingEngine::new(main, optimizer, ex, plans.map(|p| p.main.clone()))?;
+        let mut first_order = first_order
             .map(|l| {
                 EmbeddingEngine::new(l, optimizer, ex, plans.and_then(|p| p.first_order.clone()))
             })
             .transpose()?;
+        if table_device != Device::Cpu {
+            tables.move_rows_to(table_device)?;
+            if let Some(f) = first_order.as_mut() {
+                f.move_rows_to(table_device)?;
+            }
+        }
         let vs = VarStore::new(device);
         let model = build_model(&vs.root(), model_cfg, &shape)?;
         Ok(Self {

@@ -202,13 +202,16 @@ fn write_pieces(
                 });
                 Ok(rel)
             };
-            let weights = write(format!("{stem}.weights.f32"), &mut |w| {
-                w.write_f32s(shard.weights())
-            })?;
+            let held = shard.weights()?;
+            let weights = write(format!("{stem}.weights.f32"), &mut |w| w.write_f32s(&held))?;
             let state = if with_state && layout.planes() > 0 {
                 Some(write(format!("{stem}.state.f32"), &mut |w| {
-                    (0..layout.planes())
-                        .try_for_each(|p| w.write_f32s(&shard.state_plane(layout, p)))
+                    (0..layout.planes()).try_for_each(|p| {
+                        let plane = shard
+                            .state_plane(layout, p)
+                            .map_err(std::io::Error::other)?;
+                        w.write_f32s(&plane)
+                    })
                 })?)
             } else {
                 None
@@ -629,7 +632,9 @@ impl<'a> SavedTables<'a> {
                     values: floats(&p.weights)?,
                 });
             }
-            fill_from_pieces(&name, &target, &pieces, 1, shard.weights_mut())?;
+            let mut rows = vec![0f32; shard.num_rows() * shard.width()];
+            fill_from_pieces(&name, &target, &pieces, 1, &mut rows)?;
+            shard.set_weights(&rows)?;
             shard.set_steps(overlapping.iter().map(|p| p.updates).max().unwrap_or(0));
             if !with_state || layout.planes() == 0 {
                 continue;

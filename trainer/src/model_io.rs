@@ -64,16 +64,24 @@ fn write_table(w: &mut CrcWriter, tables: &LocalEmbeddings, t: usize) -> std::io
             if s.rows.start < next {
                 continue; // a replica of rows already written
             }
-            w.write_f32s(s.weights())?;
+            w.write_f32s(&s.weights().map_err(std::io::Error::other)?)?;
             next = s.rows.end;
         }
     } else {
         let rows = tables.layout().table_rows(t);
+        let held = shards
+            .iter()
+            .map(|s| s.weights().map_err(std::io::Error::other))
+            .collect::<std::io::Result<Vec<_>>>()?;
         let mut row = vec![0f32; dim];
         for r in 0..rows {
-            for s in shards.iter().filter(|s| s.rows.contains(&r)) {
+            for (s, w) in shards
+                .iter()
+                .zip(&held)
+                .filter(|(s, _)| s.rows.contains(&r))
+            {
                 let lr = (r - s.rows.start) as usize;
-                row[s.cols.clone()].copy_from_slice(&s.weights()[lr * s.width()..][..s.width()]);
+                row[s.cols.clone()].copy_from_slice(&w[lr * s.width()..][..s.width()]);
             }
             w.write_f32s(&row)?;
         }
@@ -172,37 +180,4 @@ pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ModelIoError> {
         verify(dir, f)?;
     }
     Ok(m)
-}
-
-/// Copies a saved table's rows into the shards of table `t`.
-pub fn load_table(
-    dir: &Path,
-    collection: &str,
-    tables: &mut LocalEmbeddings,
-    t: usize,
-) -> Result<(), ModelIoError> {
-    let path = dir.join(format!("tables/{collection}_{t}.f32"));
-    let bytes = std::fs::read(&path).map_err(io(&path))?;
-    let dim = tables.dims()[t];
-    let rows = tables.layout().table_rows(t);
-    if bytes.len() as u64 != rows * dim as u64 * 4 {
-        return Err(ModelIoError::Corrupt {
-            path,
-            message: format!("{} bytes for a {rows} x {dim} table", bytes.len()),
-        });
-    }
-    let value = |r: u64, c: usize| {
-        let i = (r as usize * dim + c) * 4;
-        f32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]])
-    };
-    for s in &mut tables.shards_mut()[t] {
-        let (start, cols, w) = (s.rows.start, s.cols.clone(), s.width());
-        let data = s.weights_mut();
-        for lr in 0..data.len() / w.max(1) {
-            for (j, c) in cols.clone().enumerate() {
-                data[lr * w + j] = value(start + lr as u64, c);
-            }
-        }
-    }
-    Ok(())
 }

@@ -212,6 +212,8 @@ fn train_inner(
     // one GPU per rank: the rank's index on its node, modulo the node's devices
     let device =
         resolve_device(&cfg.train.device, cluster.local_rank()).map_err(TrainError::Invalid)?;
+    let table_device = resolve_device(&cfg.embedding.device, cluster.local_rank())
+        .map_err(|e| TrainError::Invalid(e.replace("train.device", "embedding.device")))?;
     let (global_bs, local_bs) = if cfg.train.batch_size_per_rank {
         (cfg.train.batch_size * world, cfg.train.batch_size)
     } else if !cfg.train.batch_size.is_multiple_of(world) {
@@ -262,10 +264,12 @@ fn train_inner(
         &cfg.model,
         schema.dense.len(),
         device,
+        table_device,
         cluster,
         Some(&plans),
     )?;
     let mut opt = DenseOptimizer::new(&bundle.vs, cfg.optimizer.clone());
+    let load_clock = Instant::now();
     let (mut position, mut validation, resumed_from) = match resume {
         Some(path) => {
             let (dir, m) = resume_from(path, cfg, &data, &mut bundle, &mut opt)?;
@@ -285,6 +289,7 @@ fn train_inner(
         }
         None => (Position::default(), ValidationState::default(), None),
     };
+    let resume_load_s = resume.map(|_| load_clock.elapsed().as_secs_f64());
     // rank 0 names the run folder, so every rank writes checkpoints to the same place
     let chosen = RunDir::default_path(cfg, name);
     let chosen = cluster.broadcast_from_root(chosen.to_string_lossy().as_bytes())?;
@@ -354,6 +359,7 @@ fn train_inner(
         progress: &progress,
     };
     let start_epoch = position.epoch;
+    let start_step = position.step;
 
     'epochs: for epoch in start_epoch..cfg.train.epochs {
         if limit_reached(position.step) {
@@ -481,7 +487,11 @@ fn train_inner(
             }
         }
     }
-    if cfg.train.checkpoint_every > 0 && checkpoints.last_step != Some(position.step) {
+    // at the end too, unless this run took no step (a resumed run that was already done)
+    if cfg.train.checkpoint_every > 0
+        && checkpoints.last_step != Some(position.step)
+        && position.step > start_step
+    {
         checkpoints.write(
             &ctx,
             &run.path,
@@ -627,6 +637,7 @@ fn train_inner(
         "checkpoint_write_s": checkpoints.seconds,
         "last_checkpoint": checkpoints.last_dir.as_ref().map(|d| d.display().to_string()),
         "resumed_from": resumed_from.as_ref().map(|d| d.display().to_string()),
+        "resume_load_s": resume_load_s,
     });
     if let Some(r) = &test_result {
         summary["rows_test"] = r.rows.into();
@@ -862,6 +873,8 @@ fn eval_inner(
     }
     let device =
         resolve_device(&cfg.train.device, cluster.local_rank()).map_err(TrainError::Invalid)?;
+    let table_device = resolve_device(&cfg.embedding.device, cluster.local_rank())
+        .map_err(|e| TrainError::Invalid(e.replace("train.device", "embedding.device")))?;
     let vocab = model_dir.join("vocab.bin");
     let data = prepare_on_ranks(cluster, |log| prepare_with_vocab(&cfg.data, &vocab, log))?;
     if &data.meta.schema != schema {
@@ -904,6 +917,7 @@ fn eval_inner(
         model_cfg,
         num_dense,
         device,
+        table_device,
         cluster,
         Some(&plans),
     )?;

@@ -323,11 +323,17 @@ pub struct EmbeddingConfig {
     pub optimizer: SparseOptimizerConfig,
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// Where the tables' rows and optimizer state live: "cpu" (host memory) or "cuda"
+    /// ("cuda:N"; under mpirun each rank takes GPU `local rank % GPUs`), where gathers and
+    /// sparse updates then run.
+    #[serde(default = "default_device")]
+    pub device: String,
 }
 
 impl Default for EmbeddingConfig {
     fn default() -> Self {
         Self {
+            device: default_device(),
             dim: default_dim(),
             kind: TableKindConfig::Plain,
             buckets: 0,

@@ -214,18 +214,24 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
     check(&mut v, "train.threads", t.threads, 0, 1024);
     check(&mut v, "train.loader_queue", t.loader_queue, 1, 1024);
     check(&mut v, "train.shuffle_window", t.shuffle_window, 1, 1 << 32);
-    if !(t.device == "cpu"
-        || t.device == "cuda"
-        || t.device
-            .strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<u32>().is_ok()))
-    {
-        fail(
-            &mut v,
-            "train.device",
-            format!("\"{}\"", t.device),
-            "must be \"cpu\", \"cuda\" or \"cuda:N\"",
-        );
+    let is_device = |d: &str| {
+        d == "cpu"
+            || d == "cuda"
+            || d.strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+    };
+    for (key, device) in [
+        ("train.device", &t.device),
+        ("embedding.device", &c.embedding.device),
+    ] {
+        if !is_device(device) {
+            fail(
+                &mut v,
+                key,
+                format!("\"{device}\""),
+                "must be \"cpu\", \"cuda\" or \"cuda:N\"",
+            );
+        }
     }
     let has_valid = d.valid.is_some() || d.split.valid > 0.0 || d.format == DataFormat::Prepared;
     if t.early_stopping_patience > 0 && !has_valid {

@@ -108,6 +108,19 @@ impl EmbeddingEngine {
         }
     }
 
+    /// Moves every shard held here to `device`'s memory (gathers and sparse updates then
+    /// run there).
+    pub fn move_rows_to(&mut self, device: tch::Device) -> Result<(), TableError> {
+        for (_, shard) in self.shards_mut() {
+            shard.move_to_device(&|w, s, width, sw| {
+                Ok(Box::new(super::TensorRows::upload(
+                    w, s, width, sw, device,
+                )?))
+            })?;
+        }
+        Ok(())
+    }
+
     /// The whole collection, when this process holds it.
     pub fn as_local(&self) -> Option<&LocalEmbeddings> {
         match self {

@@ -3,9 +3,11 @@
 //! schema, and moving embeddings into and gradients out of tch tensors.
 
 mod builder;
+mod device_rows;
 mod engine;
 mod tensor_bridge;
 
 pub use builder::{build_collections, Collections};
+pub use device_rows::TensorRows;
 pub use engine::EmbeddingEngine;
 pub use tensor_bridge::{apply_gradient, lookup, Activation};
