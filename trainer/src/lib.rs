@@ -1,6 +1,9 @@
 //! shardrec's trainer: data preparation, generated data, the training loop, evaluation
 //! and the run folder. The `shardrec` binary is a thin command-line layer over this.
 
+// the run summary is one `json!` object with many keys
+#![recursion_limit = "256"]
+
 pub mod bundle;
 pub mod checked_file;
 pub mod checkpoint;

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use shardrec_tables::{
-    plan_collection, rank_loads, CollectionLayout, PlanRequest, ShardingPlan, SparseOptimizer,
+    plan_collection, rank_loads, CollectionLayout, PlanRequest, PlanStrategy, ShardingPlan,
+    SparseOptimizer,
 };
 
 use crate::config::ShardingConfig;
@@ -60,9 +61,24 @@ pub fn resolve_plans(
         check("first_order", plans.first_order.as_ref(), first_order)?;
         return Ok(plans);
     }
+    let mut tables = cfg.tables.clone();
+    if cfg.strategy == PlanStrategy::Auto {
+        // the unified pool is a few big tables every feature reads: row-wise over all
+        // ranks spreads both its bytes and its lookups (Coleman et al. shard it so)
+        for t in main
+            .spec()
+            .tables
+            .iter()
+            .filter(|t| t.name.starts_with("unified."))
+        {
+            tables
+                .entry(t.name.clone())
+                .or_insert(shardrec_tables::ShardingKind::RowWise);
+        }
+    }
     let req = PlanRequest {
         strategy: cfg.strategy,
-        tables: cfg.tables.clone(),
+        tables,
         memory_limit_per_rank: cfg.memory_limit_per_rank,
     };
     let named = |e: shardrec_tables::TableError| invalid(format!("[sharding]: {e}"));

@@ -242,12 +242,14 @@ fn train_inner(
     let schema = &data.meta.schema;
     let colls = build_collections(
         &cfg.embedding,
+        &cfg.budget,
         schema,
         &data.meta.vocab_sizes,
         cfg.seed,
         cfg.model.kind,
     )
     .map_err(TrainError::Invalid)?;
+    let (collisionless_bytes, budget_bytes) = (colls.collisionless_bytes, colls.budget_bytes);
     let table_optimizer = sparse_optimizer(&cfg.embedding.optimizer);
     let plans = resolve_plans(
         &cfg.sharding,
@@ -615,6 +617,9 @@ fn train_inner(
         "stopped_early": stopped_early,
         "samples_seen": samples,
         "embedding_params": params,
+        "collisionless_bytes": collisionless_bytes,
+        "embedding_bytes_main": bundle.tables.layout().parameters() * 4,
+        "budget_bytes": budget_bytes,
         "embedding_bytes": per_rank_bytes[0],
         "optimizer_state_bytes": per_rank_bytes[1],
         "embedding_bytes_this_rank": emb_bytes,

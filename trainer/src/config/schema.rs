@@ -34,6 +34,8 @@ pub struct ExperimentConfig {
     pub eval: EvalConfig,
     #[serde(default)]
     pub sharding: ShardingConfig,
+    #[serde(default)]
+    pub budget: BudgetConfig,
 }
 
 /// `[sharding]`: where the tables' rows live when the job has several ranks.
@@ -219,6 +221,103 @@ pub enum TableKindConfig {
     Plain,
     /// A fixed number of buckets, ids hashed with a per-feature seed.
     Hashed,
+    /// Quotient-remainder compositional embedding (Shi et al. 2020): two small tables
+    /// indexed by `id / m` and `id % m`, combined as `[embedding.qr] combine` says.
+    Qr,
+    /// Unified embedding / feature multiplexing (Coleman et al. 2023): the feature's
+    /// chunks are salted hashes into the shared pool `[embedding.unified]`.
+    Unified,
+}
+
+/// How the two halves of a QR embedding combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QrCombine {
+    /// Element-wise product (the paper's best).
+    #[default]
+    Mul,
+    Sum,
+    /// Concatenation; each half is `dim / 2` wide.
+    Concat,
+}
+
+/// `[embedding.qr]`: quotient-remainder tables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QrConfig {
+    /// `m`: ids per quotient row; the remainder table has `m` rows, the quotient table
+    /// `ceil(vocab / m)`. Unset: the largest rows a `[budget]` allows, else 4.
+    #[serde(default)]
+    pub collisions: Option<u64>,
+    #[serde(default)]
+    pub combine: QrCombine,
+}
+
+impl Default for QrConfig {
+    fn default() -> Self {
+        Self {
+            collisions: None,
+            combine: QrCombine::Mul,
+        }
+    }
+}
+
+fn default_pool_tables() -> usize {
+    2
+}
+
+/// `[embedding.unified]`: the shared pool of unified tables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnifiedConfig {
+    /// `T`: tables of the pool (chunks go to them round robin).
+    #[serde(default = "default_pool_tables")]
+    pub tables: usize,
+    /// `B`: rows of each pool table (0: as many as `[budget]` allows).
+    #[serde(default)]
+    pub buckets: u64,
+    /// `d_c`: columns of a chunk (0: `embedding.dim / chunks`).
+    #[serde(default)]
+    pub dim: usize,
+    /// `c_f` of a feature without its own entry in `chunks_per_feature` (0: 2).
+    #[serde(default)]
+    pub chunks: usize,
+    /// Per-feature chunks (wider embeddings for some features).
+    #[serde(default)]
+    pub chunks_per_feature: std::collections::BTreeMap<String, usize>,
+    /// Sum a feature's probes (width `d_c`) instead of concatenating them.
+    #[serde(default)]
+    pub multi_probe: bool,
+}
+
+impl Default for UnifiedConfig {
+    fn default() -> Self {
+        Self {
+            tables: default_pool_tables(),
+            buckets: 0,
+            dim: 0,
+            chunks: 0,
+            chunks_per_feature: Default::default(),
+            multi_probe: false,
+        }
+    }
+}
+
+/// `[budget]`: bytes the embedding parameters may take (f32 rows x columns; optimizer
+/// state is reported apart). Hashed, QR and unified tables are sized to fit; plain ones
+/// must already fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// For all tables of the main collection.
+    #[serde(default)]
+    pub bytes: Option<u64>,
+    /// Instead of bytes: a fraction of the collisionless (one row per id) bytes.
+    #[serde(default)]
+    pub fraction: Option<f64>,
+    /// Per table, by name (a feature's own table is named after it).
+    #[serde(default)]
+    pub tables: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -323,6 +422,12 @@ pub struct EmbeddingConfig {
     pub optimizer: SparseOptimizerConfig,
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// The unified pool (tables of kind `unified`).
+    #[serde(default)]
+    pub unified: UnifiedConfig,
+    /// Quotient-remainder settings (tables of kind `qr`).
+    #[serde(default)]
+    pub qr: QrConfig,
     /// Where the tables' rows and optimizer state live: "cpu" (host memory) or "cuda"
     /// ("cuda:N"; under mpirun each rank takes GPU `local rank % GPUs`), where gathers and
     /// sparse updates then run.
@@ -334,6 +439,8 @@ impl Default for EmbeddingConfig {
     fn default() -> Self {
         Self {
             device: default_device(),
+            unified: UnifiedConfig::default(),
+            qr: QrConfig::default(),
             dim: default_dim(),
             kind: TableKindConfig::Plain,
             buckets: 0,

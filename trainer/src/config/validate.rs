@@ -122,8 +122,33 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
 
     let e = &c.embedding;
     check(&mut v, "embedding.dim", e.dim, 1, 4096);
-    if e.kind == TableKindConfig::Hashed {
+    let budgeted = c.budget.bytes.is_some() || c.budget.fraction.is_some();
+    if e.kind == TableKindConfig::Hashed && !budgeted {
         check(&mut v, "embedding.buckets", e.buckets, 1, 1 << 40);
+    }
+    if let Some(f) = c.budget.fraction {
+        check(&mut v, "budget.fraction", f, f64::MIN_POSITIVE, 1.0);
+    }
+    if let Some(b) = c.budget.bytes {
+        check(&mut v, "budget.bytes", b, 1, u64::MAX);
+    }
+    check(
+        &mut v,
+        "embedding.unified.tables",
+        e.unified.tables,
+        1,
+        4096,
+    );
+    check(&mut v, "embedding.unified.dim", e.unified.dim, 0, 4096);
+    check(
+        &mut v,
+        "embedding.unified.chunks",
+        e.unified.chunks,
+        0,
+        1024,
+    );
+    if let Some(m) = e.qr.collisions {
+        check(&mut v, "embedding.qr.collisions", m, 1, 1 << 40);
     }
     if let Some(s) = e.init.scale {
         check(&mut v, "embedding.init.scale", s, f32::MIN_POSITIVE, 10.0);

@@ -2,6 +2,7 @@
 //! dense model (libtorch): building the collections from `[embedding]` and the data's
 //! schema, and moving embeddings into and gradients out of tch tensors.
 
+mod budget;
 mod builder;
 mod device_rows;
 mod engine;
