@@ -18,7 +18,7 @@ source "$ROOT/launch/env.sh"
 log() { echo "[setup] $*" >&2; }
 
 # --- 1. Debian packages -----------------------------------------------------------------
-PKGS=(build-essential pkg-config unzip mpich libmpich-dev libclang-dev python3-pip)
+PKGS=(build-essential pkg-config unzip mpich libmpich-dev libclang-dev python3-pip fonts-dejavu-core)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

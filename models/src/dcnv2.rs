@@ -1,7 +1,8 @@
 //! DCN-V2 (Wang et al., "DCN V2: Improved Deep & Cross Network and Practical Lessons for
 //! Web-scale Learning to Rank Systems", WWW 2021), stacked form: full-rank cross layers
 //! `x_{l+1} = x_0 * (W_l x_l + b_l) + x_l` over the concatenated embeddings and dense
-//! features, then an MLP, then a linear output.
+//! features, then an MLP, then a linear output. With no cross layers it is the plain
+//! DNN baseline (an MLP over the concatenated inputs).
 
 use tch::nn::{self, Module};
 use tch::Tensor;
@@ -19,10 +20,10 @@ pub struct Dcnv2 {
 
 impl Dcnv2 {
     pub fn new(p: &nn::Path, cfg: &ModelConfig, shape: &ModelShape) -> Result<Self, ModelError> {
-        if cfg.cross_layers == 0 || cfg.cross_layers > 64 {
+        if cfg.cross_layers > 64 {
             return Err(ModelError::Config {
                 key: "cross_layers",
-                reason: format!("{} is outside [1, 64]", cfg.cross_layers),
+                reason: format!("{} is outside [0, 64]", cfg.cross_layers),
             });
         }
         let n = shape.embedding_width() + shape.num_dense;

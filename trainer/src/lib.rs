@@ -20,6 +20,7 @@ pub mod model_io;
 pub mod progress;
 pub mod run_dir;
 pub mod sharding_plan;
+pub mod sweep;
 pub mod synth;
 pub mod train;
 mod zipf;

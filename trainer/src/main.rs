@@ -43,6 +43,22 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Train one config with each table method at several memory budgets (plus the
+    /// collisionless reference); writes sweep.csv and sweep.png (AUC against bytes).
+    Sweep {
+        config: PathBuf,
+        /// Budgets: fractions of the collisionless bytes (<= 1) or bytes (> 1).
+        #[arg(long, value_delimiter = ',', required = true)]
+        budgets: Vec<f64>,
+        /// Table methods to sweep.
+        #[arg(long, value_delimiter = ',', default_value = "hashed,qr,unified")]
+        methods: Vec<String>,
+        /// Output folder (default runs/<name>-sweep).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
     /// Prepare (or find in the cache) the config's data and print where it is.
     Prepare {
         config: PathBuf,
@@ -141,6 +157,41 @@ fn run() -> anyhow::Result<()> {
                         model.display()
                     )
                 })
+            })?;
+            if cluster.is_root() {
+                println!("{summary}");
+            }
+        }
+        Command::Sweep {
+            config,
+            budgets,
+            methods,
+            out,
+            set,
+        } => {
+            let (cfg, _) = load_config(&config, &set)?;
+            let name = cfg.name.clone().unwrap_or_else(|| config_name(&config));
+            let methods = methods
+                .iter()
+                .map(|m| match m.as_str() {
+                    "hashed" => Ok(shardrec::config::TableKindConfig::Hashed),
+                    "qr" => Ok(shardrec::config::TableKindConfig::Qr),
+                    "unified" => Ok(shardrec::config::TableKindConfig::Unified),
+                    other => Err(anyhow::anyhow!(
+                        "--methods: `{other}` is not a sized table method (hashed, qr, unified)"
+                    )),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let opts = shardrec::sweep::SweepOptions {
+                budgets,
+                methods,
+                out: out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-sweep"))),
+            };
+            let cluster =
+                shardrec::cluster::Cluster::from_environment().map_err(anyhow::Error::msg)?;
+            let summary = on_every_rank(&cluster, || {
+                shardrec::sweep::sweep(&cfg, &name, &cluster, &opts)
+                    .with_context(|| format!("sweeping {}", config.display()))
             })?;
             if cluster.is_root() {
                 println!("{summary}");

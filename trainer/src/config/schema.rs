@@ -211,6 +211,28 @@ pub struct DataConfig {
     /// Read at most this many rows of each file (0 = all).
     #[serde(default)]
     pub max_rows: u64,
+    /// Delimited format: side files whose categorical columns join each row by a key
+    /// (e.g. a user file joined on `user_id`).
+    #[serde(default)]
+    pub joins: Vec<JoinConfig>,
+}
+
+/// `[[data.joins]]`: a delimited side file, one row per key, whose categorical columns
+/// are added to every row of the data with that key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    pub file: PathBuf,
+    /// The key: a column of the data and of the side file with this name.
+    pub on: String,
+    /// The side file's columns in order (categorical ones become features; the key's
+    /// role is ignored).
+    pub columns: Vec<ColumnConfig>,
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    /// The side file's first line is a header.
+    #[serde(default)]
+    pub header: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -122,6 +122,14 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
 
     let e = &c.embedding;
     check(&mut v, "embedding.dim", e.dim, 1, 4096);
+    if !c.data.joins.is_empty() && c.data.format != DataFormat::Delimited {
+        fail(
+            &mut v,
+            "data.joins",
+            format!("{} file(s)", c.data.joins.len()),
+            "joins need data.format = \"delimited\"",
+        );
+    }
     let budgeted = c.budget.bytes.is_some() || c.budget.fraction.is_some();
     if e.kind == TableKindConfig::Hashed && !budgeted {
         check(&mut v, "embedding.buckets", e.buckets, 1, 1 << 40);
@@ -215,7 +223,7 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
 
     let m = &c.model;
     check(&mut v, "model.dropout", m.dropout, 0.0, 0.99);
-    check(&mut v, "model.cross_layers", m.cross_layers, 1, 64);
+    check(&mut v, "model.cross_layers", m.cross_layers, 0, 64);
     for (k, layers) in [
         ("model.hidden", &m.hidden),
         ("model.bottom", &m.bottom),

@@ -24,6 +24,8 @@ pub enum BadRowKind {
     BadLabel,
     /// A libFM `index:value` pair that is malformed or not binary.
     BadLibfmPair,
+    /// A join key (`[[data.joins]]`) with no row in the side file.
+    UnknownJoinKey,
 }
 
 impl BadRowKind {
@@ -35,6 +37,7 @@ impl BadRowKind {
             BadRowKind::MissingLabel => "missing_label",
             BadRowKind::BadLabel => "bad_label",
             BadRowKind::BadLibfmPair => "bad_libfm_pair",
+            BadRowKind::UnknownJoinKey => "unknown_join_key",
         }
     }
 }

@@ -129,6 +129,16 @@ fn prepare_inner(
         let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
         stamped.push((canon.display().to_string(), m.len(), mtime));
     }
+    for j in &cfg.joins {
+        let m = std::fs::metadata(&j.file).map_err(|e| DataError::io(&j.file, e))?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let canon = std::fs::canonicalize(&j.file).unwrap_or_else(|_| j.file.clone());
+        stamped.push((canon.display().to_string(), m.len(), mtime));
+    }
     // Cache key: everything that changes the prepared bytes except the cache folder.
     let mut keyed = cfg.clone();
     keyed.cache_dir = PathBuf::new();

@@ -79,8 +79,103 @@ enum Action {
 
 #[derive(Debug, Clone)]
 enum Layout {
-    Delimited { delimiter: u8, actions: Vec<Action> },
-    Libfm { fields: usize },
+    Delimited {
+        delimiter: u8,
+        actions: Vec<Action>,
+        joins: Vec<JoinTable>,
+    },
+    Libfm {
+        fields: usize,
+    },
+}
+
+/// A side file loaded for `[[data.joins]]`: per key, the values of its categorical
+/// columns.
+#[derive(Debug, Clone)]
+struct JoinTable {
+    file: String,
+    /// Index of the key among the data's columns.
+    key_column: usize,
+    /// Separator of each categorical column (multi-valued when set).
+    separators: Vec<Option<u8>>,
+    names: Vec<String>,
+    rows: std::sync::Arc<std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>>>,
+}
+
+impl JoinTable {
+    fn load(
+        j: &crate::config::JoinConfig,
+        data_columns: &[crate::config::ColumnConfig],
+    ) -> Result<Self, FormatError> {
+        let file = j.file.display().to_string();
+        let key_column = data_columns
+            .iter()
+            .position(|c| c.name == j.on)
+            .ok_or_else(|| {
+                FormatError(format!(
+                    "data.joins ({file}): the data has no column `{}` to join on",
+                    j.on
+                ))
+            })?;
+        let side_key = j.columns.iter().position(|c| c.name == j.on).ok_or_else(|| {
+            FormatError(format!("data.joins ({file}): no column `{}` among its columns", j.on))
+        })?;
+        let mut separators = Vec::new();
+        let mut names = Vec::new();
+        let mut picked = Vec::new();
+        for (i, c) in j.columns.iter().enumerate() {
+            if i == side_key {
+                continue;
+            }
+            match c.role {
+                ColumnRole::Categorical => {
+                    picked.push(i);
+                    names.push(c.name.clone());
+                    separators.push(c.separator.as_ref().map(|s| s.as_bytes()[0]));
+                }
+                ColumnRole::Skip => {}
+                _ => {
+                    return Err(FormatError(format!(
+                        "data.joins ({file}): column `{}` must be categorical or skip (joined columns add features)",
+                        c.name
+                    )))
+                }
+            }
+        }
+        let text = std::fs::read(&j.file).map_err(|e| FormatError(format!("{file}: {e}")))?;
+        let delimiter = j.delimiter.as_deref().map_or(b'\t', |d| d.as_bytes()[0]);
+        let mut rows = std::collections::HashMap::new();
+        for (n, line) in text.split(|&b| b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if (n == 0 && j.header) || line.is_empty() {
+                continue;
+            }
+            let fields: Vec<&[u8]> = line.split(|&b| b == delimiter).collect();
+            if fields.len() != j.columns.len() {
+                return Err(FormatError(format!(
+                    "{file}:{}: expected {} columns, found {}",
+                    n + 1,
+                    j.columns.len(),
+                    fields.len()
+                )));
+            }
+            let values = picked.iter().map(|&i| fields[i].to_vec()).collect();
+            if rows.insert(fields[side_key].to_vec(), values).is_some() {
+                return Err(FormatError(format!(
+                    "{file}:{}: key `{}` appears twice",
+                    n + 1,
+                    String::from_utf8_lossy(fields[side_key])
+                )));
+            }
+        }
+        Ok(Self {
+            file,
+            key_column,
+            separators,
+            names,
+            rows: std::sync::Arc::new(rows),
+        })
+    }
 }
 
 /// Parses lines of one format.
@@ -163,6 +258,7 @@ impl RowParser {
                     Layout::Delimited {
                         delimiter: b'\t',
                         actions,
+                        joins: vec![],
                     },
                     HeaderRule::None,
                 )
@@ -187,6 +283,7 @@ impl RowParser {
                     Layout::Delimited {
                         delimiter: b',',
                         actions,
+                        joins: vec![],
                     },
                     HeaderRule::StartsWith("id,".into()),
                 )
@@ -238,7 +335,19 @@ impl RowParser {
                 } else {
                     HeaderRule::None
                 };
-                (Layout::Delimited { delimiter, actions }, header)
+                let joins = cfg
+                    .joins
+                    .iter()
+                    .map(|j| JoinTable::load(j, &cfg.columns))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (
+                    Layout::Delimited {
+                        delimiter,
+                        actions,
+                        joins,
+                    },
+                    header,
+                )
             }
             DataFormat::Prepared => {
                 return Err(FormatError("prepared data needs no parser".into()))
@@ -255,7 +364,7 @@ impl RowParser {
             })
         };
         match &layout {
-            Layout::Delimited { actions, .. } => {
+            Layout::Delimited { actions, joins, .. } => {
                 let mut dense_cats = Vec::new();
                 for a in actions {
                     match a {
@@ -284,6 +393,11 @@ impl RowParser {
                     .collect();
                 all.append(&mut categorical);
                 categorical = all;
+                for j in joins {
+                    for (name, sep) in j.names.iter().zip(&j.separators) {
+                        push_cat(&mut categorical, name.clone(), sep.is_some());
+                    }
+                }
             }
             Layout::Libfm { .. } => {
                 for n in name_iter {
@@ -318,9 +432,11 @@ impl RowParser {
         row.clear();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match &self.layout {
-            Layout::Delimited { delimiter, actions } => {
-                self.parse_delimited(line, *delimiter, actions, row)
-            }
+            Layout::Delimited {
+                delimiter,
+                actions,
+                joins,
+            } => self.parse_delimited(line, *delimiter, actions, joins, row),
             Layout::Libfm { fields } => parse_libfm(line, *fields, row),
         }
     }
@@ -330,6 +446,7 @@ impl RowParser {
         line: &[u8],
         delimiter: u8,
         actions: &[Action],
+        joins: &[JoinTable],
         row: &mut ParsedRow,
     ) -> Result<(), BadField> {
         let count = line.iter().filter(|&&b| b == delimiter).count() + 1;
@@ -399,6 +516,32 @@ impl RowParser {
                 None => row.push_value(field),
             }
             row.end_feature();
+        }
+        for j in joins {
+            let key = line
+                .split(|&b| b == delimiter)
+                .nth(j.key_column)
+                .unwrap_or_default();
+            let values = j.rows.get(key).ok_or_else(|| {
+                BadField::new(
+                    BadRowKind::UnknownJoinKey,
+                    j.key_column + 1,
+                    key,
+                    format!("no row with this key in {}", j.file),
+                )
+            })?;
+            for (v, sep) in values.iter().zip(&j.separators) {
+                match sep {
+                    Some(s) if !v.is_empty() => {
+                        for x in v.split(|b| b == s) {
+                            row.push_value(x);
+                        }
+                    }
+                    Some(_) => {}
+                    None => row.push_value(v),
+                }
+                row.end_feature();
+            }
         }
         Ok(())
     }

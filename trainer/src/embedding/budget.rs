@@ -1,9 +1,12 @@
 //! Dividing a memory budget among tables whose size is free (hashed, quotient-remainder,
-//! the unified pool): each gets a share in proportion to its collisionless bytes (what
-//! one row per id would take), never below the least it can work with nor above what
-//! one row per id needs, the rest going to the others (water filling). The compression
-//! benchmark of Zhang et al. (VLDB 2024) sets budgets the same way, as a fraction of the
-//! collisionless bytes.
+//! the unified pool): each gets a share in proportion to a weight, never below the least
+//! it can work with nor above what one row per id needs, the rest going to the others
+//! (water filling). The builder weighs a table of `V` ids by `sqrt(V)`: with `R_t` rows
+//! for `V_t` ids, a sample's expected number of colliding features is about
+//! `sum_t V_t / R_t`, which under `sum_t R_t = R` is smallest at `R_t ~ sqrt(V_t)`, so
+//! small tables end up collisionless and the big ones share the rest. Budgets are given,
+//! as in the compression benchmark of Zhang et al. (VLDB 2024), in bytes or as a
+//! fraction of the collisionless bytes.
 
 /// One table (or the unified pool) to size.
 #[derive(Debug, Clone, PartialEq)]

@@ -15,7 +15,7 @@
 //!   (or, multi-probe, add).
 //!
 //! With a `[budget]`, tables whose size is free are sized to fit it
-//! ([`super::budget::allocate`]). Models with a first-order term get a second collection
+//! ([`super::budget::allocate`], weights `sqrt(vocabulary)`). Models with a first-order term get a second collection
 //! of one-column tables laid out the same way (sums where the main one concatenates).
 
 use shardrec_tables::{
@@ -206,7 +206,7 @@ fn size_tables(
                         Some(i),
                         Claim {
                             name: p.name.clone(),
-                            weight: (v * row_bytes) as f64,
+                            weight: (v as f64).sqrt() * row_bytes as f64,
                             min: row_bytes,
                             max: v * row_bytes,
                         },
@@ -242,7 +242,7 @@ fn size_tables(
                         Some(i),
                         Claim {
                             name: p.name.clone(),
-                            weight: (v * row_bytes) as f64,
+                            weight: (v as f64).sqrt() * row_bytes as f64,
                             min: min_rows * qrow,
                             max: qr_rows(v, 1) * qrow,
                         },
