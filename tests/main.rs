@@ -19,3 +19,4 @@ mod mpi_train;
 mod optimizers;
 mod real_data;
 mod synth_data;
+mod unified;

@@ -56,6 +56,9 @@ enum Command {
         /// Output folder (default runs/<name>-sweep).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Seeds per point (AUC and logloss are their means).
+        #[arg(long, default_value_t = 1)]
+        seeds: usize,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
@@ -167,6 +170,7 @@ fn run() -> anyhow::Result<()> {
             budgets,
             methods,
             out,
+            seeds,
             set,
         } => {
             let (cfg, _) = load_config(&config, &set)?;
@@ -186,6 +190,7 @@ fn run() -> anyhow::Result<()> {
                 budgets,
                 methods,
                 out: out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-sweep"))),
+                seeds,
             };
             let cluster =
                 shardrec::cluster::Cluster::from_environment().map_err(anyhow::Error::msg)?;

@@ -22,6 +22,9 @@ pub struct SweepOptions {
     pub methods: Vec<TableKindConfig>,
     /// Folder for the CSV, the plot and the runs.
     pub out: PathBuf,
+    /// Seeds per point (the config's seed, then the next ones); AUC and logloss are
+    /// their means.
+    pub seeds: usize,
 }
 
 /// One trained point.
@@ -32,8 +35,12 @@ pub struct SweepPoint {
     pub budget: f64,
     pub budget_bytes: u64,
     pub actual_bytes: u64,
+    /// Mean over the seeds.
     pub auc: f64,
     pub logloss: f64,
+    /// Standard deviation of the AUC over the seeds.
+    pub auc_std: f64,
+    pub seeds: usize,
     /// Why a point has no result (a budget the method cannot meet).
     pub note: String,
 }
@@ -60,6 +67,7 @@ pub fn sweep(
         ));
     }
     let run = |kind: TableKindConfig, budget: Option<f64>| -> Result<SweepPoint, TrainError> {
+        let label = budget.map_or("collisionless".to_string(), |b| format!("{b}"));
         let mut c = cfg.clone();
         c.embedding.kind = kind;
         for t in &mut c.embedding.tables {
@@ -74,30 +82,52 @@ pub fn sweep(
             Some(b) => c.budget.bytes = Some(b as u64),
             None => {}
         }
-        let label = budget.map_or("collisionless".to_string(), |b| format!("{b}"));
-        c.train.run_dir = Some(opts.out.join("runs").join(format!(
-            "{}-{label}",
-            method_name(kind)
-        )));
         c.train.save_model = false;
         c.train.checkpoint_every = 0;
-        let s = match crate::train(&c, &format!("{name}-{}", method_name(kind)), cluster, None) {
-            Ok(s) => s,
-            // the same on every rank: the tables are sized before any collective
-            Err(TrainError::Invalid(e)) if e.starts_with("budget") && budget.is_some() => {
-                return Ok(SweepPoint {
-                    method: method_name(kind).into(),
-                    budget: budget.unwrap_or(1.0),
-                    budget_bytes: 0,
-                    actual_bytes: 0,
-                    auc: f64::NAN,
-                    logloss: f64::NAN,
-                    note: e.replace(',', ";"),
-                })
-            }
-            Err(e) => return Err(e),
+        let mut results = Vec::new();
+        for k in 0..opts.seeds.max(1) {
+            c.seed = cfg.seed + k as u64;
+            c.train.run_dir = Some(opts.out.join("runs").join(format!(
+                "{}-{label}-seed{}",
+                method_name(kind),
+                c.seed
+            )));
+            let s = match crate::train(&c, &format!("{name}-{}", method_name(kind)), cluster, None)
+            {
+                Ok(s) => s,
+                // the same on every rank: the tables are sized before any collective
+                Err(TrainError::Invalid(e)) if e.starts_with("budget") && budget.is_some() => {
+                    return Ok(SweepPoint {
+                        method: method_name(kind).into(),
+                        budget: budget.unwrap_or(1.0),
+                        budget_bytes: 0,
+                        actual_bytes: 0,
+                        auc: f64::NAN,
+                        logloss: f64::NAN,
+                        auc_std: f64::NAN,
+                        seeds: 0,
+                        note: e.replace(',', ";"),
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            results.push(s);
+        }
+        let s = &results[0];
+        let mean = |k: &str| {
+            results
+                .iter()
+                .map(|r| r[k].as_f64().unwrap_or(f64::NAN))
+                .sum::<f64>()
+                / results.len() as f64
         };
-        let num = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+        let auc = mean("auc");
+        let auc_std = (results
+            .iter()
+            .map(|r| (r["auc"].as_f64().unwrap_or(f64::NAN) - auc).powi(2))
+            .sum::<f64>()
+            / results.len() as f64)
+            .sqrt();
         Ok(SweepPoint {
             method: if budget.is_some() {
                 method_name(kind).into()
@@ -109,8 +139,10 @@ pub fn sweep(
                 .as_u64()
                 .unwrap_or_else(|| s["collisionless_bytes"].as_u64().unwrap_or(0)),
             actual_bytes: s["embedding_bytes_main"].as_u64().unwrap_or(0),
-            auc: num("auc"),
-            logloss: num("logloss"),
+            auc,
+            logloss: mean("logloss"),
+            auc_std,
+            seeds: results.len(),
             note: String::new(),
         })
     };
@@ -136,12 +168,21 @@ pub fn sweep(
 }
 
 fn write_csv(path: &Path, points: &[SweepPoint]) -> Result<(), TrainError> {
-    let mut text =
-        String::from("method,budget,budget_bytes,actual_bytes,test_auc,test_logloss,note\n");
+    let mut text = String::from(
+        "method,budget,budget_bytes,actual_bytes,test_auc,test_logloss,auc_std,seeds,note\n",
+    );
     for p in points {
         text.push_str(&format!(
-            "{},{},{},{},{:.6},{:.6},{}\n",
-            p.method, p.budget, p.budget_bytes, p.actual_bytes, p.auc, p.logloss, p.note
+            "{},{},{},{},{:.6},{:.6},{:.6},{},{}\n",
+            p.method,
+            p.budget,
+            p.budget_bytes,
+            p.actual_bytes,
+            p.auc,
+            p.logloss,
+            p.auc_std,
+            p.seeds,
+            p.note
         ));
     }
     std::fs::write(path, text).map_err(|source| TrainError::Io {
@@ -178,14 +219,25 @@ fn plot(path: &Path, points: &[SweepPoint], title: &str) -> Result<(), TrainErro
     plotters::style::register_font("sans-serif", FontStyle::Normal, font)
         .map_err(|_| fail("the font could not be read".into()))?;
     let reference = points.iter().find(|p| p.method == "collisionless");
-    let swept: Vec<&SweepPoint> = points.iter().filter(|p| p.method != "collisionless").collect();
+    let swept: Vec<&SweepPoint> = points
+        .iter()
+        .filter(|p| p.method != "collisionless")
+        .collect();
     let finite = |v: f64| v.is_finite();
-    let aucs: Vec<f64> = points.iter().map(|p| p.auc).filter(|&a| finite(a)).collect();
+    let aucs: Vec<f64> = points
+        .iter()
+        .map(|p| p.auc)
+        .filter(|&a| finite(a))
+        .collect();
     let (lo_auc, hi_auc) = aucs
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
     if !lo_auc.is_finite() {
-        return Err(fail("no test AUC to plot (set data.test or a split)".into()));
+        return Err(fail(
+            "no test AUC to plot (set data.test or a split)".into(),
+        ));
     }
     let pad = ((hi_auc - lo_auc) * 0.1).max(0.005);
     let bytes: Vec<f64> = points

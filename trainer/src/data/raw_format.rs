@@ -117,9 +117,16 @@ impl JoinTable {
                     j.on
                 ))
             })?;
-        let side_key = j.columns.iter().position(|c| c.name == j.on).ok_or_else(|| {
-            FormatError(format!("data.joins ({file}): no column `{}` among its columns", j.on))
-        })?;
+        let side_key = j
+            .columns
+            .iter()
+            .position(|c| c.name == j.on)
+            .ok_or_else(|| {
+                FormatError(format!(
+                    "data.joins ({file}): no column `{}` among its columns",
+                    j.on
+                ))
+            })?;
         let mut separators = Vec::new();
         let mut names = Vec::new();
         let mut picked = Vec::new();
@@ -689,7 +696,7 @@ mod tests {
     use crate::config::{load_config_str, BadRowPolicy};
 
     fn data_cfg(extra: &str) -> DataConfig {
-        let text = format!("[data]\n{extra}\ntrain = \"x\"\n[model]\nkind = \"lr\"\n");
+        let text = format!("[data]\ntrain = \"x\"\n{extra}\n[model]\nkind = \"lr\"\n");
         let mut c = load_config_str(&text, "t.toml", &[]).unwrap().0.data;
         c.on_bad_row = BadRowPolicy::Error;
         c
@@ -776,6 +783,60 @@ mod tests {
         p.parse(b"2,u1,,30,999", &mut row).unwrap();
         assert_eq!(row.label, 0.0);
         assert_eq!(row.cat(1).count(), 0);
+    }
+
+    #[test]
+    fn joined_side_file_adds_its_columns_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users.tsv");
+        std::fs::write(
+            &users,
+            "id\tage\tgenres\tzip\nu1\t30\ta|b\t123\nu2\t40\t\t456\n",
+        )
+        .unwrap();
+        let join = |file: &std::path::Path| {
+            format!(
+                "format = \"delimited\"\ndelimiter = \",\"\ncolumns = [\
+                 {{name = \"rating\", role = \"label\", threshold = 3.0}},\
+                 {{name = \"id\", role = \"categorical\"}}]\n\
+                 [[data.joins]]\nfile = \"{}\"\non = \"id\"\nheader = true\ncolumns = [\
+                 {{name = \"id\", role = \"skip\"}}, {{name = \"age\", role = \"categorical\"}},\
+                 {{name = \"genres\", role = \"categorical\", separator = \"|\"}},\
+                 {{name = \"zip\", role = \"skip\"}}]",
+                file.display()
+            )
+        };
+        let p = RowParser::new(&data_cfg(&join(&users)), None).unwrap();
+        let names: Vec<&str> = p
+            .schema()
+            .categorical
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["id", "age", "genres"]);
+        let mut row = ParsedRow::default();
+        p.parse(b"4,u1", &mut row).unwrap();
+        assert_eq!(row.cat(1).collect::<Vec<_>>(), vec![b"30".as_slice()]);
+        assert_eq!(row.cat(2).count(), 2);
+        p.parse(b"1,u2", &mut row).unwrap();
+        assert_eq!(row.cat(2).count(), 0);
+        let e = p.parse(b"1,u9", &mut row).unwrap_err();
+        assert_eq!(e.kind, BadRowKind::UnknownJoinKey);
+        assert!(e.detail.contains("users.tsv"), "{}", e.detail);
+        // a side file with a repeated key or a short line is refused naming file:line
+        std::fs::write(&users, "id\tage\tgenres\tzip\nu1\t30\ta\t1\nu1\t31\tb\t2\n").unwrap();
+        let e = RowParser::new(&data_cfg(&join(&users)), None)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("users.tsv:3") && e.contains("twice"), "{e}");
+        std::fs::write(&users, "id\tage\tgenres\tzip\nu1\t30\n").unwrap();
+        let e = RowParser::new(&data_cfg(&join(&users)), None)
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("users.tsv:2") && e.contains("expected 4 columns"),
+            "{e}"
+        );
     }
 
     #[test]

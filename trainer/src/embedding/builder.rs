@@ -649,7 +649,11 @@ mod tests {
             .collect();
         salts.sort();
         salts.dedup();
-        assert_eq!(salts.len(), 8, "every (feature, chunk) hashes with its own salt");
+        assert_eq!(
+            salts.len(),
+            8,
+            "every (feature, chunk) hashes with its own salt"
+        );
         // multi-probe sums the chunks: width d_c
         cfg.unified.multi_probe = true;
         let c = build_collections(
@@ -676,15 +680,9 @@ mod tests {
                     fraction: Some(fraction),
                     ..Default::default()
                 };
-                let c = build_collections(
-                    &cfg,
-                    &budget,
-                    &schema(&names),
-                    &vocab,
-                    1,
-                    ModelKind::Dlrm,
-                )
-                .unwrap();
+                let c =
+                    build_collections(&cfg, &budget, &schema(&names), &vocab, 1, ModelKind::Dlrm)
+                        .unwrap();
                 let bytes = c.main.parameters() * 4;
                 let want = (collisionless as f64 * fraction) as u64;
                 assert_eq!(c.collisionless_bytes, collisionless);
