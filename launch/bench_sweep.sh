@@ -3,7 +3,8 @@
 # of the collisionless bytes, beside the collisionless model, on
 #   criteo: the bundled Criteo sample, DLRM (configs/criteo_dlrm.toml), SEEDS seeds;
 #   synth:  2M generated rows, 26 fields with log-spaced cardinalities from 10 to 10^6 (the data of
-#           launch/bench_synthetic.sh), DLRM (configs/synthetic_dlrm.toml), one seed.
+#           launch/bench_synthetic.sh), DLRM (configs/synthetic_dlrm.toml with MLPs of
+#           128-64 to keep 19 runs under half an hour on 2 cores), one seed.
 # Each writes sweep.csv and sweep.png under data/bench/sweep-<which>. Not a test.
 #   launch/bench_sweep.sh [criteo|synth|all] [SEEDS]      (defaults all 3)
 set -euo pipefail
@@ -29,6 +30,7 @@ if [[ $WHICH == synth || $WHICH == all ]]; then
   fi
   "$BIN" sweep configs/synthetic_dlrm.toml --budgets "$BUDGETS" --seeds 1 \
     --set data.train="$DATA" --set data.cache_dir=\"data/bench/synthetic/prepared\" \
+    --set "model.bottom=[128, 64]" --set "model.top=[128, 64]" \
     --out data/bench/sweep-synth > data/bench/sweep-synth.json
   cat data/bench/sweep-synth/sweep.csv
 fi

@@ -444,6 +444,10 @@ pub struct EmbeddingConfig {
     pub optimizer: SparseOptimizerConfig,
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// Features with fewer ids than this get a plain (collisionless) table of their own
+    /// whatever `kind` says (0: none); they still count against a `[budget]`.
+    #[serde(default)]
+    pub plain_below: u64,
     /// The unified pool (tables of kind `unified`).
     #[serde(default)]
     pub unified: UnifiedConfig,
@@ -461,6 +465,7 @@ impl Default for EmbeddingConfig {
     fn default() -> Self {
         Self {
             device: default_device(),
+            plain_below: 0,
             unified: UnifiedConfig::default(),
             qr: QrConfig::default(),
             dim: default_dim(),

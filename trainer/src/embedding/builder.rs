@@ -404,9 +404,16 @@ pub fn build_collections(
     for (i, n) in names.iter().enumerate() {
         if owner[i].is_none() {
             owner[i] = Some(plans.len());
+            // small vocabularies stay collisionless whatever the default kind (as the
+            // Unified Embedding paper's experiments keep low-cardinality features)
+            let kind = if vocab_sizes[i] < cfg.plain_below {
+                TableKindConfig::Plain
+            } else {
+                cfg.kind
+            };
             plans.push(TablePlan {
                 name: n.to_string(),
-                kind: cfg.kind,
+                kind,
                 dim: cfg.dim,
                 buckets: cfg.buckets,
                 features: vec![i],
@@ -725,6 +732,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("`mid`") && e.contains("320000 bytes"), "{e}");
+    }
+
+    #[test]
+    fn small_vocabularies_stay_plain_below_the_threshold() {
+        let cfg =
+            embedding("dim = 16\nkind = \"unified\"\nplain_below = 10\n[unified]\nbuckets = 64");
+        let c = build_collections(
+            &cfg,
+            &BudgetConfig::default(),
+            &schema(&["a", "b", "c"]),
+            &[1000, 50, 7],
+            1,
+            ModelKind::Dlrm,
+        )
+        .unwrap();
+        let names: Vec<&str> = c
+            .main
+            .spec()
+            .tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["unified.0", "unified.1", "c"]);
+        assert_eq!(c.main.spec().tables[2].rows, 7);
     }
 
     #[test]
