@@ -352,7 +352,7 @@ fn train_inner(
     let mut stopped_early = false;
     let mut train_time = Duration::ZERO;
     let mut samples_this_run = 0u64;
-    let mut checkpoints = Checkpoints::default();
+    let mut checkpoints = Checkpoints::new(run.path.clone(), &data, &plans);
     let limit_reached = |step: usize| cfg.train.max_steps > 0 && step >= cfg.train.max_steps;
     let ctx = Ctx {
         cfg,
@@ -460,16 +460,7 @@ fn train_inner(
                 }
             }
             if cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 {
-                checkpoints.write(
-                    &ctx,
-                    &run.path,
-                    &bundle,
-                    &opt,
-                    position,
-                    &validation,
-                    &data,
-                    &plans,
-                )?;
+                checkpoints.write(&ctx, &bundle, &opt, position, &validation)?;
             }
             if stop {
                 stopped_early = true;
@@ -494,16 +485,7 @@ fn train_inner(
         && checkpoints.last_step != Some(position.step)
         && position.step > start_step
     {
-        checkpoints.write(
-            &ctx,
-            &run.path,
-            &bundle,
-            &opt,
-            position,
-            &validation,
-            &data,
-            &plans,
-        )?;
+        checkpoints.write(&ctx, &bundle, &opt, position, &validation)?;
     }
     let step = position.step;
     let samples = position.samples_seen;
@@ -703,31 +685,41 @@ fn validate(
 }
 
 /// The checkpoints a run writes.
-#[derive(Default)]
-struct Checkpoints {
+struct Checkpoints<'a> {
+    run: std::path::PathBuf,
+    data: &'a PreparedDataset,
+    plans: &'a CollectionPlans,
     written: usize,
     seconds: f64,
     last_step: Option<usize>,
     last_dir: Option<std::path::PathBuf>,
 }
 
-impl Checkpoints {
+impl<'a> Checkpoints<'a> {
+    fn new(run: std::path::PathBuf, data: &'a PreparedDataset, plans: &'a CollectionPlans) -> Self {
+        Self {
+            run,
+            data,
+            plans,
+            written: 0,
+            seconds: 0.0,
+            last_step: None,
+            last_dir: None,
+        }
+    }
+
     /// Writes `<run>/checkpoints/step-N` (collective) and drops the oldest beyond
     /// `train.checkpoint_keep`.
-    #[allow(clippy::too_many_arguments)]
     fn write(
         &mut self,
         ctx: &Ctx,
-        run: &Path,
         bundle: &ModelBundle,
         opt: &DenseOptimizer,
         position: Position,
         validation: &ValidationState,
-        data: &PreparedDataset,
-        plans: &CollectionPlans,
     ) -> Result<(), TrainError> {
         let t = Instant::now();
-        let dir = checkpoint_dir(run, position.step);
+        let dir = checkpoint_dir(&self.run, position.step);
         let bytes = write_checkpoint(
             &dir,
             &CheckpointSource {
@@ -736,16 +728,16 @@ impl Checkpoints {
                 position,
                 validation,
                 seed: ctx.cfg.seed,
-                schema: &data.meta.schema,
-                vocab_sizes: &data.meta.vocab_sizes,
-                vocab_file: &data.dir.join("vocab.bin"),
+                schema: &self.data.meta.schema,
+                vocab_sizes: &self.data.meta.vocab_sizes,
+                vocab_file: &self.data.dir.join("vocab.bin"),
                 model: &ctx.cfg.model,
-                plans,
+                plans: self.plans,
             },
             ctx.cluster,
         )?;
         if ctx.cluster.is_root() {
-            prune_checkpoints(run, ctx.cfg.train.checkpoint_keep)?;
+            prune_checkpoints(&self.run, ctx.cfg.train.checkpoint_keep)?;
         }
         let mut total = [bytes];
         ctx.cluster.all_reduce_sum(&mut total);

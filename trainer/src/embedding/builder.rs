@@ -616,17 +616,26 @@ mod tests {
         toml::from_str(text).unwrap()
     }
 
+    fn build(
+        cfg: &EmbeddingConfig,
+        budget: &BudgetConfig,
+        names: &[&str],
+        vocab: &[u64],
+        model: ModelKind,
+    ) -> Result<Collections, String> {
+        build_collections(cfg, budget, &schema(names), vocab, 1, model)
+    }
+
     #[test]
     fn unified_chunks_go_round_robin_with_own_salts() {
         let mut cfg = embedding(
             "dim = 16\nkind = \"unified\"\n[unified]\ntables = 3\nbuckets = 100\ndim = 4\nchunks = 2\n[unified.chunks_per_feature]\nb = 4",
         );
-        let c = build_collections(
+        let c = build(
             &cfg,
             &BudgetConfig::default(),
-            &schema(&["a", "b", "c"]),
+            &["a", "b", "c"],
             &[1000, 50, 7],
-            1,
             ModelKind::Dcnv2,
         )
         .unwrap();
@@ -663,12 +672,11 @@ mod tests {
         );
         // multi-probe sums the chunks: width d_c
         cfg.unified.multi_probe = true;
-        let c = build_collections(
+        let c = build(
             &cfg,
             &BudgetConfig::default(),
-            &schema(&["a", "b", "c"]),
+            &["a", "b", "c"],
             &[1000, 50, 7],
-            1,
             ModelKind::Dcnv2,
         )
         .unwrap();
@@ -687,9 +695,7 @@ mod tests {
                     fraction: Some(fraction),
                     ..Default::default()
                 };
-                let c =
-                    build_collections(&cfg, &budget, &schema(&names), &vocab, 1, ModelKind::Dlrm)
-                        .unwrap();
+                let c = build(&cfg, &budget, &names, &vocab, ModelKind::Dlrm).unwrap();
                 let bytes = c.main.parameters() * 4;
                 let want = (collisionless as f64 * fraction) as u64;
                 assert_eq!(c.collisionless_bytes, collisionless);
@@ -704,30 +710,28 @@ mod tests {
         }
         // QR cannot go below two tables of about sqrt(vocab) rows each
         let cfg = embedding("dim = 16\nkind = \"qr\"");
-        let e = build_collections(
+        let e = build(
             &cfg,
             &BudgetConfig {
                 bytes: Some(10_000),
                 ..Default::default()
             },
-            &schema(&names),
+            &names,
             &vocab,
-            1,
             ModelKind::Dlrm,
         )
         .unwrap_err();
         assert!(e.contains("`big`") && e.contains("at least"), "{e}");
         // a plain table above its own budget is named with its bytes
         let cfg = embedding("dim = 16");
-        let e = build_collections(
+        let e = build(
             &cfg,
             &BudgetConfig {
                 tables: [("mid".to_string(), 1000u64)].into(),
                 ..Default::default()
             },
-            &schema(&names),
+            &names,
             &vocab,
-            1,
             ModelKind::Dlrm,
         )
         .unwrap_err();
@@ -738,12 +742,11 @@ mod tests {
     fn small_vocabularies_stay_plain_below_the_threshold() {
         let cfg =
             embedding("dim = 16\nkind = \"unified\"\nplain_below = 10\n[unified]\nbuckets = 64");
-        let c = build_collections(
+        let c = build(
             &cfg,
             &BudgetConfig::default(),
-            &schema(&["a", "b", "c"]),
+            &["a", "b", "c"],
             &[1000, 50, 7],
-            1,
             ModelKind::Dlrm,
         )
         .unwrap();
@@ -761,12 +764,11 @@ mod tests {
     #[test]
     fn qr_tables_take_quotient_and_remainder() {
         let cfg = embedding("dim = 8\nkind = \"qr\"\n[qr]\ncollisions = 10\ncombine = \"concat\"");
-        let c = build_collections(
+        let c = build(
             &cfg,
             &BudgetConfig::default(),
-            &schema(&["x"]),
+            &["x"],
             &[95],
-            1,
             ModelKind::Dcnv2,
         )
         .unwrap();
