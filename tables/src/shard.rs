@@ -262,18 +262,27 @@ impl TableShard {
     pub fn gather(&self, local_rows: &[u64]) -> Result<Vec<f32>, TableError> {
         let w = self.width();
         let n = self.num_rows() as u64;
-        if let Some(&r) = local_rows.iter().find(|&&r| r >= n) {
-            return Err(TableError::BadBatch(format!(
+        let outside = |r: u64| {
+            TableError::BadBatch(format!(
                 "table `{}`: local row {r} outside the shard's {n} rows",
                 self.table
-            )));
-        }
+            ))
+        };
         let data = match &self.held {
             Rows::Host { weights, .. } => weights.as_slice(),
-            Rows::Device(d) => return d.gather(local_rows),
+            Rows::Device(d) => {
+                if let Some(&r) = local_rows.iter().find(|&&r| r >= n) {
+                    return Err(outside(r));
+                }
+                return d.gather(local_rows);
+            }
         };
+        // one pass: bounds check, prefetch ahead, copy
         let mut out = Vec::with_capacity(local_rows.len() * w);
         for (i, &r) in local_rows.iter().enumerate() {
+            if r >= n {
+                return Err(outside(r));
+            }
             if let Some(&ahead) = local_rows.get(i + crate::prefetch::DISTANCE) {
                 crate::prefetch::prefetch(data.as_ptr().wrapping_add(ahead as usize * w));
             }

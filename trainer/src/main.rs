@@ -177,15 +177,8 @@ fn run() -> anyhow::Result<()> {
             let name = cfg.name.clone().unwrap_or_else(|| config_name(&config));
             let methods = methods
                 .iter()
-                .map(|m| match m.as_str() {
-                    "hashed" => Ok(shardrec::config::TableKindConfig::Hashed),
-                    "qr" => Ok(shardrec::config::TableKindConfig::Qr),
-                    "unified" => Ok(shardrec::config::TableKindConfig::Unified),
-                    other => Err(anyhow::anyhow!(
-                        "--methods: `{other}` is not a sized table method (hashed, qr, unified)"
-                    )),
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+                .map(|m| shardrec::sweep::parse_method(m))
+                .collect::<Result<Vec<_>, _>>()?;
             let opts = shardrec::sweep::SweepOptions {
                 budgets,
                 methods,

@@ -45,12 +45,21 @@ pub struct SweepPoint {
     pub note: String,
 }
 
-fn method_name(k: TableKindConfig) -> &'static str {
-    match k {
-        TableKindConfig::Plain => "plain",
-        TableKindConfig::Hashed => "hashed",
-        TableKindConfig::Qr => "qr",
-        TableKindConfig::Unified => "unified",
+/// A table kind's name as the config spells it.
+fn method_name(k: TableKindConfig) -> String {
+    serde_json::to_value(k)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A `--methods` entry: a table kind whose size a budget sets (not `plain`).
+pub fn parse_method(m: &str) -> Result<TableKindConfig, TrainError> {
+    match serde_json::from_value::<TableKindConfig>(json!(m)) {
+        Ok(k) if k != TableKindConfig::Plain => Ok(k),
+        _ => Err(TrainError::Invalid(format!(
+            "--methods: `{m}` is not a sized table method (hashed, qr, unified)"
+        ))),
     }
 }
 
@@ -98,7 +107,7 @@ pub fn sweep(
                 // the same on every rank: the tables are sized before any collective
                 Err(TrainError::Invalid(e)) if e.starts_with("budget") && budget.is_some() => {
                     return Ok(SweepPoint {
-                        method: method_name(kind).into(),
+                        method: method_name(kind),
                         budget: budget.unwrap_or(1.0),
                         budget_bytes: 0,
                         actual_bytes: 0,
@@ -130,7 +139,7 @@ pub fn sweep(
             .sqrt();
         Ok(SweepPoint {
             method: if budget.is_some() {
-                method_name(kind).into()
+                method_name(kind)
             } else {
                 "collisionless".into()
             },

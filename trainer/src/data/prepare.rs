@@ -106,6 +106,21 @@ struct KeyMaterial<'a> {
     vocab_crc: Option<u32>,
 }
 
+/// A file's identity in the cache key: canonical path, size, modification time.
+fn stamp(path: &Path) -> Result<(String, u64, u128), DataError> {
+    let m = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    if !m.is_file() {
+        return Err(DataError::Config(format!("{}: not a file", path.display())));
+    }
+    let mtime = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok((canon.display().to_string(), m.len(), mtime))
+}
+
 fn prepare_inner(
     cfg: &DataConfig,
     fixed: Option<(Vocab, u32)>,
@@ -117,27 +132,10 @@ fn prepare_inner(
     let sources = plan_sources(cfg)?;
     let mut stamped = Vec::new();
     for (path, _) in &sources {
-        let m = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
-        if !m.is_file() {
-            return Err(DataError::Config(format!("{}: not a file", path.display())));
-        }
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-        stamped.push((canon.display().to_string(), m.len(), mtime));
+        stamped.push(stamp(path)?);
     }
     for j in &cfg.joins {
-        let m = std::fs::metadata(&j.file).map_err(|e| DataError::io(&j.file, e))?;
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        let canon = std::fs::canonicalize(&j.file).unwrap_or_else(|_| j.file.clone());
-        stamped.push((canon.display().to_string(), m.len(), mtime));
+        stamped.push(stamp(&j.file)?);
     }
     // Cache key: everything that changes the prepared bytes except the cache folder.
     let mut keyed = cfg.clone();
