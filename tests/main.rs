@@ -16,6 +16,7 @@ mod launch_scripts;
 mod model_files;
 mod mpi_exchange;
 mod mpi_train;
+mod optembed;
 mod optimizers;
 mod real_data;
 mod synth_data;

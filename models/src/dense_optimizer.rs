@@ -75,7 +75,12 @@ pub struct DenseOptimizer {
 
 impl DenseOptimizer {
     pub fn new(vs: &nn::VarStore, cfg: DenseOptimizerConfig) -> Self {
-        let vars = vs.trainable_variables();
+        Self::with_variables(vs.trainable_variables(), cfg)
+    }
+
+    /// Over the given variables only (others, e.g. OptEmbed's thresholds, have an
+    /// optimizer of their own).
+    pub fn with_variables(vars: Vec<Tensor>, cfg: DenseOptimizerConfig) -> Self {
         let state = vars
             .iter()
             .map(|v| (v.zeros_like(), v.zeros_like()))

@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::Batch;
 use crate::embedding::{apply_gradient, lookup, Activation, EmbeddingEngine};
+use crate::optembed::{OptEmbedLayer, OptEmbedSetup};
 use crate::sharding_plan::CollectionPlans;
 use crate::TrainError;
 
@@ -18,6 +19,8 @@ pub struct ModelBundle {
     pub model: Box<dyn CtrModel>,
     pub device: Device,
     pub num_dense: usize,
+    /// OptEmbed's row and dimension masks between the tables and the model.
+    pub optembed: Option<OptEmbedLayer>,
 }
 
 /// One batch's embedding inputs (and what the tables' backward needs).
@@ -30,6 +33,7 @@ impl ModelBundle {
     /// Fresh tables (initialised from their specs; sharded over the ranks of `ex` by
     /// `plans` when there are several; their rows moved to `table_device` when it is a
     /// GPU) and a fresh model on `device` (from libtorch's RNG, seeded by the caller).
+    /// With `optembed`, the model sees every field `D` wide through OptEmbed's masks.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         main: CollectionLayout,
@@ -41,14 +45,25 @@ impl ModelBundle {
         table_device: Device,
         ex: &dyn Exchange,
         plans: Option<&CollectionPlans>,
+        optembed: Option<&OptEmbedSetup>,
     ) -> Result<Self, TrainError> {
-        let shape = ModelShape {
-            num_dense: num_dense as i64,
-            feature_widths: main
+        if let Some(o) = optembed {
+            if !matches!(o.rows, crate::optembed::RowSelection::Compact(_)) {
+                crate::optembed::stages::FieldTables::of(&main, o.dim)?;
+            }
+        }
+        let features = main.features().len();
+        let feature_widths = match optembed {
+            Some(o) => vec![o.dim as i64; features],
+            None => main
                 .feature_widths()
                 .into_iter()
                 .map(|w| w as i64)
                 .collect(),
+        };
+        let shape = ModelShape {
+            num_dense: num_dense as i64,
+            feature_widths,
         };
         let mut tables = EmbeddingEngine::new(main, optimizer, ex, plans.map(|p| p.main.clone()))?;
         let mut first_order = first_order
@@ -64,7 +79,10 @@ impl ModelBundle {
         }
         let vs = VarStore::new(device);
         let model = build_model(&vs.root(), model_cfg, &shape)?;
+        // after the model, so its initial weights do not depend on OptEmbed
+        let optembed = optembed.map(|o| OptEmbedLayer::new(&(vs.root() / "optembed"), o, features));
         Ok(Self {
+            optembed,
             tables,
             first_order,
             vs,
@@ -81,7 +99,12 @@ impl ModelBundle {
         train: bool,
         ex: &dyn Exchange,
     ) -> Result<Lookups, TrainError> {
-        let emb = lookup(&self.tables, ex, &batch.sparse, self.device, train)?;
+        let remapped = match &self.optembed {
+            Some(o) => o.remap(&batch.sparse)?,
+            None => None,
+        };
+        let ids = remapped.as_ref().unwrap_or(&batch.sparse);
+        let emb = lookup(&self.tables, ex, ids, self.device, train)?;
         let first_order = match &self.first_order {
             Some(t) => Some(lookup(t, ex, &batch.sparse, self.device, train)?),
             None => None,
@@ -92,18 +115,22 @@ impl ModelBundle {
     /// The dense model's logits for a batch whose embeddings were looked up.
     /// # Shapes
     /// `-> [batch]`
-    pub fn logits(&self, lk: &Lookups, batch: &Batch, train: bool) -> Tensor {
+    pub fn logits(&self, lk: &Lookups, batch: &Batch, train: bool) -> Result<Tensor, TrainError> {
         let dense = Tensor::from_slice(&batch.dense)
             .view([batch.len() as i64, self.num_dense as i64])
             .to_device(self.device);
-        self.model.forward_t(
+        let masked = match &self.optembed {
+            Some(o) => Some(o.apply(&lk.emb.tensor, &batch.sparse, batch.step_slice, train)?),
+            None => None,
+        };
+        Ok(self.model.forward_t(
             &ModelInput {
                 dense: &dense,
-                emb: &lk.emb.tensor,
+                emb: masked.as_ref().unwrap_or(&lk.emb.tensor),
                 first_order: lk.first_order.as_ref().map(|a| &a.tensor),
             },
             train,
-        )
+        ))
     }
 
     /// Mean binary cross-entropy of logits against the batch's labels.
@@ -136,7 +163,7 @@ impl ModelBundle {
         let _guard = tch::no_grad_guard();
         let lk = self.lookup(batch, false, ex)?;
         let p = self
-            .logits(&lk, batch, false)
+            .logits(&lk, batch, false)?
             .sigmoid()
             .to_device(Device::Cpu)
             .to_kind(Kind::Float);

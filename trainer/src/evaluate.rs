@@ -36,6 +36,38 @@ pub fn evaluate(
     group_feature: Option<usize>,
     cluster: &Cluster,
 ) -> Result<EvalResult, TrainError> {
+    Ok(predict_split(bundle, split, batch_size, group_feature, cluster)?.score(group_feature))
+}
+
+/// Every row's label, prediction and group, in the split's row order.
+#[derive(Debug, Clone, Default)]
+pub struct SplitPredictions {
+    pub labels: Vec<f32>,
+    pub preds: Vec<f32>,
+    pub groups: Vec<u64>,
+}
+
+impl SplitPredictions {
+    pub fn score(&self, group_feature: Option<usize>) -> EvalResult {
+        let (labels, preds) = (&self.labels, &self.preds);
+        EvalResult {
+            rows: labels.len(),
+            auc: auc(labels, preds),
+            logloss: logloss(labels, preds),
+            gauc: group_feature.and_then(|_| gauc(labels, preds, &self.groups)),
+        }
+    }
+}
+
+/// Predicts every row of `split` (collective under mpirun; every rank gets all of them,
+/// in the split's order).
+pub fn predict_split(
+    bundle: &ModelBundle,
+    split: &Arc<PreparedSplit>,
+    batch_size: usize,
+    group_feature: Option<usize>,
+    cluster: &Cluster,
+) -> Result<SplitPredictions, TrainError> {
     let opts = LoaderOptions {
         batch_size,
         shuffle: false,
@@ -45,6 +77,7 @@ pub fn evaluate(
         queue: 2,
         shard: (cluster.rank(), cluster.world_size()),
         interleave_batches: true,
+        split_batches: false,
         skip_batches: 0,
         group_feature,
     };
@@ -74,11 +107,10 @@ pub fn evaluate(
             groups = to_split_order(&cluster.all_gather(&groups)?, rows, batch_size, world);
         }
     }
-    Ok(EvalResult {
-        rows: labels.len(),
-        auc: auc(&labels, &preds),
-        logloss: logloss(&labels, &preds),
-        gauc: group_feature.and_then(|_| gauc(&labels, &preds, &groups)),
+    Ok(SplitPredictions {
+        labels,
+        preds,
+        groups,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod evaluate;
 pub mod lockstep;
 pub mod metrics;
 pub mod model_io;
+pub mod optembed;
 pub mod progress;
 pub mod run_dir;
 pub mod sharding_plan;

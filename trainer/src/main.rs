@@ -33,6 +33,10 @@ enum Command {
         /// (any number of ranks may have written it).
         #[arg(long, value_name = "DIR")]
         resume: Option<PathBuf>,
+        /// With [optembed]: run one stage only (supernet, search or retrain), in the run
+        /// folder `train.run_dir` names, where earlier stages left their output.
+        #[arg(long, value_enum)]
+        stage: Option<shardrec::config::OptEmbedStage>,
     },
     /// Evaluate a saved model (a run's model/ folder) or a checkpoint on the config's test
     /// data; under mpirun the tables are sharded over the job's ranks.
@@ -120,13 +124,32 @@ fn run() -> anyhow::Result<()> {
             config,
             set,
             resume,
+            stage,
         } => {
             let (cfg, _) = load_config(&config, &set)?;
+            if stage.is_some() && !cfg.optembed.as_ref().is_some_and(|o| o.enabled) {
+                anyhow::bail!(
+                    "{}: --stage needs an [optembed] section (with enabled = true)",
+                    config.display()
+                );
+            }
             let name = cfg.name.clone().unwrap_or_else(|| config_name(&config));
             let cluster =
                 shardrec::cluster::Cluster::from_environment().map_err(anyhow::Error::msg)?;
             let summary = on_every_rank(&cluster, || {
-                shardrec::train(&cfg, &name, &cluster, resume.as_deref()).with_context(|| {
+                match stage {
+                    Some(st) => shardrec::optembed::run_stages(
+                        &cfg,
+                        &name,
+                        &cluster,
+                        resume.as_deref(),
+                        Some(st),
+                    )
+                    .map_err(anyhow::Error::from),
+                    None => shardrec::train(&cfg, &name, &cluster, resume.as_deref())
+                        .map_err(anyhow::Error::from),
+                }
+                .with_context(|| {
                     format!(
                         "rank {} of {}: training {}",
                         cluster.rank(),

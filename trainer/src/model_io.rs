@@ -33,7 +33,32 @@ pub struct ModelManifest {
     pub model: ModelConfig,
     pub collections: Vec<SavedCollection>,
     pub files: Vec<SavedFile>,
+    /// Present for an OptEmbed compact model: its main tables hold only kept rows, each
+    /// field at its own width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optembed: Option<CompactModelInfo>,
 }
+
+/// How a compact OptEmbed model's tables map to the model's inputs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompactModelInfo {
+    /// `D`: the width each field is padded back to before the dense model.
+    pub dim: usize,
+    /// Searched width of each field.
+    pub widths: Vec<usize>,
+    /// Kept rows of each field.
+    pub kept_rows: Vec<u64>,
+    /// The row mask (kept id -> 1 + rank among kept ids; pruned -> row 0).
+    pub row_mask: String,
+    pub pruned: crate::config::PrunedRows,
+    /// The `[optembed]` section the model was trained with (its dense file holds the
+    /// thresholds and OOV vectors).
+    pub config: crate::config::OptEmbedConfig,
+}
+
+/// The row mask of a compact model, written beside its tables.
+pub const COMPACT_ROW_MASK: &str = "row_mask.bin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelIoError {
@@ -99,6 +124,7 @@ pub fn save_model(
     vocab_sizes: &[u64],
     vocab_file: &Path,
     collections: &[(&str, &LocalEmbeddings)],
+    compact: Option<(&CompactModelInfo, &[u8])>,
 ) -> Result<(), ModelIoError> {
     let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -142,7 +168,18 @@ pub fn save_model(
             spec: tables.layout().spec().clone(),
         });
     }
+    if let Some((_, mask)) = compact {
+        let path = tmp.join(COMPACT_ROW_MASK);
+        std::fs::write(&path, mask).map_err(io(&path))?;
+        let (bytes, crc32) = file_crc(&path)?;
+        files.push(SavedFile {
+            path: COMPACT_ROW_MASK.into(),
+            bytes,
+            crc32,
+        });
+    }
     let manifest = ModelManifest {
+        optembed: compact.map(|(info, _)| info.clone()),
         version: MODEL_VERSION,
         schema: schema.clone(),
         vocab_sizes: vocab_sizes.to_vec(),

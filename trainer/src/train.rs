@@ -37,7 +37,7 @@ use crate::run_dir::{peak_rss_bytes, RunDir};
 use crate::sharding_plan::{resolve_plans, write_plans, CollectionPlans};
 use crate::TrainError;
 
-fn sparse_optimizer(c: &SparseOptimizerConfig) -> SparseOptimizer {
+pub(crate) fn sparse_optimizer(c: &SparseOptimizerConfig) -> SparseOptimizer {
     let mut o = SparseOptimizer::new(c.kind, c.lr);
     o.weight_decay = c.weight_decay;
     o.initial_accumulator = c.initial_accumulator;
@@ -99,7 +99,7 @@ fn threads_for(cfg: &ExperimentConfig, ranks_on_node: usize) -> usize {
 }
 
 /// Runs `f` with libtorch and the table kernels limited to the configured threads.
-fn with_threads<T: Send>(
+pub(crate) fn with_threads<T: Send>(
     cfg: &ExperimentConfig,
     ranks_on_node: usize,
     f: impl FnOnce(usize) -> T + Send,
@@ -113,7 +113,7 @@ fn with_threads<T: Send>(
     Ok(pool.install(|| f(threads)))
 }
 
-fn group_feature(
+pub(crate) fn group_feature(
     cfg: &ExperimentConfig,
     data: &PreparedDataset,
 ) -> Result<Option<usize>, TrainError> {
@@ -153,9 +153,26 @@ pub fn train(
     cluster: &Cluster,
     resume: Option<&Path>,
 ) -> Result<serde_json::Value, TrainError> {
+    if cfg.optembed.as_ref().is_some_and(|o| o.enabled) {
+        return crate::optembed::run_stages(cfg, name, cluster, resume, None);
+    }
     with_threads(cfg, cluster.local_size(), |threads| {
-        train_inner(cfg, name, threads, cluster, resume)
+        train_inner(cfg, name, threads, cluster, resume, None)
     })?
+}
+
+/// What an OptEmbed stage adds to the training loop: the masks, and work on the trained
+/// bundle before the summary is written (collective under mpirun).
+pub(crate) struct StageHooks<'a> {
+    pub setup: crate::optembed::OptEmbedSetup,
+    #[allow(clippy::type_complexity)]
+    pub after: &'a mut (dyn FnMut(
+        &ModelBundle,
+        &PreparedDataset,
+        &Path,
+        &mut serde_json::Value,
+    ) -> Result<(), TrainError>
+                 + Send),
 }
 
 fn quiet(_: &str) {}
@@ -166,7 +183,7 @@ fn count_kind(plans: &CollectionPlans, kind: ShardingKind) -> usize {
 
 /// Prepares (or finds cached) data: rank 0 first, then the others read its cache, so
 /// ranks never prepare the same files at once. A failure on rank 0 stops every rank.
-fn prepare_on_ranks(
+pub(crate) fn prepare_on_ranks(
     cluster: &Cluster,
     prepare: impl Fn(&dyn Fn(&str)) -> Result<PreparedDataset, crate::data::DataError>,
 ) -> Result<PreparedDataset, TrainError> {
@@ -185,12 +202,13 @@ fn prepare_on_ranks(
     }
 }
 
-fn train_inner(
+pub(crate) fn train_inner(
     cfg: &ExperimentConfig,
     name: &str,
     threads: usize,
     cluster: &Cluster,
     resume: Option<&Path>,
+    mut stage: Option<StageHooks>,
 ) -> Result<serde_json::Value, TrainError> {
     let started = Instant::now();
     let (rank, world) = (cluster.rank(), cluster.world_size());
@@ -269,8 +287,26 @@ fn train_inner(
         table_device,
         cluster,
         Some(&plans),
+        stage.as_ref().map(|s| &s.setup),
     )?;
-    let mut opt = DenseOptimizer::new(&bundle.vs, cfg.optimizer.clone());
+    let mut opt = match &bundle.optembed {
+        // the thresholds take their own plain SGD
+        Some(o) => DenseOptimizer::with_variables(
+            bundle
+                .vs
+                .trainable_variables()
+                .into_iter()
+                .filter(|v| !o.is_threshold(v))
+                .collect(),
+            cfg.optimizer.clone(),
+        ),
+        None => DenseOptimizer::new(&bundle.vs, cfg.optimizer.clone()),
+    };
+    // OptEmbed's supernet learns thresholds: alpha * sum_f exp(-t_f) joins the loss
+    let threshold_training = stage
+        .as_ref()
+        .filter(|s| matches!(s.setup.rows, crate::optembed::RowSelection::Thresholds))
+        .map(|s| (s.setup.cfg.alpha, s.setup.cfg.threshold_lr));
     let load_clock = Instant::now();
     let (mut position, mut validation, resumed_from) = match resume {
         Some(path) => {
@@ -284,9 +320,6 @@ fn train_inner(
                 m.world_size,
                 if m.world_size == 1 { "" } else { "s" }
             ));
-            if m.world_size != world && m.position.steps_in_epoch > 0 {
-                say("the number of ranks changed mid-epoch: each rank skips the same number of its own batches, so this epoch's remaining rows differ from an uninterrupted run's");
-            }
             (m.position, m.validation, Some(dir))
         }
         None => (Position::default(), ValidationState::default(), None),
@@ -382,6 +415,8 @@ fn train_inner(
                 queue: cfg.train.loader_queue,
                 shard: (rank, world),
                 interleave_batches: false,
+                // every step trains on the rows one process would, whatever the ranks
+                split_batches: true,
                 skip_batches: position.steps_in_epoch,
                 group_feature: None,
             },
@@ -398,11 +433,19 @@ fn train_inner(
             let t0 = Instant::now();
             let lk = bundle.lookup(&batch, true, cluster)?;
             let t1 = Instant::now();
-            let logits = bundle.logits(&lk, &batch, true);
+            let logits = bundle.logits(&lk, &batch, true)?;
             opt.zero_grad();
+            let regulariser = match (threshold_training, &bundle.optembed) {
+                // each rank adds its share, so the all-reduced gradient has it once
+                (Some((alpha, _)), Some(o)) => Some(o.regulariser(alpha / world as f64)),
+                _ => None,
+            };
             let mut t_all_reduce = Duration::ZERO;
             let loss_v = if distributed {
-                let loss = bundle.loss_share(&logits, &batch, global_rows);
+                let mut loss = bundle.loss_share(&logits, &batch, global_rows);
+                if let Some(r) = &regulariser {
+                    loss += r;
+                }
                 loss.backward();
                 let mut global_loss = [loss.double_value(&[]) as f32];
                 let t = Instant::now();
@@ -410,11 +453,17 @@ fn train_inner(
                 t_all_reduce = t.elapsed();
                 f64::from(global_loss[0])
             } else {
-                let loss = bundle.loss(&logits, &batch);
+                let mut loss = bundle.loss(&logits, &batch);
+                if let Some(r) = &regulariser {
+                    loss += r;
+                }
                 loss.backward();
                 loss.double_value(&[])
             };
             opt.step();
+            if let (Some((_, lr)), Some(o)) = (threshold_training, bundle.optembed.as_mut()) {
+                o.step_thresholds(lr);
+            }
             let t2 = Instant::now();
             bundle.update_tables(lk, cluster)?;
             let t3 = Instant::now();
@@ -552,6 +601,7 @@ fn train_inner(
             &data.meta.vocab_sizes,
             &data.dir.join("vocab.bin"),
             &colls,
+            None,
         )?;
     } else if model_saved {
         // no rank holds the whole tables: every rank writes its shards (the checkpoint
@@ -628,6 +678,9 @@ fn train_inner(
     });
     if let Some(r) = &test_result {
         summary["rows_test"] = r.rows.into();
+    }
+    if let Some(s) = stage.as_mut() {
+        (s.after)(&bundle, &data, &run.path, &mut summary)?;
     }
     run.write_summary(&summary).map_err(run_io)?;
     Ok(summary)
@@ -822,6 +875,30 @@ enum SavedFolder {
     Pieces(Box<CheckpointManifest>),
 }
 
+/// Fills a freshly built bundle's tables and dense parameters from a saved model (one
+/// process's or several ranks') or a checkpoint, resharding to the bundle's plan.
+pub(crate) fn fill_saved(model_dir: &Path, bundle: &mut ModelBundle) -> Result<(), TrainError> {
+    let (model_manifest, pieces_manifest);
+    let (tables, files) = if is_checkpoint(model_dir) {
+        pieces_manifest = read_checkpoint(model_dir)?;
+        (
+            SavedTables::of_checkpoint(model_dir, &pieces_manifest),
+            &pieces_manifest.files,
+        )
+    } else {
+        model_manifest = read_manifest(model_dir)?;
+        (
+            SavedTables::of_model(model_dir, &model_manifest)?,
+            &model_manifest.files,
+        )
+    };
+    tables.fill("main", &mut bundle.tables, false)?;
+    if let Some(f) = bundle.first_order.as_mut() {
+        tables.fill("first_order", f, false)?;
+    }
+    load_dense(model_dir, files, &mut bundle.vs, None)
+}
+
 /// `shardrec eval`: evaluates a saved model (a run's `model/`, written by one process or
 /// by several ranks) or a checkpoint on the config's test data. Under mpirun the tables
 /// are sharded by the config's `[sharding]` for this job's ranks, whatever plan wrote
@@ -907,6 +984,14 @@ fn eval_inner(
         cluster.world_size(),
         &table_optimizer,
     )?;
+    // a compact OptEmbed model: ids remapped to kept rows, fields padded back to D
+    let compact = match &saved {
+        SavedFolder::Model(m) => match &m.optembed {
+            Some(info) => Some(crate::optembed::compact_setup(model_dir, m, info)?),
+            None => None,
+        },
+        SavedFolder::Pieces(_) => None,
+    };
     let mut bundle = ModelBundle::new(
         main,
         first,
@@ -917,16 +1002,9 @@ fn eval_inner(
         table_device,
         cluster,
         Some(&plans),
+        compact.as_ref(),
     )?;
-    let tables = match &saved {
-        SavedFolder::Model(m) => SavedTables::of_model(model_dir, m)?,
-        SavedFolder::Pieces(m) => SavedTables::of_checkpoint(model_dir, m),
-    };
-    tables.fill("main", &mut bundle.tables, false)?;
-    if let Some(f) = bundle.first_order.as_mut() {
-        tables.fill("first_order", f, false)?;
-    }
-    load_dense(model_dir, files, &mut bundle.vs, None)?;
+    fill_saved(model_dir, &mut bundle)?;
     let groups = group_feature(cfg, &data)?;
     let r = evaluate(&bundle, &split, cfg.eval.batch_size, groups, cluster)?;
     let rss = cluster.all_gather(&[peak_rss_bytes()])?;

@@ -7,9 +7,11 @@
 //! combinations, naming the key. Paths are relative to the working directory.
 
 mod load;
+mod optembed;
 mod schema;
 mod validate;
 
 pub use load::{load_config, load_config_str, ConfigError};
+pub use optembed::*;
 pub use schema::*;
 pub use validate::validate;

@@ -36,6 +36,9 @@ pub struct ExperimentConfig {
     pub sharding: ShardingConfig,
     #[serde(default)]
     pub budget: BudgetConfig,
+    /// OptEmbed row pruning and width search (`shardrec train` then runs its stages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optembed: Option<super::OptEmbedConfig>,
 }
 
 /// `[sharding]`: where the tables' rows live when the job has several ranks.
@@ -176,6 +179,10 @@ pub struct DataConfig {
     pub format: DataFormat,
     /// Training file (raw or prepared folder).
     pub train: PathBuf,
+    /// Further files in `train`'s format, read after it as one stream: their rows are
+    /// split with `train`'s (e.g. Frappe's two libFM files split 8:1:1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_train: Vec<PathBuf>,
     #[serde(default)]
     pub valid: Option<PathBuf>,
     #[serde(default)]

@@ -279,5 +279,97 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
     if let Some(limit) = c.sharding.memory_limit_per_rank {
         check(&mut v, "sharding.memory_limit_per_rank", limit, 1, u64::MAX);
     }
+    if !d.more_train.is_empty() && d.format == DataFormat::Prepared {
+        fail(
+            &mut v,
+            "data.more_train",
+            d.more_train.len(),
+            "applies to raw files, not to prepared data",
+        );
+    }
+    if let Some(o) = c.optembed.as_ref().filter(|o| o.enabled) {
+        check(&mut v, "optembed.alpha", o.alpha, 0.0, 1e6);
+        check(&mut v, "optembed.threshold_lr", o.threshold_lr, 0.0, 1e3);
+        check(
+            &mut v,
+            "optembed.threshold_init",
+            o.threshold_init,
+            -1e6,
+            1e6,
+        );
+        if let Some(e) = o.retrain_epochs {
+            check(&mut v, "optembed.retrain_epochs", e, 1, 1_000_000);
+        }
+        let s = &o.search;
+        check(
+            &mut v,
+            "optembed.search.population",
+            s.population,
+            1,
+            1 << 20,
+        );
+        check(&mut v, "optembed.search.parents", s.parents, 1, 1 << 20);
+        check(
+            &mut v,
+            "optembed.search.generations",
+            s.generations,
+            1,
+            1 << 20,
+        );
+        check(&mut v, "optembed.search.mutations", s.mutations, 0, 1 << 20);
+        check(
+            &mut v,
+            "optembed.search.crossovers",
+            s.crossovers,
+            0,
+            1 << 20,
+        );
+        check(
+            &mut v,
+            "optembed.search.mutation_prob",
+            s.mutation_prob,
+            0.0,
+            1.0,
+        );
+        if s.mutations + s.crossovers == 0 && s.generations > 1 {
+            fail(
+                &mut v,
+                "optembed.search.mutations",
+                s.mutations,
+                "mutations + crossovers must breed at least one child per generation",
+            );
+        }
+        let e = &c.embedding;
+        let compressed = e.kind != TableKindConfig::Plain
+            || e.tables.iter().any(|t| {
+                t.kind.is_some_and(|k| k != TableKindConfig::Plain)
+                    || t.features.len() != 1
+                    || t.dim.is_some_and(|x| x != e.dim)
+            });
+        if compressed {
+            fail(
+                &mut v,
+                "embedding.kind",
+                format!("{:?}", e.kind).to_lowercase(),
+                "[optembed] prunes plain tables: one per feature, embedding.dim wide",
+            );
+        }
+        if let Some(col) = d.columns.iter().find(|col| col.separator.is_some()) {
+            fail(
+                &mut v,
+                &format!("data.columns.{}.separator", col.name),
+                "set",
+                "[optembed] masks one row per field and sample: multi-valued columns are not supported",
+            );
+        }
+        if !has_valid {
+            fail(
+                &mut v,
+                "optembed",
+                "enabled",
+                "the search scores widths on a validation split: set data.valid or data.split.valid > 0",
+            );
+        }
+    }
     v
 }

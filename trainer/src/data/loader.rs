@@ -23,6 +23,10 @@ pub struct Batch {
     pub sparse: KeyedJaggedIds,
     /// Group key of each row (for GAUC), when asked for.
     pub groups: Option<Vec<u64>>,
+    /// When the batch is this rank's share of a job-wide batch: the offset of its first
+    /// row in that batch and the batch's rows (per-sample random draws are then taken
+    /// from the job-wide batch's, so they do not depend on the number of ranks).
+    pub step_slice: Option<(usize, usize)>,
 }
 
 impl Batch {
@@ -34,6 +38,7 @@ impl Batch {
             sparse: KeyedJaggedIds::from_lengths(num_categorical, 0, &[], vec![])
                 .expect("an empty batch is well formed"),
             groups: with_groups.then(Vec::new),
+            step_slice: None,
         }
     }
 
@@ -61,6 +66,11 @@ pub struct LoaderOptions {
     /// process, whatever the number of ranks (evaluation uses this, so predictions do not
     /// depend on how many ranks compute them).
     pub interleave_batches: bool,
+    /// Instead of contiguous slices, cut the whole split into job-wide batches of
+    /// `batch_size x world` rows (the batches one process would train on) and give rank
+    /// `r` the r-th of `world` equal parts of each: every step trains on the same rows
+    /// whatever the number of ranks (training uses this).
+    pub split_batches: bool,
     /// Batches of this rank's order to pass over without reading them (a resumed run
     /// continuing mid-epoch).
     pub skip_batches: usize,
@@ -112,7 +122,7 @@ impl Stream {
 
 /// Rows of this rank's slice in the order the epoch visits them, window by window.
 pub fn row_order(rows: usize, opts: &LoaderOptions) -> impl Iterator<Item = Vec<usize>> {
-    let (rank, world) = if opts.interleave_batches {
+    let (rank, world) = if opts.interleave_batches || opts.split_batches {
         (0, 1)
     } else {
         opts.shard
@@ -171,6 +181,7 @@ pub fn gather(split: &PreparedSplit, rows: &[usize], group_feature: Option<usize
         dense,
         sparse,
         groups,
+        step_slice: None,
     }
 }
 
@@ -180,13 +191,18 @@ pub fn spawn_loader(split: Arc<PreparedSplit>, opts: LoaderOptions) -> BatchStre
     let handle = std::thread::Builder::new()
         .name(format!("loader-{}", split.name.as_str()))
         .spawn(move || {
-            let bs = opts.batch_size.max(1);
             let (rank, world) = opts.shard;
+            let world = world.max(1);
+            let bs = if opts.split_batches {
+                opts.batch_size.max(1) * world
+            } else {
+                opts.batch_size.max(1)
+            };
             // batch `index` of the order goes out if it is this rank's and not skipped
             let mut index = 0usize;
             let mut mine = 0usize;
             let mut emit = |rows: &[usize]| -> bool {
-                let ours = !opts.interleave_batches || index % world.max(1) == rank;
+                let ours = !opts.interleave_batches || index % world == rank;
                 index += 1;
                 if !ours {
                     return true;
@@ -194,6 +210,15 @@ pub fn spawn_loader(split: Arc<PreparedSplit>, opts: LoaderOptions) -> BatchStre
                 mine += 1;
                 if mine <= opts.skip_batches {
                     return true;
+                }
+                if opts.split_batches {
+                    let (a, b) = (rows.len() * rank / world, rows.len() * (rank + 1) / world);
+                    if a == b {
+                        return true; // a last batch too small to give this rank a row
+                    }
+                    let mut batch = gather(&split, &rows[a..b], opts.group_feature);
+                    batch.step_slice = Some((a, rows.len()));
+                    return tx.send(batch).is_ok();
                 }
                 tx.send(gather(&split, rows, opts.group_feature)).is_ok()
             };
@@ -234,6 +259,7 @@ mod tests {
             queue: 2,
             shard,
             interleave_batches: false,
+            split_batches: false,
             skip_batches: 0,
             group_feature: None,
         }
@@ -273,6 +299,48 @@ mod tests {
                 let want: Vec<_> = one.iter().skip(rank).step_by(world).cloned().collect();
                 assert_eq!(got, want, "rank {rank} of {world}");
             }
+        }
+    }
+
+    #[test]
+    fn split_batches_are_the_one_process_batches_cut_among_the_ranks() {
+        // 50 rows, one-process batches of 4 x world rows
+        for world in [2, 3] {
+            let one = batches(
+                50,
+                LoaderOptions {
+                    batch_size: 4 * world,
+                    ..opts(true, 7, (0, 1))
+                },
+            );
+            let parts: Vec<Vec<Vec<f32>>> = (0..world)
+                .map(|rank| {
+                    batches(
+                        50,
+                        LoaderOptions {
+                            split_batches: true,
+                            ..opts(true, 7, (rank, world))
+                        },
+                    )
+                })
+                .collect();
+            for (i, whole) in one.iter().enumerate() {
+                let joined: Vec<f32> = parts
+                    .iter()
+                    .flat_map(|p| p.get(i).cloned().unwrap_or_default())
+                    .collect();
+                assert_eq!(&joined, whole, "batch {i} of {world} ranks");
+            }
+            // resuming after 3 steps skips 3 job-wide batches on every rank
+            let rest = batches(
+                50,
+                LoaderOptions {
+                    split_batches: true,
+                    skip_batches: 3,
+                    ..opts(true, 7, (1, world))
+                },
+            );
+            assert_eq!(rest, parts[1][3..].to_vec());
         }
     }
 

@@ -214,6 +214,24 @@ fn plan_sources(cfg: &DataConfig) -> Result<Vec<(PathBuf, Assign)>, DataError> {
         }
     };
     out.push((cfg.train.clone(), train_assign));
+    for (k, more) in cfg.more_train.iter().enumerate() {
+        let assign = match train_assign {
+            // a seed of its own per file, so row i of two files is not split alike
+            Assign::Random { seed, valid, test } => Assign::Random {
+                seed: hash_id(seed, k as u64 + 1),
+                valid,
+                test,
+            },
+            Assign::All(s) => Assign::All(s),
+            Assign::Tail { .. } => {
+                return Err(DataError::Config(format!(
+                    "data.more_train ({}): a tail split takes the last rows of one file; use data.split.kind = \"random\" or give data.valid and data.test",
+                    more.display()
+                )))
+            }
+        };
+        out.push((more.clone(), assign));
+    }
     if let Some(v) = &cfg.valid {
         out.push((v.clone(), Assign::All(SplitName::Valid)));
     }

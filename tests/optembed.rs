@@ -1,0 +1,254 @@
+//! OptEmbed's three stages end to end on generated data: rows pruned by learned
+//! thresholds, a repeatable width search, retraining, and a compact export that predicts
+//! what the masked model predicts; the same under `mpirun -np 2`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::{criteo_config, run, run_mpi, stderr, summary, synth};
+
+/// DeepFM on `data` with a small search; row pruning forced by a threshold above the
+/// initial norm of rarely updated rows.
+fn optembed_config(dir: &Path, data: &Path) -> std::path::PathBuf {
+    let cfg = criteo_config(
+        dir,
+        data,
+        "deepfm",
+        r#"epochs = 1
+[optembed]
+threshold_init = 0.15
+threshold_lr = 0.01
+alpha = 0.01
+[optembed.search]
+population = 6
+parents = 3
+mutations = 3
+crossovers = 3
+generations = 3
+random_baseline = true"#,
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace(
+        "split = { kind = \"tail\", test = 0.2 }",
+        "split = { kind = \"random\", valid = 0.1, test = 0.1, seed = 3 }",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+fn f(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn u64s(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn optembed_prunes_rows_searches_widths_and_exports_a_compact_model_that_predicts_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 20_000, 1_000);
+    let cfg = optembed_config(dir.path(), &data);
+    let run_dir = dir.path().join("oe");
+    let set_run = format!("train.run_dir=\"{}\"", run_dir.display());
+    let s = summary(&run(
+        dir.path(),
+        &["train", cfg.to_str().unwrap(), "--set", &set_run],
+    ));
+    let stages = &s["optembed_stages"];
+
+    // supernet: some rows of the big fields pruned, not all
+    let sup = &stages["supernet"];
+    let (kept, rows) = (u64s(&sup["kept_rows"]), u64s(&sup["vocab_rows"]));
+    let (k, n): (u64, u64) = (kept.iter().sum(), rows.iter().sum());
+    assert!(k < n && k > n / 20, "kept {k} of {n} rows");
+    assert!(run_dir.join("supernet/row_mask.bin").is_file());
+
+    // search: generation bests recorded, never worse than before, widths in range
+    let search = &stages["search"];
+    let best: Vec<f64> = search["best_so_far_valid_auc"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(f)
+        .collect();
+    assert_eq!(best.len(), 3);
+    assert!(best.windows(2).all(|w| w[1] >= w[0]), "{best:?}");
+    assert!(f(&search["random_baseline_best_valid_auc"]) > 0.5);
+    let widths = u64s(&search["widths"]);
+    assert!(widths.iter().all(|&w| (1..=8).contains(&w)), "{widths:?}");
+
+    // retrain: sparsity from kept rows and widths; compact predictions equal the masked ones
+    assert_eq!(u64s(&s["widths"]), widths);
+    let params: u64 = kept.iter().zip(&widths).map(|(k, w)| k * w).sum();
+    assert_eq!(s["embedding_params"].as_u64().unwrap(), params);
+    let sparsity = f(&s["sparsity"]);
+    assert!((sparsity - (1.0 - params as f64 / (n * 8) as f64)).abs() < 1e-12);
+    assert!(sparsity > 0.0);
+    assert!(
+        f(&s["compact_max_abs_prediction_diff"]) <= 1e-6,
+        "{}",
+        s["compact_max_abs_prediction_diff"]
+    );
+    let ratio = f(&s["compact_main_table_bytes"]) / f(&s["full_main_table_bytes"]);
+    assert!(
+        ratio <= 1.0 - sparsity + 0.03,
+        "compact tables are {ratio:.3} of the full ones at sparsity {sparsity:.3}"
+    );
+    assert!(f(&s["auc"]) > 0.6, "{s}");
+
+    // `shardrec eval` of the compact model gives the retrained model's test metrics
+    let compact = run_dir.join("retrain/model_compact");
+    let e = summary(&run(
+        dir.path(),
+        &[
+            "eval",
+            cfg.to_str().unwrap(),
+            "--model",
+            compact.to_str().unwrap(),
+        ],
+    ));
+    assert!((f(&e["auc"]) - f(&s["auc"])).abs() < 1e-6, "{e} vs {s}");
+    assert!(
+        (f(&e["logloss"]) - f(&s["logloss"])).abs() < 1e-6,
+        "{e} vs {s}"
+    );
+
+    // a stage alone, in the same run folder, repeats the search
+    let again = summary(&run(
+        dir.path(),
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--stage",
+            "search",
+            "--set",
+            &set_run,
+        ],
+    ));
+    assert_eq!(u64s(&again["widths"]), widths);
+
+    // a corrupt row mask is refused, naming the file
+    let mask = run_dir.join("supernet/row_mask.bin");
+    let mut bytes = std::fs::read(&mask).unwrap();
+    bytes[24] ^= 0x40;
+    std::fs::write(&mask, bytes).unwrap();
+    let o = run(
+        dir.path(),
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--stage",
+            "search",
+            "--set",
+            &set_run,
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("row_mask.bin") && stderr(&o).contains("checksum"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn an_optembed_stage_without_its_inputs_says_which_stage_to_run_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 2_000, 100);
+    let cfg = optembed_config(dir.path(), &data);
+    let set_run = format!("train.run_dir=\"{}\"", dir.path().join("empty").display());
+    let o = run(
+        dir.path(),
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--stage",
+            "retrain",
+            "--set",
+            &set_run,
+        ],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("supernet/row_mask.bin") && err.contains("--stage supernet"),
+        "{err}"
+    );
+    let plain_dir = dir.path().join("plain");
+    std::fs::create_dir_all(&plain_dir).unwrap();
+    let plain = criteo_config(&plain_dir, &data, "deepfm", "");
+    let o = run(
+        dir.path(),
+        &["train", plain.to_str().unwrap(), "--stage", "search"],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("[optembed]"), "{}", stderr(&o));
+    // hashed tables cannot be pruned row by row
+    let o = run(
+        dir.path(),
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--set",
+            "embedding.kind=\"hashed\"",
+            "--set",
+            "embedding.buckets=50",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("embedding.kind"), "{}", stderr(&o));
+}
+
+#[test]
+fn optembed_stages_run_under_two_ranks_near_the_one_rank_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 40_000, 1_000);
+    let cfg = optembed_config(dir.path(), &data);
+    let go = |ranks: usize| {
+        let run_dir = dir.path().join(format!("np{ranks}"));
+        let o = run_mpi(
+            dir.path(),
+            ranks,
+            &[
+                "train",
+                cfg.to_str().unwrap(),
+                "--set",
+                &format!("train.run_dir=\"{}\"", run_dir.display()),
+                "--set",
+                "sharding.strategy=\"row_wise\"",
+            ],
+            Duration::from_secs(600),
+        );
+        (summary(&o), run_dir)
+    };
+    let (one, _) = go(1);
+    let (two, two_dir) = go(2);
+    assert_eq!(two["world_size"], 2);
+    assert!(f(&two["compact_max_abs_prediction_diff"]) <= 1e-6, "{two}");
+    let kept = |s: &serde_json::Value| u64s(&s["kept_rows"]).iter().sum::<u64>() as f64;
+    assert!(
+        (kept(&one) - kept(&two)).abs() <= 0.02 * kept(&one),
+        "kept rows: one rank {}, two ranks {}",
+        kept(&one),
+        kept(&two)
+    );
+    let (a, b) = (f(&one["auc"]), f(&two["auc"]));
+    assert!((a - b).abs() <= 0.005, "one rank {a}, two ranks {b}");
+    // the two-rank compact model evaluates in one process to its own test metrics
+    let compact = two_dir.join("retrain/model_compact");
+    let e = summary(&run(
+        dir.path(),
+        &[
+            "eval",
+            cfg.to_str().unwrap(),
+            "--model",
+            compact.to_str().unwrap(),
+        ],
+    ));
+    assert!((f(&e["auc"]) - b).abs() < 1e-6, "{e} vs {two}");
+}

@@ -1,0 +1,653 @@
+//! OptEmbed's three stages, run in order by `shardrec train` (or one at a time with
+//! `--stage`), each in its own folder of the run so a later stage starts from an
+//! earlier one's output:
+//!
+//! - `supernet/`: trains tables, model and per-field thresholds with sampled widths;
+//!   leaves `model/` and `row_mask.bin` (rows above their field's threshold, computed
+//!   at the rows' owners);
+//! - `search/`: loads the supernet, fixes the row mask, searches per-field widths on the
+//!   validation split; leaves `widths.json`;
+//! - `retrain/`: fresh tables and model trained with the fixed row mask and widths;
+//!   leaves the masked `model/` and the compact `model_compact/`, checked to predict
+//!   what the masked model predicts.
+//!
+//! Every stage runs under mpirun with the tables sharded like any training run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use shardrec_tables::{CollectionLayout, Exchange, RowMap};
+
+use super::compact::{export_compact, gather_rows, CompactIds};
+use super::evolution::{best_random, evolve};
+use super::layer::{OptEmbedSetup, RowSelection, Widths};
+use super::row_mask::{owner_row_norms, RowMask};
+use crate::bundle::ModelBundle;
+use crate::cluster::Cluster;
+use crate::config::{ExperimentConfig, OptEmbedConfig, OptEmbedStage};
+use crate::data::{prepare, PreparedDataset, SplitName};
+use crate::device::resolve_device;
+use crate::embedding::{build_collections, EmbeddingEngine};
+use crate::evaluate::{evaluate, predict_split};
+use crate::model_io::{save_model, CompactModelInfo, ModelManifest, COMPACT_ROW_MASK};
+use crate::run_dir::RunDir;
+use crate::sharding_plan::resolve_plans;
+use crate::train::{
+    fill_saved, prepare_on_ranks, sparse_optimizer, train_inner, with_threads, StageHooks,
+};
+use crate::TrainError;
+
+const ROW_MASK: &str = "row_mask.bin";
+const WIDTHS: &str = "widths.json";
+
+fn log(msg: &str) {
+    eprintln!("[shardrec] optembed: {msg}");
+}
+
+/// Each field's own plain table, as OptEmbed needs them.
+#[derive(Debug, Clone)]
+pub struct FieldTables {
+    pub table_of: Vec<usize>,
+    pub rows: Vec<u64>,
+    pub names: Vec<String>,
+}
+
+impl FieldTables {
+    /// Checks that every feature reads its own plain table, `dim` wide, one row per id.
+    pub fn of(layout: &CollectionLayout, dim: usize) -> Result<Self, TrainError> {
+        let mut out = FieldTables {
+            table_of: vec![],
+            rows: vec![],
+            names: vec![],
+        };
+        for f in layout.features() {
+            let bad = |why: String| {
+                TrainError::Invalid(format!(
+                    "[optembed] needs every feature in a plain table of its own, embedding.dim wide; feature `{}` {why}",
+                    f.name
+                ))
+            };
+            let [p] = f.probes.as_slice() else {
+                return Err(bad(format!(
+                    "has {} probes (kind hashed/qr/unified?)",
+                    f.probes.len()
+                )));
+            };
+            let RowMap::Offset { offset: 0, id_rows } = p.map else {
+                return Err(bad(
+                    "is not a plain table (set embedding.kind = \"plain\")".into()
+                ));
+            };
+            if out.table_of.contains(&p.table) {
+                return Err(bad("shares its table with another feature".into()));
+            }
+            if layout.table_dim(p.table) != dim || f.width != dim {
+                return Err(bad(format!("is {} wide, not {dim}", f.width)));
+            }
+            out.table_of.push(p.table);
+            out.rows.push(id_rows);
+            out.names.push(f.name.clone());
+        }
+        Ok(out)
+    }
+}
+
+/// `search/widths.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchResult {
+    widths: Vec<usize>,
+    valid_auc: f64,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn stage_cfg(cfg: &ExperimentConfig, top: &Path, stage: OptEmbedStage) -> ExperimentConfig {
+    let mut c = cfg.clone();
+    c.train.run_dir = Some(top.join(stage.as_str()));
+    c
+}
+
+/// Output an earlier stage left, or an error saying which stage to run first.
+fn earlier(top: &Path, stage: OptEmbedStage, file: &str) -> Result<PathBuf, TrainError> {
+    let p = top.join(stage.as_str()).join(file);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(TrainError::Invalid(format!(
+            "{}: not found; run --stage {} first, with train.run_dir = \"{}\"",
+            p.display(),
+            stage.as_str(),
+            top.display()
+        )))
+    }
+}
+
+/// Runs the stages (all three in order, or `only` one) in one run folder; returns the
+/// last stage's summary with every stage's under `optembed_stages`.
+pub fn run_stages(
+    cfg: &ExperimentConfig,
+    name: &str,
+    cluster: &Cluster,
+    resume: Option<&Path>,
+    only: Option<OptEmbedStage>,
+) -> Result<serde_json::Value, TrainError> {
+    if resume.is_some() {
+        return Err(TrainError::Invalid(
+            "--resume does not apply to OptEmbed stages; rerun a stage with --stage and train.run_dir".into(),
+        ));
+    }
+    let oe = cfg.optembed.clone().unwrap_or_default();
+    let chosen = RunDir::default_path(cfg, name);
+    let chosen = cluster.broadcast_from_root(chosen.to_string_lossy().as_bytes())?;
+    let top = PathBuf::from(String::from_utf8_lossy(&chosen).into_owned());
+    if cluster.is_root() {
+        std::fs::create_dir_all(&top).map_err(io(&top))?;
+    }
+    let stages = only.map_or(OptEmbedStage::ALL.to_vec(), |s| vec![s]);
+    let mut all = serde_json::Map::new();
+    let mut last = json!({});
+    for st in stages {
+        if cluster.is_root() {
+            log(&format!(
+                "stage {} in {}",
+                st.as_str(),
+                top.join(st.as_str()).display()
+            ));
+        }
+        last = match st {
+            OptEmbedStage::Supernet => supernet(cfg, name, cluster, &top, &oe)?,
+            OptEmbedStage::Search => with_threads(cfg, cluster.local_size(), |_| {
+                search(cfg, cluster, &top, &oe)
+            })??,
+            OptEmbedStage::Retrain => retrain(cfg, name, cluster, &top, &oe)?,
+        };
+        all.insert(st.as_str().into(), last.clone());
+    }
+    let mut summary = last;
+    summary["optembed_stages"] = serde_json::Value::Object(all);
+    summary["run_dir"] = top.display().to_string().into();
+    if cluster.is_root() {
+        let p = top.join("summary.json");
+        let text = serde_json::to_string_pretty(&summary)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        std::fs::write(&p, text).map_err(io(&p))?;
+    }
+    Ok(summary)
+}
+
+fn train_stage(
+    cfg: &ExperimentConfig,
+    name: &str,
+    cluster: &Cluster,
+    hooks: StageHooks,
+) -> Result<serde_json::Value, TrainError> {
+    with_threads(cfg, cluster.local_size(), |threads| {
+        train_inner(cfg, name, threads, cluster, None, Some(hooks))
+    })?
+}
+
+fn supernet(
+    cfg: &ExperimentConfig,
+    name: &str,
+    cluster: &Cluster,
+    top: &Path,
+    oe: &OptEmbedConfig,
+) -> Result<serde_json::Value, TrainError> {
+    let mut c = stage_cfg(cfg, top, OptEmbedStage::Supernet);
+    c.train.save_model = true; // the search starts from it
+    let dim = c.embedding.dim;
+    let mut after = |bundle: &ModelBundle,
+                     _: &PreparedDataset,
+                     run: &Path,
+                     summary: &mut serde_json::Value|
+     -> Result<(), TrainError> {
+        let ft = FieldTables::of(bundle.tables.layout(), dim)?;
+        let thresholds = bundle
+            .optembed
+            .as_ref()
+            .map(|o| o.thresholds())
+            .unwrap_or_default();
+        let norms = owner_row_norms(&bundle.tables, &ft.table_of, &ft.rows, cluster)?;
+        let mask = RowMask::from_norms(&norms, &thresholds);
+        if cluster.is_root() {
+            mask.save(&run.join(ROW_MASK))?;
+        }
+        let kept: Vec<u64> = (0..mask.features()).map(|f| mask.kept_rows(f)).collect();
+        let total: u64 = ft.rows.iter().sum();
+        summary["thresholds"] = json!(thresholds);
+        summary["fields"] = json!(ft.names);
+        summary["vocab_rows"] = json!(ft.rows);
+        summary["kept_rows"] = json!(kept);
+        summary["row_sparsity"] =
+            json!(1.0 - kept.iter().sum::<u64>() as f64 / total.max(1) as f64);
+        Ok(())
+    };
+    train_stage(
+        &c,
+        name,
+        cluster,
+        StageHooks {
+            setup: OptEmbedSetup {
+                cfg: oe.clone(),
+                dim,
+                rows: RowSelection::Thresholds,
+                widths: Widths::SampledInTraining,
+            },
+            after: &mut after,
+        },
+    )
+}
+
+fn search(
+    cfg: &ExperimentConfig,
+    cluster: &Cluster,
+    top: &Path,
+    oe: &OptEmbedConfig,
+) -> Result<serde_json::Value, TrainError> {
+    let started = Instant::now();
+    let mask = Arc::new(RowMask::load(&earlier(
+        top,
+        OptEmbedStage::Supernet,
+        ROW_MASK,
+    )?)?);
+    let model_dir = earlier(top, OptEmbedStage::Supernet, "model")?;
+    let data = prepare_on_ranks(cluster, |log| prepare(&cfg.data, log))?;
+    let valid = data.split(SplitName::Valid).cloned().ok_or_else(|| {
+        TrainError::Invalid(
+            "the OptEmbed search scores widths on the validation split: set data.split.valid or data.valid".into(),
+        )
+    })?;
+    let schema = &data.meta.schema;
+    let colls = build_collections(
+        &cfg.embedding,
+        &cfg.budget,
+        schema,
+        &data.meta.vocab_sizes,
+        cfg.seed,
+        cfg.model.kind,
+    )
+    .map_err(TrainError::Invalid)?;
+    let dim = cfg.embedding.dim;
+    let ft = FieldTables::of(&colls.main, dim)?;
+    if mask.features() != ft.rows.len() || (0..mask.features()).any(|f| mask.rows(f) != ft.rows[f])
+    {
+        return Err(TrainError::Invalid(format!(
+            "{}: the row mask does not fit this config's vocabulary",
+            top.join("supernet").join(ROW_MASK).display()
+        )));
+    }
+    let opt = sparse_optimizer(&cfg.embedding.optimizer);
+    let plans = resolve_plans(
+        &cfg.sharding,
+        &colls.main,
+        colls.first_order.as_ref(),
+        cluster.world_size(),
+        &opt,
+    )?;
+    let device =
+        resolve_device(&cfg.train.device, cluster.local_rank()).map_err(TrainError::Invalid)?;
+    let table_device = resolve_device(&cfg.embedding.device, cluster.local_rank())
+        .map_err(|e| TrainError::Invalid(e.replace("train.device", "embedding.device")))?;
+    let mut bundle = ModelBundle::new(
+        colls.main,
+        colls.first_order,
+        opt,
+        &cfg.model,
+        schema.dense.len(),
+        device,
+        table_device,
+        cluster,
+        Some(&plans),
+        Some(&OptEmbedSetup {
+            cfg: oe.clone(),
+            dim,
+            rows: RowSelection::Fixed(mask.clone()),
+            widths: Widths::Full,
+        }),
+    )?;
+    fill_saved(&model_dir, &mut bundle)?;
+    let fields = ft.rows.len();
+    let mut scored = 0usize;
+    let root = cluster.is_root();
+    let population = oe.search.population.max(1);
+    let mut fitness = |w: &[usize]| -> Result<f64, TrainError> {
+        if let Some(o) = bundle.optembed.as_mut() {
+            o.widths = Widths::Fixed(w.iter().map(|&x| x as i64).collect());
+        }
+        let r = evaluate(&bundle, &valid, cfg.eval.batch_size, None, cluster)?;
+        scored += 1;
+        if root && scored.is_multiple_of(population) {
+            log(&format!("search: {scored} candidates scored"));
+        }
+        Ok(r.auc.unwrap_or(f64::NAN))
+    };
+    let full_width_auc = fitness(&vec![dim; fields])?;
+    let out = evolve(&oe.search, fields, dim, cfg.seed, &mut fitness)?;
+    let search_s = started.elapsed().as_secs_f64();
+    if root {
+        for (g, (here, best)) in out.generation_best.iter().zip(&out.best_so_far).enumerate() {
+            log(&format!(
+                "generation {}: best valid auc {here:.5} (best so far {best:.5})",
+                g + 1
+            ));
+        }
+    }
+    let random = if oe.search.random_baseline {
+        Some(best_random(
+            out.evaluations,
+            fields,
+            dim,
+            cfg.seed,
+            &mut fitness,
+        )?)
+    } else {
+        None
+    };
+    let params: u64 = (0..fields)
+        .map(|f| mask.kept_rows(f) * out.best.widths[f] as u64)
+        .sum();
+    let full: u64 = ft.rows.iter().sum::<u64>() * dim as u64;
+    let summary = json!({
+        "stage": "search",
+        "fields": ft.names,
+        "widths": out.best.widths,
+        "best_valid_auc": out.best.auc,
+        "valid_auc_full_width": full_width_auc,
+        "generation_best_valid_auc": out.generation_best,
+        "best_so_far_valid_auc": out.best_so_far,
+        "evaluations": out.evaluations,
+        "random_baseline_best_valid_auc": random.as_ref().map(|r| r.auc),
+        "random_baseline_widths": random.as_ref().map(|r| r.widths.clone()),
+        "random_baseline_evaluations": random.as_ref().map(|_| out.evaluations),
+        "embedding_params": params,
+        "embedding_params_full": full,
+        "sparsity": 1.0 - params as f64 / full.max(1) as f64,
+        "search_s": search_s,
+        "world_size": cluster.world_size(),
+    });
+    if root {
+        let dir = top.join(OptEmbedStage::Search.as_str());
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let w = serde_json::to_string_pretty(&SearchResult {
+            widths: out.best.widths.clone(),
+            valid_auc: out.best.auc,
+        })
+        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        std::fs::write(dir.join(WIDTHS), w).map_err(io(&dir))?;
+        let s = serde_json::to_string_pretty(&summary)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        std::fs::write(dir.join("summary.json"), s).map_err(io(&dir))?;
+    }
+    Ok(summary)
+}
+
+fn read_widths(path: &Path, fields: usize, dim: usize) -> Result<Vec<usize>, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let r: SearchResult = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    if r.widths.len() != fields || r.widths.iter().any(|&w| !(1..=dim).contains(&w)) {
+        return Err(TrainError::Invalid(format!(
+            "{}: needs {fields} widths in [1, {dim}], has {:?}",
+            path.display(),
+            r.widths
+        )));
+    }
+    Ok(r.widths)
+}
+
+fn retrain(
+    cfg: &ExperimentConfig,
+    name: &str,
+    cluster: &Cluster,
+    top: &Path,
+    oe: &OptEmbedConfig,
+) -> Result<serde_json::Value, TrainError> {
+    let mut c = stage_cfg(cfg, top, OptEmbedStage::Retrain);
+    if let Some(e) = oe.retrain_epochs {
+        c.train.epochs = e;
+    }
+    let dim = c.embedding.dim;
+    let mask = Arc::new(RowMask::load(&earlier(
+        top,
+        OptEmbedStage::Supernet,
+        ROW_MASK,
+    )?)?);
+    let widths = read_widths(
+        &earlier(top, OptEmbedStage::Search, WIDTHS)?,
+        mask.features(),
+        dim,
+    )?;
+    let mut after = |bundle: &ModelBundle,
+                     data: &PreparedDataset,
+                     run: &Path,
+                     summary: &mut serde_json::Value|
+     -> Result<(), TrainError> {
+        export(&c, oe, bundle, data, run, &mask, &widths, cluster, summary)
+    };
+    train_stage(
+        &c,
+        name,
+        cluster,
+        StageHooks {
+            setup: OptEmbedSetup {
+                cfg: oe.clone(),
+                dim,
+                rows: RowSelection::Fixed(mask.clone()),
+                widths: Widths::Fixed(widths.iter().map(|&w| w as i64).collect()),
+            },
+            after: &mut after,
+        },
+    )
+}
+
+/// Writes `model_compact/` from the retrained (masked) bundle and checks, on rank 0, that
+/// the compact model predicts the test rows as the masked one does.
+#[allow(clippy::too_many_arguments)]
+fn export(
+    cfg: &ExperimentConfig,
+    oe: &OptEmbedConfig,
+    bundle: &ModelBundle,
+    data: &PreparedDataset,
+    run: &Path,
+    mask: &RowMask,
+    widths: &[usize],
+    cluster: &Cluster,
+    summary: &mut serde_json::Value,
+) -> Result<(), TrainError> {
+    let dim = cfg.embedding.dim;
+    let ft = FieldTables::of(bundle.tables.layout(), dim)?;
+    let oov = bundle.optembed.as_ref().and_then(|o| o.oov_values());
+    let compact = export_compact(
+        &bundle.tables,
+        &ft.table_of,
+        mask,
+        widths,
+        &ft.names,
+        oov.as_deref(),
+        dim,
+        cluster,
+    )?;
+    let first = match &bundle.first_order {
+        Some(fo) => {
+            let n = fo.layout().num_tables();
+            gather_rows(
+                fo,
+                fo.layout().clone(),
+                &(0..n).collect::<Vec<_>>(),
+                &|_, r| Some(r),
+                cluster,
+            )?
+        }
+        None => None,
+    };
+    let split = data
+        .split(SplitName::Test)
+        .or_else(|| data.split(SplitName::Valid))
+        .cloned();
+    let masked = match &split {
+        Some(s) => Some(predict_split(
+            bundle,
+            s,
+            cfg.eval.batch_size,
+            None,
+            cluster,
+        )?),
+        None => None,
+    };
+    let kept: Vec<u64> = (0..mask.features()).map(|f| mask.kept_rows(f)).collect();
+    let params: u64 = kept.iter().zip(widths).map(|(&k, &w)| k * w as u64).sum();
+    let full: u64 = ft.rows.iter().sum::<u64>() * dim as u64;
+    summary["stage"] = "retrain".into();
+    summary["fields"] = json!(ft.names);
+    summary["widths"] = json!(widths);
+    summary["kept_rows"] = json!(kept);
+    summary["vocab_rows"] = json!(ft.rows);
+    summary["embedding_params"] = json!(params);
+    summary["embedding_params_full"] = json!(full);
+    summary["sparsity"] = json!(1.0 - params as f64 / full.max(1) as f64);
+    let Some(compact) = compact else {
+        return Ok(()); // ranks other than 0: their part is done
+    };
+    let info = CompactModelInfo {
+        dim,
+        widths: widths.to_vec(),
+        kept_rows: kept,
+        row_mask: COMPACT_ROW_MASK.into(),
+        pruned: oe.pruned,
+        config: oe.clone(),
+    };
+    let setup = OptEmbedSetup {
+        cfg: oe.clone(),
+        dim,
+        rows: RowSelection::Compact(Arc::new(CompactIds::new(mask, widths, dim))),
+        widths: Widths::Full,
+    };
+    let solo = Cluster::solo();
+    let mut cb = ModelBundle::new(
+        compact.layout().clone(),
+        first.as_ref().map(|f| f.layout().clone()),
+        *compact.optimizer(),
+        &cfg.model,
+        bundle.num_dense,
+        bundle.device,
+        tch::Device::Cpu,
+        &solo,
+        None,
+        Some(&setup),
+    )?;
+    cb.tables = EmbeddingEngine::Local(compact);
+    cb.first_order = first.map(EmbeddingEngine::Local);
+    cb.vs.copy(&bundle.vs)?;
+    let dir = run.join("model_compact");
+    let mut colls = Vec::new();
+    if let Some(t) = cb.tables.as_local() {
+        colls.push(("main", t));
+    }
+    if let Some(t) = cb.first_order.as_ref().and_then(|f| f.as_local()) {
+        colls.push(("first_order", t));
+    }
+    save_model(
+        &dir,
+        &cb.vs,
+        &cfg.model,
+        &data.meta.schema,
+        &data.meta.vocab_sizes,
+        &data.dir.join("vocab.bin"),
+        &colls,
+        Some((&info, &mask.to_bytes())),
+    )?;
+    if let (Some(s), Some(masked)) = (&split, &masked) {
+        let p = predict_split(&cb, s, cfg.eval.batch_size, None, &solo)?;
+        let diff = masked
+            .preds
+            .iter()
+            .zip(&p.preds)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        summary["compact_max_abs_prediction_diff"] = json!(diff);
+        summary["compact_rows_compared"] = json!(p.preds.len());
+        summary["compact_split"] = s.name.as_str().into();
+    }
+    let size = |d: &Path, prefix: &str| -> u64 {
+        std::fs::read_dir(d.join("tables"))
+            .map(|it| {
+                it.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                    .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let dir_bytes = |d: &Path| -> u64 {
+        fn walk(p: &Path) -> u64 {
+            std::fs::read_dir(p)
+                .map(|it| {
+                    it.filter_map(Result::ok)
+                        .map(|e| {
+                            let p = e.path();
+                            if p.is_dir() {
+                                walk(&p)
+                            } else {
+                                e.metadata().map_or(0, |m| m.len())
+                            }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(d)
+    };
+    summary["compact_main_table_bytes"] =
+        json!(size(&dir, "main_") + dir.join(COMPACT_ROW_MASK).metadata().map_or(0, |m| m.len()));
+    summary["full_main_table_bytes"] = json!(full * 4);
+    summary["compact_model_bytes"] = json!(dir_bytes(&dir));
+    summary["masked_model_bytes"] = json!(dir_bytes(&run.join("model")));
+    summary["compact_model_dir"] = dir.display().to_string().into();
+    Ok(())
+}
+
+/// The layer of a saved compact model (for `shardrec eval`).
+pub fn compact_setup(
+    dir: &Path,
+    m: &ModelManifest,
+    info: &CompactModelInfo,
+) -> Result<OptEmbedSetup, TrainError> {
+    let f = m
+        .files
+        .iter()
+        .find(|f| f.path == info.row_mask)
+        .ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "{}: a compact model whose manifest does not list {}",
+                dir.display(),
+                info.row_mask
+            ))
+        })?;
+    crate::checked_file::verify(dir, f)?;
+    let mask = RowMask::load(&dir.join(&info.row_mask))?;
+    if mask.features() != info.widths.len() {
+        return Err(TrainError::Invalid(format!(
+            "{}: {} fields in the row mask, {} widths in the manifest",
+            dir.display(),
+            mask.features(),
+            info.widths.len()
+        )));
+    }
+    let mut cfg = info.config.clone();
+    cfg.pruned = info.pruned;
+    Ok(OptEmbedSetup {
+        cfg,
+        dim: info.dim,
+        rows: RowSelection::Compact(Arc::new(CompactIds::new(&mask, &info.widths, info.dim))),
+        widths: Widths::Full,
+    })
+}
