@@ -118,6 +118,20 @@ fn optembed_prunes_rows_searches_widths_and_exports_a_compact_model_that_predict
         "{e} vs {s}"
     );
 
+    // the masked model of a stage is refused: it only means something through the masks
+    let masked = run_dir.join("retrain/model");
+    let o = run(
+        dir.path(),
+        &[
+            "eval",
+            cfg.to_str().unwrap(),
+            "--model",
+            masked.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("model_compact"), "{}", stderr(&o));
+
     // a stage alone, in the same run folder, repeats the search
     let again = summary(&run(
         dir.path(),

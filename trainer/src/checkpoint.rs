@@ -43,7 +43,7 @@ pub const CHECKPOINT_FORMAT: &str = "shardrec-checkpoint";
 pub const CHECKPOINT_VERSION: u32 = 1;
 const MANIFEST: &str = "manifest.json";
 const MANIFEST_CRC: &str = "manifest.crc32";
-const DENSE: &str = "dense.safetensors";
+pub const DENSE: &str = "dense.safetensors";
 const DENSE_OPTIMIZER: &str = "dense_optimizer.safetensors";
 const VOCAB: &str = "vocab.bin";
 

@@ -440,8 +440,12 @@ pub(crate) fn train_inner(
                 (Some((alpha, _)), Some(o)) => Some(o.regulariser(alpha / world as f64)),
                 _ => None,
             };
+            // the logged loss is the BCE alone (the regulariser is summed over the ranks)
+            let regulariser_v = regulariser
+                .as_ref()
+                .map_or(0.0, |r| r.double_value(&[]) * world as f64);
             let mut t_all_reduce = Duration::ZERO;
-            let loss_v = if distributed {
+            let loss_with_regulariser = if distributed {
                 let mut loss = bundle.loss_share(&logits, &batch, global_rows);
                 if let Some(r) = &regulariser {
                     loss += r;
@@ -460,6 +464,7 @@ pub(crate) fn train_inner(
                 loss.backward();
                 loss.double_value(&[])
             };
+            let loss_v = loss_with_regulariser - regulariser_v;
             opt.step();
             if let (Some((_, lr)), Some(o)) = (threshold_training, bundle.optembed.as_mut()) {
                 o.step_thresholds(lr);
@@ -899,6 +904,26 @@ pub(crate) fn fill_saved(model_dir: &Path, bundle: &mut ModelBundle) -> Result<(
     load_dense(model_dir, files, &mut bundle.vs, None)
 }
 
+/// An OptEmbed supernet's or retrain's own `model/` holds full tables whose rows and
+/// columns only count through the stage's masks; evaluated plainly it would predict
+/// something else, so it is refused in favour of the compact export.
+fn refuse_masked_optembed_model(model_dir: &Path) -> Result<(), TrainError> {
+    let path = model_dir.join(crate::checkpoint::DENSE);
+    let Ok(tensors) = tch::Tensor::read_safetensors(&path) else {
+        return Ok(()); // load_dense reports an unreadable file, naming it
+    };
+    if tensors
+        .iter()
+        .any(|(name, _)| name.starts_with("optembed."))
+    {
+        return Err(TrainError::Invalid(format!(
+            "{}: an OptEmbed stage's masked model; evaluate the compact export (<run>/retrain/model_compact), which applies the row mask and widths",
+            model_dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// `shardrec eval`: evaluates a saved model (a run's `model/`, written by one process or
 /// by several ranks) or a checkpoint on the config's test data. Under mpirun the tables
 /// are sharded by the config's `[sharding]` for this job's ranks, whatever plan wrote
@@ -992,6 +1017,9 @@ fn eval_inner(
         },
         SavedFolder::Pieces(_) => None,
     };
+    if compact.is_none() {
+        refuse_masked_optembed_model(model_dir)?;
+    }
     let mut bundle = ModelBundle::new(
         main,
         first,

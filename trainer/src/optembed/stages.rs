@@ -171,6 +171,8 @@ pub fn run_stages(
             OptEmbedStage::Retrain => retrain(cfg, name, cluster, &top, &oe)?,
         };
         all.insert(st.as_str().into(), last.clone());
+        // rank 0 wrote the stage's output (row mask, widths): every rank waits for it
+        cluster.barrier();
     }
     let mut summary = last;
     summary["optembed_stages"] = serde_json::Value::Object(all);
