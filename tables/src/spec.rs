@@ -90,8 +90,13 @@ pub struct CollectionSpec {
 impl CollectionSpec {
     /// One plain table per feature: `vocab_sizes[f]` rows of width `dim`.
     pub fn plain(names: &[String], vocab_sizes: &[u64], dim: usize, init: RowInit) -> Self {
+        Self::plain_with_dims(names, vocab_sizes, &vec![dim; names.len()], init)
+    }
+
+    /// One plain table per feature: `rows[f]` rows of width `dims[f]`.
+    pub fn plain_with_dims(names: &[String], rows: &[u64], dims: &[usize], init: RowInit) -> Self {
         let mut spec = Self::default();
-        for (name, &rows) in names.iter().zip(vocab_sizes) {
+        for ((name, &rows), &dim) in names.iter().zip(rows).zip(dims) {
             spec.tables.push(TableSpec {
                 name: name.clone(),
                 rows,

@@ -88,6 +88,19 @@ impl Timing {
     }
 }
 
+/// The dense model's device and the tables' (`train.device`, `embedding.device`); under
+/// mpirun each rank takes the GPU of its index on its node, modulo the node's devices.
+pub(crate) fn resolve_devices(
+    cfg: &ExperimentConfig,
+    cluster: &Cluster,
+) -> Result<(tch::Device, tch::Device), TrainError> {
+    let device =
+        resolve_device(&cfg.train.device, cluster.local_rank()).map_err(TrainError::Invalid)?;
+    let table_device = resolve_device(&cfg.embedding.device, cluster.local_rank())
+        .map_err(|e| TrainError::Invalid(e.replace("train.device", "embedding.device")))?;
+    Ok((device, table_device))
+}
+
 /// Threads per rank: as configured, or the node's cores divided among its ranks.
 fn threads_for(cfg: &ExperimentConfig, ranks_on_node: usize) -> usize {
     if cfg.train.threads > 0 {
@@ -227,11 +240,7 @@ pub(crate) fn train_inner(
             host.trim()
         ));
     }
-    // one GPU per rank: the rank's index on its node, modulo the node's devices
-    let device =
-        resolve_device(&cfg.train.device, cluster.local_rank()).map_err(TrainError::Invalid)?;
-    let table_device = resolve_device(&cfg.embedding.device, cluster.local_rank())
-        .map_err(|e| TrainError::Invalid(e.replace("train.device", "embedding.device")))?;
+    let (device, table_device) = resolve_devices(cfg, cluster)?;
     let (global_bs, local_bs) = if cfg.train.batch_size_per_rank {
         (cfg.train.batch_size * world, cfg.train.batch_size)
     } else if !cfg.train.batch_size.is_multiple_of(world) {
@@ -873,35 +882,48 @@ fn resume_from(
 }
 
 /// What a saved folder holds.
-enum SavedFolder {
+pub(crate) enum SavedFolder {
     /// A one-process run's model (whole tables).
     Model(Box<crate::model_io::ModelManifest>),
     /// A checkpoint, or a model written by several ranks (pieces of tables).
     Pieces(Box<CheckpointManifest>),
 }
 
+impl SavedFolder {
+    /// Reads and checks the folder's manifest (and its files' sizes and checksums).
+    pub(crate) fn read(dir: &Path) -> Result<Self, TrainError> {
+        Ok(if is_checkpoint(dir) {
+            Self::Pieces(Box::new(read_checkpoint(dir)?))
+        } else {
+            Self::Model(Box::new(read_manifest(dir)?))
+        })
+    }
+
+    fn files(&self) -> &[crate::checked_file::SavedFile] {
+        match self {
+            Self::Model(m) => &m.files,
+            Self::Pieces(m) => &m.files,
+        }
+    }
+}
+
 /// Fills a freshly built bundle's tables and dense parameters from a saved model (one
-/// process's or several ranks') or a checkpoint, resharding to the bundle's plan.
-pub(crate) fn fill_saved(model_dir: &Path, bundle: &mut ModelBundle) -> Result<(), TrainError> {
-    let (model_manifest, pieces_manifest);
-    let (tables, files) = if is_checkpoint(model_dir) {
-        pieces_manifest = read_checkpoint(model_dir)?;
-        (
-            SavedTables::of_checkpoint(model_dir, &pieces_manifest),
-            &pieces_manifest.files,
-        )
-    } else {
-        model_manifest = read_manifest(model_dir)?;
-        (
-            SavedTables::of_model(model_dir, &model_manifest)?,
-            &model_manifest.files,
-        )
+/// process's or several ranks') or a checkpoint already read, resharding to the bundle's
+/// plan.
+pub(crate) fn fill_saved(
+    model_dir: &Path,
+    saved: &SavedFolder,
+    bundle: &mut ModelBundle,
+) -> Result<(), TrainError> {
+    let tables = match saved {
+        SavedFolder::Model(m) => SavedTables::of_model(model_dir, m)?,
+        SavedFolder::Pieces(m) => SavedTables::of_checkpoint(model_dir, m),
     };
     tables.fill("main", &mut bundle.tables, false)?;
     if let Some(f) = bundle.first_order.as_mut() {
         tables.fill("first_order", f, false)?;
     }
-    load_dense(model_dir, files, &mut bundle.vs, None)
+    load_dense(model_dir, saved.files(), &mut bundle.vs, None)
 }
 
 /// An OptEmbed supernet's or retrain's own `model/` holds full tables whose rows and
@@ -944,11 +966,7 @@ fn eval_inner(
     cluster: &Cluster,
     threads: usize,
 ) -> Result<serde_json::Value, TrainError> {
-    let saved = if is_checkpoint(model_dir) {
-        SavedFolder::Pieces(Box::new(read_checkpoint(model_dir)?))
-    } else {
-        SavedFolder::Model(Box::new(read_manifest(model_dir)?))
-    };
+    let saved = SavedFolder::read(model_dir)?;
     let (schema, num_dense, model_cfg, collections, files, written_by) = match &saved {
         SavedFolder::Model(m) => (
             &m.schema,
@@ -970,10 +988,7 @@ fn eval_inner(
     if let Some(v) = files.iter().find(|f| f.path == "vocab.bin") {
         crate::checked_file::verify(model_dir, v)?;
     }
-    let device =
-        resolve_device(&cfg.train.device, cluster.local_rank()).map_err(TrainError::Invalid)?;
-    let table_device = resolve_device(&cfg.embedding.device, cluster.local_rank())
-        .map_err(|e| TrainError::Invalid(e.replace("train.device", "embedding.device")))?;
+    let (device, table_device) = resolve_devices(cfg, cluster)?;
     let vocab = model_dir.join("vocab.bin");
     let data = prepare_on_ranks(cluster, |log| prepare_with_vocab(&cfg.data, &vocab, log))?;
     if &data.meta.schema != schema {
@@ -1032,7 +1047,7 @@ fn eval_inner(
         Some(&plans),
         compact.as_ref(),
     )?;
-    fill_saved(model_dir, &mut bundle)?;
+    fill_saved(model_dir, &saved, &mut bundle)?;
     let groups = group_feature(cfg, &data)?;
     let r = evaluate(&bundle, &split, cfg.eval.batch_size, groups, cluster)?;
     let rss = cluster.all_gather(&[peak_rss_bytes()])?;

@@ -10,8 +10,7 @@
 //! entry has exactly one owner), and rank 0 writes the model.
 
 use shardrec_tables::{
-    CollectionLayout, CollectionSpec, Combine, FeatureSpec, KeyedJaggedIds, LocalEmbeddings,
-    Pooling, Probe, RowInit, RowMap, SparseOptimizer, TableSpec,
+    CollectionLayout, CollectionSpec, KeyedJaggedIds, LocalEmbeddings, RowInit, SparseOptimizer,
 };
 
 use super::row_mask::{single_id, RowMask};
@@ -23,7 +22,6 @@ use crate::TrainError;
 #[derive(Debug, Clone)]
 pub struct CompactIds {
     index: Vec<Vec<u32>>,
-    widths: Vec<usize>,
     /// Column of the model's `F x D` input that each compact column fills.
     padded: Vec<i64>,
 }
@@ -38,11 +36,7 @@ impl CompactIds {
             .enumerate()
             .flat_map(|(f, &w)| (0..w).map(move |c| (f * dim + c) as i64))
             .collect();
-        Self {
-            index,
-            widths: widths.to_vec(),
-            padded,
-        }
+        Self { index, padded }
     }
 
     pub fn padded_columns(&self) -> &[i64] {
@@ -71,33 +65,10 @@ impl CompactIds {
     /// The compact collection: field `f` reads table `names[f]` of `kept_f + 1` rows by
     /// `w_f` columns.
     pub fn spec(mask: &RowMask, widths: &[usize], names: &[String]) -> CollectionSpec {
-        let mut spec = CollectionSpec::default();
-        for (f, (name, &w)) in names.iter().zip(widths).enumerate() {
-            let rows = mask.kept_rows(f) + 1;
-            spec.tables.push(TableSpec {
-                name: name.clone(),
-                rows,
-                dim: w,
-                init: RowInit::Zeros,
-            });
-            spec.features.push(FeatureSpec {
-                name: name.clone(),
-                probes: vec![Probe {
-                    table: name.clone(),
-                    map: RowMap::Offset {
-                        offset: 0,
-                        id_rows: rows,
-                    },
-                }],
-                combine: Combine::Concat,
-                pooling: Pooling::Sum,
-            });
-        }
-        spec
-    }
-
-    pub fn widths(&self) -> &[usize] {
-        &self.widths
+        let rows: Vec<u64> = (0..mask.features())
+            .map(|f| mask.kept_rows(f) + 1)
+            .collect();
+        CollectionSpec::plain_with_dims(names, &rows, widths, RowInit::Zeros)
     }
 }
 

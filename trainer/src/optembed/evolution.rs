@@ -27,6 +27,14 @@ struct Draws {
 }
 
 impl Draws {
+    /// The draws of one named stream of `seed` (the search's, the baseline's).
+    fn new(seed: u64, stream: u64) -> Self {
+        Self {
+            seed: hash_id(seed, stream),
+            n: 0,
+        }
+    }
+
     fn next(&mut self) -> u64 {
         self.n += 1;
         hash_id(self.seed, self.n)
@@ -67,7 +75,14 @@ struct Scorer<'a> {
     seen: HashMap<Vec<usize>, f64>,
 }
 
-impl Scorer<'_> {
+impl<'a> Scorer<'a> {
+    fn new(fitness: &'a mut dyn FnMut(&[usize]) -> Result<f64, TrainError>) -> Self {
+        Self {
+            fitness,
+            seen: HashMap::new(),
+        }
+    }
+
     fn score(&mut self, w: &[usize]) -> Result<f64, TrainError> {
         if let Some(&a) = self.seen.get(w) {
             return Ok(a);
@@ -92,14 +107,8 @@ pub fn evolve(
     seed: u64,
     fitness: &mut dyn FnMut(&[usize]) -> Result<f64, TrainError>,
 ) -> Result<SearchOutcome, TrainError> {
-    let mut draws = Draws {
-        seed: hash_id(seed, 0x6f70_7465_6d62),
-        n: 0,
-    };
-    let mut scorer = Scorer {
-        fitness,
-        seen: HashMap::new(),
-    };
+    let mut draws = Draws::new(seed, 0x6f70_7465_6d62);
+    let mut scorer = Scorer::new(fitness);
     let mut top: Vec<Scored> = Vec::new();
     let mut population: Vec<Vec<usize>> = (0..cfg.population)
         .map(|_| random_candidate(&mut draws, fields, dim))
@@ -170,14 +179,8 @@ pub fn best_random(
     seed: u64,
     fitness: &mut dyn FnMut(&[usize]) -> Result<f64, TrainError>,
 ) -> Result<Scored, TrainError> {
-    let mut draws = Draws {
-        seed: hash_id(seed, 0x7261_6e64),
-        n: 0,
-    };
-    let mut scorer = Scorer {
-        fitness,
-        seen: HashMap::new(),
-    };
+    let mut draws = Draws::new(seed, 0x7261_6e64);
+    let mut scorer = Scorer::new(fitness);
     let mut best: Option<Scored> = None;
     let mut tries = 0;
     // distinct candidates, as the search counts them (bounded in case the space is tiny)

@@ -45,26 +45,6 @@ impl RowMask {
         Self { rows, bits }
     }
 
-    /// Every row of every field kept.
-    pub fn keep_all(rows: &[u64]) -> Self {
-        let bits = rows
-            .iter()
-            .map(|&n| {
-                let mut b = vec![u64::MAX; (n as usize).div_ceil(64)];
-                if n % 64 != 0 {
-                    if let Some(last) = b.last_mut() {
-                        *last = (1u64 << (n % 64)) - 1;
-                    }
-                }
-                b
-            })
-            .collect();
-        Self {
-            rows: rows.to_vec(),
-            bits,
-        }
-    }
-
     pub fn features(&self) -> usize {
         self.rows.len()
     }
@@ -258,8 +238,6 @@ mod tests {
         assert!(!m.kept(0, 4), "an id past the vocabulary is not kept");
         assert_eq!(m.kept_rows(1), 70);
         assert_eq!(m.compact_index(0), vec![1, 0, 2, 0]);
-        assert_eq!(RowMask::keep_all(&[4, 70]).kept_rows(1), 70);
-        assert_eq!(RowMask::keep_all(&[4, 70]).kept_rows(0), 4);
     }
 
     #[test]

@@ -29,14 +29,14 @@ use crate::bundle::ModelBundle;
 use crate::cluster::Cluster;
 use crate::config::{ExperimentConfig, OptEmbedConfig, OptEmbedStage};
 use crate::data::{prepare, PreparedDataset, SplitName};
-use crate::device::resolve_device;
 use crate::embedding::{build_collections, EmbeddingEngine};
 use crate::evaluate::{evaluate, predict_split};
 use crate::model_io::{save_model, CompactModelInfo, ModelManifest, COMPACT_ROW_MASK};
 use crate::run_dir::RunDir;
 use crate::sharding_plan::resolve_plans;
 use crate::train::{
-    fill_saved, prepare_on_ranks, sparse_optimizer, train_inner, with_threads, StageHooks,
+    fill_saved, prepare_on_ranks, resolve_devices, sparse_optimizer, train_inner, with_threads,
+    SavedFolder, StageHooks,
 };
 use crate::TrainError;
 
@@ -110,6 +110,39 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     }
 }
 
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    std::fs::write(path, text).map_err(io(path))
+}
+
+/// Bytes of every file under `dir`.
+fn folder_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => folder_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Bytes of a saved model's main-collection table files.
+fn main_table_bytes(model: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(model.join("tables")) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("main_"))
+        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+        .sum()
+}
+
 fn stage_cfg(cfg: &ExperimentConfig, top: &Path, stage: OptEmbedStage) -> ExperimentConfig {
     let mut c = cfg.clone();
     c.train.run_dir = Some(top.join(stage.as_str()));
@@ -178,10 +211,7 @@ pub fn run_stages(
     summary["optembed_stages"] = serde_json::Value::Object(all);
     summary["run_dir"] = top.display().to_string().into();
     if cluster.is_root() {
-        let p = top.join("summary.json");
-        let text = serde_json::to_string_pretty(&summary)
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
-        std::fs::write(&p, text).map_err(io(&p))?;
+        write_json(&top.join("summary.json"), &summary)?;
     }
     Ok(summary)
 }
@@ -295,10 +325,7 @@ fn search(
         cluster.world_size(),
         &opt,
     )?;
-    let device =
-        resolve_device(&cfg.train.device, cluster.local_rank()).map_err(TrainError::Invalid)?;
-    let table_device = resolve_device(&cfg.embedding.device, cluster.local_rank())
-        .map_err(|e| TrainError::Invalid(e.replace("train.device", "embedding.device")))?;
+    let (device, table_device) = resolve_devices(cfg, cluster)?;
     let mut bundle = ModelBundle::new(
         colls.main,
         colls.first_order,
@@ -316,7 +343,7 @@ fn search(
             widths: Widths::Full,
         }),
     )?;
-    fill_saved(&model_dir, &mut bundle)?;
+    fill_saved(&model_dir, &SavedFolder::read(&model_dir)?, &mut bundle)?;
     let fields = ft.rows.len();
     let mut scored = 0usize;
     let root = cluster.is_root();
@@ -379,15 +406,12 @@ fn search(
     if root {
         let dir = top.join(OptEmbedStage::Search.as_str());
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let w = serde_json::to_string_pretty(&SearchResult {
+        let result = SearchResult {
             widths: out.best.widths.clone(),
             valid_auc: out.best.auc,
-        })
-        .map_err(|e| TrainError::Invalid(e.to_string()))?;
-        std::fs::write(dir.join(WIDTHS), w).map_err(io(&dir))?;
-        let s = serde_json::to_string_pretty(&summary)
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
-        std::fs::write(dir.join("summary.json"), s).map_err(io(&dir))?;
+        };
+        write_json(&dir.join(WIDTHS), &result)?;
+        write_json(&dir.join("summary.json"), &summary)?;
     }
     Ok(summary)
 }
@@ -579,40 +603,12 @@ fn export(
         summary["compact_rows_compared"] = json!(p.preds.len());
         summary["compact_split"] = s.name.as_str().into();
     }
-    let size = |d: &Path, prefix: &str| -> u64 {
-        std::fs::read_dir(d.join("tables"))
-            .map(|it| {
-                it.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-                    .filter_map(|e| e.metadata().ok().map(|m| m.len()))
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
-    let dir_bytes = |d: &Path| -> u64 {
-        fn walk(p: &Path) -> u64 {
-            std::fs::read_dir(p)
-                .map(|it| {
-                    it.filter_map(Result::ok)
-                        .map(|e| {
-                            let p = e.path();
-                            if p.is_dir() {
-                                walk(&p)
-                            } else {
-                                e.metadata().map_or(0, |m| m.len())
-                            }
-                        })
-                        .sum()
-                })
-                .unwrap_or(0)
-        }
-        walk(d)
-    };
-    summary["compact_main_table_bytes"] =
-        json!(size(&dir, "main_") + dir.join(COMPACT_ROW_MASK).metadata().map_or(0, |m| m.len()));
+    summary["compact_main_table_bytes"] = json!(
+        main_table_bytes(&dir) + dir.join(COMPACT_ROW_MASK).metadata().map_or(0, |m| m.len())
+    );
     summary["full_main_table_bytes"] = json!(full * 4);
-    summary["compact_model_bytes"] = json!(dir_bytes(&dir));
-    summary["masked_model_bytes"] = json!(dir_bytes(&run.join("model")));
+    summary["compact_model_bytes"] = json!(folder_bytes(&dir));
+    summary["masked_model_bytes"] = json!(folder_bytes(&run.join("model")));
     summary["compact_model_dir"] = dir.display().to_string().into();
     Ok(())
 }
