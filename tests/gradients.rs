@@ -29,6 +29,7 @@ fn check(kind: ModelKind) {
             dense,
             emb,
             first_order: kind.needs_first_order().then_some(fo),
+            sequence: None,
         };
         model
             .forward_t(&input, false)

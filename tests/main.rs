@@ -19,5 +19,6 @@ mod mpi_train;
 mod optembed;
 mod optimizers;
 mod real_data;
+mod sequence;
 mod synth_data;
 mod unified;

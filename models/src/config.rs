@@ -15,6 +15,15 @@ pub enum ModelKind {
     Dcnv2,
     /// DLRM (Naumov et al. 2019): bottom MLP, pairwise dot interaction, top MLP.
     Dlrm,
+    /// DIN (Zhou et al. 2018): target attention by an MLP activation unit over the whole
+    /// behaviour sequence.
+    Din,
+    /// TWIN (Chang et al. 2023): top-K search over the sequence, then softmax
+    /// aggregation, with one embedding set for both roles.
+    Twin,
+    /// DARE (Feng et al. 2025): TWIN's search and aggregation with decoupled attention
+    /// and representation embeddings.
+    Dare,
 }
 
 impl ModelKind {
@@ -27,6 +36,17 @@ impl ModelKind {
     /// Width the main tables must have when the model fixes it (LR: one weight per value).
     pub fn fixed_embedding_width(self) -> Option<usize> {
         matches!(self, ModelKind::Lr).then_some(1)
+    }
+
+    /// Whether the model reads a target item and its behaviour sequence (sequence data)
+    /// instead of independent categorical features.
+    pub fn is_sequence(self) -> bool {
+        matches!(self, ModelKind::Din | ModelKind::Twin | ModelKind::Dare)
+    }
+
+    /// Whether the model has a second (attention) embedding set.
+    pub fn decoupled(self) -> bool {
+        matches!(self, ModelKind::Dare)
     }
 }
 
@@ -41,6 +61,15 @@ fn default_top() -> Vec<i64> {
 }
 fn default_cross() -> usize {
     3
+}
+fn default_sequence_len() -> usize {
+    200
+}
+fn default_top_k() -> usize {
+    20
+}
+fn default_attention_hidden() -> Vec<i64> {
+    vec![36]
 }
 
 /// Architecture and layer sizes.
@@ -63,9 +92,28 @@ pub struct ModelConfig {
     /// Dropout after each hidden layer, in [0, 1).
     #[serde(default)]
     pub dropout: f64,
-    /// Batch normalisation after each hidden linear layer.
+    /// Batch normalisation after each hidden linear layer (sequence models: of the
+    /// head's input, as DARE's head has it).
     #[serde(default)]
     pub batch_norm: bool,
+    /// Sequence models: `L`, the newest behaviours kept (older ones are dropped, shorter
+    /// histories left-padded).
+    #[serde(default = "default_sequence_len")]
+    pub sequence_len: usize,
+    /// TWIN and DARE: `K`, the behaviours the search keeps.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// DARE: width of each attention table (item, category, time); unset: the
+    /// representation width `embedding.dim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_dim: Option<usize>,
+    /// DIN: hidden layers of the attention activation unit.
+    #[serde(default = "default_attention_hidden")]
+    pub attention_hidden: Vec<i64>,
+    /// TWIN and DARE: add the loss of the same head over a softmax attention across the
+    /// whole sequence (the official DARE scripts' auxiliary loss).
+    #[serde(default)]
+    pub aux_loss: bool,
 }
 
 impl ModelConfig {
@@ -78,6 +126,11 @@ impl ModelConfig {
             cross_layers: default_cross(),
             dropout: 0.0,
             batch_norm: false,
+            sequence_len: default_sequence_len(),
+            top_k: default_top_k(),
+            attention_dim: None,
+            attention_hidden: default_attention_hidden(),
+            aux_loss: false,
         }
     }
 }

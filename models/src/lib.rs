@@ -1,5 +1,6 @@
-//! CTR models for shardrec as tch modules: LR, FM, DeepFM, DCNv2 and DLRM, plus the
-//! dense optimizers (Adam, Adagrad, SGD with weight decay).
+//! CTR models for shardrec as tch modules: LR, FM, DeepFM, DCNv2 and DLRM; the
+//! behaviour-sequence models DIN, TWIN and DARE; the dense optimizers (Adam, Adagrad, SGD
+//! with weight decay).
 //!
 //! Every model reads the same two inputs, produced outside libtorch by the embedding
 //! tables: `dense` (`[batch, num_dense]`) and `emb` (`[batch, sum of feature widths]`,
@@ -11,15 +12,22 @@ mod config;
 mod dcnv2;
 mod deepfm;
 mod dense_optimizer;
+mod din;
 mod dlrm;
 mod error;
 mod fm;
 mod logistic;
 mod mlp;
 mod model;
+mod sequence_head;
+mod sequence_parts;
+mod target_search;
+mod top_k_attention;
 
 pub use config::{ModelConfig, ModelKind};
 pub use dense_optimizer::{DenseOptimizer, DenseOptimizerConfig, DenseOptimizerKind};
 pub use error::ModelError;
 pub use mlp::Mlp;
-pub use model::{build_model, CtrModel, ModelInput, ModelShape};
+pub use model::{build_model, CtrModel, ModelInput, ModelShape, Retrieved, SequenceInput};
+pub use sequence_parts::SetWidths as SearchWidths;
+pub use target_search::{relevance_scores, search_top_k};

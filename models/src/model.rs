@@ -5,8 +5,10 @@ use tch::{nn, Tensor};
 use crate::config::{ModelConfig, ModelKind};
 use crate::dcnv2::Dcnv2;
 use crate::deepfm::DeepFm;
+use crate::din::Din;
 use crate::dlrm::Dlrm;
 use crate::logistic::Logistic;
+use crate::top_k_attention::TopKAttentionModel;
 use crate::ModelError;
 
 /// Shape of the inputs a model is built for.
@@ -49,6 +51,26 @@ pub struct ModelInput<'a> {
     pub emb: &'a Tensor,
     /// `[batch, features]`, present when the model needs first-order weights.
     pub first_order: Option<&'a Tensor>,
+    /// Sequence models: how `emb` holds each sample's target and history.
+    pub sequence: Option<&'a SequenceInput>,
+}
+
+/// Sequence models' view of `emb`: it has `batch * (len + 1)` rows, sample `b`'s target
+/// in row `b * (len + 1)` and its history slots (oldest first, left-padded) in the `len`
+/// rows after it; padded slots are zero rows.
+pub struct SequenceInput {
+    /// `L`: history slots per sample.
+    pub len: i64,
+    /// `[batch, L]` bool: the slot holds a behaviour.
+    pub mask: Tensor,
+}
+
+/// The search stage's choice for every sample: history slots, most relevant first.
+pub struct Retrieved {
+    /// `[batch, K]` slot indices in `0..L`.
+    pub slots: Tensor,
+    /// `[batch, K]` bool: the chosen slot holds a behaviour (not padding).
+    pub valid: Tensor,
 }
 
 /// A CTR model: inputs to one logit per sample.
@@ -56,6 +78,17 @@ pub trait CtrModel: Send {
     /// # Shapes
     /// `dense [B, nd], emb [B, W], first_order [B, F] -> logits [B]`
     fn forward_t(&self, input: &ModelInput, train: bool) -> Tensor;
+
+    /// Training logits plus, for models with an auxiliary objective, the auxiliary
+    /// logits whose loss is added to the main one.
+    fn forward_train(&self, input: &ModelInput) -> (Tensor, Option<Tensor>) {
+        (self.forward_t(input, true), None)
+    }
+
+    /// Sequence models: the `k` history slots the attention ranks highest.
+    fn retrieve(&self, _input: &ModelInput, _k: i64) -> Option<Retrieved> {
+        None
+    }
 }
 
 /// Builds the configured model with its parameters under `p`.
@@ -72,6 +105,7 @@ pub fn build_model(
     }
     for (key, layers) in [
         ("hidden", &cfg.hidden),
+        ("attention_hidden", &cfg.attention_hidden),
         ("bottom", &cfg.bottom),
         ("top", &cfg.top),
     ] {
@@ -88,5 +122,7 @@ pub fn build_model(
         ModelKind::Deepfm => Box::new(DeepFm::new(p, cfg, shape)?),
         ModelKind::Dcnv2 => Box::new(Dcnv2::new(p, cfg, shape)?),
         ModelKind::Dlrm => Box::new(Dlrm::new(p, cfg, shape)?),
+        ModelKind::Din => Box::new(Din::new(p, cfg, shape)?),
+        ModelKind::Twin | ModelKind::Dare => Box::new(TopKAttentionModel::new(p, cfg, shape)?),
     })
 }

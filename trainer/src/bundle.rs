@@ -1,6 +1,8 @@
 //! Tables plus dense model: what a batch runs through, in training and in evaluation.
 
-use shardrec_models::{build_model, CtrModel, ModelConfig, ModelInput, ModelShape};
+use shardrec_models::{
+    build_model, CtrModel, ModelConfig, ModelInput, ModelShape, Retrieved, SequenceInput,
+};
 use shardrec_tables::{CollectionLayout, Exchange, SparseOptimizer};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -8,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::data::Batch;
 use crate::embedding::{apply_gradient, lookup, Activation, EmbeddingEngine};
 use crate::optembed::{OptEmbedLayer, OptEmbedSetup};
+use crate::sequence::SequenceLookup;
 use crate::sharding_plan::CollectionPlans;
 use crate::TrainError;
 
@@ -21,12 +24,22 @@ pub struct ModelBundle {
     pub num_dense: usize,
     /// OptEmbed's row and dimension masks between the tables and the model.
     pub optembed: Option<OptEmbedLayer>,
+    /// Sequence models: how a batch's target and history become embedding rows.
+    pub sequence: Option<SequenceLookup>,
+}
+
+/// One sample's search result: history slots best first, and whether each holds a
+/// behaviour.
+pub struct SampleRetrieval {
+    pub slots: Vec<i64>,
+    pub valid: Vec<bool>,
 }
 
 /// One batch's embedding inputs (and what the tables' backward needs).
 pub struct Lookups {
     emb: Activation,
     first_order: Option<Activation>,
+    sequence: Option<SequenceInput>,
 }
 
 impl ModelBundle {
@@ -81,8 +94,13 @@ impl ModelBundle {
         let model = build_model(&vs.root(), model_cfg, &shape)?;
         // after the model, so its initial weights do not depend on OptEmbed
         let optembed = optembed.map(|o| OptEmbedLayer::new(&(vs.root() / "optembed"), o, features));
+        let sequence = model_cfg.kind.is_sequence().then_some(SequenceLookup {
+            len: model_cfg.sequence_len,
+            decoupled: model_cfg.kind.decoupled(),
+        });
         Ok(Self {
             optembed,
+            sequence,
             tables,
             first_order,
             vs,
@@ -99,6 +117,21 @@ impl ModelBundle {
         train: bool,
         ex: &dyn Exchange,
     ) -> Result<Lookups, TrainError> {
+        if let Some(seq) = &self.sequence {
+            let (ids, mask) = seq.expand(&batch.sparse)?;
+            let emb = lookup(&self.tables, ex, &ids, self.device, train)?;
+            let mask = Tensor::from_slice(&mask)
+                .view([batch.len() as i64, seq.len as i64])
+                .to_device(self.device);
+            return Ok(Lookups {
+                emb,
+                first_order: None,
+                sequence: Some(SequenceInput {
+                    len: seq.len as i64,
+                    mask,
+                }),
+            });
+        }
         let remapped = match &self.optembed {
             Some(o) => o.remap(&batch.sparse)?,
             None => None,
@@ -109,16 +142,82 @@ impl ModelBundle {
             Some(t) => Some(lookup(t, ex, &batch.sparse, self.device, train)?),
             None => None,
         };
-        Ok(Lookups { emb, first_order })
+        Ok(Lookups {
+            emb,
+            first_order,
+            sequence: None,
+        })
+    }
+
+    /// Training logits and, for models with an auxiliary objective, its logits.
+    pub fn train_logits(
+        &self,
+        lk: &Lookups,
+        batch: &Batch,
+    ) -> Result<(Tensor, Option<Tensor>), TrainError> {
+        if self.optembed.is_some() {
+            return Ok((self.logits(lk, batch, true)?, None));
+        }
+        let dense = self.dense_input(batch);
+        Ok(self.model.forward_train(&ModelInput {
+            dense: &dense,
+            emb: &lk.emb.tensor,
+            first_order: lk.first_order.as_ref().map(|a| &a.tensor),
+            sequence: lk.sequence.as_ref(),
+        }))
+    }
+
+    /// Sequence models: the `k` history slots the attention ranks highest, per sample,
+    /// with whether each holds a behaviour (collective when sharded).
+    pub fn retrieve(
+        &self,
+        batch: &Batch,
+        k: i64,
+        ex: &dyn Exchange,
+    ) -> Result<Vec<SampleRetrieval>, TrainError> {
+        let _guard = tch::no_grad_guard();
+        let lk = self.lookup(batch, false, ex)?;
+        let dense = self.dense_input(batch);
+        let Some(Retrieved { slots, valid }) = self.model.retrieve(
+            &ModelInput {
+                dense: &dense,
+                emb: &lk.emb.tensor,
+                first_order: None,
+                sequence: lk.sequence.as_ref(),
+            },
+            k,
+        ) else {
+            return Err(TrainError::Invalid(
+                "only sequence models (din, twin, dare) retrieve behaviours".into(),
+            ));
+        };
+        if batch.is_empty() {
+            return Ok(vec![]);
+        }
+        let k = slots.size()[1];
+        let slots = Vec::<i64>::try_from(slots.to_device(Device::Cpu).reshape([-1]))?;
+        let valid = Vec::<bool>::try_from(valid.to_device(Device::Cpu).reshape([-1]))?;
+        Ok(slots
+            .chunks(k as usize)
+            .zip(valid.chunks(k as usize))
+            .map(|(s, v)| SampleRetrieval {
+                slots: s.to_vec(),
+                valid: v.to_vec(),
+            })
+            .collect())
+    }
+
+    fn dense_input(&self, batch: &Batch) -> Tensor {
+        Tensor::from_slice(&batch.dense)
+            .view([batch.len() as i64, self.num_dense as i64])
+            .to_device(self.device)
     }
 
     /// The dense model's logits for a batch whose embeddings were looked up.
     /// # Shapes
     /// `-> [batch]`
     pub fn logits(&self, lk: &Lookups, batch: &Batch, train: bool) -> Result<Tensor, TrainError> {
-        let dense = Tensor::from_slice(&batch.dense)
-            .view([batch.len() as i64, self.num_dense as i64])
-            .to_device(self.device);
+        let dense = self.dense_input(batch);
         let masked = match &self.optembed {
             Some(o) => Some(o.apply(&lk.emb.tensor, &batch.sparse, batch.step_slice, train)?),
             None => None,
@@ -128,6 +227,7 @@ impl ModelBundle {
                 dense: &dense,
                 emb: masked.as_ref().unwrap_or(&lk.emb.tensor),
                 first_order: lk.first_order.as_ref().map(|a| &a.tensor),
+                sequence: lk.sequence.as_ref(),
             },
             train,
         ))

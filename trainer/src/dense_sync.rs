@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cluster::Cluster;
 use crate::TrainError;
+use shardrec_tables::Exchange;
 
 /// The trainable variables in name order: the same order on every rank.
 fn trainable_by_name(vs: &VarStore) -> Vec<(String, Tensor)> {
@@ -64,6 +65,40 @@ pub fn all_reduce_gradients(
             .to_device(v.device())
             .to_kind(v.kind());
         v.grad().copy_(&summed);
+        off += k;
+    }
+    Ok(())
+}
+
+/// Averages the model's non-trainable float buffers (batch norm's running statistics)
+/// over the ranks, so every replica keeps the statistics of the whole job's batches
+/// rather than of its own share, and all ranks evaluate with the same ones.
+pub fn average_buffers(vs: &VarStore, cluster: &Cluster) -> Result<(), TrainError> {
+    let mut bufs: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| !t.requires_grad() && t.is_floating_point())
+        .collect();
+    if bufs.is_empty() {
+        return Ok(());
+    }
+    bufs.sort_by(|a, b| a.0.cmp(&b.0));
+    let parts: Vec<Tensor> = bufs
+        .iter()
+        .map(|(_, t)| t.to_device(Device::Cpu).to_kind(Kind::Float).reshape([-1]))
+        .collect();
+    let mut buf = Vec::<f32>::try_from(&Tensor::cat(&parts, 0))?;
+    cluster.all_reduce_sum(&mut buf);
+    let world = cluster.world_size() as f32;
+    let _guard = tch::no_grad_guard();
+    let mut off = 0usize;
+    for (_, t) in &mut bufs {
+        let k = t.numel();
+        let mean = (Tensor::from_slice(&buf[off..off + k]) / f64::from(world))
+            .view(t.size().as_slice())
+            .to_device(t.device())
+            .to_kind(t.kind());
+        t.copy_(&mean);
         off += k;
     }
     Ok(())

@@ -20,9 +20,12 @@ pub mod model_io;
 pub mod optembed;
 pub mod progress;
 pub mod run_dir;
+pub mod search_bench;
+pub mod sequence;
 pub mod sharding_plan;
 pub mod sweep;
 pub mod synth;
+pub mod synth_sequence;
 pub mod train;
 mod zipf;
 

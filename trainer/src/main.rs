@@ -8,6 +8,19 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shardrec::config::load_config;
 use shardrec::synth::{generate, SynthOptions};
+use shardrec::synth_sequence::{generate_sequences, SequenceSynthOptions};
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BehaviourFormat {
+    Taobao,
+    Movielens,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SynthKind {
+    Criteo,
+    Sequence,
+}
 use shardrec_tables::Exchange;
 
 #[derive(Parser)]
@@ -66,17 +79,76 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
-    /// Prepare (or find in the cache) the config's data and print where it is.
+    /// Prepare (or find in the cache) the config's data and print where it is; or, with
+    /// `--format taobao|movielens`, turn a behaviour log into sequence samples (train,
+    /// valid and test TSV in `--out`) by DARE's protocol.
     Prepare {
-        config: PathBuf,
+        /// The experiment config (not with --format).
+        config: Option<PathBuf>,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-    },
-    /// Generate Criteo-format data from a teacher model with a known Bayes ceiling.
-    Synth {
-        /// Rows to write.
+        /// Build sequence samples from a behaviour log: taobao (UserBehavior CSV) or
+        /// movielens (the folder of RecBole's ml-100k atomic files).
+        #[arg(long, value_enum)]
+        format: Option<BehaviourFormat>,
+        /// The behaviour log (a file, or for movielens its folder).
         #[arg(long)]
+        input: Option<PathBuf>,
+        /// Output folder for train.tsv, valid.tsv, test.tsv and summary.json.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Behaviours kept as each target's history.
+        #[arg(long, default_value_t = 200)]
+        history: usize,
+        /// Users with fewer page views are dropped (the paper: 210 on Taobao).
+        #[arg(long, default_value_t = 210)]
+        min_history: usize,
+        /// Training targets per user (before the validation and test targets).
+        #[arg(long, default_value_t = 5)]
+        train_targets: usize,
+        /// Negatives per positive, drawn by item frequency among items the user never
+        /// touched.
+        #[arg(long, default_value_t = 2)]
+        negatives: usize,
+        #[arg(long, default_value_t = 2025)]
+        seed: u64,
+    },
+    /// Generate Criteo-format data from a teacher model with a known Bayes ceiling, or
+    /// (`--kind sequence`) behaviour sequences whose relevant behaviours are known.
+    Synth {
+        /// criteo: Criteo-format rows; sequence: sequence TSV (`<out>-train.tsv`,
+        /// `<out>-test.tsv`, `<out>-test.relevant`).
+        #[arg(long, value_enum, default_value = "criteo")]
+        kind: SynthKind,
+        /// Rows to write (criteo).
+        #[arg(long, default_value_t = 0)]
         rows: u64,
+        /// sequence: users (each gives --targets-per-user samples).
+        #[arg(long, default_value_t = 25_000)]
+        users: u64,
+        #[arg(long, default_value_t = 10)]
+        targets_per_user: u64,
+        /// sequence: each user's last targets that form the test split.
+        #[arg(long, default_value_t = 2)]
+        test_targets: u64,
+        /// sequence: history length of every user (or use --min-history/--max-history).
+        #[arg(long)]
+        history: Option<usize>,
+        #[arg(long, default_value_t = 100)]
+        min_history: usize,
+        #[arg(long, default_value_t = 10_000)]
+        max_history: usize,
+        #[arg(long, default_value_t = 50_000)]
+        items: u64,
+        #[arg(long, default_value_t = 200)]
+        categories: u64,
+        /// sequence: categories per hidden group (a behaviour is relevant when its
+        /// category shares the target category's group).
+        #[arg(long, default_value_t = 4)]
+        group_size: u64,
+        /// sequence: weight of the relevant behaviours' mean value in the click logit.
+        #[arg(long, default_value_t = 4.0)]
+        relevance_weight: f64,
         /// Output TSV; `<out>.prob` gets each row's true probability, `<out>.json` the summary.
         #[arg(long)]
         out: PathBuf,
@@ -102,6 +174,29 @@ enum Command {
         missing_rate: f64,
         #[arg(long, default_value_t = 0.25)]
         ctr: f64,
+    },
+    /// Time the search stage of TWIN/DARE (score every behaviour, keep the top K) per
+    /// 1,000 samples at several history lengths and attention widths; prints a table and
+    /// a JSON line. A benchmark: see docs/benchmarks.md.
+    BenchSearch {
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        lens: Vec<i64>,
+        #[arg(long, value_delimiter = ',', default_value = "48,24,12")]
+        widths: Vec<i64>,
+        #[arg(long, default_value_t = 20)]
+        k: i64,
+        #[arg(long, default_value_t = 4000)]
+        samples: i64,
+        #[arg(long, default_value_t = 250)]
+        chunk: i64,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Rows of the attention item table the keys are gathered from.
+        #[arg(long, default_value_t = 1_000_000)]
+        items: i64,
+        /// libtorch threads (0: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: i32,
     },
     /// Check the job's sharded embedding exchange: under `mpirun -np N`, every sharding
     /// kind and sparse optimizer must give the embeddings and rows of the one-process table
@@ -218,7 +313,55 @@ fn run() -> anyhow::Result<()> {
                 println!("{summary}");
             }
         }
-        Command::Prepare { config, set } => {
+        Command::Prepare {
+            format: Some(format),
+            input,
+            out,
+            history,
+            min_history,
+            train_targets,
+            negatives,
+            seed,
+            config,
+            ..
+        } => {
+            use shardrec::data::behaviour_samples::{
+                read_movielens, read_taobao, write_sequence_samples, SampleOptions,
+            };
+            if config.is_some() {
+                anyhow::bail!("prepare: give either a config or --format, not both");
+            }
+            let input = input.context("prepare --format needs --input")?;
+            let out = out.context("prepare --format needs --out")?;
+            let log = match format {
+                BehaviourFormat::Taobao => read_taobao(&input)?,
+                BehaviourFormat::Movielens => read_movielens(&input)?,
+            };
+            let s = write_sequence_samples(
+                &log,
+                &SampleOptions {
+                    history,
+                    min_history,
+                    train_targets,
+                    negatives,
+                    seed,
+                },
+                &out,
+            )?;
+            eprintln!(
+                "[shardrec] {} users kept, {} dropped (fewer than {min_history} behaviours); {} / {} / {} train / valid / test samples in {}",
+                s.users_kept,
+                s.users_dropped,
+                s.rows[0],
+                s.rows[1],
+                s.rows[2],
+                out.display()
+            );
+            println!("{}", serde_json::to_string(&s)?);
+        }
+        Command::Prepare { config, set, .. } => {
+            let config =
+                config.context("prepare needs a config (or --format with --input and --out)")?;
             let (cfg, _) = load_config(&config, &set)?;
             let ds = shardrec::data::prepare(&cfg.data, &|m| eprintln!("[shardrec] {m}"))?;
             let rows: serde_json::Map<String, serde_json::Value> = ds
@@ -237,6 +380,86 @@ fn run() -> anyhow::Result<()> {
                 })
             );
         }
+        Command::BenchSearch {
+            lens,
+            widths,
+            k,
+            samples,
+            chunk,
+            repeats,
+            items,
+            threads,
+        } => {
+            if threads > 0 {
+                tch::set_num_threads(threads);
+            }
+            let t = shardrec::search_bench::time_search(
+                &lens, &widths, k, samples, chunk, repeats, items,
+            );
+            println!("| L | attention width | K | search ms / 1k samples | gather + search ms / 1k samples | vs. first width |");
+            println!("|---|---|---|---|---|---|");
+            for r in &t {
+                let base = t
+                    .iter()
+                    .find(|b| b.len == r.len)
+                    .map_or(r.search_ms_per_1k, |b| b.search_ms_per_1k);
+                println!(
+                    "| {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                    r.len,
+                    r.width,
+                    r.k,
+                    r.search_ms_per_1k,
+                    r.gather_search_ms_per_1k,
+                    r.search_ms_per_1k / base
+                );
+            }
+            println!("{}", serde_json::to_string(&t)?);
+        }
+        Command::Synth {
+            kind: SynthKind::Sequence,
+            out,
+            users,
+            targets_per_user,
+            test_targets,
+            history,
+            min_history,
+            max_history,
+            items,
+            categories,
+            group_size,
+            relevance_weight,
+            seed,
+            ..
+        } => {
+            let mut o = SequenceSynthOptions::new(out, users, history.unwrap_or(min_history));
+            o.max_len = history.unwrap_or(max_history);
+            o.targets_per_user = targets_per_user;
+            o.test_targets = test_targets;
+            o.items = items;
+            o.categories = categories;
+            o.group_size = group_size;
+            o.relevance_weight = relevance_weight;
+            o.seed = seed;
+            let step = (users / 10).max(1);
+            let s = generate_sequences(o, &|done| {
+                if done % step < 256 || done == users {
+                    eprintln!("[synth] {done} / {users} users");
+                }
+            })
+            .map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "[synth] wrote {} ({} rows) and {} ({} rows, relevant behaviours in {}); click rate {:.4}, {:.1} relevant behaviours per sample, Bayes test AUC {:.5}",
+                s.train_file.display(),
+                s.train_rows,
+                s.test_file.display(),
+                s.test_rows,
+                s.relevant_file.display(),
+                s.click_rate,
+                s.mean_relevant_per_sample,
+                s.bayes_test_auc
+            );
+            println!("{}", serde_json::to_string(&s)?);
+        }
         Command::Synth {
             rows,
             out,
@@ -250,7 +473,11 @@ fn run() -> anyhow::Result<()> {
             test_fraction,
             missing_rate,
             ctr,
+            ..
         } => {
+            if rows == 0 {
+                anyhow::bail!("synth: --rows must be at least 1");
+            }
             let mut o = SynthOptions::criteo_like(rows, out, cardinality);
             o.cardinalities = if cardinalities.is_empty() {
                 vec![cardinality; fields]

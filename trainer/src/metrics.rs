@@ -80,9 +80,42 @@ pub fn gauc(labels: &[f32], scores: &[f32], groups: &[u64]) -> Option<f64> {
     (weight > 0.0).then(|| weighted / weight)
 }
 
+/// Unweighted mean of the AUCs of the groups that have both classes (DARE's
+/// category-averaged AUC, grouping by the target's category); `None` when none has.
+pub fn group_mean_auc(labels: &[f32], scores: &[f32], groups: &[u64]) -> Option<f64> {
+    let mut by_group: HashMap<u64, (Vec<f32>, Vec<f32>)> = HashMap::new();
+    for ((&g, &l), &s) in groups.iter().zip(labels).zip(scores) {
+        let e = by_group.entry(g).or_default();
+        e.0.push(l);
+        e.1.push(s);
+    }
+    let mut keys: Vec<u64> = by_group.keys().copied().collect();
+    keys.sort_unstable();
+    let aucs: Vec<f64> = keys
+        .iter()
+        .filter_map(|g| {
+            let (l, s) = &by_group[g];
+            auc(l, s)
+        })
+        .collect();
+    (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_mean_auc_weighs_groups_equally() {
+        // group 1: perfect (AUC 1) on 2 rows; group 2: inverted (AUC 0) on 4 rows;
+        // group 3 has one class and is left out
+        let labels = [0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let scores = [0.1, 0.9, 0.9, 0.8, 0.2, 0.1, 0.5];
+        let groups = [1, 1, 2, 2, 2, 2, 3];
+        assert_eq!(group_mean_auc(&labels, &scores, &groups), Some(0.5));
+        assert!((gauc(&labels, &scores, &groups).unwrap() - 2.0 / 6.0).abs() < 1e-12);
+        assert_eq!(group_mean_auc(&[1.0], &[0.5], &[3]), None);
+    }
 
     #[test]
     fn auc_counts_ties_as_half() {

@@ -23,17 +23,19 @@ use crate::checkpoint::{
 };
 use crate::cluster::Cluster;
 use crate::config::{ExperimentConfig, SparseOptimizerConfig};
+use crate::data::sequence_format::is_sequence_schema;
 use crate::data::{
     prepare, prepare_with_vocab, spawn_loader, LoaderOptions, PreparedDataset, SplitName,
 };
-use crate::dense_sync::all_reduce_gradients;
+use crate::dense_sync::{all_reduce_gradients, average_buffers};
 use crate::device::resolve_device;
 use crate::embedding::build_collections;
-use crate::evaluate::{evaluate, EvalResult};
+use crate::evaluate::{evaluate, predict_split, EvalResult};
 use crate::lockstep::{LockstepBatches, Step};
 use crate::model_io::{read_manifest, save_model};
 use crate::progress::Progress;
 use crate::run_dir::{peak_rss_bytes, RunDir};
+use crate::sequence::{sequence_embedding_config, sequence_table_schema, sequence_test_metrics};
 use crate::sharding_plan::{resolve_plans, write_plans, CollectionPlans};
 use crate::TrainError;
 
@@ -124,6 +126,50 @@ pub(crate) fn with_threads<T: Send>(
         .build()
         .map_err(|e| TrainError::Invalid(format!("thread pool: {e}")))?;
     Ok(pool.install(|| f(threads)))
+}
+
+/// The collections the configured model reads: one embedding feature per categorical
+/// feature, or for sequence models their item, category and time tables.
+pub(crate) fn model_collections(
+    cfg: &ExperimentConfig,
+    data: &PreparedDataset,
+) -> Result<crate::embedding::Collections, TrainError> {
+    let schema = &data.meta.schema;
+    let sequence_data = is_sequence_schema(schema);
+    if !cfg.model.kind.is_sequence() {
+        return build_collections(
+            &cfg.embedding,
+            &cfg.budget,
+            schema,
+            &data.meta.vocab_sizes,
+            cfg.seed,
+            cfg.model.kind,
+        )
+        .map_err(TrainError::Invalid);
+    }
+    if !sequence_data {
+        return Err(TrainError::Invalid(format!(
+            "model.kind = \"{}\" trains on behaviour sequences: set data.format = \"sequence\" (the data's features are {})",
+            serde_json::to_value(cfg.model.kind).unwrap_or_default().as_str().unwrap_or("?"),
+            schema.categorical.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if cfg.optembed.as_ref().is_some_and(|o| o.enabled) {
+        return Err(TrainError::Invalid(
+            "[optembed] prunes single-valued feature tables; it does not apply to sequence models"
+                .into(),
+        ));
+    }
+    let (table_schema, rows) = sequence_table_schema(&cfg.model, &data.meta.vocab_sizes);
+    build_collections(
+        &sequence_embedding_config(&cfg.embedding, &cfg.model),
+        &cfg.budget,
+        &table_schema,
+        &rows,
+        cfg.seed,
+        cfg.model.kind,
+    )
+    .map_err(TrainError::Invalid)
 }
 
 pub(crate) fn group_feature(
@@ -267,15 +313,21 @@ pub(crate) fn train_inner(
     }
     let groups = group_feature(cfg, &data)?;
     let schema = &data.meta.schema;
-    let colls = build_collections(
-        &cfg.embedding,
-        &cfg.budget,
-        schema,
-        &data.meta.vocab_sizes,
-        cfg.seed,
-        cfg.model.kind,
-    )
-    .map_err(TrainError::Invalid)?;
+    let colls = model_collections(cfg, &data)?;
+    if let Some(p) = &cfg.eval.relevant_positions {
+        // read at the end; refused now rather than after training
+        if !cfg.model.kind.is_sequence() || !p.is_file() {
+            return Err(TrainError::Invalid(format!(
+                "eval.relevant_positions = {}: {}",
+                p.display(),
+                if p.is_file() {
+                    "only sequence models (din, twin, dare) retrieve behaviours"
+                } else {
+                    "no such file"
+                }
+            )));
+        }
+    }
     let (collisionless_bytes, budget_bytes) = (colls.collisionless_bytes, colls.budget_bytes);
     let table_optimizer = sparse_optimizer(&cfg.embedding.optimizer);
     let plans = resolve_plans(
@@ -442,39 +494,46 @@ pub(crate) fn train_inner(
             let t0 = Instant::now();
             let lk = bundle.lookup(&batch, true, cluster)?;
             let t1 = Instant::now();
-            let logits = bundle.logits(&lk, &batch, true)?;
+            let (logits, aux_logits) = bundle.train_logits(&lk, &batch)?;
             opt.zero_grad();
             let regulariser = match (threshold_training, &bundle.optembed) {
                 // each rank adds its share, so the all-reduced gradient has it once
                 (Some((alpha, _)), Some(o)) => Some(o.regulariser(alpha / world as f64)),
                 _ => None,
             };
-            // the logged loss is the BCE alone (the regulariser is summed over the ranks)
-            let regulariser_v = regulariser
-                .as_ref()
-                .map_or(0.0, |r| r.double_value(&[]) * world as f64);
             let mut t_all_reduce = Duration::ZERO;
-            let loss_with_regulariser = if distributed {
+            // the logged loss is the main BCE (no regulariser, no auxiliary loss)
+            let loss_v = if distributed {
                 let mut loss = bundle.loss_share(&logits, &batch, global_rows);
+                let bce = loss.double_value(&[]);
                 if let Some(r) = &regulariser {
                     loss += r;
                 }
+                if let Some(a) = &aux_logits {
+                    loss += bundle.loss_share(a, &batch, global_rows);
+                }
                 loss.backward();
-                let mut global_loss = [loss.double_value(&[]) as f32];
+                let mut global_loss = [bce as f32];
                 let t = Instant::now();
                 all_reduce_gradients(&bundle.vs, cluster, &mut global_loss)?;
                 t_all_reduce = t.elapsed();
                 f64::from(global_loss[0])
             } else {
                 let mut loss = bundle.loss(&logits, &batch);
+                let bce = loss.double_value(&[]);
                 if let Some(r) = &regulariser {
                     loss += r;
                 }
+                if let Some(a) = &aux_logits {
+                    loss += bundle.loss(a, &batch);
+                }
                 loss.backward();
-                loss.double_value(&[])
+                bce
             };
-            let loss_v = loss_with_regulariser - regulariser_v;
             opt.step();
+            if distributed {
+                average_buffers(&bundle.vs, cluster)?;
+            }
             if let (Some((_, lr)), Some(o)) = (threshold_training, bundle.optembed.as_mut()) {
                 o.step_thresholds(lr);
             }
@@ -589,9 +648,13 @@ pub(crate) fn train_inner(
     } else {
         Vec::new()
     };
-    let test_result = match &test {
-        Some(t) => Some(evaluate(&bundle, t, cfg.eval.batch_size, groups, cluster)?),
-        None => None,
+    let (test_result, sequence_metrics) = match &test {
+        Some(t) => {
+            let p = predict_split(&bundle, t, cfg.eval.batch_size, groups, cluster)?;
+            let extra = sequence_test_metrics(&bundle, t, &p, cfg, cluster)?;
+            (Some(p.score(groups)), extra)
+        }
+        None => (None, json!({})),
     };
     let model_saved = cfg.train.save_model;
     if model_saved && !distributed {
@@ -693,6 +756,7 @@ pub(crate) fn train_inner(
     if let Some(r) = &test_result {
         summary["rows_test"] = r.rows.into();
     }
+    merge_json(&mut summary, sequence_metrics);
     if let Some(s) = stage.as_mut() {
         (s.after)(&bundle, &data, &run.path, &mut summary)?;
     }
@@ -1049,14 +1113,25 @@ fn eval_inner(
     )?;
     fill_saved(model_dir, &saved, &mut bundle)?;
     let groups = group_feature(cfg, &data)?;
-    let r = evaluate(&bundle, &split, cfg.eval.batch_size, groups, cluster)?;
+    let p = predict_split(&bundle, &split, cfg.eval.batch_size, groups, cluster)?;
+    let r = p.score(groups);
+    let extra = sequence_test_metrics(&bundle, &split, &p, cfg, cluster)?;
     let rss = cluster.all_gather(&[peak_rss_bytes()])?;
-    Ok(json!({
+    let mut out = json!({
         "auc": r.auc, "logloss": r.logloss, "gauc": r.gauc, "rows_test": r.rows,
         "split": split.name.as_str(), "model_dir": model_dir.display().to_string(),
         "bad_rows_skipped": data.meta.bad_rows.total(), "threads": threads,
         "world_size": cluster.world_size(), "saved_by_ranks": written_by,
         "peak_rss_bytes": rss.iter().copied().max().unwrap_or(0),
         "peak_rss_bytes_per_rank": rss,
-    }))
+    });
+    merge_json(&mut out, extra);
+    Ok(out)
+}
+
+/// Adds `extra`'s keys to `into` (both JSON objects).
+fn merge_json(into: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), extra) {
+        a.extend(b);
+    }
 }

@@ -74,6 +74,10 @@ pub enum DataFormat {
     Libfm,
     /// A delimited file whose columns `data.columns` describes.
     Delimited,
+    /// Behaviour sequences (DIN, TWIN, DARE): `label, user_id, target_item,
+    /// target_category, hist_items, hist_categories`, tab-separated, histories
+    /// comma-separated (see `data::sequence_format`).
+    Sequence,
     /// Already prepared by `shardrec prepare` (a folder with `meta.json`).
     Prepared,
 }
@@ -582,6 +586,11 @@ pub struct EvalConfig {
     /// Categorical feature whose value groups samples for GAUC (e.g. a user id).
     #[serde(default)]
     pub gauc_by: Option<String>,
+    /// Sequence models on generated data: the file listing each test sample's truly
+    /// relevant behaviours (`shardrec synth --kind sequence` writes it), to score the
+    /// search stage's top K by NDCG@K.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relevant_positions: Option<PathBuf>,
 }
 
 impl Default for EvalConfig {
@@ -589,6 +598,7 @@ impl Default for EvalConfig {
         Self {
             batch_size: default_eval_batch(),
             gauc_by: None,
+            relevant_positions: None,
         }
     }
 }

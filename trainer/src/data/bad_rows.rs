@@ -26,6 +26,8 @@ pub enum BadRowKind {
     BadLibfmPair,
     /// A join key (`[[data.joins]]`) with no row in the side file.
     UnknownJoinKey,
+    /// Sequence data whose history items and categories differ in length.
+    SequenceLengthMismatch,
 }
 
 impl BadRowKind {
@@ -38,6 +40,7 @@ impl BadRowKind {
             BadRowKind::BadLabel => "bad_label",
             BadRowKind::BadLibfmPair => "bad_libfm_pair",
             BadRowKind::UnknownJoinKey => "unknown_join_key",
+            BadRowKind::SequenceLengthMismatch => "sequence_length_mismatch",
         }
     }
 }

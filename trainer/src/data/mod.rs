@@ -1,17 +1,19 @@
 //! Input data: raw formats in, a prepared binary columnar layout out, batches from it.
 //!
-//! `prepare` reads Criteo / Avazu / libFM / delimited files once to build per-feature
+//! `prepare` reads Criteo / Avazu / libFM / delimited / behaviour-sequence files once to build per-feature
 //! vocabularies on the training split, then writes one little-endian file per column
 //! (labels, dense values, categorical ids) per split, cached under a key of the inputs and
 //! options. Training reads those files through memmap2, so memory stays bounded for data
 //! larger than RAM, and a loader thread turns rows into batches ahead of the step.
 
 mod bad_rows;
+pub mod behaviour_samples;
 mod fast_hash;
 mod loader;
 mod prepare;
 mod prepared;
 mod raw_format;
+pub mod sequence_format;
 mod vocab;
 
 use std::path::PathBuf;

@@ -517,7 +517,11 @@ fn build(
                     Ok(())
                 })?;
             }
-            builder.finish(cfg.min_count)
+            if cfg.format == DataFormat::Sequence {
+                builder.finish_shared(cfg.min_count, &super::sequence_format::SHARED_VOCABULARIES)
+            } else {
+                builder.finish(cfg.min_count)
+            }
         }
     };
 

@@ -189,6 +189,8 @@ impl JoinTable {
 #[derive(Debug, Clone)]
 pub struct RowParser {
     layout: Layout,
+    /// Sequence data: the two history features, which must be equally long.
+    paired_sequences: Option<(usize, usize)>,
     transform: DenseTransform,
     dense_as_categorical: bool,
     schema: Schema,
@@ -356,6 +358,27 @@ impl RowParser {
                     header,
                 )
             }
+            DataFormat::Sequence => {
+                let mut actions = vec![Action::Label { threshold: None }];
+                for (f, name) in super::sequence_format::SEQUENCE_FEATURES.iter().enumerate() {
+                    let multi = f == super::sequence_format::HIST_ITEMS
+                        || f == super::sequence_format::HIST_CATEGORIES;
+                    actions.push(Action::Categorical {
+                        separator: multi.then_some(b','),
+                        hex: false,
+                        hour_of_day: false,
+                    });
+                    names.push(name.to_string());
+                }
+                (
+                    Layout::Delimited {
+                        delimiter: b'\t',
+                        actions,
+                        joins: vec![],
+                    },
+                    HeaderRule::None,
+                )
+            }
             DataFormat::Prepared => {
                 return Err(FormatError("prepared data needs no parser".into()))
             }
@@ -414,6 +437,10 @@ impl RowParser {
         }
         Ok(Self {
             layout,
+            paired_sequences: (cfg.format == DataFormat::Sequence).then_some((
+                super::sequence_format::HIST_ITEMS,
+                super::sequence_format::HIST_CATEGORIES,
+            )),
             transform: cfg.dense_transform,
             dense_as_categorical: cfg.dense_as_categorical,
             schema: Schema { dense, categorical },
@@ -443,9 +470,24 @@ impl RowParser {
                 delimiter,
                 actions,
                 joins,
-            } => self.parse_delimited(line, *delimiter, actions, joins, row),
-            Layout::Libfm { fields } => parse_libfm(line, *fields, row),
+            } => self.parse_delimited(line, *delimiter, actions, joins, row)?,
+            Layout::Libfm { fields } => parse_libfm(line, *fields, row)?,
         }
+        if let Some((a, b)) = self.paired_sequences {
+            let (na, nb) = (row.cat(a).count(), row.cat(b).count());
+            if na != nb {
+                let col = 2 + b;
+                let field = line.split(|&c| c == b'\t').nth(col - 1).unwrap_or_default();
+                let field = &field[..field.len().min(80)];
+                return Err(BadField::new(
+                    BadRowKind::SequenceLengthMismatch,
+                    col,
+                    field,
+                    format!("{nb} history categories for {na} history items"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn parse_delimited(

@@ -108,6 +108,29 @@ impl VocabBuilder {
         }
     }
 
+    /// Like [`Self::finish`], with each group of features counted as one vocabulary that
+    /// every member then uses (sequence data: a target item and a behaviour's item are
+    /// one id space).
+    pub fn finish_shared(mut self, min_count: u64, groups: &[[usize; 2]]) -> Vocab {
+        for g in groups {
+            let (first, rest) = (g[0], &g[1..]);
+            for &m in rest {
+                let other = std::mem::take(&mut self.counts[m]);
+                let into = &mut self.counts[first];
+                for (k, c) in other {
+                    *into.entry(k).or_insert(0) += c;
+                }
+            }
+        }
+        let mut vocab = self.finish(min_count);
+        for g in groups {
+            for &m in &g[1..] {
+                vocab.features[m] = vocab.features[g[0]].clone();
+            }
+        }
+        vocab
+    }
+
     /// Assigns ids: count >= min_count, most frequent first; ties in a fixed order (by a
     /// hash of the value, then the value), so ids never depend on map iteration order.
     pub fn finish(self, min_count: u64) -> Vocab {

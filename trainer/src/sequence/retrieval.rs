@@ -1,0 +1,164 @@
+//! How well the search stage finds the behaviours that matter: on generated data the
+//! truly relevant history positions of every sample are known
+//! (`shardrec synth --kind sequence` writes them), so the model's top `K` slots are
+//! scored by NDCG@K against them (binary relevance), the retrieval measure DARE reports
+//! (Feng et al. 2025, arXiv 2410.02604).
+//!
+//! The side file has one line per sample of the test file, in order: the relevant
+//! behaviours' distances from the target (1 = most recent), comma-separated, empty when
+//! none.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::bundle::ModelBundle;
+use crate::cluster::Cluster;
+use crate::data::{spawn_loader, LoaderOptions, PreparedSplit};
+use crate::lockstep::{LockstepBatches, Step};
+use crate::TrainError;
+use shardrec_tables::Exchange;
+
+/// Every sample's relevant distances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelevantPositions {
+    pub samples: Vec<Vec<u32>>,
+}
+
+impl RelevantPositions {
+    pub fn read(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            TrainError::Invalid(format!("eval.relevant_positions: {}: {e}", path.display()))
+        })?;
+        let mut samples = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let mut v = Vec::new();
+            for t in line.split(',').filter(|t| !t.is_empty()) {
+                let d: u32 = t.trim().parse().ok().filter(|&d| d >= 1).ok_or_else(|| {
+                    TrainError::Invalid(format!(
+                        "{}:{}: `{t}` is not a distance (an integer >= 1)",
+                        path.display(),
+                        i + 1
+                    ))
+                })?;
+                v.push(d);
+            }
+            samples.push(v);
+        }
+        Ok(Self { samples })
+    }
+}
+
+/// NDCG@K of one ranking: `retrieved` distances best first, binary relevance; only
+/// relevant behaviours within the last `window` can be found, so the ideal counts those.
+/// `None` when none is within reach.
+pub fn ndcg_at_k(retrieved: &[u32], relevant: &[u32], window: u32) -> Option<f64> {
+    let reachable = relevant.iter().filter(|&&d| d <= window).count();
+    if reachable == 0 {
+        return None;
+    }
+    let gain = |r: usize| 1.0 / ((r + 2) as f64).log2();
+    let dcg: f64 = retrieved
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| relevant.contains(d))
+        .map(|(r, _)| gain(r))
+        .sum();
+    let ideal: f64 = (0..reachable.min(retrieved.len())).map(gain).sum();
+    Some(dcg / ideal)
+}
+
+/// Mean NDCG@K over the samples with a reachable relevant behaviour.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetrievalScore {
+    pub ndcg: f64,
+    pub samples: u64,
+    pub k: usize,
+}
+
+impl ModelBundle {
+    /// Scores the search stage on every sample of `split` (collective under mpirun).
+    pub fn retrieval_ndcg(
+        &self,
+        split: &Arc<PreparedSplit>,
+        relevant: &RelevantPositions,
+        batch_size: usize,
+        k: usize,
+        cluster: &Cluster,
+    ) -> Result<RetrievalScore, TrainError> {
+        if relevant.samples.len() != split.rows {
+            return Err(TrainError::Invalid(format!(
+                "eval.relevant_positions lists {} samples, the test split has {} rows (give the test file whose side file it is, with no rows skipped)",
+                relevant.samples.len(),
+                split.rows
+            )));
+        }
+        let len = self
+            .sequence
+            .map(|s| s.len)
+            .ok_or_else(|| TrainError::Invalid("retrieval needs a sequence model".into()))?;
+        let (rank, world) = (cluster.rank(), cluster.world_size());
+        let opts = LoaderOptions {
+            batch_size,
+            shuffle: false,
+            seed: 0,
+            epoch: 0,
+            window: split.rows.max(1),
+            queue: 2,
+            shard: (rank, world),
+            interleave_batches: true,
+            split_batches: false,
+            skip_batches: 0,
+            group_feature: None,
+        };
+        let stream = spawn_loader(split.clone(), opts);
+        let (mut sum, mut count) = (0f64, 0u64);
+        let mut own = 0usize;
+        for Step { batch, .. } in
+            LockstepBatches::new(stream, cluster, split.num_categorical(), false)
+        {
+            let found = self.retrieve(&batch, k as i64, cluster)?;
+            if batch.is_empty() {
+                continue;
+            }
+            let first_row = (rank + world * own) * batch_size;
+            own += 1;
+            for (i, r) in found.into_iter().enumerate() {
+                let dist: Vec<u32> = r
+                    .slots
+                    .iter()
+                    .zip(&r.valid)
+                    .filter(|(_, &v)| v)
+                    .map(|(&s, _)| (len - s as usize) as u32)
+                    .collect();
+                if let Some(n) = ndcg_at_k(&dist, &relevant.samples[first_row + i], len as u32) {
+                    sum += n;
+                    count += 1;
+                }
+            }
+        }
+        let mut totals = [sum, count as f64];
+        cluster.all_reduce_sum(&mut totals);
+        Ok(RetrievalScore {
+            ndcg: totals[0] / totals[1].max(1.0),
+            samples: totals[1] as u64,
+            k,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndcg_is_one_for_an_ideal_ranking_and_discounts_late_hits() {
+        assert_eq!(ndcg_at_k(&[3, 1, 9], &[1, 3], 100), Some(1.0));
+        let late = ndcg_at_k(&[9, 8, 3], &[3], 100).unwrap();
+        assert!((late - 0.5).abs() < 1e-12, "{late}");
+        // relevant only beyond the window: undefined
+        assert_eq!(ndcg_at_k(&[1, 2], &[500], 200), None);
+        // more relevant than K: the ideal fills all K
+        assert_eq!(ndcg_at_k(&[1, 2], &[1, 2, 3], 200), Some(1.0));
+        assert_eq!(ndcg_at_k(&[5, 6], &[1, 2, 3], 200), Some(0.0));
+    }
+}
