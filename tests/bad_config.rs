@@ -91,6 +91,16 @@ fn bad_values_name_key_and_range() {
     check(GOOD, &["train.checkpoint_every=-1"], &["checkpoint_every"]);
     check(
         GOOD,
+        &["model.kind=\"dare\"", "model.sequence_len=0"],
+        &["`model.sequence_len` = 0", "(from --set)"],
+    );
+    check(
+        GOOD,
+        &["model.kind=\"twin\"", "model.top_k=0"],
+        &["`model.top_k` = 0"],
+    );
+    check(
+        GOOD,
         &["sharding.memory_limit_per_rank=0"],
         &["`sharding.memory_limit_per_rank` = 0"],
     );

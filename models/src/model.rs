@@ -116,6 +116,20 @@ pub fn build_model(
             });
         }
     }
+    if cfg.kind.is_sequence() {
+        for (key, v) in [
+            ("sequence_len", cfg.sequence_len),
+            ("top_k", cfg.top_k),
+            ("attention_dim", cfg.attention_dim.unwrap_or(1)),
+        ] {
+            if !(1..=1 << 20).contains(&v) {
+                return Err(ModelError::Config {
+                    key,
+                    reason: format!("{v} is outside [1, 1048576]"),
+                });
+            }
+        }
+    }
     Ok(match cfg.kind {
         ModelKind::Lr => Box::new(Logistic::new(p, shape, false)?),
         ModelKind::Fm => Box::new(Logistic::new(p, shape, true)?),

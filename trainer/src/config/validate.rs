@@ -228,10 +228,16 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
         ("model.hidden", &m.hidden),
         ("model.bottom", &m.bottom),
         ("model.top", &m.top),
+        ("model.attention_hidden", &m.attention_hidden),
     ] {
         for &w in layers.iter() {
             check(&mut v, k, w, 1, 1 << 20);
         }
+    }
+    check(&mut v, "model.sequence_len", m.sequence_len, 1, 1 << 20);
+    check(&mut v, "model.top_k", m.top_k, 1, 1 << 20);
+    if let Some(a) = m.attention_dim {
+        check(&mut v, "model.attention_dim", a, 1, 1 << 16);
     }
     let p = &c.optimizer;
     check(&mut v, "optimizer.lr", p.lr, f64::MIN_POSITIVE, 1000.0);
