@@ -8,9 +8,12 @@
 #   taobao: ../shared/data/taobao/user_behavior_by_user.csv through `shardrec
 #           prepare-taobao` (DARE's protocol), L = 200.
 #   movielens: MovieLens-100k ratings as behaviour sequences (genre as category).
+#   dist:   DARE, one process against `mpirun -np 2`, on the MovieLens sequences, with and
+#           without the head's batch norm.
 #   speed:  `shardrec bench-search` at L = 1000 and 10000, attention widths 48, 24, 12.
 # Prints a table per part; runs and summaries go to data/bench/sequence. Not a test.
-#   launch/bench_sequence.sh [synth|taobao|movielens|speed|all]    (default all)
+#   launch/bench_sequence.sh [synth|taobao|movielens|dist|speed|all]    (default all)
+# EXTRA_SEEDS="2 3" repeats the generated-data runs of DARE and TWIN with those seeds.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -66,8 +69,16 @@ if [ "$WHICH" = synth ] || [ "$WHICH" = all ]; then
       job "$1" "$2" "configs/sequence_$3.toml" "${S[@]}"
     fi
   done
+  extra=()
+  for seed in ${EXTRA_SEEDS:-}; do
+    for m in dare twin; do
+      [[ ",${SKIP:-}," == *",synth-$m-s$seed,"* ]] ||
+        job "synth-$m-s$seed" 1 "configs/sequence_$m.toml" "${S[@]}" --set seed=$seed
+      extra+=("synth-$m-s$seed")
+    done
+  done
   cat "$D/synth.json" | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"generated: {d['train_rows']} train / {d['test_rows']} test samples, {d['mean_relevant_per_sample']:.1f} relevant behaviours per sample, Bayes test AUC {d['bayes_test_auc']:.5f}\")"
-  report synth-din synth-twin synth-dare synth-dare-np2
+  report synth-din synth-twin synth-dare synth-dare-np2 "${extra[@]}"
 fi
 
 # a real behaviour log: NAME FORMAT INPUT [prepare options]; three seeds per model
@@ -110,6 +121,24 @@ fi
 if [ "$WHICH" = movielens ] || [ "$WHICH" = all ]; then
   real_data movielens movielens ../shared/data/movielens-100k \
     --min-history 20 --train-targets 20 --history 200
+fi
+
+if [ "$WHICH" = dist ] || [ "$WHICH" = all ]; then
+  # DARE one process against `mpirun -np 2` (tables row-wise) on the MovieLens sequences,
+  # with and without the head's batch norm (its statistics are per rank, as in DDP
+  # without SyncBatchNorm)
+  D=$OUT/data/movielens
+  [ -s "$D/test.tsv" ] || "$BIN" prepare --format movielens --input ../shared/data/movielens-100k \
+    --out "$D" --min-history 20 --train-targets 20 --history 200 >/dev/null
+  R=(--set "data.train=\"$D/train.tsv\"" --set "data.valid=\"$D/valid.tsv\""
+     --set "data.test=\"$D/test.tsv\"" --set "data.cache_dir=\"$OUT/cache\"" --set seed=1
+     --set train.threads=1)
+  for bn in true false; do
+    job "ml-dare-bn$bn-np1" 1 configs/sequence_dare.toml "${R[@]}" --set model.batch_norm=$bn
+    job "ml-dare-bn$bn-np2" 2 configs/sequence_dare.toml "${R[@]}" --set model.batch_norm=$bn \
+      --set 'sharding.strategy="row_wise"'
+  done
+  report ml-dare-bntrue-np1 ml-dare-bntrue-np2 ml-dare-bnfalse-np1 ml-dare-bnfalse-np2
 fi
 
 if [ "$WHICH" = speed ] || [ "$WHICH" = all ]; then

@@ -105,7 +105,16 @@ fn din_twin_and_dare_learn_generated_sequences_and_dare_retrieves_the_relevant_b
     let mut results = std::collections::BTreeMap::new();
     for model in ["din", "twin", "dare"] {
         let cfg = sequence_config(dir.path(), model, &train, &test, Some(&relevant));
-        let s = summary(&run(dir.path(), &["train", cfg.to_str().unwrap()]));
+        // TWIN with the official scripts' auxiliary full-sequence loss
+        let aux = if model == "twin" {
+            "model.aux_loss=true"
+        } else {
+            "model.aux_loss=false"
+        };
+        let s = summary(&run(
+            dir.path(),
+            &["train", cfg.to_str().unwrap(), "--set", aux],
+        ));
         assert_eq!(s["model"], model);
         assert_eq!(s["rows_test"], 2400);
         for key in ["auc", "gauc", "category_auc", "retrieval_ndcg"] {

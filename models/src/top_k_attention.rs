@@ -96,3 +96,67 @@ impl CtrModel for TopKAttentionModel {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelKind;
+    use crate::model::SequenceInput;
+    use tch::{nn::VarStore, Device, Kind};
+
+    fn model(kind: ModelKind, k: usize, aux: bool) -> (VarStore, Box<dyn CtrModel>, ModelShape) {
+        let vs = VarStore::new(Device::Cpu);
+        let mut cfg = ModelConfig::new(kind);
+        cfg.hidden = vec![8];
+        cfg.top_k = k;
+        cfg.aux_loss = aux;
+        cfg.batch_norm = true;
+        let widths = if kind == ModelKind::Dare {
+            vec![4, 4, 2, 2, 2, 2]
+        } else {
+            vec![4, 4, 2]
+        };
+        let shape = ModelShape {
+            num_dense: 0,
+            feature_widths: widths,
+        };
+        let m = crate::build_model(&vs.root(), &cfg, &shape).unwrap();
+        (vs, m, shape)
+    }
+
+    #[test]
+    fn padding_is_never_retrieved_and_aux_logits_come_with_the_option() {
+        tch::manual_seed(3);
+        for kind in [ModelKind::Twin, ModelKind::Dare, ModelKind::Din] {
+            let (_vs, m, shape) = model(kind, 3, true);
+            let (b, l) = (2i64, 5i64);
+            let w = shape.embedding_width();
+            let emb = Tensor::randn([b * (l + 1), w], (Kind::Float, Device::Cpu));
+            // sample 0: two behaviours (slots 3, 4); sample 1: a full history
+            let mask = Tensor::from_slice(&[
+                false, false, false, true, true, true, true, true, true, true,
+            ])
+            .view([b, l]);
+            let seq = SequenceInput { len: l, mask };
+            let dense = Tensor::zeros([b, 0], (Kind::Float, Device::Cpu));
+            let input = ModelInput {
+                dense: &dense,
+                emb: &emb,
+                first_order: None,
+                sequence: Some(&seq),
+            };
+            let r = m.retrieve(&input, 3).unwrap();
+            let slots = Vec::<i64>::try_from(r.slots.view([-1])).unwrap();
+            let valid = Vec::<bool>::try_from(r.valid.view([-1])).unwrap();
+            assert_eq!(&valid[..3], &[true, true, false], "{kind:?}");
+            let mut first: Vec<i64> = slots[..2].to_vec();
+            first.sort();
+            assert_eq!(first, vec![3, 4], "{kind:?}");
+            assert!(valid[3..].iter().all(|&v| v));
+            let (logits, aux) = m.forward_train(&input);
+            assert_eq!(logits.size(), vec![b]);
+            assert_eq!(aux.is_some(), kind != ModelKind::Din, "{kind:?}");
+            assert!(m.forward_t(&input, false).isfinite().all().int64_value(&[]) == 1);
+        }
+    }
+}
