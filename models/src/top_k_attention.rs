@@ -16,7 +16,7 @@ use tch::Tensor;
 use crate::config::ModelConfig;
 use crate::model::{CtrModel, ModelInput, ModelShape, Retrieved};
 use crate::sequence_head::SequenceHead;
-use crate::sequence_parts::{split_parts, SequenceWidths};
+use crate::sequence_parts::{split_parts, SequenceParts, SequenceWidths};
 use crate::target_search::{
     aggregate, aggregate_all, relevance_scores, search_top_k, PADDING_SCORE,
 };
@@ -49,8 +49,8 @@ impl TopKAttentionModel {
         })
     }
 
-    /// Main logits and the full-sequence scores (for the auxiliary loss).
-    fn run(&self, input: &ModelInput, train: bool) -> (Tensor, Tensor, Tensor) {
+    /// The batch's embeddings by role and every slot's relevance score.
+    fn scored(&self, input: &ModelInput) -> (SequenceParts, Tensor) {
         let (parts, seq) = split_parts(input, &self.widths);
         let scores = relevance_scores(
             &parts.query,
@@ -58,10 +58,16 @@ impl TopKAttentionModel {
             &seq.mask,
             &self.widths.attention_set(),
         );
+        (parts, scores)
+    }
+
+    /// Main logits, the parts and the scores (for the auxiliary loss).
+    fn run(&self, input: &ModelInput, train: bool) -> (Tensor, SequenceParts, Tensor) {
+        let (parts, scores) = self.scored(input);
         let (top, slots) = search_top_k(&scores, self.k);
         let h = aggregate(&top, &slots, &parts.history);
         let logits = self.head.forward_t(&parts.target, &h, train);
-        (logits, scores, parts.history.shallow_clone())
+        (logits, parts, scores)
     }
 }
 
@@ -71,24 +77,17 @@ impl CtrModel for TopKAttentionModel {
     }
 
     fn forward_train(&self, input: &ModelInput) -> (Tensor, Option<Tensor>) {
-        let (logits, scores, history) = self.run(input, true);
+        let (logits, parts, scores) = self.run(input, true);
         if !self.aux_loss {
             return (logits, None);
         }
-        let (parts, _) = split_parts(input, &self.widths);
-        let h_all = aggregate_all(&scores, &history);
+        let h_all = aggregate_all(&scores, &parts.history);
         let aux = self.head.forward_t(&parts.target, &h_all, true);
         (logits, Some(aux))
     }
 
     fn retrieve(&self, input: &ModelInput, k: i64) -> Option<Retrieved> {
-        let (parts, seq) = split_parts(input, &self.widths);
-        let scores = relevance_scores(
-            &parts.query,
-            &parts.keys,
-            &seq.mask,
-            &self.widths.attention_set(),
-        );
+        let (_, scores) = self.scored(input);
         let (top, slots) = search_top_k(&scores, k);
         Some(Retrieved {
             slots,

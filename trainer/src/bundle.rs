@@ -42,6 +42,19 @@ pub struct Lookups {
     sequence: Option<SequenceInput>,
 }
 
+impl Lookups {
+    /// The model's input: the looked-up embeddings (or `emb` in their place, e.g.
+    /// OptEmbed's masked ones) with the batch's dense features.
+    fn input<'a>(&'a self, dense: &'a Tensor, emb: &'a Tensor) -> ModelInput<'a> {
+        ModelInput {
+            dense,
+            emb,
+            first_order: self.first_order.as_ref().map(|a| &a.tensor),
+            sequence: self.sequence.as_ref(),
+        }
+    }
+}
+
 impl ModelBundle {
     /// Fresh tables (initialised from their specs; sharded over the ranks of `ex` by
     /// `plans` when there are several; their rows moved to `table_device` when it is a
@@ -159,12 +172,7 @@ impl ModelBundle {
             return Ok((self.logits(lk, batch, true)?, None));
         }
         let dense = self.dense_input(batch);
-        Ok(self.model.forward_train(&ModelInput {
-            dense: &dense,
-            emb: &lk.emb.tensor,
-            first_order: lk.first_order.as_ref().map(|a| &a.tensor),
-            sequence: lk.sequence.as_ref(),
-        }))
+        Ok(self.model.forward_train(&lk.input(&dense, &lk.emb.tensor)))
     }
 
     /// Sequence models: the `k` history slots the attention ranks highest, per sample,
@@ -178,15 +186,9 @@ impl ModelBundle {
         let _guard = tch::no_grad_guard();
         let lk = self.lookup(batch, false, ex)?;
         let dense = self.dense_input(batch);
-        let Some(Retrieved { slots, valid }) = self.model.retrieve(
-            &ModelInput {
-                dense: &dense,
-                emb: &lk.emb.tensor,
-                first_order: None,
-                sequence: lk.sequence.as_ref(),
-            },
-            k,
-        ) else {
+        let Some(Retrieved { slots, valid }) =
+            self.model.retrieve(&lk.input(&dense, &lk.emb.tensor), k)
+        else {
             return Err(TrainError::Invalid(
                 "only sequence models (din, twin, dare) retrieve behaviours".into(),
             ));
@@ -223,12 +225,7 @@ impl ModelBundle {
             None => None,
         };
         Ok(self.model.forward_t(
-            &ModelInput {
-                dense: &dense,
-                emb: masked.as_ref().unwrap_or(&lk.emb.tensor),
-                first_order: lk.first_order.as_ref().map(|a| &a.tensor),
-                sequence: lk.sequence.as_ref(),
-            },
+            &lk.input(&dense, masked.as_ref().unwrap_or(&lk.emb.tensor)),
             train,
         ))
     }

@@ -59,16 +59,15 @@ impl SplitPredictions {
     }
 }
 
-/// Predicts every row of `split` (collective under mpirun; every rank gets all of them,
-/// in the split's order).
-pub fn predict_split(
-    bundle: &ModelBundle,
-    split: &Arc<PreparedSplit>,
+/// The loader of an evaluation pass: the split in order, cut into the batches one
+/// process would make, rank `r` taking batches `r, r + world, ...`.
+pub fn evaluation_loader(
+    split: &PreparedSplit,
     batch_size: usize,
     group_feature: Option<usize>,
     cluster: &Cluster,
-) -> Result<SplitPredictions, TrainError> {
-    let opts = LoaderOptions {
+) -> LoaderOptions {
+    LoaderOptions {
         batch_size,
         shuffle: false,
         seed: 0,
@@ -80,7 +79,19 @@ pub fn predict_split(
         split_batches: false,
         skip_batches: 0,
         group_feature,
-    };
+    }
+}
+
+/// Predicts every row of `split` (collective under mpirun; every rank gets all of them,
+/// in the split's order).
+pub fn predict_split(
+    bundle: &ModelBundle,
+    split: &Arc<PreparedSplit>,
+    batch_size: usize,
+    group_feature: Option<usize>,
+    cluster: &Cluster,
+) -> Result<SplitPredictions, TrainError> {
+    let opts = evaluation_loader(split, batch_size, group_feature, cluster);
     let mut labels = Vec::with_capacity(split.rows);
     let mut preds = Vec::with_capacity(split.rows);
     let mut groups = Vec::new();

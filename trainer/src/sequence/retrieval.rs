@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use crate::bundle::ModelBundle;
 use crate::cluster::Cluster;
-use crate::data::{spawn_loader, LoaderOptions, PreparedSplit};
+use crate::data::{spawn_loader, PreparedSplit};
+use crate::evaluate::evaluation_loader;
 use crate::lockstep::{LockstepBatches, Step};
 use crate::TrainError;
 use shardrec_tables::Exchange;
@@ -97,19 +98,7 @@ impl ModelBundle {
             .map(|s| s.len)
             .ok_or_else(|| TrainError::Invalid("retrieval needs a sequence model".into()))?;
         let (rank, world) = (cluster.rank(), cluster.world_size());
-        let opts = LoaderOptions {
-            batch_size,
-            shuffle: false,
-            seed: 0,
-            epoch: 0,
-            window: split.rows.max(1),
-            queue: 2,
-            shard: (rank, world),
-            interleave_batches: true,
-            split_batches: false,
-            skip_batches: 0,
-            group_feature: None,
-        };
+        let opts = evaluation_loader(split, batch_size, None, cluster);
         let stream = spawn_loader(split.clone(), opts);
         let (mut sum, mut count) = (0f64, 0u64);
         let mut own = 0usize;
