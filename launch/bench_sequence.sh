@@ -9,7 +9,7 @@
 #           prepare-taobao` (DARE's protocol), L = 200.
 #   movielens: MovieLens-100k ratings as behaviour sequences (genre as category).
 #   dist:   DARE, one process against `mpirun -np 2`, on the MovieLens sequences, with and
-#           without the head's batch norm.
+#           without the head's batch norm (synchronised over the ranks, and not).
 #   speed:  `shardrec bench-search` at L = 1000 and 10000, attention widths 48, 24, 12.
 # Prints a table per part; runs and summaries go to data/bench/sequence. Not a test.
 #   launch/bench_sequence.sh [synth|taobao|movielens|dist|speed|all]    (default all)
@@ -125,8 +125,9 @@ fi
 
 if [ "$WHICH" = dist ] || [ "$WHICH" = all ]; then
   # DARE one process against `mpirun -np 2` (tables row-wise) on the MovieLens sequences,
-  # with and without the head's batch norm (its statistics are per rank, as in DDP
-  # without SyncBatchNorm)
+  # with and without the head's batch norm; with batch norm also without its
+  # synchronisation (model.sync_batch_norm = false: statistics per rank, as DDP without
+  # SyncBatchNorm)
   D=$OUT/data/movielens
   [ -s "$D/test.tsv" ] || "$BIN" prepare --format movielens --input ../shared/data/movielens-100k \
     --out "$D" --min-history 20 --train-targets 20 --history 200 >/dev/null
@@ -138,7 +139,10 @@ if [ "$WHICH" = dist ] || [ "$WHICH" = all ]; then
     job "ml-dare-bn$bn-np2" 2 configs/sequence_dare.toml "${R[@]}" --set model.batch_norm=$bn \
       --set 'sharding.strategy="row_wise"'
   done
-  report ml-dare-bntrue-np1 ml-dare-bntrue-np2 ml-dare-bnfalse-np1 ml-dare-bnfalse-np2
+  job ml-dare-bntrue-nosync-np2 2 configs/sequence_dare.toml "${R[@]}" --set model.batch_norm=true \
+    --set model.sync_batch_norm=false --set 'sharding.strategy="row_wise"'
+  report ml-dare-bntrue-np1 ml-dare-bntrue-np2 ml-dare-bntrue-nosync-np2 ml-dare-bnfalse-np1 \
+    ml-dare-bnfalse-np2
 fi
 
 if [ "$WHICH" = speed ] || [ "$WHICH" = all ]; then

@@ -30,6 +30,7 @@ fn check(kind: ModelKind) {
             emb,
             first_order: kind.needs_first_order().then_some(fo),
             sequence: None,
+            stats: None,
         };
         model
             .forward_t(&input, false)

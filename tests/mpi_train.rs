@@ -158,3 +158,60 @@ fn the_written_plan_reloads_to_the_same_run_and_a_tight_memory_limit_names_the_t
         stderr(&o)
     );
 }
+
+#[test]
+fn synchronised_batch_norm_trains_the_one_process_model_under_two_ranks() {
+    // DLRM with batch norm after every hidden layer; the same global batches each step.
+    // Synchronised (the default), two ranks follow one process to float rounding;
+    // normalising by each rank's half batch (sync_batch_norm = false) trains a different
+    // model. Dense SGD, since Adam's first steps turn rounding noise on the zero gradient
+    // of a bias before batch norm into full-size steps (in PyTorch too).
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 20_000, 500);
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "dlrm",
+        "max_steps = 10\nsave_model = false\nshuffle = false",
+    );
+    let train = |ranks: usize, sync: bool| {
+        let run_dir = format!(
+            "train.run_dir={}",
+            dir.path().join(format!("run{ranks}{sync}")).display()
+        );
+        let sync = format!("model.sync_batch_norm={sync}");
+        let o = run_mpi(
+            dir.path(),
+            ranks,
+            &[
+                "train",
+                cfg.to_str().unwrap(),
+                "--set",
+                &run_dir,
+                "--set",
+                "model.batch_norm=true",
+                "--set",
+                "optimizer.kind=\"sgd\"",
+                "--set",
+                &sync,
+            ],
+            Duration::from_secs(300),
+        );
+        let s = summary(&o);
+        (s["auc"].as_f64().unwrap(), s["logloss"].as_f64().unwrap())
+    };
+    let (auc1, loss1) = train(1, true);
+    let (auc2, loss2) = train(2, true);
+    let (auc_local, loss_local) = train(2, false);
+    eprintln!(
+        "one {auc1} {loss1}; two synced {auc2} {loss2}; two per-rank {auc_local} {loss_local}"
+    );
+    assert!(
+        (auc2 - auc1).abs() < 1e-5 && (loss2 - loss1).abs() < 1e-5,
+        "synchronised: AUC {auc2} logloss {loss2} vs one process {auc1} {loss1}"
+    );
+    assert!(
+        (auc_local - auc1).abs() > 1e-4,
+        "per-rank statistics should move the model: AUC {auc_local} vs {auc1}"
+    );
+}

@@ -50,6 +50,10 @@ impl ModelKind {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
+
 fn default_hidden() -> Vec<i64> {
     vec![256, 128]
 }
@@ -96,6 +100,11 @@ pub struct ModelConfig {
     /// head's input, as DARE's head has it).
     #[serde(default)]
     pub batch_norm: bool,
+    /// Under mpirun, batch norm normalises by the whole step's batch over all ranks
+    /// (PyTorch's SyncBatchNorm), so the model trained matches one process's; false:
+    /// each rank by its own share (DDP without SyncBatchNorm).
+    #[serde(default = "default_true")]
+    pub sync_batch_norm: bool,
     /// Sequence models: `L`, the newest behaviours kept (older ones are dropped, shorter
     /// histories left-padded).
     #[serde(default = "default_sequence_len")]
@@ -126,6 +135,7 @@ impl ModelConfig {
             cross_layers: default_cross(),
             dropout: 0.0,
             batch_norm: false,
+            sync_batch_norm: true,
             sequence_len: default_sequence_len(),
             top_k: default_top_k(),
             attention_dim: None,

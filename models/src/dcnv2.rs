@@ -51,6 +51,8 @@ impl CtrModel for Dcnv2 {
         for layer in &self.cross {
             x = &x0 * layer.forward(&x) + &x;
         }
-        self.mlp.forward_t(&x, train).squeeze_dim(1)
+        self.mlp
+            .forward_synced(&x, train, input.stats)
+            .squeeze_dim(1)
     }
 }

@@ -47,6 +47,9 @@ impl CtrModel for DeepFm {
         let fm = linear_logit(self.dense.as_ref(), &self.bias, input)
             + fm_pairwise(&input.emb.view([-1, self.features, self.width]));
         let x = Tensor::cat(&[input.emb, input.dense], 1);
-        fm + self.mlp.forward_t(&x, train).squeeze_dim(1)
+        fm + self
+            .mlp
+            .forward_synced(&x, train, input.stats)
+            .squeeze_dim(1)
     }
 }

@@ -61,7 +61,7 @@ impl CtrModel for Din {
     fn forward_t(&self, input: &ModelInput, train: bool) -> Tensor {
         let (s, target, history) = self.scores(input);
         let h = aggregate_all(&s, &history);
-        self.head.forward_t(&target, &h, train)
+        self.head.forward_t(&target, &h, train, input.stats)
     }
 
     fn retrieve(&self, input: &ModelInput, k: i64) -> Option<Retrieved> {

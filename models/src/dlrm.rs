@@ -65,7 +65,7 @@ impl CtrModel for Dlrm {
         let emb = input.emb.view([-1, self.features, self.width]);
         let (t, head) = match &self.bottom {
             Some(b) => {
-                let x = b.forward_t(input.dense, train);
+                let x = b.forward_synced(input.dense, train, input.stats);
                 (Tensor::cat(&[x.unsqueeze(1), emb], 1), Some(x))
             }
             None => (emb, None),
@@ -79,6 +79,8 @@ impl CtrModel for Dlrm {
             Some(x) => Tensor::cat(&[x, z], 1),
             None => z,
         };
-        self.top.forward_t(&top_in, train).squeeze_dim(1)
+        self.top
+            .forward_synced(&top_in, train, input.stats)
+            .squeeze_dim(1)
     }
 }

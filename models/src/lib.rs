@@ -21,6 +21,7 @@ mod mlp;
 mod model;
 mod sequence_head;
 mod sequence_parts;
+mod sync_batch_norm;
 mod target_search;
 mod top_k_attention;
 
@@ -30,4 +31,5 @@ pub use error::ModelError;
 pub use mlp::Mlp;
 pub use model::{build_model, CtrModel, ModelInput, ModelShape, Retrieved, SequenceInput};
 pub use sequence_parts::SetWidths as SearchWidths;
+pub use sync_batch_norm::{batch_norm_forward, BatchStatsSync, StatsReducer};
 pub use target_search::{relevance_scores, search_top_k};

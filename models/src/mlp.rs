@@ -1,8 +1,10 @@
 //! A multilayer perceptron: Linear, optional batch norm, ReLU, optional dropout per hidden
 //! layer; optionally a final linear layer without activation.
 
-use tch::nn::{self, Module, ModuleT};
+use tch::nn::{self, Module};
 use tch::Tensor;
+
+use crate::sync_batch_norm::{batch_norm_forward, torch_batch_norm1d, BatchStatsSync};
 
 /// A linear layer initialised as `torch.nn.Linear` is (weights and bias uniform in
 /// +-1/sqrt(fan_in)), so results match what PyTorch users expect; tch's default
@@ -49,8 +51,7 @@ impl Mlp {
         let mut width = input;
         for (i, &h) in hidden.iter().enumerate() {
             let lin = torch_linear(p / format!("linear{i}"), width, h);
-            let bn =
-                batch_norm.then(|| nn::batch_norm1d(p / format!("bn{i}"), h, Default::default()));
+            let bn = batch_norm.then(|| torch_batch_norm1d(p / format!("bn{i}"), h));
             layers.push((lin, bn));
             width = h;
         }
@@ -75,11 +76,22 @@ impl Mlp {
     }
 
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_synced(xs, train, None)
+    }
+
+    /// As [`Mlp::forward_t`], with batch norm over the whole job's batch when `stats` is
+    /// given.
+    pub fn forward_synced(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        stats: Option<&BatchStatsSync>,
+    ) -> Tensor {
         let mut x = xs.shallow_clone();
         for (lin, bn) in &self.layers {
             x = lin.forward(&x);
             if let Some(bn) = bn {
-                x = bn.forward_t(&x, train);
+                x = batch_norm_forward(bn, &x, train, stats);
             }
             if self.relu_last_hidden {
                 x = x.relu();

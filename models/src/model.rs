@@ -8,6 +8,7 @@ use crate::deepfm::DeepFm;
 use crate::din::Din;
 use crate::dlrm::Dlrm;
 use crate::logistic::Logistic;
+use crate::sync_batch_norm::BatchStatsSync;
 use crate::top_k_attention::TopKAttentionModel;
 use crate::ModelError;
 
@@ -53,6 +54,9 @@ pub struct ModelInput<'a> {
     pub first_order: Option<&'a Tensor>,
     /// Sequence models: how `emb` holds each sample's target and history.
     pub sequence: Option<&'a SequenceInput>,
+    /// Training under data parallelism: batch norm normalises by the whole job's batch
+    /// through this (SyncBatchNorm); `None` normalises by this process's rows.
+    pub stats: Option<&'a BatchStatsSync<'a>>,
 }
 
 /// Sequence models' view of `emb`: it has `batch * (len + 1)` rows, sample `b`'s target

@@ -2,11 +2,12 @@
 //! arXiv 2410.02604): `[v_t, h, v_t * h]` (target representation, aggregated history,
 //! their product) -> batch norm -> Linear -> PReLU per hidden layer -> one logit.
 
-use tch::nn::{self, Module, ModuleT};
+use tch::nn::{self, Module};
 use tch::Tensor;
 
 use crate::config::ModelConfig;
 use crate::mlp::torch_linear;
+use crate::sync_batch_norm::{batch_norm_forward, torch_batch_norm1d, BatchStatsSync};
 
 #[derive(Debug)]
 pub struct SequenceHead {
@@ -20,9 +21,7 @@ impl SequenceHead {
     /// A head over target and history representations `width` wide.
     pub fn new(p: &nn::Path, cfg: &ModelConfig, width: i64) -> Self {
         let input = 3 * width;
-        let norm = cfg
-            .batch_norm
-            .then(|| nn::batch_norm1d(p / "bn", input, Default::default()));
+        let norm = cfg.batch_norm.then(|| torch_batch_norm1d(p / "bn", input));
         let mut layers = Vec::new();
         let mut w = input;
         for (i, &h) in cfg.hidden.iter().enumerate() {
@@ -42,11 +41,17 @@ impl SequenceHead {
 
     /// # Shapes
     /// `target [B, D], history [B, D] -> [B]`
-    pub fn forward_t(&self, target: &Tensor, history: &Tensor, train: bool) -> Tensor {
+    /// With `stats`, batch norm normalises by every rank's rows (training only).
+    pub fn forward_t(
+        &self,
+        target: &Tensor,
+        history: &Tensor,
+        train: bool,
+        stats: Option<&BatchStatsSync>,
+    ) -> Tensor {
         let mut x = Tensor::cat(&[target, history, &(target * history)], 1);
         if let Some(n) = &self.norm {
-            // batch statistics need two rows (a rank's last batch may have fewer)
-            x = n.forward_t(&x, train && x.size()[0] > 1);
+            x = batch_norm_forward(n, &x, train, stats);
         }
         for (lin, slope) in &self.layers {
             x = lin.forward(&x).prelu(slope);

@@ -66,7 +66,7 @@ impl TopKAttentionModel {
         let (parts, scores) = self.scored(input);
         let (top, slots) = search_top_k(&scores, self.k);
         let h = aggregate(&top, &slots, &parts.history);
-        let logits = self.head.forward_t(&parts.target, &h, train);
+        let logits = self.head.forward_t(&parts.target, &h, train, input.stats);
         (logits, parts, scores)
     }
 }
@@ -82,7 +82,9 @@ impl CtrModel for TopKAttentionModel {
             return (logits, None);
         }
         let h_all = aggregate_all(&scores, &parts.history);
-        let aux = self.head.forward_t(&parts.target, &h_all, true);
+        let aux = self
+            .head
+            .forward_t(&parts.target, &h_all, true, input.stats);
         (logits, Some(aux))
     }
 
@@ -143,6 +145,7 @@ mod tests {
                 emb: &emb,
                 first_order: None,
                 sequence: Some(&seq),
+                stats: None,
             };
             let r = m.retrieve(&input, 3).unwrap();
             let slots = Vec::<i64>::try_from(r.slots.view([-1])).unwrap();

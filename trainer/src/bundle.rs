@@ -1,7 +1,8 @@
 //! Tables plus dense model: what a batch runs through, in training and in evaluation.
 
 use shardrec_models::{
-    build_model, CtrModel, ModelConfig, ModelInput, ModelShape, Retrieved, SequenceInput,
+    build_model, BatchStatsSync, CtrModel, ModelConfig, ModelInput, ModelShape, Retrieved,
+    SequenceInput,
 };
 use shardrec_tables::{CollectionLayout, Exchange, SparseOptimizer};
 use tch::nn::VarStore;
@@ -45,12 +46,19 @@ pub struct Lookups {
 impl Lookups {
     /// The model's input: the looked-up embeddings (or `emb` in their place, e.g.
     /// OptEmbed's masked ones) with the batch's dense features.
-    fn input<'a>(&'a self, dense: &'a Tensor, emb: &'a Tensor) -> ModelInput<'a> {
+    /// `stats`: batch norm over the whole job's batch (training under mpirun).
+    fn input<'a>(
+        &'a self,
+        dense: &'a Tensor,
+        emb: &'a Tensor,
+        stats: Option<&'a BatchStatsSync<'a>>,
+    ) -> ModelInput<'a> {
         ModelInput {
             dense,
             emb,
             first_order: self.first_order.as_ref().map(|a| &a.tensor),
             sequence: self.sequence.as_ref(),
+            stats,
         }
     }
 }
@@ -162,17 +170,22 @@ impl ModelBundle {
         })
     }
 
-    /// Training logits and, for models with an auxiliary objective, its logits.
+    /// Training logits and, for models with an auxiliary objective, its logits. With
+    /// `stats`, batch norm normalises by the whole job's batch (then call
+    /// [`BatchStatsSync::cross_rank_term`] before backward).
     pub fn train_logits(
         &self,
         lk: &Lookups,
         batch: &Batch,
+        stats: Option<&BatchStatsSync>,
     ) -> Result<(Tensor, Option<Tensor>), TrainError> {
         if self.optembed.is_some() {
-            return Ok((self.logits(lk, batch, true)?, None));
+            return Ok((self.logits_synced(lk, batch, true, stats)?, None));
         }
         let dense = self.dense_input(batch);
-        Ok(self.model.forward_train(&lk.input(&dense, &lk.emb.tensor)))
+        Ok(self
+            .model
+            .forward_train(&lk.input(&dense, &lk.emb.tensor, stats)))
     }
 
     /// Sequence models: the `k` history slots the attention ranks highest, per sample,
@@ -186,8 +199,9 @@ impl ModelBundle {
         let _guard = tch::no_grad_guard();
         let lk = self.lookup(batch, false, ex)?;
         let dense = self.dense_input(batch);
-        let Some(Retrieved { slots, valid }) =
-            self.model.retrieve(&lk.input(&dense, &lk.emb.tensor), k)
+        let Some(Retrieved { slots, valid }) = self
+            .model
+            .retrieve(&lk.input(&dense, &lk.emb.tensor, None), k)
         else {
             return Err(TrainError::Invalid(
                 "only sequence models (din, twin, dare) retrieve behaviours".into(),
@@ -219,13 +233,23 @@ impl ModelBundle {
     /// # Shapes
     /// `-> [batch]`
     pub fn logits(&self, lk: &Lookups, batch: &Batch, train: bool) -> Result<Tensor, TrainError> {
+        self.logits_synced(lk, batch, train, None)
+    }
+
+    fn logits_synced(
+        &self,
+        lk: &Lookups,
+        batch: &Batch,
+        train: bool,
+        stats: Option<&BatchStatsSync>,
+    ) -> Result<Tensor, TrainError> {
         let dense = self.dense_input(batch);
         let masked = match &self.optembed {
             Some(o) => Some(o.apply(&lk.emb.tensor, &batch.sparse, batch.step_slice, train)?),
             None => None,
         };
         Ok(self.model.forward_t(
-            &lk.input(&dense, masked.as_ref().unwrap_or(&lk.emb.tensor)),
+            &lk.input(&dense, masked.as_ref().unwrap_or(&lk.emb.tensor), stats),
             train,
         ))
     }

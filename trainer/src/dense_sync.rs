@@ -11,6 +11,13 @@ use crate::cluster::Cluster;
 use crate::TrainError;
 use shardrec_tables::Exchange;
 
+/// Batch norm's statistics summed over the job's ranks (SyncBatchNorm).
+impl shardrec_models::StatsReducer for Cluster {
+    fn all_reduce_sum(&self, values: &mut [f32]) {
+        Cluster::all_reduce_sum(self, values);
+    }
+}
+
 /// The trainable variables in name order: the same order on every rank.
 fn trainable_by_name(vs: &VarStore) -> Vec<(String, Tensor)> {
     let mut vars: Vec<(String, Tensor)> = vs

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use shardrec_models::DenseOptimizer;
+use shardrec_models::{BatchStatsSync, DenseOptimizer};
 use shardrec_tables::SparseOptimizer;
 
 use shardrec_tables::{Exchange, ShardingKind};
@@ -272,6 +272,8 @@ pub(crate) fn train_inner(
     let started = Instant::now();
     let (rank, world) = (cluster.rank(), cluster.world_size());
     let distributed = world > 1;
+    // SyncBatchNorm: every rank normalises by the whole step's batch
+    let sync_stats = distributed && cfg.model.batch_norm && cfg.model.sync_batch_norm;
     let say = |m: &str| {
         if cluster.is_root() {
             log(m)
@@ -494,7 +496,8 @@ pub(crate) fn train_inner(
             let t0 = Instant::now();
             let lk = bundle.lookup(&batch, true, cluster)?;
             let t1 = Instant::now();
-            let (logits, aux_logits) = bundle.train_logits(&lk, &batch)?;
+            let stats = sync_stats.then(|| BatchStatsSync::new(cluster));
+            let (logits, aux_logits) = bundle.train_logits(&lk, &batch, stats.as_ref())?;
             opt.zero_grad();
             let regulariser = match (threshold_training, &bundle.optembed) {
                 // each rank adds its share, so the all-reduced gradient has it once
@@ -511,6 +514,14 @@ pub(crate) fn train_inner(
                 }
                 if let Some(a) = &aux_logits {
                     loss += bundle.loss_share(a, &batch, global_rows);
+                }
+                if let Some(term) = stats
+                    .as_ref()
+                    .map(|s| s.cross_rank_term(&loss))
+                    .transpose()?
+                    .flatten()
+                {
+                    loss += term;
                 }
                 loss.backward();
                 let mut global_loss = [bce as f32];
