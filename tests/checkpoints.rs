@@ -320,3 +320,82 @@ fn corrupt_truncated_or_incomplete_checkpoints_are_refused_by_name() {
         "not a complete checkpoint",
     );
 }
+
+#[test]
+fn restore_best_tests_and_saves_the_best_validation_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 20_000, 500);
+    // a large dense learning rate, so validation AUC wanders and the best is not the last
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "dlrm",
+        "eval_every = 5\nrestore_best = true\n[optimizer]\nkind = \"adam\"\nlr = 0.3",
+    );
+    let cfg = cfg.to_str().unwrap();
+    let valid = "data.split={ kind = \"tail\", valid = 0.1, test = 0.2 }";
+    let train = |name: &str, restore: bool| {
+        let run_dir = dir.path().join(name);
+        let o = run(
+            dir.path(),
+            &[
+                "train",
+                cfg,
+                "--set",
+                valid,
+                "--set",
+                "embedding.optimizer.lr=0.5",
+                "--set",
+                &format!("train.restore_best={restore}"),
+                "--set",
+                &format!("train.run_dir={}", run_dir.display()),
+            ],
+        );
+        (summary(&o), run_dir)
+    };
+    let (s, run_dir) = train("best", true);
+    let validations = s["validations"].as_array().unwrap();
+    let best = validations
+        .iter()
+        .max_by(|a, b| {
+            a["auc"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["auc"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(s["restored_best_step"], best["step"], "{s}");
+    assert_eq!(s["best_valid_auc"], best["auc"]);
+    let last = validations.last().unwrap()["step"].as_u64().unwrap();
+    assert_ne!(
+        best["step"].as_u64().unwrap(),
+        last,
+        "this run's best validation should come before its last: {validations:?}"
+    );
+    // the test figures are those of the best model, and so is the saved model
+    for folder in ["best", "model"] {
+        let o = run(
+            dir.path(),
+            &[
+                "eval",
+                cfg,
+                "--set",
+                valid,
+                "--model",
+                run_dir.join(folder).to_str().unwrap(),
+            ],
+        );
+        let e = summary(&o);
+        assert_eq!(e["auc"], s["auc"], "{folder}: {e}");
+        assert_eq!(e["logloss"], s["logloss"], "{folder}: {e}");
+    }
+    // the same run without restore_best tests the last model: other figures
+    let (plain, _) = train("last", false);
+    assert!(plain["restored_best_step"].is_null());
+    assert_eq!(plain["validations"], s["validations"], "the same training");
+    assert_ne!(plain["auc"], s["auc"]);
+    // no validation split: refused before training, naming the key
+    let o = run(dir.path(), &["train", cfg]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("train.restore_best"), "{}", stderr(&o));
+}

@@ -313,6 +313,11 @@ pub(crate) fn train_inner(
             "train.early_stopping_patience needs a non-empty validation split".into(),
         ));
     }
+    if cfg.train.restore_best && valid.is_none() {
+        return Err(TrainError::Invalid(
+            "train.restore_best needs a non-empty validation split".into(),
+        ));
+    }
     let groups = group_feature(cfg, &data)?;
     let schema = &data.meta.schema;
     let colls = model_collections(cfg, &data)?;
@@ -589,7 +594,12 @@ pub(crate) fn train_inner(
             let mut stop = false;
             if cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0 {
                 if let Some(v) = &valid {
-                    stop = validate(&ctx, &bundle, v, step, epoch, &mut run, &mut validation)?;
+                    let improved;
+                    (stop, improved) =
+                        validate(&ctx, &bundle, v, step, epoch, &mut run, &mut validation)?;
+                    if improved && cfg.train.restore_best {
+                        checkpoints.write_best(&ctx, &bundle, position, &validation)?;
+                    }
                 }
             }
             if cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 {
@@ -606,7 +616,12 @@ pub(crate) fn train_inner(
         if cfg.train.eval_every == 0 {
             if let Some(v) = &valid {
                 let step = position.step;
-                if validate(&ctx, &bundle, v, step, epoch, &mut run, &mut validation)? {
+                let (stop, improved) =
+                    validate(&ctx, &bundle, v, step, epoch, &mut run, &mut validation)?;
+                if improved && cfg.train.restore_best {
+                    checkpoints.write_best(&ctx, &bundle, position, &validation)?;
+                }
+                if stop {
                     stopped_early = true;
                     break 'epochs;
                 }
@@ -620,6 +635,20 @@ pub(crate) fn train_inner(
     {
         checkpoints.write(&ctx, &bundle, &opt, position, &validation)?;
     }
+    // the best validation's model, if a later step is what the bundle holds now
+    let restored_best_step = match checkpoints.best {
+        Some((best_step, ref dir)) if cfg.train.restore_best => {
+            if best_step != position.step {
+                fill_saved(dir, &SavedFolder::read(dir)?, &mut bundle)?;
+            }
+            say(&format!(
+                "testing the model of step {best_step}, the best validation AUC ({})",
+                dir.display()
+            ));
+            Some(best_step)
+        }
+        _ => None,
+    };
     let step = position.step;
     let samples = position.samples_seen;
     progress.finish();
@@ -725,6 +754,7 @@ pub(crate) fn train_inner(
         "logloss": test_result.as_ref().map(|r| r.logloss),
         "gauc": test_result.as_ref().and_then(|r| r.gauc),
         "best_valid_auc": validation.best_auc,
+        "restored_best_step": restored_best_step,
         "train_samples_per_s": samples_this_run as f64 / train_time.as_secs_f64().max(1e-9),
         "rows_train": train_split.rows,
         "rows_valid": valid.as_ref().map_or(0, |s| s.rows),
@@ -783,8 +813,9 @@ struct Ctx<'a> {
     progress: &'a Progress,
 }
 
-/// Evaluates on the validation split, logs it, updates early stopping; true = stop. A
-/// step already validated (before the checkpoint a run resumed from) is not repeated.
+/// Evaluates on the validation split, logs it, updates early stopping; returns (stop,
+/// this validation is the best so far). A step already validated (before the checkpoint
+/// a run resumed from) is not repeated.
 fn validate(
     ctx: &Ctx,
     bundle: &ModelBundle,
@@ -793,9 +824,9 @@ fn validate(
     epoch: usize,
     run: &mut RunDir,
     state: &mut ValidationState,
-) -> Result<bool, TrainError> {
+) -> Result<(bool, bool), TrainError> {
     if state.last_step == Some(step) {
-        return Ok(false);
+        return Ok((false, false));
     }
     let cfg = ctx.cfg;
     let r = evaluate(bundle, split, cfg.eval.batch_size, ctx.groups, ctx.cluster)?;
@@ -816,14 +847,16 @@ fn validate(
         .push(json!({ "step": step, "auc": r.auc, "logloss": r.logloss }));
     state.last_step = Some(step);
     let auc = r.auc.unwrap_or(f64::NAN);
-    if state.best_auc.is_none_or(|b| auc > b) {
+    let improved = state.best_auc.is_none_or(|b| auc > b);
+    if improved {
         state.best_auc = Some(auc);
         state.evals_without_gain = 0;
     } else {
         state.evals_without_gain += 1;
     }
-    Ok(cfg.train.early_stopping_patience > 0
-        && state.evals_without_gain >= cfg.train.early_stopping_patience)
+    let stop = cfg.train.early_stopping_patience > 0
+        && state.evals_without_gain >= cfg.train.early_stopping_patience;
+    Ok((stop, improved))
 }
 
 /// The checkpoints a run writes.
@@ -835,6 +868,8 @@ struct Checkpoints<'a> {
     seconds: f64,
     last_step: Option<usize>,
     last_dir: Option<std::path::PathBuf>,
+    /// `train.restore_best`: the step and folder of the best validation's model.
+    best: Option<(usize, std::path::PathBuf)>,
 }
 
 impl<'a> Checkpoints<'a> {
@@ -847,7 +882,57 @@ impl<'a> Checkpoints<'a> {
             seconds: 0.0,
             last_step: None,
             last_dir: None,
+            best: None,
         }
+    }
+
+    /// Writes the model (weights only) to `<run>/best`, replacing the previous best
+    /// (collective).
+    fn write_best(
+        &mut self,
+        ctx: &Ctx,
+        bundle: &ModelBundle,
+        position: Position,
+        validation: &ValidationState,
+    ) -> Result<(), TrainError> {
+        let t = Instant::now();
+        let dir = self.run.join("best");
+        let cleared = if ctx.cluster.is_root() && dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|source| TrainError::Io {
+                path: dir.clone(),
+                source,
+            })
+        } else {
+            Ok(())
+        };
+        let mut failed = [u32::from(cleared.is_err())];
+        ctx.cluster.all_reduce_max(&mut failed);
+        cleared?;
+        if failed[0] != 0 {
+            return Err(TrainError::Invalid(format!(
+                "{}: rank 0 could not remove the previous best model",
+                dir.display()
+            )));
+        }
+        write_checkpoint(
+            &dir,
+            &CheckpointSource {
+                bundle,
+                dense_optimizer: None,
+                position,
+                validation,
+                seed: ctx.cfg.seed,
+                schema: &self.data.meta.schema,
+                vocab_sizes: &self.data.meta.vocab_sizes,
+                vocab_file: &self.data.dir.join("vocab.bin"),
+                model: &ctx.cfg.model,
+                plans: self.plans,
+            },
+            ctx.cluster,
+        )?;
+        self.seconds += t.elapsed().as_secs_f64();
+        self.best = Some((position.step, dir));
+        Ok(())
     }
 
     /// Writes `<run>/checkpoints/step-N` (collective) and drops the oldest beyond

@@ -527,6 +527,11 @@ pub struct TrainConfig {
     /// Stop after this many validations without a better AUC (0: never).
     #[serde(default)]
     pub early_stopping_patience: usize,
+    /// Keep the model of the best validation AUC (`<run>/best`, weights only) and test
+    /// and save that one rather than the last (the DARE protocol; Keras's
+    /// `restore_best_weights`). Needs a validation split.
+    #[serde(default)]
+    pub restore_best: bool,
     /// Stop after this many steps (0: no limit).
     #[serde(default)]
     pub max_steps: usize,

@@ -281,6 +281,14 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
             "needs a validation split (data.valid or data.split.valid > 0)",
         );
     }
+    if t.restore_best && !has_valid {
+        fail(
+            &mut v,
+            "train.restore_best",
+            t.restore_best,
+            "needs a validation split (data.valid or data.split.valid > 0)",
+        );
+    }
     check(&mut v, "eval.batch_size", c.eval.batch_size, 1, 1 << 24);
     if let Some(limit) = c.sharding.memory_limit_per_rank {
         check(&mut v, "sharding.memory_limit_per_rank", limit, 1, u64::MAX);
