@@ -14,6 +14,8 @@
 # Prints a table per part; runs and summaries go to data/bench/sequence. Not a test.
 #   launch/bench_sequence.sh [synth|taobao|movielens|dist|speed|all]    (default all)
 # EXTRA_SEEDS="2 3" repeats the generated-data runs of DARE and TWIN with those seeds.
+# ITEMS=5000 RELEVANCE_WEIGHT=8 generate other data (default 50000 and 4; the runs then
+# go to names ending -i<items>-r<weight>); AUX=1 trains with the auxiliary loss (-aux).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -51,16 +53,22 @@ PY
 }
 
 if [ "$WHICH" = synth ] || [ "$WHICH" = all ]; then
-  D=$OUT/data
+  ITEMS=${ITEMS:-50000}
+  RW=${RELEVANCE_WEIGHT:-4}
+  SUF=""
+  if [ "$ITEMS" != 50000 ] || [ "$RW" != 4 ]; then SUF="-i$ITEMS-r$RW"; fi
+  D=$OUT/data$SUF
   if [ ! -s "$D/synth-test.relevant" ]; then
     "$BIN" synth --kind sequence --users 25000 --targets-per-user 10 --test-targets 2 \
-      --history 1000 --out "$D/synth" >/dev/null
+      --history 1000 --items "$ITEMS" --relevance-weight "$RW" --out "$D/synth" >/dev/null
   fi
   S=(--set "data.train=\"$D/synth-train.tsv\"" --set "data.test=\"$D/synth-test.tsv\""
      --set "eval.relevant_positions=\"$D/synth-test.relevant\"" --set model.sequence_len=1000
-     --set "data.cache_dir=\"$OUT/cache\"" --set train.epochs=1)
+     --set "data.cache_dir=\"$OUT/cache$SUF\"" --set train.epochs=1)
+  if [ "${AUX:-0}" = 1 ]; then S+=(--set model.aux_loss=true); SUF="$SUF-aux"; fi
   # SKIP=name,name leaves out runs whose summaries are already there
-  for spec in "synth-dare 1 dare" "synth-twin 1 twin" "synth-dare-np2 2 dare" "synth-din 1 din"; do
+  for spec in "synth-dare$SUF 1 dare" "synth-twin$SUF 1 twin" "synth-dare-np2$SUF 2 dare" \
+    "synth-din$SUF 1 din"; do
     set -- $spec
     if [[ ",${SKIP:-}," == *",$1,"* ]]; then continue; fi
     if [ "$2" -gt 1 ]; then
@@ -72,13 +80,13 @@ if [ "$WHICH" = synth ] || [ "$WHICH" = all ]; then
   extra=()
   for seed in ${EXTRA_SEEDS:-}; do
     for m in dare twin; do
-      [[ ",${SKIP:-}," == *",synth-$m-s$seed,"* ]] ||
-        job "synth-$m-s$seed" 1 "configs/sequence_$m.toml" "${S[@]}" --set seed=$seed
-      extra+=("synth-$m-s$seed")
+      [[ ",${SKIP:-}," == *",synth-$m-s$seed$SUF,"* ]] ||
+        job "synth-$m-s$seed$SUF" 1 "configs/sequence_$m.toml" "${S[@]}" --set seed=$seed
+      extra+=("synth-$m-s$seed$SUF")
     done
   done
   cat "$D/synth.json" | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"generated: {d['train_rows']} train / {d['test_rows']} test samples, {d['mean_relevant_per_sample']:.1f} relevant behaviours per sample, Bayes test AUC {d['bayes_test_auc']:.5f}\")"
-  report synth-din synth-twin synth-dare synth-dare-np2 "${extra[@]}"
+  report "synth-din$SUF" "synth-twin$SUF" "synth-dare$SUF" "synth-dare-np2$SUF" "${extra[@]}"
 fi
 
 # a real behaviour log: NAME FORMAT INPUT [prepare options]; three seeds per model

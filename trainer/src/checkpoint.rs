@@ -151,7 +151,11 @@ pub const RNG_NOTE: &str = "libtorch is seeded with seed + step before every ste
 
 /// Every rank's `mine`: an error on any rank is an error on all (so no rank waits in a
 /// collective for one that stopped).
-fn agree<T>(cluster: &Cluster, mine: Result<T, TrainError>, what: &str) -> Result<T, TrainError> {
+pub(crate) fn agree<T>(
+    cluster: &Cluster,
+    mine: Result<T, TrainError>,
+    what: &str,
+) -> Result<T, TrainError> {
     let mut failed = [u32::from(mine.is_err())];
     cluster.all_reduce_max(&mut failed);
     match mine {

@@ -905,15 +905,8 @@ impl<'a> Checkpoints<'a> {
         } else {
             Ok(())
         };
-        let mut failed = [u32::from(cleared.is_err())];
-        ctx.cluster.all_reduce_max(&mut failed);
-        cleared?;
-        if failed[0] != 0 {
-            return Err(TrainError::Invalid(format!(
-                "{}: rank 0 could not remove the previous best model",
-                dir.display()
-            )));
-        }
+        let what = format!("replacing the best model {}", dir.display());
+        crate::checkpoint::agree(ctx.cluster, cleared, &what)?;
         write_checkpoint(
             &dir,
             &CheckpointSource {
