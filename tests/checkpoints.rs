@@ -334,25 +334,27 @@ fn restore_best_tests_and_saves_the_best_validation_model() {
     );
     let cfg = cfg.to_str().unwrap();
     let valid = "data.split={ kind = \"tail\", valid = 0.1, test = 0.2 }";
-    let train = |name: &str, restore: bool| {
+    let train_with = |name: &str, restore: bool, more: &[&str]| {
         let run_dir = dir.path().join(name);
-        let o = run(
-            dir.path(),
-            &[
-                "train",
-                cfg,
-                "--set",
-                valid,
-                "--set",
-                "embedding.optimizer.lr=0.5",
-                "--set",
-                &format!("train.restore_best={restore}"),
-                "--set",
-                &format!("train.run_dir={}", run_dir.display()),
-            ],
-        );
+        let restore = format!("train.restore_best={restore}");
+        let run_at = format!("train.run_dir={}", run_dir.display());
+        let mut args = vec![
+            "train",
+            cfg,
+            "--set",
+            valid,
+            "--set",
+            "embedding.optimizer.lr=0.5",
+            "--set",
+            &restore,
+            "--set",
+            &run_at,
+        ];
+        args.extend_from_slice(more);
+        let o = run(dir.path(), &args);
         (summary(&o), run_dir)
     };
+    let train = |name: &str, restore: bool| train_with(name, restore, &[]);
     let (s, run_dir) = train("best", true);
     let validations = s["validations"].as_array().unwrap();
     let best = validations
@@ -389,6 +391,14 @@ fn restore_best_tests_and_saves_the_best_validation_model() {
         assert_eq!(e["auc"], s["auc"], "{folder}: {e}");
         assert_eq!(e["logloss"], s["logloss"], "{folder}: {e}");
     }
+    // stopped after its best validation and resumed: the best from before the resume
+    let stop = format!("train.max_steps={}", best["step"].as_u64().unwrap() + 5);
+    let every = ["--set", "train.checkpoint_every=5"];
+    let (_, part) = train_with("part", true, &[every[0], every[1], "--set", &stop]);
+    let resume = part.to_str().unwrap();
+    let (resumed, _) = train_with("part", true, &[every[0], every[1], "--resume", resume]);
+    assert_eq!(resumed["restored_best_step"], best["step"], "{resumed}");
+    assert_eq!(resumed["auc"], s["auc"]);
     // the same run without restore_best tests the last model: other figures
     let (plain, _) = train("last", false);
     assert!(plain["restored_best_step"].is_null());

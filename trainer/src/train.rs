@@ -454,6 +454,11 @@ pub(crate) fn train_inner(
     let mut train_time = Duration::ZERO;
     let mut samples_this_run = 0u64;
     let mut checkpoints = Checkpoints::new(run.path.clone(), &data, &plans);
+    if cfg.train.restore_best {
+        if let Some(dir) = &resumed_from {
+            checkpoints.best = best_before(dir, &validation);
+        }
+    }
     let limit_reached = |step: usize| cfg.train.max_steps > 0 && step >= cfg.train.max_steps;
     let ctx = Ctx {
         cfg,
@@ -980,6 +985,20 @@ impl<'a> Checkpoints<'a> {
         self.last_dir = Some(dir);
         Ok(())
     }
+}
+
+/// A resumed run's best model so far: the `best/` beside the checkpoint it resumed from
+/// (`<run>/checkpoints/step-N`), if it is the best validation the checkpoint records
+/// and no newer than it.
+fn best_before(
+    checkpoint: &Path,
+    validation: &ValidationState,
+) -> Option<(usize, std::path::PathBuf)> {
+    let dir = checkpoint.parent()?.parent()?.join("best");
+    let m = read_checkpoint(&dir).ok()?;
+    (m.position.step <= validation.last_step.unwrap_or(0)
+        && m.validation.best_auc == validation.best_auc)
+        .then_some((m.position.step, dir))
 }
 
 /// Loads a checkpoint into freshly built tables, model and optimizer (under this job's
