@@ -10,23 +10,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 WHICH=${1:-all}
-source launch/env.sh
-BIN=target/release/shardrec
-[ -x "$BIN" ] || bash launch/setup.sh
 OUT=data/bench/optembed
-mkdir -p "$OUT"
-
-# runs one job: NAME RANKS CONFIG [--set ...]
-job() {
-  local name=$1 ranks=$2 cfg=$3
-  shift 3
-  local cmd=("$BIN" train "$cfg" --set "train.run_dir=\"$OUT/$name\"" "$@")
-  if [ "$ranks" -gt 1 ]; then
-    cmd=(mpirun -np "$ranks" "${cmd[@]}" --set train.threads=1)
-  fi
-  echo "== $name: ${cmd[*]}" >&2
-  "${cmd[@]}" > "$OUT/$name.json" 2> "$OUT/$name.err"
-}
+source launch/bench_jobs.sh
 
 report() {
   python3 - "$OUT" "$@" <<'PY'

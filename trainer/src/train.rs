@@ -891,6 +891,30 @@ impl<'a> Checkpoints<'a> {
         }
     }
 
+    /// What a checkpoint or the best model is written from (`opt`: None for weights only).
+    fn source<'s>(
+        &'s self,
+        ctx: &'s Ctx,
+        bundle: &'s ModelBundle,
+        opt: Option<&'s DenseOptimizer>,
+        position: Position,
+        validation: &'s ValidationState,
+        vocab_file: &'s Path,
+    ) -> CheckpointSource<'s> {
+        CheckpointSource {
+            bundle,
+            dense_optimizer: opt,
+            position,
+            validation,
+            seed: ctx.cfg.seed,
+            schema: &self.data.meta.schema,
+            vocab_sizes: &self.data.meta.vocab_sizes,
+            vocab_file,
+            model: &ctx.cfg.model,
+            plans: self.plans,
+        }
+    }
+
     /// Writes the model (weights only) to `<run>/best`, replacing the previous best
     /// (collective).
     fn write_best(
@@ -912,22 +936,9 @@ impl<'a> Checkpoints<'a> {
         };
         let what = format!("replacing the best model {}", dir.display());
         crate::checkpoint::agree(ctx.cluster, cleared, &what)?;
-        write_checkpoint(
-            &dir,
-            &CheckpointSource {
-                bundle,
-                dense_optimizer: None,
-                position,
-                validation,
-                seed: ctx.cfg.seed,
-                schema: &self.data.meta.schema,
-                vocab_sizes: &self.data.meta.vocab_sizes,
-                vocab_file: &self.data.dir.join("vocab.bin"),
-                model: &ctx.cfg.model,
-                plans: self.plans,
-            },
-            ctx.cluster,
-        )?;
+        let vocab = self.data.dir.join("vocab.bin");
+        let src = self.source(ctx, bundle, None, position, validation, &vocab);
+        write_checkpoint(&dir, &src, ctx.cluster)?;
         self.seconds += t.elapsed().as_secs_f64();
         self.best = Some((position.step, dir));
         Ok(())
@@ -945,22 +956,9 @@ impl<'a> Checkpoints<'a> {
     ) -> Result<(), TrainError> {
         let t = Instant::now();
         let dir = checkpoint_dir(&self.run, position.step);
-        let bytes = write_checkpoint(
-            &dir,
-            &CheckpointSource {
-                bundle,
-                dense_optimizer: Some(opt),
-                position,
-                validation,
-                seed: ctx.cfg.seed,
-                schema: &self.data.meta.schema,
-                vocab_sizes: &self.data.meta.vocab_sizes,
-                vocab_file: &self.data.dir.join("vocab.bin"),
-                model: &ctx.cfg.model,
-                plans: self.plans,
-            },
-            ctx.cluster,
-        )?;
+        let vocab = self.data.dir.join("vocab.bin");
+        let src = self.source(ctx, bundle, Some(opt), position, validation, &vocab);
+        let bytes = write_checkpoint(&dir, &src, ctx.cluster)?;
         if ctx.cluster.is_root() {
             prune_checkpoints(&self.run, ctx.cfg.train.checkpoint_keep)?;
         }

@@ -52,6 +52,31 @@ fn open_lines(
         .map(move |(i, l)| (i + 1, l.map_err(|e| DataError::io(&p, e)))))
 }
 
+/// The rows of a tab-separated file with a header line (RecBole's atomic files), each
+/// `columns` wide: (line number, fields); a row of another width is an error naming it.
+fn tab_rows(
+    path: &Path,
+    columns: usize,
+) -> Result<impl Iterator<Item = Result<(usize, Vec<String>), DataError>>, DataError> {
+    let p = path.to_path_buf();
+    Ok(open_lines(path)?.skip(1).map(move |(n, line)| {
+        let line = line?;
+        let f: Vec<String> = line
+            .trim_end_matches('\r')
+            .split('\t')
+            .map(str::to_string)
+            .collect();
+        if f.len() != columns {
+            return Err(bad(
+                &p,
+                n,
+                format!("expected {columns} columns, found {}", f.len()),
+            ));
+        }
+        Ok((n, f))
+    }))
+}
+
 /// Reads a Taobao UserBehavior CSV (no header): `pv` rows become behaviours; a malformed
 /// row is an error naming its line.
 pub fn read_taobao(path: &Path) -> Result<BehaviourLog, DataError> {
@@ -102,46 +127,24 @@ pub fn read_taobao(path: &Path) -> Result<BehaviourLog, DataError> {
 pub fn read_movielens(dir: &Path) -> Result<BehaviourLog, DataError> {
     let items_path = dir.join("ml-100k.item");
     let mut genre = HashMap::new();
-    for (n, line) in open_lines(&items_path)? {
-        let line = line?;
-        if n == 1 {
-            continue;
-        }
-        let f: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
-        if f.len() != 4 {
-            return Err(bad(
-                &items_path,
-                n,
-                format!("expected 4 columns, found {}", f.len()),
-            ));
-        }
+    for row in tab_rows(&items_path, 4)? {
+        let (_, f) = row?;
         let g = f[3]
             .split(' ')
             .next()
             .filter(|g| !g.is_empty())
             .unwrap_or("unknown");
-        genre.insert(f[0].to_string(), g.to_string());
+        genre.insert(f[0].clone(), g.to_string());
     }
     let inter = dir.join("ml-100k.inter");
     let mut log = BehaviourLog::default();
-    for (n, line) in open_lines(&inter)? {
-        let line = line?;
-        if n == 1 {
-            continue;
-        }
-        let f: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
-        if f.len() != 4 {
-            return Err(bad(
-                &inter,
-                n,
-                format!("expected 4 columns, found {}", f.len()),
-            ));
-        }
+    for row in tab_rows(&inter, 4)? {
+        let (n, f) = row?;
         let timestamp = f[3]
             .parse::<f64>()
             .map_err(|_| bad(&inter, n, format!("timestamp `{}` is not a number", f[3])))?
             as i64;
-        let category = genre.get(f[1]).ok_or_else(|| {
+        let category = genre.get(&f[1]).ok_or_else(|| {
             bad(
                 &inter,
                 n,
@@ -149,8 +152,8 @@ pub fn read_movielens(dir: &Path) -> Result<BehaviourLog, DataError> {
             )
         })?;
         log.events.push(Behaviour {
-            user: f[0].into(),
-            item: f[1].into(),
+            user: f[0].clone(),
+            item: f[1].clone(),
             category: category.clone(),
             timestamp,
         });
