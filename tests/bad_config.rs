@@ -136,6 +136,16 @@ fn bad_values_name_key_and_range() {
         &["`train`", "missing"],
     );
     check(GOOD, &["nokey"], &["--set nokey", "key=value"]);
+    check(
+        GOOD,
+        &["train.slices=0"],
+        &["`train.slices` = 0", "[1, 4096]"],
+    );
+    check(
+        GOOD,
+        &["train.slices=2", "model.batch_norm=true"],
+        &["train.slices", "batch_norm"],
+    );
 }
 
 #[test]

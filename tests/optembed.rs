@@ -219,12 +219,12 @@ fn an_optembed_stage_without_its_inputs_says_which_stage_to_run_first() {
 }
 
 #[test]
-fn optembed_stages_run_under_two_ranks_near_the_one_rank_result() {
+fn optembed_stages_under_two_ranks_reproduce_one_process_in_two_slices_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = synth(dir.path(), 40_000, 1_000);
     let cfg = optembed_config(dir.path(), &data);
-    let go = |ranks: usize| {
-        let run_dir = dir.path().join(format!("np{ranks}"));
+    let go = |ranks: usize, slices: usize| {
+        let run_dir = dir.path().join(format!("np{ranks}-s{slices}"));
         let o = run_mpi(
             dir.path(),
             ranks,
@@ -235,24 +235,55 @@ fn optembed_stages_run_under_two_ranks_near_the_one_rank_result() {
                 &format!("train.run_dir=\"{}\"", run_dir.display()),
                 "--set",
                 "sharding.strategy=\"row_wise\"",
+                "--set",
+                &format!("train.slices={slices}"),
             ],
             Duration::from_secs(600),
         );
         (summary(&o), run_dir)
     };
-    let (one, _) = go(1);
-    let (two, two_dir) = go(2);
+    let (one, _) = go(1, 2);
+    let (two, two_dir) = go(2, 2);
+    let (whole, _) = go(1, 1);
     assert_eq!(two["world_size"], 2);
     assert!(f(&two["compact_max_abs_prediction_diff"]) <= 1e-6, "{two}");
+    // every stage's steps are bit-identical: the same thresholds, row mask, search path,
+    // widths and test predictions
+    for key in [
+        "auc",
+        "logloss",
+        "sparsity",
+        "kept_rows",
+        "widths",
+        "embedding_params",
+    ] {
+        assert_eq!(
+            one[key], two[key],
+            "{key}: one process {one}, two ranks {two}"
+        );
+    }
+    for (stage, key) in [
+        ("supernet", "thresholds"),
+        ("supernet", "validations"),
+        ("search", "generation_best_valid_auc"),
+    ] {
+        let (a, b) = (
+            &one["optembed_stages"][stage][key],
+            &two["optembed_stages"][stage][key],
+        );
+        assert!(!a.is_null(), "{stage}.{key} missing: {one}");
+        assert_eq!(a, b, "{stage}.{key}");
+    }
+    // the whole batch at once is another rounding of the same steps: near, not equal
     let kept = |s: &serde_json::Value| u64s(&s["kept_rows"]).iter().sum::<u64>() as f64;
     assert!(
-        (kept(&one) - kept(&two)).abs() <= 0.02 * kept(&one),
-        "kept rows: one rank {}, two ranks {}",
-        kept(&one),
+        (kept(&whole) - kept(&two)).abs() <= 0.02 * kept(&whole),
+        "kept rows: one process {}, two ranks {}",
+        kept(&whole),
         kept(&two)
     );
-    let (a, b) = (f(&one["auc"]), f(&two["auc"]));
-    assert!((a - b).abs() <= 0.005, "one rank {a}, two ranks {b}");
+    let (a, b) = (f(&whole["auc"]), f(&two["auc"]));
+    assert!((a - b).abs() <= 0.005, "one process {a}, two ranks {b}");
     // the two-rank compact model evaluates in one process to its own test metrics
     let compact = two_dir.join("retrain/model_compact");
     let e = summary(&run(
@@ -265,4 +296,20 @@ fn optembed_stages_run_under_two_ranks_near_the_one_rank_result() {
         ],
     ));
     assert!((f(&e["auc"]) - b).abs() < 1e-6, "{e} vs {two}");
+    // slices must match the ranks under mpirun
+    let o = run_mpi(
+        dir.path(),
+        2,
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--set",
+            "train.slices=4",
+            "--stage",
+            "supernet",
+        ],
+        Duration::from_secs(300),
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("train.slices"), "{}", stderr(&o));
 }

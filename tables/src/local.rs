@@ -12,6 +12,15 @@ use crate::shard::TableShard;
 use crate::sharding::ShardingPlan;
 use crate::{KeyedJaggedIds, TableError};
 
+/// One slice of a step trained in slices: its lookup plan, the rows its forward fetched
+/// and the gradient of its output.
+#[derive(Debug, Clone, Copy)]
+pub struct SliceGradient<'a> {
+    pub plan: &'a LookupPlan,
+    pub gathered: &'a [Vec<f32>],
+    pub out_grad: &'a [f32],
+}
+
 #[derive(Debug)]
 pub struct LocalEmbeddings {
     layout: CollectionLayout,
@@ -141,12 +150,55 @@ impl LocalEmbeddings {
         self.apply_row_gradients(plan, &grads)
     }
 
+    /// Backward for one step trained in slices (each a batch of its own plan, fetched
+    /// rows and output gradient): each slice's gradient is reduced per distinct row as a
+    /// rank reduces its share, the slices' sums are added in slice order as an owner adds
+    /// the ranks' in rank order, and the optimizer steps once. A step in `k` slices thus
+    /// updates the rows exactly as `k` ranks with one slice each do.
+    pub fn backward_slices(&mut self, slices: &[SliceGradient<'_>]) -> Result<(), TableError> {
+        let tables = self.layout.num_tables();
+        let mut merged: Vec<std::collections::BTreeMap<u64, Vec<f32>>> =
+            vec![Default::default(); tables];
+        for &SliceGradient {
+            plan,
+            gathered,
+            out_grad,
+        } in slices
+        {
+            let grads = reduce_row_gradients(plan, &self.dims, gathered, out_grad)?;
+            for (t, g) in grads.iter().enumerate() {
+                let d = self.dims[t];
+                for (u, &row) in plan.tables[t].unique_rows.iter().enumerate() {
+                    let part = &g[u * d..(u + 1) * d];
+                    match merged[t].get_mut(&row) {
+                        Some(acc) => acc.iter_mut().zip(part).for_each(|(a, v)| *a += v),
+                        None => {
+                            merged[t].insert(row, part.to_vec());
+                        }
+                    }
+                }
+            }
+        }
+        let rows: Vec<Vec<u64>> = merged.iter().map(|m| m.keys().copied().collect()).collect();
+        let grads: Vec<Vec<f32>> = merged
+            .into_iter()
+            .map(|m| m.into_values().flatten().collect())
+            .collect();
+        self.apply_rows(&rows, &grads)
+    }
+
     /// Applies per-distinct-row gradients (`grads[t]`: unique x dim) at the owners.
     pub fn apply_row_gradients(
         &mut self,
         plan: &LookupPlan,
         grads: &[Vec<f32>],
     ) -> Result<(), TableError> {
+        let rows: Vec<Vec<u64>> = plan.tables.iter().map(|r| r.unique_rows.clone()).collect();
+        self.apply_rows(&rows, grads)
+    }
+
+    /// Applies `grads[t]` (`rows[t].len() x dim`) to the ascending global rows `rows[t]`.
+    fn apply_rows(&mut self, rows: &[Vec<u64>], grads: &[Vec<f32>]) -> Result<(), TableError> {
         use rayon::prelude::*;
         let opt = self.optimizer;
         let dims = &self.dims;
@@ -156,8 +208,7 @@ impl LocalEmbeddings {
             .par_iter_mut()
             .enumerate()
             .try_for_each(|(t, shards)| {
-                let reqs = &plan.tables[t];
-                let b = sharding.bucketize(t, layout.table_rows(t), dims[t], &reqs.unique_rows, 0);
+                let b = sharding.bucketize(t, layout.table_rows(t), dims[t], &rows[t], 0);
                 let parts = b.split_gradients(dims[t], &grads[t]);
                 for ((i, d), g) in b.dests.iter().enumerate().zip(&parts) {
                     let s = i.min(shards.len() - 1);

@@ -9,7 +9,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::data::Batch;
-use crate::embedding::{apply_gradient, lookup, Activation, EmbeddingEngine};
+use crate::embedding::{apply_gradient_slices, lookup, Activation, EmbeddingEngine};
 use crate::optembed::{OptEmbedLayer, OptEmbedSetup};
 use crate::sequence::SequenceLookup;
 use crate::sharding_plan::CollectionPlans;
@@ -269,12 +269,25 @@ impl ModelBundle {
             / global_rows.max(1) as f64
     }
 
-    /// After `loss.backward()`: applies the tables' gradients with the sparse optimizer
+    /// After `loss.backward()` of every slice of a step (one lookup each; see
+    /// `train.slices`): applies the tables' gradients with the sparse optimizer, one step
     /// (collective when sharded).
-    pub fn update_tables(&mut self, lk: Lookups, ex: &dyn Exchange) -> Result<(), TrainError> {
-        apply_gradient(&mut self.tables, ex, lk.emb)?;
-        if let (Some(t), Some(a)) = (self.first_order.as_mut(), lk.first_order) {
-            apply_gradient(t, ex, a)?;
+    pub fn update_tables(
+        &mut self,
+        lookups: Vec<Lookups>,
+        ex: &dyn Exchange,
+    ) -> Result<(), TrainError> {
+        let mut emb = Vec::with_capacity(lookups.len());
+        let mut first = Vec::with_capacity(lookups.len());
+        for lk in lookups {
+            emb.push(lk.emb);
+            first.extend(lk.first_order);
+        }
+        apply_gradient_slices(&mut self.tables, ex, emb)?;
+        if let Some(t) = self.first_order.as_mut() {
+            if !first.is_empty() {
+                apply_gradient_slices(t, ex, first)?;
+            }
         }
         Ok(())
     }

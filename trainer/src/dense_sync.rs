@@ -30,11 +30,14 @@ fn trainable_by_name(vs: &VarStore) -> Vec<(String, Tensor)> {
 }
 
 /// Sums every trainable variable's gradient over the ranks, in place, together with
-/// `extra` (per-step scalars such as the loss, summed in the same message).
+/// `extra` (per-step scalars such as the loss, summed in the same message). `ordered`:
+/// add the ranks' gradients one after another in rank order (an all-gather), as one
+/// process adds its slices' (`train.slices`), rather than in MPI's reduction order.
 pub fn all_reduce_gradients(
     vs: &VarStore,
     cluster: &Cluster,
     extra: &mut [f32],
+    ordered: bool,
 ) -> Result<(), TrainError> {
     let vars = trainable_by_name(vs);
     for (_, v) in &vars {
@@ -61,7 +64,17 @@ pub fn all_reduce_gradients(
     let mut buf = Vec::<f32>::try_from(&flat)?;
     let n = buf.len();
     buf.extend_from_slice(extra);
-    cluster.all_reduce_sum(&mut buf);
+    if ordered && cluster.world_size() > 2 {
+        let all = cluster.all_gather(&buf)?;
+        let len = buf.len();
+        buf.copy_from_slice(&all[..len]);
+        for part in all[len..].chunks_exact(len) {
+            buf.iter_mut().zip(part).for_each(|(a, v)| *a += v);
+        }
+    } else {
+        // two addends sum the same in either order
+        cluster.all_reduce_sum(&mut buf);
+    }
     extra.copy_from_slice(&buf[n..]);
     let _guard = tch::no_grad_guard();
     let mut off = 0usize;

@@ -25,7 +25,7 @@ use crate::cluster::Cluster;
 use crate::config::{ExperimentConfig, SparseOptimizerConfig};
 use crate::data::sequence_format::is_sequence_schema;
 use crate::data::{
-    prepare, prepare_with_vocab, spawn_loader, LoaderOptions, PreparedDataset, SplitName,
+    prepare, prepare_with_vocab, spawn_loader, Batch, LoaderOptions, PreparedDataset, SplitName,
 };
 use crate::dense_sync::{all_reduce_gradients, average_buffers};
 use crate::device::resolve_device;
@@ -375,6 +375,13 @@ pub(crate) fn train_inner(
         .as_ref()
         .filter(|s| matches!(s.setup.rows, crate::optembed::RowSelection::Thresholds))
         .map(|s| (s.setup.cfg.alpha, s.setup.cfg.threshold_lr));
+    let slices = cfg.train.slices.max(1);
+    if slices > 1 && distributed && slices != world {
+        return Err(TrainError::Invalid(format!(
+            "train.slices = {slices}: under mpirun it must be 1 or the number of ranks ({world})"
+        )));
+    }
+    let sliced = slices > 1 && !distributed;
     let load_clock = Instant::now();
     let (mut position, mut validation, resumed_from) = match resume {
         Some(path) => {
@@ -502,55 +509,80 @@ pub(crate) fn train_inner(
         {
             // the random state of a step is a function of (seed, step), so a resumed run
             // draws what the uninterrupted one would (dropout)
-            tch::manual_seed((cfg.seed as i64).wrapping_add(position.step as i64));
-            let t0 = Instant::now();
-            let lk = bundle.lookup(&batch, true, cluster)?;
-            let t1 = Instant::now();
-            let stats = sync_stats.then(|| BatchStatsSync::new(cluster));
-            let (logits, aux_logits) = bundle.train_logits(&lk, &batch, stats.as_ref())?;
-            opt.zero_grad();
-            let regulariser = match (threshold_training, &bundle.optembed) {
-                // each rank adds its share, so the all-reduced gradient has it once
-                (Some((alpha, _)), Some(o)) => Some(o.regulariser(alpha / world as f64)),
-                _ => None,
-            };
-            let mut t_all_reduce = Duration::ZERO;
-            // the logged loss is the main BCE (no regulariser, no auxiliary loss)
-            let loss_v = if distributed {
-                let mut loss = bundle.loss_share(&logits, &batch, global_rows);
-                let bce = loss.double_value(&[]);
-                if let Some(r) = &regulariser {
-                    loss += r;
-                }
-                if let Some(a) = &aux_logits {
-                    loss += bundle.loss_share(a, &batch, global_rows);
-                }
-                if let Some(term) = stats
-                    .as_ref()
-                    .map(|s| s.cross_rank_term(&loss))
-                    .transpose()?
-                    .flatten()
-                {
-                    loss += term;
-                }
-                loss.backward();
-                let mut global_loss = [bce as f32];
-                let t = Instant::now();
-                all_reduce_gradients(&bundle.vs, cluster, &mut global_loss)?;
-                t_all_reduce = t.elapsed();
-                f64::from(global_loss[0])
+            // one process trains a step in `slices` slices as that many ranks would
+            let pieces: Vec<Batch> = if sliced {
+                let n = batch.len();
+                (0..slices)
+                    .map(|k| (n * k / slices, n * (k + 1) / slices))
+                    .filter(|(a, b)| a < b)
+                    .map(|(a, b)| batch.rows(a, b))
+                    .collect()
             } else {
-                let mut loss = bundle.loss(&logits, &batch);
-                let bce = loss.double_value(&[]);
-                if let Some(r) = &regulariser {
-                    loss += r;
-                }
-                if let Some(a) = &aux_logits {
-                    loss += bundle.loss(a, &batch);
-                }
-                loss.backward();
-                bce
+                vec![batch]
             };
+            opt.zero_grad();
+            let mut t_all_reduce = Duration::ZERO;
+            let mut t_lookup = Duration::ZERO;
+            let t0 = Instant::now();
+            let mut lookups = Vec::with_capacity(pieces.len());
+            // the logged loss is the main BCE (no regulariser, no auxiliary loss)
+            let mut loss_v = 0.0;
+            for piece in &pieces {
+                // the random state of a step is a function of (seed, step), so a resumed
+                // run draws what the uninterrupted one would (dropout), and every slice
+                // what its rank would
+                tch::manual_seed((cfg.seed as i64).wrapping_add(position.step as i64));
+                let tl = Instant::now();
+                let lk = bundle.lookup(piece, true, cluster)?;
+                t_lookup += tl.elapsed();
+                let stats = sync_stats.then(|| BatchStatsSync::new(cluster));
+                let (logits, aux_logits) = bundle.train_logits(&lk, piece, stats.as_ref())?;
+                let regulariser = match (threshold_training, &bundle.optembed) {
+                    // each rank (slice) adds its share, so the summed gradient has it once
+                    (Some((alpha, _)), Some(o)) => {
+                        Some(o.regulariser(alpha / (world * pieces.len()) as f64))
+                    }
+                    _ => None,
+                };
+                if distributed || sliced {
+                    let mut loss = bundle.loss_share(&logits, piece, global_rows);
+                    loss_v += loss.double_value(&[]);
+                    if let Some(r) = &regulariser {
+                        loss += r;
+                    }
+                    if let Some(a) = &aux_logits {
+                        loss += bundle.loss_share(a, piece, global_rows);
+                    }
+                    if let Some(term) = stats
+                        .as_ref()
+                        .map(|s| s.cross_rank_term(&loss))
+                        .transpose()?
+                        .flatten()
+                    {
+                        loss += term;
+                    }
+                    loss.backward();
+                } else {
+                    let mut loss = bundle.loss(&logits, piece);
+                    loss_v += loss.double_value(&[]);
+                    if let Some(r) = &regulariser {
+                        loss += r;
+                    }
+                    if let Some(a) = &aux_logits {
+                        loss += bundle.loss(a, piece);
+                    }
+                    loss.backward();
+                }
+                lookups.push(lk);
+            }
+            let t1 = t0 + t_lookup;
+            if distributed {
+                let mut global_loss = [loss_v as f32];
+                let t = Instant::now();
+                all_reduce_gradients(&bundle.vs, cluster, &mut global_loss, slices > 1)?;
+                t_all_reduce = t.elapsed();
+                loss_v = f64::from(global_loss[0]);
+            }
             opt.step();
             if distributed {
                 average_buffers(&bundle.vs, cluster)?;
@@ -559,7 +591,7 @@ pub(crate) fn train_inner(
                 o.step_thresholds(lr);
             }
             let t2 = Instant::now();
-            bundle.update_tables(lk, cluster)?;
+            bundle.update_tables(lookups, cluster)?;
             let t3 = Instant::now();
             timing.data += t_data;
             timing.lookup += t1 - t0;

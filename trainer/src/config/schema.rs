@@ -499,6 +499,10 @@ fn default_batch_size() -> usize {
 fn default_queue() -> usize {
     4
 }
+fn default_one() -> usize {
+    1
+}
+
 fn default_true() -> bool {
     true
 }
@@ -532,6 +536,13 @@ pub struct TrainConfig {
     /// `restore_best_weights`). Needs a validation split.
     #[serde(default)]
     pub restore_best: bool,
+    /// Slices each step's batch is trained in: one process runs the slices one after
+    /// another, adding their gradients in slice order, and a job of `slices` ranks runs one
+    /// each, adding them in rank order, so both take bit-identical steps (row-wise or
+    /// table-wise tables). Set it to the rank count a one-process run should reproduce
+    /// exactly. 1: the whole batch at once.
+    #[serde(default = "default_one")]
+    pub slices: usize,
     /// Stop after this many steps (0: no limit).
     #[serde(default)]
     pub max_steps: usize,

@@ -281,6 +281,15 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
             "needs a validation split (data.valid or data.split.valid > 0)",
         );
     }
+    check(&mut v, "train.slices", t.slices, 1, 1 << 12);
+    if t.slices > 1 && c.model.batch_norm {
+        fail(
+            &mut v,
+            "train.slices",
+            t.slices,
+            "cannot be combined with model.batch_norm (a slice's batch statistics are not the step's)",
+        );
+    }
     if t.restore_best && !has_valid {
         fail(
             &mut v,

@@ -49,6 +49,34 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+
+    /// Rows `a..b` of this (job-wide) batch as the share a rank would train on: the same
+    /// rows, and `step_slice` saying where they sit in the whole batch.
+    pub fn rows(&self, a: usize, b: usize) -> Batch {
+        let nd = if self.is_empty() {
+            0
+        } else {
+            self.dense.len() / self.len()
+        };
+        let nc = self.sparse.num_keys();
+        let mut lengths = Vec::with_capacity(nc * (b - a));
+        let mut values = Vec::new();
+        for f in 0..nc {
+            for r in a..b {
+                let ids = self.sparse.ids(f, r);
+                lengths.push(ids.len() as u32);
+                values.extend_from_slice(ids);
+            }
+        }
+        Batch {
+            labels: self.labels[a..b].to_vec(),
+            dense: self.dense[a * nd..b * nd].to_vec(),
+            sparse: KeyedJaggedIds::from_lengths(nc, b - a, &lengths, values)
+                .expect("lengths are counted from the values just copied"),
+            groups: self.groups.as_ref().map(|g| g[a..b].to_vec()),
+            step_slice: Some((a, self.len())),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

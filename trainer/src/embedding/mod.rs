@@ -11,4 +11,4 @@ mod tensor_bridge;
 pub use builder::{build_collections, Collections};
 pub use device_rows::TensorRows;
 pub use engine::EmbeddingEngine;
-pub use tensor_bridge::{apply_gradient, lookup, Activation};
+pub use tensor_bridge::{apply_gradient, apply_gradient_slices, lookup, Activation};

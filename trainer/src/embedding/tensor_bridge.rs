@@ -6,7 +6,9 @@
 //! rows and apply the sparse optimizer to the touched rows only. With a CUDA model the
 //! filled tensor is copied to the device and the gradient copied back.
 
-use shardrec_tables::{Exchange, KeyedJaggedIds, LookupPlan, ShardedLookup, TableError};
+use shardrec_tables::{
+    Exchange, KeyedJaggedIds, LookupPlan, ShardedLookup, SliceGradient, TableError,
+};
 use tch::{Device, Kind, Tensor};
 
 use super::engine::EmbeddingEngine;
@@ -77,6 +79,17 @@ pub fn lookup(
     Ok(Activation { saved, tensor })
 }
 
+/// The gradient `backward` left on `t`, as a contiguous CPU f32 tensor; zeros where the
+/// model did not use `t` (a sharded collection still takes part in the exchange).
+fn cpu_gradient(t: &Tensor) -> Tensor {
+    let g = t.grad();
+    if g.defined() {
+        g.to_device(Device::Cpu).to_kind(Kind::Float).contiguous()
+    } else {
+        t.zeros_like().to_device(Device::Cpu).to_kind(Kind::Float)
+    }
+}
+
 /// Applies the gradient that `backward` left on the activation to the tables. Collective
 /// when the tables are sharded (every rank calls it, whatever its batch).
 pub fn apply_gradient(
@@ -84,20 +97,11 @@ pub fn apply_gradient(
     ex: &dyn Exchange,
     act: Activation,
 ) -> Result<(), TableError> {
-    let g = act.tensor.grad();
-    if !g.defined() && matches!(tables, EmbeddingEngine::Local(_)) {
+    if !act.tensor.grad().defined() && matches!(tables, EmbeddingEngine::Local(_)) {
         // the model did not use this input (e.g. an empty collection): nothing to update
         return Ok(());
     }
-    let mut g = if g.defined() {
-        g.to_device(Device::Cpu).to_kind(Kind::Float).contiguous()
-    } else {
-        // sharded: still take part in the exchange, with nothing to add
-        act.tensor
-            .zeros_like()
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-    };
+    let mut g = cpu_gradient(&act.tensor);
     let grad = cpu_f32_mut(&mut g)?;
     match (tables, act.saved) {
         (EmbeddingEngine::Local(e), Saved::Local { plan, gathered }) => {
@@ -108,4 +112,40 @@ pub fn apply_gradient(
             "an activation went back to a different kind of table".into(),
         )),
     }
+}
+
+/// Applies the gradients of a step trained in slices (one process; see
+/// `LocalEmbeddings::backward_slices`), one optimizer step for all of them. One
+/// activation is [`apply_gradient`].
+pub fn apply_gradient_slices(
+    tables: &mut EmbeddingEngine,
+    ex: &dyn Exchange,
+    mut acts: Vec<Activation>,
+) -> Result<(), TableError> {
+    if acts.len() == 1 {
+        return apply_gradient(tables, ex, acts.remove(0));
+    }
+    let EmbeddingEngine::Local(e) = tables else {
+        return Err(TableError::BadBatch(
+            "a step in several slices is one process's: its tables are not sharded".into(),
+        ));
+    };
+    let mut parts = Vec::with_capacity(acts.len());
+    for act in acts {
+        let Saved::Local { plan, gathered } = act.saved else {
+            return Err(TableError::BadBatch(
+                "an activation went back to a different kind of table".into(),
+            ));
+        };
+        parts.push((plan, gathered, cpu_gradient(&act.tensor)));
+    }
+    let mut slices = Vec::with_capacity(parts.len());
+    for (plan, gathered, g) in &mut parts {
+        slices.push(SliceGradient {
+            plan,
+            gathered,
+            out_grad: cpu_f32_mut(g)?,
+        });
+    }
+    e.backward_slices(&slices)
 }
