@@ -189,15 +189,13 @@ impl ModelBundle {
     }
 
     /// Sequence models: the `k` history slots the attention ranks highest, per sample,
-    /// with whether each holds a behaviour (collective when sharded).
-    pub fn retrieve(
+    /// with whether each holds a behaviour, from the batch's lookups.
+    fn retrieve(
         &self,
+        lk: &Lookups,
         batch: &Batch,
         k: i64,
-        ex: &dyn Exchange,
     ) -> Result<Vec<SampleRetrieval>, TrainError> {
-        let _guard = tch::no_grad_guard();
-        let lk = self.lookup(batch, false, ex)?;
         let dense = self.dense_input(batch);
         let Some(Retrieved { slots, valid }) = self
             .model
@@ -294,6 +292,17 @@ impl ModelBundle {
 
     /// Click probabilities of a batch (no gradients; collective when sharded).
     pub fn predict(&self, batch: &Batch, ex: &dyn Exchange) -> Result<Vec<f32>, TrainError> {
+        Ok(self.predict_and_retrieve(batch, None, ex)?.0)
+    }
+
+    /// Click probabilities of a batch and, with `k`, the `k` history slots a sequence
+    /// model's search ranks highest per sample, from one lookup (collective when sharded).
+    pub fn predict_and_retrieve(
+        &self,
+        batch: &Batch,
+        k: Option<i64>,
+        ex: &dyn Exchange,
+    ) -> Result<(Vec<f32>, Option<Vec<SampleRetrieval>>), TrainError> {
         let _guard = tch::no_grad_guard();
         let lk = self.lookup(batch, false, ex)?;
         let p = self
@@ -301,7 +310,8 @@ impl ModelBundle {
             .sigmoid()
             .to_device(Device::Cpu)
             .to_kind(Kind::Float);
-        Ok(Vec::<f32>::try_from(&p)?)
+        let found = k.map(|k| self.retrieve(&lk, batch, k)).transpose()?;
+        Ok((Vec::<f32>::try_from(&p)?, found))
     }
 
     /// Time spent in the tables' exchanges so far (all collections).

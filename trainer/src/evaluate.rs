@@ -16,6 +16,7 @@ use crate::cluster::Cluster;
 use crate::data::{spawn_loader, LoaderOptions, PreparedSplit};
 use crate::lockstep::{LockstepBatches, Step};
 use crate::metrics::{auc, gauc, logloss};
+use crate::sequence::{RetrievalScore, RetrievalTally, RetrievalTarget};
 use crate::TrainError;
 use shardrec_tables::Exchange;
 
@@ -36,7 +37,10 @@ pub fn evaluate(
     group_feature: Option<usize>,
     cluster: &Cluster,
 ) -> Result<EvalResult, TrainError> {
-    Ok(predict_split(bundle, split, batch_size, group_feature, cluster)?.score(group_feature))
+    Ok(
+        predict_split(bundle, split, batch_size, group_feature, None, cluster)?
+            .score(group_feature),
+    )
 }
 
 /// Every row's label, prediction and group, in the split's row order.
@@ -45,6 +49,8 @@ pub struct SplitPredictions {
     pub labels: Vec<f32>,
     pub preds: Vec<f32>,
     pub groups: Vec<u64>,
+    /// The search stage's NDCG@K, when the pass was given a [`RetrievalTarget`].
+    pub retrieval: Option<RetrievalScore>,
 }
 
 impl SplitPredictions {
@@ -83,12 +89,14 @@ pub fn evaluation_loader(
 }
 
 /// Predicts every row of `split` (collective under mpirun; every rank gets all of them,
-/// in the split's order).
+/// in the split's order). With `retrieval`, the same lookups also score a sequence
+/// model's search stage.
 pub fn predict_split(
     bundle: &ModelBundle,
     split: &Arc<PreparedSplit>,
     batch_size: usize,
     group_feature: Option<usize>,
+    retrieval: Option<&RetrievalTarget>,
     cluster: &Cluster,
 ) -> Result<SplitPredictions, TrainError> {
     let opts = evaluation_loader(split, batch_size, group_feature, cluster);
@@ -102,14 +110,26 @@ pub fn predict_split(
         split.num_categorical(),
         group_feature.is_some(),
     );
+    let (rank, world) = (cluster.rank(), cluster.world_size());
+    let mut tally = RetrievalTally::default();
+    let mut own = 0usize;
     for Step { batch, .. } in steps {
-        preds.extend(bundle.predict(&batch, cluster)?);
+        let (p, found) =
+            bundle.predict_and_retrieve(&batch, retrieval.map(|r| r.k as i64), cluster)?;
+        preds.extend(p);
+        if let (Some(target), Some(found)) = (retrieval, found) {
+            if !batch.is_empty() {
+                // this rank's batches are batches rank, rank + world, ... of the split
+                tally.add(target, (rank + world * own) * batch_size, &found);
+                own += 1;
+            }
+        }
         labels.extend_from_slice(&batch.labels);
         if let Some(g) = &batch.groups {
             groups.extend_from_slice(g);
         }
     }
-    let world = cluster.world_size();
+    let retrieval = retrieval.map(|t| tally.finish(t, cluster));
     if world > 1 {
         let rows = split.rows;
         labels = to_split_order(&cluster.all_gather(&labels)?, rows, batch_size, world);
@@ -122,6 +142,7 @@ pub fn predict_split(
         labels,
         preds,
         groups,
+        retrieval,
     })
 }
 

@@ -35,7 +35,9 @@ use crate::lockstep::{LockstepBatches, Step};
 use crate::model_io::{read_manifest, save_model};
 use crate::progress::Progress;
 use crate::run_dir::{peak_rss_bytes, RunDir};
-use crate::sequence::{sequence_embedding_config, sequence_table_schema, sequence_test_metrics};
+use crate::sequence::{
+    retrieval_target, sequence_embedding_config, sequence_table_schema, sequence_test_metrics,
+};
 use crate::sharding_plan::{resolve_plans, write_plans, CollectionPlans};
 use crate::TrainError;
 
@@ -727,8 +729,16 @@ pub(crate) fn train_inner(
     };
     let (test_result, sequence_metrics) = match &test {
         Some(t) => {
-            let p = predict_split(&bundle, t, cfg.eval.batch_size, groups, cluster)?;
-            let extra = sequence_test_metrics(&bundle, t, &p, cfg, cluster)?;
+            let target = retrieval_target(&bundle, t, cfg)?;
+            let p = predict_split(
+                &bundle,
+                t,
+                cfg.eval.batch_size,
+                groups,
+                target.as_ref(),
+                cluster,
+            )?;
+            let extra = sequence_test_metrics(&bundle, t, &p);
             (Some(p.score(groups)), extra)
         }
         None => (None, json!({})),
@@ -1251,9 +1261,17 @@ fn eval_inner(
     )?;
     fill_saved(model_dir, &saved, &mut bundle)?;
     let groups = group_feature(cfg, &data)?;
-    let p = predict_split(&bundle, &split, cfg.eval.batch_size, groups, cluster)?;
+    let target = retrieval_target(&bundle, &split, cfg)?;
+    let p = predict_split(
+        &bundle,
+        &split,
+        cfg.eval.batch_size,
+        groups,
+        target.as_ref(),
+        cluster,
+    )?;
     let r = p.score(groups);
-    let extra = sequence_test_metrics(&bundle, &split, &p, cfg, cluster)?;
+    let extra = sequence_test_metrics(&bundle, &split, &p);
     let rss = cluster.all_gather(&[peak_rss_bytes()])?;
     let mut out = json!({
         "auc": r.auc, "logloss": r.logloss, "gauc": r.gauc, "rows_test": r.rows,

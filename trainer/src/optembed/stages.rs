@@ -525,6 +525,7 @@ fn export(
             s,
             cfg.eval.batch_size,
             None,
+            None,
             cluster,
         )?),
         None => None,
@@ -592,7 +593,7 @@ fn export(
         Some((&info, &mask.to_bytes())),
     )?;
     if let (Some(s), Some(masked)) = (&split, &masked) {
-        let p = predict_split(&cb, s, cfg.eval.batch_size, None, &solo)?;
+        let p = predict_split(&cb, s, cfg.eval.batch_size, None, None, &solo)?;
         let diff = masked
             .preds
             .iter()

@@ -8,6 +8,8 @@ mod table_features;
 mod test_metrics;
 
 pub use lookup_ids::SequenceLookup;
-pub use retrieval::{ndcg_at_k, RelevantPositions, RetrievalScore};
+pub use retrieval::{
+    ndcg_at_k, RelevantPositions, RetrievalScore, RetrievalTally, RetrievalTarget,
+};
 pub use table_features::{sequence_embedding_config, sequence_table_schema, TABLE_FEATURES};
-pub use test_metrics::sequence_test_metrics;
+pub use test_metrics::{retrieval_target, sequence_test_metrics};

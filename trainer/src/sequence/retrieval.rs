@@ -9,15 +9,10 @@
 //! none.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use crate::bundle::ModelBundle;
+use crate::bundle::SampleRetrieval;
 use crate::cluster::Cluster;
-use crate::data::{spawn_loader, PreparedSplit};
-use crate::evaluate::evaluation_loader;
-use crate::lockstep::{LockstepBatches, Step};
 use crate::TrainError;
-use shardrec_tables::Exchange;
 
 /// Every sample's relevant distances.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,62 +71,69 @@ pub struct RetrievalScore {
     pub k: usize,
 }
 
-impl ModelBundle {
-    /// Scores the search stage on every sample of `split` (collective under mpirun).
-    pub fn retrieval_ndcg(
-        &self,
-        split: &Arc<PreparedSplit>,
-        relevant: &RelevantPositions,
-        batch_size: usize,
+/// What an evaluation pass scores the search stage against: every test sample's relevant
+/// distances, and the model's `k` and history length.
+#[derive(Debug, Clone)]
+pub struct RetrievalTarget {
+    pub relevant: RelevantPositions,
+    pub k: usize,
+    pub len: usize,
+}
+
+impl RetrievalTarget {
+    /// The side file's positions for a split of `rows` rows.
+    pub fn new(
+        relevant: RelevantPositions,
+        rows: usize,
         k: usize,
-        cluster: &Cluster,
-    ) -> Result<RetrievalScore, TrainError> {
-        if relevant.samples.len() != split.rows {
+        len: usize,
+    ) -> Result<Self, TrainError> {
+        if relevant.samples.len() != rows {
             return Err(TrainError::Invalid(format!(
                 "eval.relevant_positions lists {} samples, the test split has {} rows (give the test file whose side file it is, with no rows skipped)",
                 relevant.samples.len(),
-                split.rows
+                rows
             )));
         }
-        let len = self
-            .sequence
-            .map(|s| s.len)
-            .ok_or_else(|| TrainError::Invalid("retrieval needs a sequence model".into()))?;
-        let (rank, world) = (cluster.rank(), cluster.world_size());
-        let opts = evaluation_loader(split, batch_size, None, cluster);
-        let stream = spawn_loader(split.clone(), opts);
-        let (mut sum, mut count) = (0f64, 0u64);
-        let mut own = 0usize;
-        for Step { batch, .. } in
-            LockstepBatches::new(stream, cluster, split.num_categorical(), false)
-        {
-            let found = self.retrieve(&batch, k as i64, cluster)?;
-            if batch.is_empty() {
-                continue;
-            }
-            let first_row = (rank + world * own) * batch_size;
-            own += 1;
-            for (i, r) in found.into_iter().enumerate() {
-                let dist: Vec<u32> = r
-                    .slots
-                    .iter()
-                    .zip(&r.valid)
-                    .filter(|(_, &v)| v)
-                    .map(|(&s, _)| (len - s as usize) as u32)
-                    .collect();
-                if let Some(n) = ndcg_at_k(&dist, &relevant.samples[first_row + i], len as u32) {
-                    sum += n;
-                    count += 1;
-                }
+        Ok(Self { relevant, k, len })
+    }
+}
+
+/// NDCG@K summed over the samples of this rank's batches.
+#[derive(Debug, Default)]
+pub struct RetrievalTally {
+    sum: f64,
+    count: u64,
+}
+
+impl RetrievalTally {
+    /// Adds a batch whose first row is row `first_row` of the split.
+    pub fn add(&mut self, target: &RetrievalTarget, first_row: usize, found: &[SampleRetrieval]) {
+        for (i, r) in found.iter().enumerate() {
+            let dist: Vec<u32> = r
+                .slots
+                .iter()
+                .zip(&r.valid)
+                .filter(|(_, &v)| v)
+                .map(|(&s, _)| (target.len - s as usize) as u32)
+                .collect();
+            let relevant = &target.relevant.samples[first_row + i];
+            if let Some(n) = ndcg_at_k(&dist, relevant, target.len as u32) {
+                self.sum += n;
+                self.count += 1;
             }
         }
-        let mut totals = [sum, count as f64];
+    }
+
+    /// The mean over every rank's samples (collective under mpirun).
+    pub fn finish(self, target: &RetrievalTarget, cluster: &Cluster) -> RetrievalScore {
+        let mut totals = [self.sum, self.count as f64];
         cluster.all_reduce_sum(&mut totals);
-        Ok(RetrievalScore {
+        RetrievalScore {
             ndcg: totals[0] / totals[1].max(1.0),
             samples: totals[1] as u64,
-            k,
-        })
+            k: target.k,
+        }
     }
 }
 

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::retrieval::RelevantPositions;
+use super::retrieval::{RelevantPositions, RetrievalTarget};
 use crate::bundle::ModelBundle;
-use crate::cluster::Cluster;
 use crate::config::ExperimentConfig;
 use crate::data::sequence_format::TARGET_CATEGORY;
 use crate::data::PreparedSplit;
@@ -16,17 +15,30 @@ use crate::evaluate::SplitPredictions;
 use crate::metrics::group_mean_auc;
 use crate::TrainError;
 
-/// `category_auc`, and `retrieval_ndcg` / `retrieval_k` / `retrieval_samples` when
-/// `eval.relevant_positions` is set (collective under mpirun). Empty for other models.
+/// What the test pass scores the search stage against: the side file of
+/// `eval.relevant_positions`, for sequence models (none otherwise).
+pub fn retrieval_target(
+    bundle: &ModelBundle,
+    split: &PreparedSplit,
+    cfg: &ExperimentConfig,
+) -> Result<Option<RetrievalTarget>, TrainError> {
+    let (Some(seq), Some(path)) = (bundle.sequence, &cfg.eval.relevant_positions) else {
+        return Ok(None);
+    };
+    let relevant = RelevantPositions::read(path)?;
+    RetrievalTarget::new(relevant, split.rows, cfg.model.top_k, seq.len).map(Some)
+}
+
+/// `category_auc`, and `retrieval_ndcg` / `retrieval_k` / `retrieval_samples` when the
+/// predictions' pass scored the search stage ([`retrieval_target`]). Empty for other
+/// models.
 pub fn sequence_test_metrics(
     bundle: &ModelBundle,
     split: &Arc<PreparedSplit>,
     preds: &SplitPredictions,
-    cfg: &ExperimentConfig,
-    cluster: &Cluster,
-) -> Result<serde_json::Value, TrainError> {
+) -> serde_json::Value {
     if bundle.sequence.is_none() {
-        return Ok(json!({}));
+        return json!({});
     }
     let categories: Vec<u64> = (0..split.rows)
         .map(|r| {
@@ -39,18 +51,10 @@ pub fn sequence_test_metrics(
     let mut out = json!({
         "category_auc": group_mean_auc(&preds.labels, &preds.preds, &categories),
     });
-    if let Some(path) = &cfg.eval.relevant_positions {
-        let relevant = RelevantPositions::read(path)?;
-        let r = bundle.retrieval_ndcg(
-            split,
-            &relevant,
-            cfg.eval.batch_size,
-            cfg.model.top_k,
-            cluster,
-        )?;
+    if let Some(r) = &preds.retrieval {
         out["retrieval_ndcg"] = json!(r.ndcg);
         out["retrieval_k"] = json!(r.k);
         out["retrieval_samples"] = json!(r.samples);
     }
-    Ok(out)
+    out
 }
