@@ -24,6 +24,7 @@ fn sharded_exchange_over_mpi_matches_the_one_process_table() {
         for c in cases {
             assert!(c["max_embedding_diff"].as_f64().unwrap() <= 1e-6, "{c}");
             assert!(c["max_row_diff"].as_f64().unwrap() <= 1e-6, "{c}");
+            assert_eq!(c["max_row_diff_sliced"].as_f64(), Some(0.0), "{c}");
             assert_eq!(c["every_row_held_once"], true, "{c}");
         }
         assert_eq!(report["ok"], true, "{report}");

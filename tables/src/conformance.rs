@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::collection::CollectionLayout;
 use crate::exchange::Exchange;
-use crate::local::LocalEmbeddings;
+use crate::local::{LocalEmbeddings, SliceGradient};
 use crate::optimizer::SparseOptimizer;
 use crate::sharded::ShardedEmbeddings;
 use crate::sharding::{ShardingKind, ShardingPlan, TablePlacement};
@@ -32,6 +32,9 @@ pub struct ConformanceReport {
     pub max_embedding_diff: f32,
     /// Largest |sharded - one-process| over the rows this rank owns, after the last step.
     pub max_row_diff: f32,
+    /// The same against one process that trained each batch in as many slices as there
+    /// are ranks ([`LocalEmbeddings::backward_slices`]): 0, bit for bit, on every kind.
+    pub max_row_diff_sliced: f32,
     /// Whether the ranks together hold every row of every sharded (not replicated) table
     /// exactly once.
     pub every_row_held_once: bool,
@@ -171,6 +174,7 @@ pub fn check_against_one_process(
     let (lo, hi) = (rank * global / n, (rank + 1) * global / n);
 
     let mut reference = LocalEmbeddings::single_process(l.clone(), opt)?;
+    let mut sliced = LocalEmbeddings::single_process(l.clone(), opt)?;
     let mut sharded = ShardedEmbeddings::new(l, conformance_plan(n, kinds), opt, rank)?;
     let mut max_embedding_diff = 0f32;
     for (step, b) in batches.iter().enumerate() {
@@ -180,26 +184,48 @@ pub fn check_against_one_process(
         let og: Vec<f32> = (0..want.len()).map(|i| grad(step, i)).collect();
         reference.backward(&p, &g, &og)?;
 
+        let mut parts = Vec::with_capacity(n);
+        for r in 0..n {
+            let (a, z) = (r * global / n, (r + 1) * global / n);
+            let p = sliced.plan(&jagged(&b[a..z])?)?;
+            let mut out = vec![0.0; (z - a) * width];
+            let g = sliced.forward(&p, &mut out)?;
+            parts.push((p, g, &og[a * width..z * width]));
+        }
+        let slices: Vec<SliceGradient> = parts
+            .iter()
+            .map(|(plan, gathered, out_grad)| SliceGradient {
+                plan,
+                gathered,
+                out_grad,
+            })
+            .collect();
+        sliced.backward_slices(&slices)?;
+
         let mut out = vec![0.0; (hi - lo) * width];
         let lk = sharded.forward(ex, &jagged(&b[lo..hi])?, &mut out)?;
         max_embedding_diff = max_embedding_diff.max(max_diff(&out, &want[lo * width..hi * width]));
         sharded.backward(ex, lk, &og[lo * width..hi * width])?;
     }
     let mut max_row_diff = 0f32;
+    let mut max_row_diff_sliced = 0f32;
     let mut held = vec![0u64; CONFORMANCE_TABLES.len()];
     for (t, &(_, _, dim)) in CONFORMANCE_TABLES.iter().enumerate() {
         let Some(shard) = sharded.shard(t) else {
             continue;
         };
-        let full = reference.shards()[t][0].weights()?;
         let w = shard.cols.len();
-        let want: Vec<f32> = shard
-            .rows
-            .clone()
-            .flat_map(|row| full[row as usize * dim + shard.cols.start..][..w].to_vec())
-            .collect();
+        let owned = |e: &LocalEmbeddings| -> Result<Vec<f32>, TableError> {
+            let full = e.shards()[t][0].weights()?;
+            Ok(shard
+                .rows
+                .clone()
+                .flat_map(|row| full[row as usize * dim + shard.cols.start..][..w].to_vec())
+                .collect())
+        };
         let held_rows = shard.weights()?;
-        max_row_diff = max_row_diff.max(max_diff(&held_rows, &want));
+        max_row_diff = max_row_diff.max(max_diff(&held_rows, &owned(&reference)?));
+        max_row_diff_sliced = max_row_diff_sliced.max(max_diff(&held_rows, &owned(&sliced)?));
         if kinds[t] != ShardingKind::DataParallel {
             held[t] = held_rows.len() as u64;
         }
@@ -220,6 +246,7 @@ pub fn check_against_one_process(
         steps,
         max_embedding_diff,
         max_row_diff,
+        max_row_diff_sliced,
         every_row_held_once,
     })
 }
@@ -271,6 +298,7 @@ mod tests {
                     assert!(
                         r.max_embedding_diff <= 1e-6
                             && r.max_row_diff <= 1e-6
+                            && r.max_row_diff_sliced == 0.0
                             && r.every_row_held_once,
                         "{r:?}"
                     );
