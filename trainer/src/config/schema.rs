@@ -538,8 +538,10 @@ pub struct TrainConfig {
     pub restore_best: bool,
     /// Slices each step's batch is trained in: one process runs the slices one after
     /// another, adding their gradients in slice order, and a job of `slices` ranks runs one
-    /// each, adding them in rank order, so both take bit-identical steps (row-wise or
-    /// table-wise tables). Set it to the rank count a one-process run should reproduce
+    /// each, adding them in rank order, so both take bit-identical steps (any sharding
+    /// kind; `shardrec check-exchange` checks the tables' half). OptEmbed's row norms of
+    /// column-wise tables are summed by piece, so its masks may round differently there.
+    /// Set it to the rank count a one-process run should reproduce
     /// exactly. 1: the whole batch at once.
     #[serde(default = "default_one")]
     pub slices: usize,
