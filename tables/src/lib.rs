@@ -54,7 +54,7 @@ pub use lookup_plan::{LookupPlan, Request, TableRequests};
 pub use optimizer::{OptimizerKind, SparseOptimizer, StateLayout};
 pub use planner::{plan_collection, rank_loads, table_bytes, PlanRequest, PlanStrategy};
 pub use reshard::{fill_from_pieces, Piece};
-pub use row_ops::{assemble_output, reduce_row_gradients};
+pub use row_ops::{assemble_output, reduce_row_gradients, sum_in_source_order};
 pub use shard::{DeviceRows, TableShard, Upload};
 pub use sharded::{ExchangeTimes, ShardedEmbeddings, ShardedLookup};
 pub use sharding::{Bucketized, ShardExtent, ShardingKind, ShardingPlan, TablePlacement};

@@ -7,7 +7,7 @@
 use crate::collection::CollectionLayout;
 use crate::lookup_plan::LookupPlan;
 use crate::optimizer::SparseOptimizer;
-use crate::row_ops::{assemble_output, reduce_row_gradients};
+use crate::row_ops::{assemble_output, reduce_row_gradients, sum_in_source_order};
 use crate::shard::TableShard;
 use crate::sharding::ShardingPlan;
 use crate::{KeyedJaggedIds, TableError};
@@ -156,34 +156,21 @@ impl LocalEmbeddings {
     /// the ranks' in rank order, and the optimizer steps once. A step in `k` slices thus
     /// updates the rows exactly as `k` ranks with one slice each do.
     pub fn backward_slices(&mut self, slices: &[SliceGradient<'_>]) -> Result<(), TableError> {
-        let tables = self.layout.num_tables();
-        let mut merged: Vec<std::collections::BTreeMap<u64, Vec<f32>>> =
-            vec![Default::default(); tables];
-        for &SliceGradient {
-            plan,
-            gathered,
-            out_grad,
-        } in slices
-        {
-            let grads = reduce_row_gradients(plan, &self.dims, gathered, out_grad)?;
-            for (t, g) in grads.iter().enumerate() {
-                let d = self.dims[t];
-                for (u, &row) in plan.tables[t].unique_rows.iter().enumerate() {
-                    let part = &g[u * d..(u + 1) * d];
-                    match merged[t].get_mut(&row) {
-                        Some(acc) => acc.iter_mut().zip(part).for_each(|(a, v)| *a += v),
-                        None => {
-                            merged[t].insert(row, part.to_vec());
-                        }
-                    }
-                }
-            }
-        }
-        let rows: Vec<Vec<u64>> = merged.iter().map(|m| m.keys().copied().collect()).collect();
-        let grads: Vec<Vec<f32>> = merged
-            .into_iter()
-            .map(|m| m.into_values().flatten().collect())
-            .collect();
+        let reduced = slices
+            .iter()
+            .map(|s| reduce_row_gradients(s.plan, &self.dims, s.gathered, s.out_grad))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (rows, grads): (Vec<Vec<u64>>, Vec<Vec<f32>>) = (0..self.layout.num_tables())
+            .map(|t| {
+                let sources: Vec<(&[u64], &[f32])> = slices
+                    .iter()
+                    .zip(&reduced)
+                    .map(|(s, g)| (s.plan.tables[t].unique_rows.as_slice(), g[t].as_slice()))
+                    .collect();
+                sum_in_source_order(&sources, self.dims[t])
+            })
+            .unzip();
+        let rows: Vec<&[u64]> = rows.iter().map(Vec::as_slice).collect();
         self.apply_rows(&rows, &grads)
     }
 
@@ -193,12 +180,16 @@ impl LocalEmbeddings {
         plan: &LookupPlan,
         grads: &[Vec<f32>],
     ) -> Result<(), TableError> {
-        let rows: Vec<Vec<u64>> = plan.tables.iter().map(|r| r.unique_rows.clone()).collect();
+        let rows: Vec<&[u64]> = plan
+            .tables
+            .iter()
+            .map(|r| r.unique_rows.as_slice())
+            .collect();
         self.apply_rows(&rows, grads)
     }
 
     /// Applies `grads[t]` (`rows[t].len() x dim`) to the ascending global rows `rows[t]`.
-    fn apply_rows(&mut self, rows: &[Vec<u64>], grads: &[Vec<f32>]) -> Result<(), TableError> {
+    fn apply_rows(&mut self, rows: &[&[u64]], grads: &[Vec<f32>]) -> Result<(), TableError> {
         use rayon::prelude::*;
         let opt = self.optimizer;
         let dims = &self.dims;
@@ -208,7 +199,7 @@ impl LocalEmbeddings {
             .par_iter_mut()
             .enumerate()
             .try_for_each(|(t, shards)| {
-                let b = sharding.bucketize(t, layout.table_rows(t), dims[t], &rows[t], 0);
+                let b = sharding.bucketize(t, layout.table_rows(t), dims[t], rows[t], 0);
                 let parts = b.split_gradients(dims[t], &grads[t]);
                 for ((i, d), g) in b.dests.iter().enumerate().zip(&parts) {
                     let s = i.min(shards.len() - 1);

@@ -138,6 +138,33 @@ pub fn reduce_row_gradients(
         .collect())
 }
 
+/// Adds up the row gradients several sources sent for one table: `sources[i]` is a
+/// source's rows and their gradients (`rows.len() x width`). Equal rows are added in
+/// source order (a stable sort by row), so an owner summing the ranks' shares and one
+/// process summing its slices' shares (`LocalEmbeddings::backward_slices`) round alike.
+/// Returns the distinct rows, ascending, and their sums.
+pub fn sum_in_source_order(sources: &[(&[u64], &[f32])], width: usize) -> (Vec<u64>, Vec<f32>) {
+    let mut arrivals: Vec<(u64, usize, usize)> = sources
+        .iter()
+        .enumerate()
+        .flat_map(|(s, (rows, _))| rows.iter().enumerate().map(move |(i, &r)| (r, s, i)))
+        .collect();
+    arrivals.sort_by_key(|&(r, _, _)| r);
+    let mut rows: Vec<u64> = Vec::with_capacity(arrivals.len());
+    let mut sums: Vec<f32> = Vec::with_capacity(arrivals.len() * width);
+    for (r, s, i) in arrivals {
+        let part = &sources[s].1[i * width..(i + 1) * width];
+        if rows.last() == Some(&r) {
+            let base = sums.len() - width;
+            sums[base..].iter_mut().zip(part).for_each(|(a, v)| *a += v);
+        } else {
+            rows.push(r);
+            sums.extend_from_slice(part);
+        }
+    }
+    (rows, sums)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

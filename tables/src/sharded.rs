@@ -21,7 +21,7 @@ use crate::collection::CollectionLayout;
 use crate::exchange::Exchange;
 use crate::lookup_plan::LookupPlan;
 use crate::optimizer::{OptimizerKind, SparseOptimizer};
-use crate::row_ops::{assemble_output, reduce_row_gradients};
+use crate::row_ops::{assemble_output, reduce_row_gradients, sum_in_source_order};
 use crate::shard::TableShard;
 use crate::sharding::{Bucketized, ShardingKind, ShardingPlan};
 use crate::{KeyedJaggedIds, TableError};
@@ -376,8 +376,8 @@ impl ShardedEmbeddings {
         } else {
             vec![vec![0; tables]; n]
         };
-        // Per held table: (local row, sending rank, gradient slice start) of every arrival.
-        let mut arrivals: Vec<Vec<(u64, usize, usize)>> = vec![Vec::new(); tables];
+        // Per held table: (local rows, sending rank, gradient slice start) of every sender.
+        let mut arrivals: Vec<Vec<(&[u64], usize, usize)>> = vec![Vec::new(); tables];
         for src in 0..n {
             let mut off = 0usize;
             let fwd = self.sections(src, &lookup.served[src])?;
@@ -391,11 +391,8 @@ impl ShardedEmbeddings {
                 let Some(shard) = &self.shards[t] else {
                     continue;
                 };
-                let w = shard.width();
-                for &r in rows.iter() {
-                    arrivals[t].push((r, src, off));
-                    off += w;
-                }
+                arrivals[t].push((rows, src, off));
+                off += rows.len() * shard.width();
             }
             if off != recv_g[src].len() {
                 return Err(TableError::Exchange(format!(
@@ -406,27 +403,17 @@ impl ShardedEmbeddings {
             }
         }
         let opt = self.optimizer;
-        for (t, mut arr) in arrivals.into_iter().enumerate() {
+        for (t, arr) in arrivals.into_iter().enumerate() {
             let Some(shard) = self.shards[t].as_mut() else {
                 continue;
             };
             let w = shard.width();
-            // Stable: equal rows stay in sending-rank order, so sums are in a fixed order.
-            arr.sort_by_key(|&(r, _, _)| r);
-            let mut rows: Vec<u64> = Vec::with_capacity(arr.len());
-            let mut g: Vec<f32> = Vec::with_capacity(arr.len() * w);
-            for &(r, src, off) in &arr {
-                let slice = &recv_g[src][off..off + w];
-                if rows.last() == Some(&r) {
-                    let base = g.len() - w;
-                    for (acc, v) in g[base..].iter_mut().zip(slice) {
-                        *acc += v;
-                    }
-                } else {
-                    rows.push(r);
-                    g.extend_from_slice(slice);
-                }
-            }
+            // equal rows are summed in sending-rank order, a fixed order
+            let sources: Vec<(&[u64], &[f32])> = arr
+                .iter()
+                .map(|&(rows, src, off)| (rows, &recv_g[src][off..off + rows.len() * w]))
+                .collect();
+            let (rows, g) = sum_in_source_order(&sources, w);
             shard.apply(&opt, &rows, &g)?;
         }
         Ok(())
