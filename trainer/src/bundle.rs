@@ -290,13 +290,9 @@ impl ModelBundle {
         Ok(())
     }
 
-    /// Click probabilities of a batch (no gradients; collective when sharded).
-    pub fn predict(&self, batch: &Batch, ex: &dyn Exchange) -> Result<Vec<f32>, TrainError> {
-        Ok(self.predict_and_retrieve(batch, None, ex)?.0)
-    }
-
-    /// Click probabilities of a batch and, with `k`, the `k` history slots a sequence
-    /// model's search ranks highest per sample, from one lookup (collective when sharded).
+    /// Click probabilities of a batch (no gradients) and, with `k`, the `k` history slots
+    /// a sequence model's search ranks highest per sample, from one lookup (collective
+    /// when sharded).
     pub fn predict_and_retrieve(
         &self,
         batch: &Batch,

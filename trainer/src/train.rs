@@ -509,8 +509,6 @@ pub(crate) fn train_inner(
             data_wait: t_data,
         } in LockstepBatches::new(stream, cluster, schema.categorical.len(), false)
         {
-            // the random state of a step is a function of (seed, step), so a resumed run
-            // draws what the uninterrupted one would (dropout)
             // one process trains a step in `slices` slices as that many ranks would
             let pieces: Vec<Batch> = if sliced {
                 let n = batch.len();
@@ -546,35 +544,32 @@ pub(crate) fn train_inner(
                     }
                     _ => None,
                 };
-                if distributed || sliced {
-                    let mut loss = bundle.loss_share(&logits, piece, global_rows);
-                    loss_v += loss.double_value(&[]);
-                    if let Some(r) = &regulariser {
-                        loss += r;
+                // a share of the step's batch (ranks, slices) is its part of the mean
+                let bce = |l: &tch::Tensor| {
+                    if distributed || sliced {
+                        bundle.loss_share(l, piece, global_rows)
+                    } else {
+                        bundle.loss(l, piece)
                     }
-                    if let Some(a) = &aux_logits {
-                        loss += bundle.loss_share(a, piece, global_rows);
-                    }
-                    if let Some(term) = stats
-                        .as_ref()
-                        .map(|s| s.cross_rank_term(&loss))
-                        .transpose()?
-                        .flatten()
-                    {
-                        loss += term;
-                    }
-                    loss.backward();
-                } else {
-                    let mut loss = bundle.loss(&logits, piece);
-                    loss_v += loss.double_value(&[]);
-                    if let Some(r) = &regulariser {
-                        loss += r;
-                    }
-                    if let Some(a) = &aux_logits {
-                        loss += bundle.loss(a, piece);
-                    }
-                    loss.backward();
+                };
+                let mut loss = bce(&logits);
+                loss_v += loss.double_value(&[]);
+                if let Some(r) = &regulariser {
+                    loss += r;
                 }
+                if let Some(a) = &aux_logits {
+                    loss += bce(a);
+                }
+                // synchronised batch norm (several ranks only)
+                if let Some(term) = stats
+                    .as_ref()
+                    .map(|s| s.cross_rank_term(&loss))
+                    .transpose()?
+                    .flatten()
+                {
+                    loss += term;
+                }
+                loss.backward();
                 lookups.push(lk);
             }
             let t1 = t0 + t_lookup;
