@@ -146,6 +146,16 @@ fn bad_values_name_key_and_range() {
         &["train.slices=2", "model.batch_norm=true"],
         &["train.slices", "batch_norm"],
     );
+    check(
+        GOOD,
+        &["optembed.supernet_init={kind=\"normal\", scale=0.0}"],
+        &["`optembed.supernet_init.scale` = 0"],
+    );
+    check(
+        GOOD,
+        &["optembed.supernet_init={kind=\"normal\", std=0.1}"],
+        &["`optembed.supernet_init.std`", "kind, scale"],
+    );
 }
 
 #[test]

@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use shardrec::optembed::RowMask;
+
 use crate::common::{criteo_config, run, run_mpi, stderr, summary, synth};
 
 /// DeepFM on `data` with a small search; row pruning forced by a threshold above the
@@ -167,6 +169,89 @@ fn optembed_prunes_rows_searches_widths_and_exports_a_compact_model_that_predict
         stderr(&o).contains("row_mask.bin") && stderr(&o).contains("checksum"),
         "{}",
         stderr(&o)
+    );
+}
+
+/// Fraction of field `f`'s rows kept in each fifth of its ids (ids run from the most to
+/// the least frequent value).
+fn kept_by_fifth(mask: &RowMask, f: usize) -> Vec<f64> {
+    let n = mask.rows(f);
+    (0..5)
+        .map(|i| {
+            let ids = (i * n / 5)..((i + 1) * n / 5);
+            let len = ids.end - ids.start;
+            ids.filter(|&r| mask.kept(f, r)).count() as f64 / len.max(1) as f64
+        })
+        .collect()
+}
+
+fn init_of_first_table(model: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(model.join("manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    m["collections"][0]["spec"]["tables"][0]["init"].clone()
+}
+
+#[test]
+fn with_sgd_tables_and_a_small_supernet_init_the_row_mask_keeps_frequent_ids() {
+    // SGD moves a row by the sum of its gradients and the small start adds almost
+    // nothing, so a row's norm grows with how often it was used and the learned
+    // thresholds prune the rare ids first; the retrain starts from `embedding.init`
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 20_000, 1_000);
+    let cfg = optembed_config(dir.path(), &data);
+    let run_dir = dir.path().join("oe");
+    let set_run = format!("train.run_dir=\"{}\"", run_dir.display());
+    let s = summary(&run(
+        dir.path(),
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--set",
+            &set_run,
+            "--set",
+            "embedding.optimizer={kind=\"sgd\", lr=3.0}",
+            "--set",
+            "optembed.supernet_init={kind=\"normal\", scale=1e-4}",
+            "--set",
+            "optembed.threshold_init=0.0",
+            "--set",
+            "optembed.alpha=1e-3",
+            "--set",
+            "optembed.supernet_epochs=3",
+            "--set",
+            "optembed.search.random_baseline=false",
+        ],
+    ));
+    let mask = RowMask::load(&run_dir.join("supernet/row_mask.bin")).unwrap();
+    let (mut first, mut last) = (0.0, 0.0);
+    for f in 0..mask.features() {
+        let k = kept_by_fifth(&mask, f);
+        assert!(k[0] >= k[4], "field {f}: kept by fifth {k:?}");
+        first += k[0];
+        last += k[4];
+    }
+    let fields = mask.features() as f64;
+    let (first, last) = (first / fields, last / fields);
+    assert!(
+        first > 0.2 && first > 5.0 * last,
+        "kept {first:.3} of the most frequent fifth against {last:.3} of the rarest"
+    );
+    assert!(f(&s["sparsity"]) > 0.5, "{}", s["sparsity"]);
+
+    let supernet = init_of_first_table(&run_dir.join("supernet/model"));
+    assert_eq!(supernet["kind"], "normal", "{supernet}");
+    assert!((f(&supernet["std"]) - 1e-4).abs() < 1e-9, "{supernet}");
+    let retrain = init_of_first_table(&run_dir.join("retrain/model"));
+    assert_eq!(retrain["kind"], "uniform", "{retrain}");
+    // three supernet epochs, then `train.epochs` (1) for the retrain
+    let stages = &s["optembed_stages"];
+    assert_eq!(
+        stages["supernet"]["validations"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(
+        stages["retrain"]["validations"].as_array().unwrap().len(),
+        1
     );
 }
 

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::schema::InitConfig;
+
 /// What a pruned row (L1 norm at or below its field's threshold) becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -65,10 +67,22 @@ pub struct OptEmbedConfig {
     pub threshold_init: f64,
     #[serde(default)]
     pub pruned: PrunedRows,
-    /// Epochs of the retrain stage (default: `train.epochs`); the supernet trains for
-    /// `train.epochs`. Both stop early as `[train]` says.
+    /// Epochs of the supernet stage (default: `train.epochs`). It stops early as
+    /// `[train]` says.
+    #[serde(default)]
+    pub supernet_epochs: Option<usize>,
+    /// Epochs of the retrain stage (default: `train.epochs`). It stops early as `[train]`
+    /// says.
     #[serde(default)]
     pub retrain_epochs: Option<usize>,
+    /// Row initialisation of the supernet's tables (default: `embedding.init`; the
+    /// retrain always starts from `embedding.init`). The row mask reads each row's L1
+    /// norm, which measures what training put into the row only where the initial norm
+    /// is small beside it: with TorchRec's default bound (sqrt(1 / rows)) and SGD, a large
+    /// field's rows start near 0.034 and one epoch adds 0.001 to 0.03, so the mask would
+    /// mostly read the random start (docs/benchmarks.md section 10).
+    #[serde(default)]
+    pub supernet_init: Option<InitConfig>,
     #[serde(default)]
     pub search: EvolutionConfig,
 }

@@ -320,8 +320,20 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
             -1e6,
             1e6,
         );
+        if let Some(e) = o.supernet_epochs {
+            check(&mut v, "optembed.supernet_epochs", e, 1, 1_000_000);
+        }
         if let Some(e) = o.retrain_epochs {
             check(&mut v, "optembed.retrain_epochs", e, 1, 1_000_000);
+        }
+        if let Some(s) = o.supernet_init.as_ref().and_then(|i| i.scale) {
+            check(
+                &mut v,
+                "optembed.supernet_init.scale",
+                s,
+                f32::MIN_POSITIVE,
+                10.0,
+            );
         }
         let s = &o.search;
         check(

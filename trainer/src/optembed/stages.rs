@@ -236,6 +236,12 @@ fn supernet(
 ) -> Result<serde_json::Value, TrainError> {
     let mut c = stage_cfg(cfg, top, OptEmbedStage::Supernet);
     c.train.save_model = true; // the search starts from it
+    if let Some(init) = &oe.supernet_init {
+        c.embedding.init = init.clone();
+    }
+    if let Some(e) = oe.supernet_epochs {
+        c.train.epochs = e;
+    }
     let dim = c.embedding.dim;
     let mut after = |bundle: &ModelBundle,
                      _: &PreparedDataset,
