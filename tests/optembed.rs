@@ -2,7 +2,7 @@
 //! thresholds, a repeatable width search, retraining, and a compact export that predicts
 //! what the masked model predicts; the same under `mpirun -np 2`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shardrec::optembed::RowMask;
@@ -11,7 +11,7 @@ use crate::common::{criteo_config, run, run_mpi, stderr, summary, synth};
 
 /// DeepFM on `data` with a small search; row pruning forced by a threshold above the
 /// initial norm of rarely updated rows.
-fn optembed_config(dir: &Path, data: &Path) -> std::path::PathBuf {
+fn optembed_config(dir: &Path, data: &Path) -> PathBuf {
     let cfg = criteo_config(
         dir,
         data,
@@ -38,6 +38,21 @@ random_baseline = true"#,
     cfg
 }
 
+/// All three stages on 20,000 generated rows with [`optembed_config`] and `sets` (each a
+/// `--set`) on top, in `dir/oe`; returns the config, that run folder and the summary.
+fn optembed_job(dir: &Path, sets: &[&str]) -> (PathBuf, PathBuf, serde_json::Value) {
+    let (data, _) = synth(dir, 20_000, 1_000);
+    let cfg = optembed_config(dir, &data);
+    let run_dir = dir.join("oe");
+    let set_run = format!("train.run_dir=\"{}\"", run_dir.display());
+    let mut args = vec!["train", cfg.to_str().unwrap(), "--set", &set_run];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let s = summary(&run(dir, &args));
+    (cfg, run_dir, s)
+}
+
 fn f(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
@@ -53,14 +68,8 @@ fn u64s(v: &serde_json::Value) -> Vec<u64> {
 #[test]
 fn optembed_prunes_rows_searches_widths_and_exports_a_compact_model_that_predicts_the_same() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, _) = synth(dir.path(), 20_000, 1_000);
-    let cfg = optembed_config(dir.path(), &data);
-    let run_dir = dir.path().join("oe");
+    let (cfg, run_dir, s) = optembed_job(dir.path(), &[]);
     let set_run = format!("train.run_dir=\"{}\"", run_dir.display());
-    let s = summary(&run(
-        dir.path(),
-        &["train", cfg.to_str().unwrap(), "--set", &set_run],
-    ));
     let stages = &s["optembed_stages"];
 
     // supernet: some rows of the big fields pruned, not all
@@ -197,31 +206,17 @@ fn with_sgd_tables_and_a_small_supernet_init_the_row_mask_keeps_frequent_ids() {
     // nothing, so a row's norm grows with how often it was used and the learned
     // thresholds prune the rare ids first; the retrain starts from `embedding.init`
     let dir = tempfile::tempdir().unwrap();
-    let (data, _) = synth(dir.path(), 20_000, 1_000);
-    let cfg = optembed_config(dir.path(), &data);
-    let run_dir = dir.path().join("oe");
-    let set_run = format!("train.run_dir=\"{}\"", run_dir.display());
-    let s = summary(&run(
+    let (_, run_dir, s) = optembed_job(
         dir.path(),
         &[
-            "train",
-            cfg.to_str().unwrap(),
-            "--set",
-            &set_run,
-            "--set",
             "embedding.optimizer={kind=\"sgd\", lr=3.0}",
-            "--set",
             "optembed.supernet_init={kind=\"normal\", scale=1e-4}",
-            "--set",
             "optembed.threshold_init=0.0",
-            "--set",
             "optembed.alpha=1e-3",
-            "--set",
             "optembed.supernet_epochs=3",
-            "--set",
             "optembed.search.random_baseline=false",
         ],
-    ));
+    );
     let mask = RowMask::load(&run_dir.join("supernet/row_mask.bin")).unwrap();
     let (mut first, mut last) = (0.0, 0.0);
     for f in 0..mask.features() {

@@ -143,9 +143,24 @@ fn main_table_bytes(model: &Path) -> u64 {
         .sum()
 }
 
-fn stage_cfg(cfg: &ExperimentConfig, top: &Path, stage: OptEmbedStage) -> ExperimentConfig {
+/// The config a training stage runs: its own run folder, and its own epochs where
+/// `[optembed]` sets them.
+fn stage_cfg(
+    cfg: &ExperimentConfig,
+    top: &Path,
+    stage: OptEmbedStage,
+    oe: &OptEmbedConfig,
+) -> ExperimentConfig {
     let mut c = cfg.clone();
     c.train.run_dir = Some(top.join(stage.as_str()));
+    let epochs = match stage {
+        OptEmbedStage::Supernet => oe.supernet_epochs,
+        OptEmbedStage::Search => None,
+        OptEmbedStage::Retrain => oe.retrain_epochs,
+    };
+    if let Some(e) = epochs {
+        c.train.epochs = e;
+    }
     c
 }
 
@@ -234,13 +249,10 @@ fn supernet(
     top: &Path,
     oe: &OptEmbedConfig,
 ) -> Result<serde_json::Value, TrainError> {
-    let mut c = stage_cfg(cfg, top, OptEmbedStage::Supernet);
+    let mut c = stage_cfg(cfg, top, OptEmbedStage::Supernet, oe);
     c.train.save_model = true; // the search starts from it
     if let Some(init) = &oe.supernet_init {
         c.embedding.init = init.clone();
-    }
-    if let Some(e) = oe.supernet_epochs {
-        c.train.epochs = e;
     }
     let dim = c.embedding.dim;
     let mut after = |bundle: &ModelBundle,
@@ -443,10 +455,7 @@ fn retrain(
     top: &Path,
     oe: &OptEmbedConfig,
 ) -> Result<serde_json::Value, TrainError> {
-    let mut c = stage_cfg(cfg, top, OptEmbedStage::Retrain);
-    if let Some(e) = oe.retrain_epochs {
-        c.train.epochs = e;
-    }
+    let c = stage_cfg(cfg, top, OptEmbedStage::Retrain, oe);
     let dim = c.embedding.dim;
     let mask = Arc::new(RowMask::load(&earlier(
         top,
