@@ -48,6 +48,7 @@ pub struct InMemoryRows {
 // except through borrows of `self`), so moving or sharing it across threads is as safe as
 // for a `Vec<f32>`.
 unsafe impl Send for InMemoryRows {}
+// SAFETY: as for `Send`: shared access only reads through `&self`, as for a `Vec<f32>`.
 unsafe impl Sync for InMemoryRows {}
 
 /// A zero-filled anonymous mapping of at least `bytes`, aligned to 2 MiB, with

@@ -52,6 +52,8 @@ fn load_cuda_library() -> Result<(), String> {
         let msg = if err.is_null() {
             "unknown error".to_string()
         } else {
+            // SAFETY: a non-null dlerror result is a NUL-terminated string, valid until
+            // the next dl* call on this thread; it is copied out at once.
             unsafe { std::ffi::CStr::from_ptr(err) }
                 .to_string_lossy()
                 .into_owned()

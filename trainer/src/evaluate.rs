@@ -15,9 +15,9 @@ use crate::bundle::ModelBundle;
 use crate::cluster::Cluster;
 use crate::data::{spawn_loader, LoaderOptions, PreparedSplit};
 use crate::lockstep::{LockstepBatches, Step};
-use crate::metrics::{auc, gauc, logloss};
 use crate::sequence::{RetrievalScore, RetrievalTally, RetrievalTarget};
 use crate::TrainError;
+use shardrec_data::metrics::{auc, gauc, logloss};
 use shardrec_tables::Exchange;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

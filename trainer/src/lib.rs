@@ -9,13 +9,11 @@ pub mod checked_file;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
-pub mod data;
 pub mod dense_sync;
 pub mod device;
 pub mod embedding;
 pub mod evaluate;
 pub mod lockstep;
-pub mod metrics;
 pub mod model_io;
 pub mod optembed;
 pub mod progress;
@@ -24,11 +22,9 @@ pub mod search_bench;
 pub mod sequence;
 pub mod sharding_plan;
 pub mod sweep;
-pub mod synth;
-pub mod synth_sequence;
 pub mod train;
-mod zipf;
 
+pub use shardrec_data as data;
 pub use train::{eval_saved_model, train};
 
 /// Errors of a training or evaluation run; each names what it is about.

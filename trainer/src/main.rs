@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shardrec::config::load_config;
-use shardrec::synth::{generate, SynthOptions};
-use shardrec::synth_sequence::{generate_sequences, SequenceSynthOptions};
+use shardrec_data::synth::{generate, SynthOptions};
+use shardrec_data::synth_sequence::{generate_sequences, SequenceSynthOptions};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum BehaviourFormat {
@@ -229,8 +229,7 @@ fn run() -> anyhow::Result<()> {
                 );
             }
             let name = cfg.name.clone().unwrap_or_else(|| config_name(&config));
-            let cluster =
-                shardrec::cluster::Cluster::from_environment().map_err(anyhow::Error::msg)?;
+            let cluster = shardrec::cluster::Cluster::from_environment()?;
             let summary = on_every_rank(&cluster, || {
                 match stage {
                     Some(st) => shardrec::optembed::run_stages(
@@ -267,8 +266,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Eval { config, model, set } => {
             let (cfg, _) = load_config(&config, &set)?;
-            let cluster =
-                shardrec::cluster::Cluster::from_environment().map_err(anyhow::Error::msg)?;
+            let cluster = shardrec::cluster::Cluster::from_environment()?;
             let summary = on_every_rank(&cluster, || {
                 shardrec::eval_saved_model(&cfg, &model, &cluster).with_context(|| {
                     format!(
@@ -303,8 +301,7 @@ fn run() -> anyhow::Result<()> {
                 out: out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-sweep"))),
                 seeds,
             };
-            let cluster =
-                shardrec::cluster::Cluster::from_environment().map_err(anyhow::Error::msg)?;
+            let cluster = shardrec::cluster::Cluster::from_environment()?;
             let summary = on_every_rank(&cluster, || {
                 shardrec::sweep::sweep(&cfg, &name, &cluster, &opts)
                     .with_context(|| format!("sweeping {}", config.display()))
@@ -518,7 +515,7 @@ fn check_exchange(steps: usize) -> anyhow::Result<()> {
         check_against_one_process, OptimizerKind, ShardingKind, SparseOptimizer, CONFORMANCE_TABLES,
     };
     use ShardingKind::*;
-    let cluster = shardrec::cluster::Cluster::from_environment().map_err(anyhow::Error::msg)?;
+    let cluster = shardrec::cluster::Cluster::from_environment()?;
     let n = cluster.world_size();
     let narrowest = CONFORMANCE_TABLES.iter().map(|t| t.2).min().unwrap_or(1);
     let mut cases: Vec<([ShardingKind; 3], SparseOptimizer)> = Vec::new();

@@ -102,8 +102,9 @@ impl RunDir {
 
 /// Peak resident set size of this process, in bytes.
 pub fn peak_rss_bytes() -> u64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+    // SAFETY: rusage is a plain C struct of integers, for which all-zero bytes are valid.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we pass and reads nothing else.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     if rc == 0 {
         usage.ru_maxrss as u64 * 1024

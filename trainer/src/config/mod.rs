@@ -14,4 +14,8 @@ mod validate;
 pub use load::{load_config, load_config_str, ConfigError};
 pub use optembed::*;
 pub use schema::*;
+pub use shardrec_data::config::{
+    BadRowPolicy, ColumnConfig, ColumnRole, DataConfig, DataFormat, DenseTransform, JoinConfig,
+    SplitConfig, SplitKind, Violation,
+};
 pub use validate::validate;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use shardrec_data::config::DataConfig;
 use shardrec_models::{DenseOptimizerConfig, ModelConfig};
 use shardrec_tables::{OptimizerKind, PlanStrategy, Pooling, ShardingKind};
 
@@ -61,189 +62,6 @@ pub struct ShardingConfig {
     /// identical placement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DataFormat {
-    /// Criteo TSV: label, 13 integer columns, 26 hex categorical columns, no header.
-    Criteo,
-    /// Avazu CSV with header (`id,click,hour,...`).
-    Avazu,
-    /// libFM: `label idx:val ...`, one field per position.
-    Libfm,
-    /// A delimited file whose columns `data.columns` describes.
-    Delimited,
-    /// Behaviour sequences (DIN, TWIN, DARE): `label, user_id, target_item,
-    /// target_category, hist_items, hist_categories`, tab-separated, histories
-    /// comma-separated (see `data::sequence_format`).
-    Sequence,
-    /// Already prepared by `shardrec prepare` (a folder with `meta.json`).
-    Prepared,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum DenseTransform {
-    /// log(1 + max(x, 0)) (DLRM).
-    #[default]
-    Log1p,
-    /// floor(ln(x)^2) for x > 2, x otherwise (BARS, OptEmbed).
-    LnSquared,
-    Identity,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum BadRowPolicy {
-    /// Stop at the first bad row with file:line:column and its text.
-    #[default]
-    Error,
-    /// Skip bad rows, count each kind, report the counts.
-    Skip,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SplitKind {
-    /// The last fractions of the rows in file order (valid, then test).
-    #[default]
-    Tail,
-    /// Each row assigned by a seeded hash of its index.
-    Random,
-}
-
-fn default_test_fraction() -> f64 {
-    0.2
-}
-fn default_split_seed() -> u64 {
-    42
-}
-
-/// How one file is split when `data.valid` / `data.test` are not given.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SplitConfig {
-    #[serde(default)]
-    pub kind: SplitKind,
-    #[serde(default)]
-    pub valid: f64,
-    #[serde(default = "default_test_fraction")]
-    pub test: f64,
-    #[serde(default = "default_split_seed")]
-    pub seed: u64,
-}
-
-impl Default for SplitConfig {
-    fn default() -> Self {
-        Self {
-            kind: SplitKind::Tail,
-            valid: 0.0,
-            test: default_test_fraction(),
-            seed: default_split_seed(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ColumnRole {
-    Label,
-    Dense,
-    Categorical,
-    Skip,
-}
-
-/// One column of a delimited file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ColumnConfig {
-    pub name: String,
-    pub role: ColumnRole,
-    /// Categorical columns holding several values (e.g. genres "a|b"): their separator.
-    #[serde(default)]
-    pub separator: Option<String>,
-    /// Label column only: label = 1 when the value is >= threshold, else 0. Without a
-    /// threshold the value must be 0 or 1 (or -1 for 0).
-    #[serde(default)]
-    pub threshold: Option<f64>,
-}
-
-fn default_min_count() -> u64 {
-    1
-}
-fn default_cache_dir() -> PathBuf {
-    PathBuf::from("data/prepared")
-}
-
-/// `[data]`: where the rows come from and how they are prepared.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    pub format: DataFormat,
-    /// Training file (raw or prepared folder).
-    pub train: PathBuf,
-    /// Further files in `train`'s format, read after it as one stream: their rows are
-    /// split with `train`'s (e.g. Frappe's two libFM files split 8:1:1).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub more_train: Vec<PathBuf>,
-    #[serde(default)]
-    pub valid: Option<PathBuf>,
-    #[serde(default)]
-    pub test: Option<PathBuf>,
-    /// Split of `train` into train/valid/test when those files are not given.
-    #[serde(default)]
-    pub split: SplitConfig,
-    /// Categorical values seen fewer times in the training split share one OOV id.
-    #[serde(default = "default_min_count")]
-    pub min_count: u64,
-    #[serde(default)]
-    pub dense_transform: DenseTransform,
-    /// Turn (transformed) dense columns into categorical features, as BARS does.
-    #[serde(default)]
-    pub dense_as_categorical: bool,
-    #[serde(default)]
-    pub on_bad_row: BadRowPolicy,
-    /// Prepared data is cached here, keyed by inputs and options.
-    #[serde(default = "default_cache_dir")]
-    pub cache_dir: PathBuf,
-    /// Delimited format: field separator (one character; default tab).
-    #[serde(default)]
-    pub delimiter: Option<String>,
-    /// Delimited format: the first line is a header.
-    #[serde(default)]
-    pub header: bool,
-    /// Delimited format: every column in order.
-    #[serde(default)]
-    pub columns: Vec<ColumnConfig>,
-    /// libFM: fields per row (default: taken from the first row).
-    #[serde(default)]
-    pub libfm_fields: Option<usize>,
-    /// Read at most this many rows of each file (0 = all).
-    #[serde(default)]
-    pub max_rows: u64,
-    /// Delimited format: side files whose categorical columns join each row by a key
-    /// (e.g. a user file joined on `user_id`).
-    #[serde(default)]
-    pub joins: Vec<JoinConfig>,
-}
-
-/// `[[data.joins]]`: a delimited side file, one row per key, whose categorical columns
-/// are added to every row of the data with that key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JoinConfig {
-    pub file: PathBuf,
-    /// The key: a column of the data and of the side file with this name.
-    pub on: String,
-    /// The side file's columns in order (categorical ones become features; the key's
-    /// role is ignored).
-    pub columns: Vec<ColumnConfig>,
-    #[serde(default)]
-    pub delimiter: Option<String>,
-    /// The side file's first line is a header.
-    #[serde(default)]
-    pub header: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -401,6 +219,26 @@ pub struct SparseOptimizerConfig {
     pub beta2: Option<f32>,
     #[serde(default)]
     pub initial_accumulator: f32,
+}
+
+impl SparseOptimizerConfig {
+    /// The tables' optimizer this section describes (unset values keep the optimizer's
+    /// defaults).
+    pub fn init(&self) -> shardrec_tables::SparseOptimizer {
+        let mut o = shardrec_tables::SparseOptimizer::new(self.kind, self.lr);
+        o.weight_decay = self.weight_decay;
+        o.initial_accumulator = self.initial_accumulator;
+        if let Some(e) = self.eps {
+            o.eps = e;
+        }
+        if let Some(b) = self.beta1 {
+            o.beta1 = b;
+        }
+        if let Some(b) = self.beta2 {
+            o.beta2 = b;
+        }
+        o
+    }
 }
 
 impl Default for SparseOptimizerConfig {

@@ -1,154 +1,36 @@
 //! Range and consistency checks of a deserialised experiment, each naming its key.
 
-use super::schema::{ColumnRole, DataFormat, ExperimentConfig, TableKindConfig};
+use shardrec_data::config::{check_range, violation, Violation};
 
-/// A value outside its range: the dotted key, the value, the allowed range.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Violation {
-    pub key: String,
-    pub value: String,
-    pub range: String,
-}
-
-fn check<T: PartialOrd + std::fmt::Display>(
-    out: &mut Vec<Violation>,
-    key: &str,
-    v: T,
-    lo: T,
-    hi: T,
-) {
-    if !(v >= lo && v <= hi) {
-        out.push(Violation {
-            key: key.into(),
-            value: v.to_string(),
-            range: format!("must be in [{lo}, {hi}]"),
-        });
-    }
-}
-
-fn fail(
-    out: &mut Vec<Violation>,
-    key: &str,
-    value: impl std::fmt::Display,
-    range: impl Into<String>,
-) {
-    out.push(Violation {
-        key: key.into(),
-        value: value.to_string(),
-        range: range.into(),
-    });
-}
+use super::schema::{ExperimentConfig, TableKindConfig};
 
 /// Every violation, in key order of the file's sections.
 pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
     let mut v = Vec::new();
     let d = &c.data;
-    check(&mut v, "data.split.valid", d.split.valid, 0.0, 0.9);
-    check(&mut v, "data.split.test", d.split.test, 0.0, 0.9);
-    if d.split.valid + d.split.test >= 0.95 {
-        fail(
-            &mut v,
-            "data.split.test",
-            d.split.test,
-            "valid + test fractions must leave rows to train on (sum below 0.95)",
-        );
-    }
-    check(&mut v, "data.min_count", d.min_count, 1, u32::MAX as u64);
-    if let Some(del) = &d.delimiter {
-        if del.len() != 1 {
-            fail(
-                &mut v,
-                "data.delimiter",
-                format!("{del:?}"),
-                "must be one ASCII character",
-            );
-        }
-    }
-    if let Some(n) = d.libfm_fields {
-        check(&mut v, "data.libfm_fields", n, 1, 4096);
-    }
-    if d.format == DataFormat::Delimited {
-        let labels = d
-            .columns
-            .iter()
-            .filter(|c| c.role == ColumnRole::Label)
-            .count();
-        if labels != 1 {
-            fail(
-                &mut v,
-                "data.columns",
-                format!("{labels} label columns"),
-                "a delimited file needs exactly one column with role = \"label\"",
-            );
-        }
-        let mut names: Vec<&str> = d.columns.iter().map(|c| c.name.as_str()).collect();
-        names.sort_unstable();
-        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            fail(
-                &mut v,
-                "data.columns",
-                format!("`{}` twice", w[0]),
-                "column names must be distinct",
-            );
-        }
-        for c in &d.columns {
-            if let Some(s) = &c.separator {
-                if s.len() != 1 || c.role != ColumnRole::Categorical {
-                    fail(
-                        &mut v,
-                        "data.columns.separator",
-                        format!("{s:?} on `{}`", c.name),
-                        "one ASCII character, on categorical columns only",
-                    );
-                }
-            }
-            if c.threshold.is_some() && c.role != ColumnRole::Label {
-                fail(
-                    &mut v,
-                    "data.columns.threshold",
-                    &c.name,
-                    "only the label column takes a threshold",
-                );
-            }
-        }
-    } else if !d.columns.is_empty() {
-        fail(
-            &mut v,
-            "data.columns",
-            format!("{:?}", d.format),
-            "columns are only read for format = \"delimited\"",
-        );
-    }
+    d.violations(&mut v);
 
     let e = &c.embedding;
-    check(&mut v, "embedding.dim", e.dim, 1, 4096);
-    if !c.data.joins.is_empty() && c.data.format != DataFormat::Delimited {
-        fail(
-            &mut v,
-            "data.joins",
-            format!("{} file(s)", c.data.joins.len()),
-            "joins need data.format = \"delimited\"",
-        );
-    }
+    check_range(&mut v, "embedding.dim", e.dim, 1, 4096);
     let budgeted = c.budget.bytes.is_some() || c.budget.fraction.is_some();
     if e.kind == TableKindConfig::Hashed && !budgeted {
-        check(&mut v, "embedding.buckets", e.buckets, 1, 1 << 40);
+        check_range(&mut v, "embedding.buckets", e.buckets, 1, 1 << 40);
     }
     if let Some(f) = c.budget.fraction {
-        check(&mut v, "budget.fraction", f, f64::MIN_POSITIVE, 1.0);
+        check_range(&mut v, "budget.fraction", f, f64::MIN_POSITIVE, 1.0);
     }
     if let Some(b) = c.budget.bytes {
-        check(&mut v, "budget.bytes", b, 1, u64::MAX);
+        check_range(&mut v, "budget.bytes", b, 1, u64::MAX);
     }
-    check(
+    check_range(
         &mut v,
         "embedding.unified.tables",
         e.unified.tables,
         1,
         4096,
     );
-    check(&mut v, "embedding.unified.dim", e.unified.dim, 0, 4096);
-    check(
+    check_range(&mut v, "embedding.unified.dim", e.unified.dim, 0, 4096);
+    check_range(
         &mut v,
         "embedding.unified.chunks",
         e.unified.chunks,
@@ -156,27 +38,27 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
         1024,
     );
     if let Some(m) = e.qr.collisions {
-        check(&mut v, "embedding.qr.collisions", m, 1, 1 << 40);
+        check_range(&mut v, "embedding.qr.collisions", m, 1, 1 << 40);
     }
     if let Some(s) = e.init.scale {
-        check(&mut v, "embedding.init.scale", s, f32::MIN_POSITIVE, 10.0);
+        check_range(&mut v, "embedding.init.scale", s, f32::MIN_POSITIVE, 10.0);
     }
     let o = &e.optimizer;
-    check(
+    check_range(
         &mut v,
         "embedding.optimizer.lr",
         o.lr,
         f32::MIN_POSITIVE,
         1000.0,
     );
-    check(
+    check_range(
         &mut v,
         "embedding.optimizer.weight_decay",
         o.weight_decay,
         0.0,
         1.0,
     );
-    check(
+    check_range(
         &mut v,
         "embedding.optimizer.initial_accumulator",
         o.initial_accumulator,
@@ -184,19 +66,19 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
         1e6,
     );
     if let Some(x) = o.eps {
-        check(&mut v, "embedding.optimizer.eps", x, 0.0, 1.0);
+        check_range(&mut v, "embedding.optimizer.eps", x, 0.0, 1.0);
     }
     for (k, b) in [
         ("embedding.optimizer.beta1", o.beta1),
         ("embedding.optimizer.beta2", o.beta2),
     ] {
         if let Some(b) = b {
-            check(&mut v, k, b, 0.0, 0.999_999);
+            check_range(&mut v, k, b, 0.0, 0.999_999);
         }
     }
     for t in &e.tables {
         if t.features.is_empty() {
-            fail(
+            violation(
                 &mut v,
                 "embedding.tables.features",
                 format!("table `{}`", t.name),
@@ -204,15 +86,15 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
             );
         }
         if let Some(dim) = t.dim {
-            check(&mut v, "embedding.tables.dim", dim, 1, 4096);
+            check_range(&mut v, "embedding.tables.dim", dim, 1, 4096);
         }
         if let Some(b) = t.buckets {
-            check(&mut v, "embedding.tables.buckets", b, 1, 1 << 40);
+            check_range(&mut v, "embedding.tables.buckets", b, 1, 1 << 40);
         }
         if t.kind.unwrap_or(e.kind) == TableKindConfig::Hashed
             && t.buckets.unwrap_or(e.buckets) == 0
         {
-            fail(
+            violation(
                 &mut v,
                 "embedding.tables.buckets",
                 format!("table `{}`", t.name),
@@ -222,8 +104,8 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
     }
 
     let m = &c.model;
-    check(&mut v, "model.dropout", m.dropout, 0.0, 0.99);
-    check(&mut v, "model.cross_layers", m.cross_layers, 0, 64);
+    check_range(&mut v, "model.dropout", m.dropout, 0.0, 0.99);
+    check_range(&mut v, "model.cross_layers", m.cross_layers, 0, 64);
     for (k, layers) in [
         ("model.hidden", &m.hidden),
         ("model.bottom", &m.bottom),
@@ -231,28 +113,28 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
         ("model.attention_hidden", &m.attention_hidden),
     ] {
         for &w in layers.iter() {
-            check(&mut v, k, w, 1, 1 << 20);
+            check_range(&mut v, k, w, 1, 1 << 20);
         }
     }
-    check(&mut v, "model.sequence_len", m.sequence_len, 1, 1 << 20);
-    check(&mut v, "model.top_k", m.top_k, 1, 1 << 20);
+    check_range(&mut v, "model.sequence_len", m.sequence_len, 1, 1 << 20);
+    check_range(&mut v, "model.top_k", m.top_k, 1, 1 << 20);
     if let Some(a) = m.attention_dim {
-        check(&mut v, "model.attention_dim", a, 1, 1 << 16);
+        check_range(&mut v, "model.attention_dim", a, 1, 1 << 16);
     }
     let p = &c.optimizer;
-    check(&mut v, "optimizer.lr", p.lr, f64::MIN_POSITIVE, 1000.0);
-    check(&mut v, "optimizer.weight_decay", p.weight_decay, 0.0, 1.0);
-    check(&mut v, "optimizer.beta1", p.beta1, 0.0, 0.999_999);
-    check(&mut v, "optimizer.beta2", p.beta2, 0.0, 0.999_999);
-    check(&mut v, "optimizer.eps", p.eps, 0.0, 1.0);
-    check(&mut v, "optimizer.momentum", p.momentum, 0.0, 0.999);
+    check_range(&mut v, "optimizer.lr", p.lr, f64::MIN_POSITIVE, 1000.0);
+    check_range(&mut v, "optimizer.weight_decay", p.weight_decay, 0.0, 1.0);
+    check_range(&mut v, "optimizer.beta1", p.beta1, 0.0, 0.999_999);
+    check_range(&mut v, "optimizer.beta2", p.beta2, 0.0, 0.999_999);
+    check_range(&mut v, "optimizer.eps", p.eps, 0.0, 1.0);
+    check_range(&mut v, "optimizer.momentum", p.momentum, 0.0, 0.999);
 
     let t = &c.train;
-    check(&mut v, "train.epochs", t.epochs, 1, 1_000_000);
-    check(&mut v, "train.batch_size", t.batch_size, 1, 1 << 24);
-    check(&mut v, "train.threads", t.threads, 0, 1024);
-    check(&mut v, "train.loader_queue", t.loader_queue, 1, 1024);
-    check(&mut v, "train.shuffle_window", t.shuffle_window, 1, 1 << 32);
+    check_range(&mut v, "train.epochs", t.epochs, 1, 1_000_000);
+    check_range(&mut v, "train.batch_size", t.batch_size, 1, 1 << 24);
+    check_range(&mut v, "train.threads", t.threads, 0, 1024);
+    check_range(&mut v, "train.loader_queue", t.loader_queue, 1, 1024);
+    check_range(&mut v, "train.shuffle_window", t.shuffle_window, 1, 1 << 32);
     let is_device = |d: &str| {
         d == "cpu"
             || d == "cuda"
@@ -264,7 +146,7 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
         ("embedding.device", &c.embedding.device),
     ] {
         if !is_device(device) {
-            fail(
+            violation(
                 &mut v,
                 key,
                 format!("\"{device}\""),
@@ -272,18 +154,18 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
             );
         }
     }
-    let has_valid = d.valid.is_some() || d.split.valid > 0.0 || d.format == DataFormat::Prepared;
+    let has_valid = d.has_validation();
     if t.early_stopping_patience > 0 && !has_valid {
-        fail(
+        violation(
             &mut v,
             "train.early_stopping_patience",
             t.early_stopping_patience,
             "needs a validation split (data.valid or data.split.valid > 0)",
         );
     }
-    check(&mut v, "train.slices", t.slices, 1, 1 << 12);
+    check_range(&mut v, "train.slices", t.slices, 1, 1 << 12);
     if t.slices > 1 && c.model.batch_norm {
-        fail(
+        violation(
             &mut v,
             "train.slices",
             t.slices,
@@ -291,29 +173,21 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
         );
     }
     if t.restore_best && !has_valid {
-        fail(
+        violation(
             &mut v,
             "train.restore_best",
             t.restore_best,
             "needs a validation split (data.valid or data.split.valid > 0)",
         );
     }
-    check(&mut v, "eval.batch_size", c.eval.batch_size, 1, 1 << 24);
+    check_range(&mut v, "eval.batch_size", c.eval.batch_size, 1, 1 << 24);
     if let Some(limit) = c.sharding.memory_limit_per_rank {
-        check(&mut v, "sharding.memory_limit_per_rank", limit, 1, u64::MAX);
-    }
-    if !d.more_train.is_empty() && d.format == DataFormat::Prepared {
-        fail(
-            &mut v,
-            "data.more_train",
-            d.more_train.len(),
-            "applies to raw files, not to prepared data",
-        );
+        check_range(&mut v, "sharding.memory_limit_per_rank", limit, 1, u64::MAX);
     }
     if let Some(o) = c.optembed.as_ref().filter(|o| o.enabled) {
-        check(&mut v, "optembed.alpha", o.alpha, 0.0, 1e6);
-        check(&mut v, "optembed.threshold_lr", o.threshold_lr, 0.0, 1e3);
-        check(
+        check_range(&mut v, "optembed.alpha", o.alpha, 0.0, 1e6);
+        check_range(&mut v, "optembed.threshold_lr", o.threshold_lr, 0.0, 1e3);
+        check_range(
             &mut v,
             "optembed.threshold_init",
             o.threshold_init,
@@ -321,13 +195,13 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
             1e6,
         );
         if let Some(e) = o.supernet_epochs {
-            check(&mut v, "optembed.supernet_epochs", e, 1, 1_000_000);
+            check_range(&mut v, "optembed.supernet_epochs", e, 1, 1_000_000);
         }
         if let Some(e) = o.retrain_epochs {
-            check(&mut v, "optembed.retrain_epochs", e, 1, 1_000_000);
+            check_range(&mut v, "optembed.retrain_epochs", e, 1, 1_000_000);
         }
         if let Some(s) = o.supernet_init.as_ref().and_then(|i| i.scale) {
-            check(
+            check_range(
                 &mut v,
                 "optembed.supernet_init.scale",
                 s,
@@ -336,30 +210,30 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
             );
         }
         let s = &o.search;
-        check(
+        check_range(
             &mut v,
             "optembed.search.population",
             s.population,
             1,
             1 << 20,
         );
-        check(&mut v, "optembed.search.parents", s.parents, 1, 1 << 20);
-        check(
+        check_range(&mut v, "optembed.search.parents", s.parents, 1, 1 << 20);
+        check_range(
             &mut v,
             "optembed.search.generations",
             s.generations,
             1,
             1 << 20,
         );
-        check(&mut v, "optembed.search.mutations", s.mutations, 0, 1 << 20);
-        check(
+        check_range(&mut v, "optembed.search.mutations", s.mutations, 0, 1 << 20);
+        check_range(
             &mut v,
             "optembed.search.crossovers",
             s.crossovers,
             0,
             1 << 20,
         );
-        check(
+        check_range(
             &mut v,
             "optembed.search.mutation_prob",
             s.mutation_prob,
@@ -367,7 +241,7 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
             1.0,
         );
         if s.mutations + s.crossovers == 0 && s.generations > 1 {
-            fail(
+            violation(
                 &mut v,
                 "optembed.search.mutations",
                 s.mutations,
@@ -382,7 +256,7 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
                     || t.dim.is_some_and(|x| x != e.dim)
             });
         if compressed {
-            fail(
+            violation(
                 &mut v,
                 "embedding.kind",
                 format!("{:?}", e.kind).to_lowercase(),
@@ -390,7 +264,7 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
             );
         }
         if let Some(col) = d.columns.iter().find(|col| col.separator.is_some()) {
-            fail(
+            violation(
                 &mut v,
                 &format!("data.columns.{}.separator", col.name),
                 "set",
@@ -398,7 +272,7 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
             );
         }
         if !has_valid {
-            fail(
+            violation(
                 &mut v,
                 "optembed",
                 "enabled",

@@ -29,20 +29,54 @@ pub struct Activation {
     pub tensor: Tensor,
 }
 
-/// Mutable view of a contiguous CPU f32 tensor's memory.
-fn cpu_f32_mut(t: &mut Tensor) -> Result<&mut [f32], TableError> {
+fn not_cpu_f32() -> TableError {
+    TableError::BadBatch("embedding buffer must be a contiguous CPU f32 tensor".into())
+}
+
+/// A CPU f32 tensor that only this value reaches: allocated here, never shallow-copied,
+/// handed out only by [`FreshCpuTensor::into_tensor`]. So a mutable slice over its memory
+/// aliases nothing, which is what makes [`FreshCpuTensor::as_mut_slice`] sound.
+struct FreshCpuTensor(Tensor);
+
+impl FreshCpuTensor {
+    /// `[rows, cols]`, uninitialised: the forward pass writes every element.
+    fn uninit(rows: usize, cols: usize) -> Self {
+        Self(Tensor::empty(
+            [rows as i64, cols as i64],
+            (Kind::Float, Device::Cpu),
+        ))
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        let n = self.0.numel();
+        if n == 0 {
+            return &mut [];
+        }
+        // SAFETY: the tensor was allocated by `uninit` as a contiguous CPU f32 tensor of
+        // `n` elements and no other handle to its storage exists (the type's invariant);
+        // the exclusive borrow of `self` keeps the slice the only view while it lives.
+        unsafe { std::slice::from_raw_parts_mut(self.0.data_ptr() as *mut f32, n) }
+    }
+
+    fn into_tensor(self) -> Tensor {
+        self.0
+    }
+}
+
+/// Read-only view of a contiguous CPU f32 tensor's memory (a gradient), checked.
+fn cpu_f32(t: &Tensor) -> Result<&[f32], TableError> {
     if t.kind() != Kind::Float || t.device() != Device::Cpu || !t.is_contiguous() {
-        return Err(TableError::BadBatch(
-            "embedding buffer must be a contiguous CPU f32 tensor".into(),
-        ));
+        return Err(not_cpu_f32());
     }
     let n = t.numel();
     if n == 0 {
-        return Ok(&mut []);
+        return Ok(&[]);
     }
-    // SAFETY: the tensor is contiguous, f32, on the CPU and holds `n` elements; the
-    // exclusive borrow of `t` keeps other Rust views away while the slice lives.
-    Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) })
+    // SAFETY: the tensor is contiguous, f32, on the CPU and holds `n` elements. The slice
+    // only reads, and the borrow of `t` keeps the storage alive while it lives; libtorch
+    // writes to a gradient only inside `backward`, which has returned before the tables'
+    // backward reads it (this module runs no libtorch op while the slice lives).
+    Ok(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) })
 }
 
 /// Looks the batch up; `train` makes the result require a gradient. Collective when the
@@ -56,20 +90,18 @@ pub fn lookup(
 ) -> Result<Activation, TableError> {
     let width = tables.layout().width();
     // every element is written by the forward pass, so the buffer starts uninitialised
-    let mut t = Tensor::empty(
-        [batch.batch_size() as i64, width as i64],
-        (Kind::Float, Device::Cpu),
-    );
+    let mut buffer = FreshCpuTensor::uninit(batch.batch_size(), width);
     let saved = match tables {
         EmbeddingEngine::Local(e) => {
             let plan = e.plan(batch)?;
-            let gathered = e.forward(&plan, cpu_f32_mut(&mut t)?)?;
+            let gathered = e.forward(&plan, buffer.as_mut_slice())?;
             Saved::Local { plan, gathered }
         }
         EmbeddingEngine::Sharded(e) => {
-            Saved::Sharded(e.forward(ex, batch, cpu_f32_mut(&mut t)?)?)
+            Saved::Sharded(e.forward(ex, batch, buffer.as_mut_slice())?)
         }
     };
+    let t = buffer.into_tensor();
     let t = if device == Device::Cpu {
         t
     } else {
@@ -101,8 +133,8 @@ pub fn apply_gradient(
         // the model did not use this input (e.g. an empty collection): nothing to update
         return Ok(());
     }
-    let mut g = cpu_gradient(&act.tensor);
-    let grad = cpu_f32_mut(&mut g)?;
+    let g = cpu_gradient(&act.tensor);
+    let grad = cpu_f32(&g)?;
     match (tables, act.saved) {
         (EmbeddingEngine::Local(e), Saved::Local { plan, gathered }) => {
             e.backward(&plan, &gathered, grad)
@@ -140,11 +172,11 @@ pub fn apply_gradient_slices(
         parts.push((plan, gathered, cpu_gradient(&act.tensor)));
     }
     let mut slices = Vec::with_capacity(parts.len());
-    for (plan, gathered, g) in &mut parts {
+    for (plan, gathered, g) in &parts {
         slices.push(SliceGradient {
             plan,
             gathered,
-            out_grad: cpu_f32_mut(g)?,
+            out_grad: cpu_f32(g)?,
         });
     }
     e.backward_slices(&slices)

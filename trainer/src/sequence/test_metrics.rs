@@ -12,8 +12,8 @@ use crate::config::ExperimentConfig;
 use crate::data::sequence_format::TARGET_CATEGORY;
 use crate::data::PreparedSplit;
 use crate::evaluate::SplitPredictions;
-use crate::metrics::group_mean_auc;
 use crate::TrainError;
+use shardrec_data::metrics::group_mean_auc;
 
 /// What the test pass scores the search stage against: the side file of
 /// `eval.relevant_positions`, for sequence models (none otherwise).

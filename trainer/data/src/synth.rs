@@ -302,7 +302,7 @@ pub fn generate(opts: SynthOptions, progress: &dyn Fn(u64)) -> Result<SynthSumma
     );
     let teacher = Teacher::new(opts.clone());
     // Same cut as the trainer's and the peers' tail split: round(n * (1 - f)).
-    let train_rows = crate::data::round_half_even(opts.rows as f64 * (1.0 - opts.test_fraction));
+    let train_rows = crate::round_half_even(opts.rows as f64 * (1.0 - opts.test_fraction));
     let mut test_labels = Vec::new();
     let mut test_probs = Vec::new();
     let mut clicks = 0u64;

@@ -735,11 +735,11 @@ fn format_number(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{load_config_str, BadRowPolicy};
+    use crate::config::BadRowPolicy;
 
     fn data_cfg(extra: &str) -> DataConfig {
         let text = format!("[data]\ntrain = \"x\"\n{extra}\n[model]\nkind = \"lr\"\n");
-        let mut c = load_config_str(&text, "t.toml", &[]).unwrap().0.data;
+        let mut c = DataConfig::from_toml_section(&text).unwrap();
         c.on_bad_row = BadRowPolicy::Error;
         c
     }

@@ -3,25 +3,41 @@
 //! `PMI_*` / `PMIX_*` variables are set), so the same binary runs unchanged without
 //! mpirun. Implements the tables' [`Exchange`] (all-to-all with counts) and the dense
 //! collectives the trainer needs (all-reduce, all-gather).
+//!
+//! This module is the only place that knows MPI: the `mpi` cargo feature (on by default)
+//! brings the MPI world in [`mpi_world`]; a `--no-default-features` build has none, trains
+//! in one process, and refuses to run under mpirun rather than run N copies of one job.
 
-use mpi::collective::SystemOperation;
-use mpi::datatype::{Equivalence, Partition, PartitionMut};
-use mpi::topology::SimpleCommunicator;
-use mpi::traits::*;
-use mpi::Count;
+#[cfg(feature = "mpi")]
+mod mpi_world;
+#[cfg(not(feature = "mpi"))]
+mod no_mpi;
+
+#[cfg(feature = "mpi")]
+use mpi_world::MpiWorld;
+#[cfg(not(feature = "mpi"))]
+use no_mpi::MpiWorld;
 use shardrec_tables::{Exchange, TableError};
+
+#[cfg(feature = "mpi")]
+pub use mpi_world::Element;
+#[cfg(not(feature = "mpi"))]
+pub use no_mpi::Element;
+
+/// Why the job's ranks could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("MPI was already initialised in this process (internal error)")]
+    AlreadyInitialised,
+    #[error("launched by mpirun, but this shardrec was built without MPI (--no-default-features); rebuild with the default features, or run it without mpirun")]
+    BuiltWithoutMpi,
+}
 
 /// This process's place in the job.
 pub struct Cluster {
     rank: usize,
     size: usize,
     mpi: Option<MpiWorld>,
-}
-
-struct MpiWorld {
-    // Field order matters: the communicator is dropped before the universe finalises MPI.
-    world: SimpleCommunicator,
-    _universe: mpi::environment::Universe,
 }
 
 /// Whether a process manager (mpirun / mpiexec / srun with PMI) started this process.
@@ -35,28 +51,6 @@ fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-fn too_big(what: &str, n: usize) -> TableError {
-    TableError::Exchange(format!(
-        "{what}: {n} values exceed MPI's 32-bit count; use smaller batches or more ranks"
-    ))
-}
-
-fn count(what: &str, n: usize) -> Result<Count, TableError> {
-    Count::try_from(n).map_err(|_| too_big(what, n))
-}
-
-fn displacements(counts: &[Count]) -> Result<Vec<Count>, TableError> {
-    let mut acc: i64 = 0;
-    counts
-        .iter()
-        .map(|&c| {
-            let d = Count::try_from(acc).map_err(|_| too_big("all-to-all buffer", acc as usize));
-            acc += i64::from(c);
-            d
-        })
-        .collect()
-}
-
 impl Cluster {
     /// One plain process.
     pub fn solo() -> Self {
@@ -68,22 +62,15 @@ impl Cluster {
     }
 
     /// The MPI world when launched by mpirun, else one plain process.
-    pub fn from_environment() -> Result<Self, String> {
+    pub fn from_environment() -> Result<Self, ClusterError> {
         if !launched_by_mpirun() {
             return Ok(Self::solo());
         }
-        let universe = mpi::initialize().ok_or_else(|| {
-            "MPI was already initialised in this process (internal error)".to_string()
-        })?;
-        let world = universe.world();
-        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        let world = MpiWorld::initialise()?;
         Ok(Self {
-            rank,
-            size,
-            mpi: Some(MpiWorld {
-                world,
-                _universe: universe,
-            }),
+            rank: world.rank(),
+            size: world.size(),
+            mpi: Some(world),
         })
     }
 
@@ -107,42 +94,25 @@ impl Cluster {
     }
 
     /// Sums `buf` element-wise over all ranks, in place.
-    pub fn all_reduce_sum<T: Equivalence + Copy>(&self, buf: &mut [T]) {
+    pub fn all_reduce_sum<T: Element>(&self, buf: &mut [T]) {
         if let Some(m) = &self.mpi {
-            let send = buf.to_vec();
-            m.world
-                .all_reduce_into(&send[..], buf, SystemOperation::sum());
+            m.all_reduce_sum(buf);
         }
     }
 
     /// Element-wise maximum over all ranks, in place.
-    pub fn all_reduce_max<T: Equivalence + Copy>(&self, buf: &mut [T]) {
+    pub fn all_reduce_max<T: Element>(&self, buf: &mut [T]) {
         if let Some(m) = &self.mpi {
-            let send = buf.to_vec();
-            m.world
-                .all_reduce_into(&send[..], buf, SystemOperation::max());
+            m.all_reduce_max(buf);
         }
     }
 
     /// Every rank's `v`, concatenated in rank order, on every rank.
-    pub fn all_gather<T: Equivalence + Copy + Default>(
-        &self,
-        v: &[T],
-    ) -> Result<Vec<T>, TableError> {
-        let Some(m) = &self.mpi else {
-            return Ok(v.to_vec());
-        };
-        let mine = count("all-gather", v.len())?;
-        let mut counts = vec![0 as Count; self.size];
-        m.world.all_gather_into(&mine, &mut counts[..]);
-        let displs = displacements(&counts)?;
-        let total: usize = counts.iter().map(|&c| c as usize).sum();
-        let mut out = vec![T::default(); total];
-        {
-            let mut part = PartitionMut::new(&mut out[..], counts, &displs[..]);
-            m.world.all_gather_varcount_into(v, &mut part);
+    pub fn all_gather<T: Element>(&self, v: &[T]) -> Result<Vec<T>, TableError> {
+        match &self.mpi {
+            Some(m) => m.all_gather(v),
+            None => Ok(v.to_vec()),
         }
-        Ok(out)
     }
 
     /// Rank 0's bytes, on every rank.
@@ -169,7 +139,7 @@ impl Cluster {
     /// wait forever in a collective for a rank that has stopped; else a plain exit.
     pub fn abort(&self, code: i32) -> ! {
         if let Some(m) = &self.mpi {
-            m.world.abort(code)
+            m.abort(code)
         }
         std::process::exit(code)
     }
@@ -177,14 +147,11 @@ impl Cluster {
     /// Waits for every rank.
     pub fn barrier(&self) {
         if let Some(m) = &self.mpi {
-            m.world.barrier();
+            m.barrier();
         }
     }
 
-    fn all_to_all_v<T: Equivalence + Copy + Default>(
-        &self,
-        send: Vec<Vec<T>>,
-    ) -> Result<Vec<Vec<T>>, TableError> {
+    fn all_to_all_v<T: Element>(&self, send: Vec<Vec<T>>) -> Result<Vec<Vec<T>>, TableError> {
         if send.len() != self.size {
             return Err(TableError::SizeMismatch {
                 what: "all-to-all send buffers (one per rank)".into(),
@@ -192,31 +159,10 @@ impl Cluster {
                 got: send.len(),
             });
         }
-        let Some(m) = &self.mpi else {
-            return Ok(send);
-        };
-        let send_counts = send
-            .iter()
-            .map(|v| count("all-to-all", v.len()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut recv_counts = vec![0 as Count; self.size];
-        m.world
-            .all_to_all_into(&send_counts[..], &mut recv_counts[..]);
-        let send_displs = displacements(&send_counts)?;
-        let recv_displs = displacements(&recv_counts)?;
-        let flat: Vec<T> = send.concat();
-        let total: usize = recv_counts.iter().map(|&c| c as usize).sum();
-        let mut recv = vec![T::default(); total];
-        {
-            let s = Partition::new(&flat[..], &send_counts[..], &send_displs[..]);
-            let mut r = PartitionMut::new(&mut recv[..], &recv_counts[..], &recv_displs[..]);
-            m.world.all_to_all_varcount_into(&s, &mut r);
+        match &self.mpi {
+            Some(m) => m.all_to_all_v(send),
+            None => Ok(send),
         }
-        Ok(recv_displs
-            .iter()
-            .zip(&recv_counts)
-            .map(|(&d, &c)| recv[d as usize..(d + c) as usize].to_vec())
-            .collect())
     }
 }
 

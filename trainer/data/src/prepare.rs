@@ -71,7 +71,7 @@ impl Assign {
 }
 
 /// Python's `round` (half to even), so tail splits match the peers' `int(round(n * f))`.
-pub(crate) fn round_half_even(x: f64) -> u64 {
+pub fn round_half_even(x: f64) -> u64 {
     let r = x.round();
     let v = if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
         r - x.signum()
@@ -645,10 +645,7 @@ mod tests {
         let text = "[data]\nformat = \"delimited\"\ntrain = \"x\"\non_bad_row = \"skip\"\nheader = true\n\
                     columns = [{name = \"y\", role = \"label\"}, {name = \"c\", role = \"categorical\"}]\n\
                     [model]\nkind = \"lr\"\n";
-        let mut cfg = crate::config::load_config_str(text, "t", &[])
-            .unwrap()
-            .0
-            .data;
+        let mut cfg = DataConfig::from_toml_section(text).unwrap();
         let parser = RowParser::new(&cfg, None).unwrap();
         let mut body = String::from("label\tvalue\n");
         for i in 0..200 {

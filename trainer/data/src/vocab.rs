@@ -281,13 +281,13 @@ impl Vocab {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load_config_str;
-    use crate::data::RowParser;
+    use crate::config::DataConfig;
+    use crate::RowParser;
 
     #[test]
     fn min_count_frequency_order_and_round_trip() {
         let text = "[data]\nformat = \"delimited\"\ntrain = \"x\"\ncolumns = [{name = \"y\", role = \"label\"}, {name = \"c\", role = \"categorical\"}]\n[model]\nkind = \"lr\"\n";
-        let cfg = load_config_str(text, "t", &[]).unwrap().0.data;
+        let cfg = DataConfig::from_toml_section(text).unwrap();
         let p = RowParser::new(&cfg, None).unwrap();
         let mut b = VocabBuilder::new(1);
         let mut row = Default::default();

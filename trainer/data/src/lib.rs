@@ -1,4 +1,8 @@
-//! Input data: raw formats in, a prepared binary columnar layout out, batches from it.
+//! Input data: raw formats in, a prepared binary columnar layout out, batches from it;
+//! the generators of data with a known ceiling, and the offline metrics.
+//!
+//! A crate of its own so that reading, preparing and generating data build and test
+//! without libtorch or MPI, as the tables do; the trainer depends on it.
 //!
 //! `prepare` reads Criteo / Avazu / libFM / delimited / behaviour-sequence files once to build per-feature
 //! vocabularies on the training split, then writes one little-endian file per column
@@ -8,20 +12,25 @@
 
 mod bad_rows;
 pub mod behaviour_samples;
+pub mod config;
 mod fast_hash;
 mod loader;
+pub mod metrics;
 mod prepare;
 mod prepared;
 mod raw_format;
 pub mod sequence_format;
+pub mod synth;
+pub mod synth_sequence;
 mod vocab;
+mod zipf;
 
 use std::path::PathBuf;
 
 pub use bad_rows::{BadField, BadRow, BadRowCounts, BadRowKind};
 pub use fast_hash::FastHashBuilder;
 pub use loader::{row_order, spawn_loader, Batch, BatchStream, LoaderOptions};
-pub(crate) use prepare::round_half_even;
+pub use prepare::round_half_even;
 pub use prepare::{prepare, prepare_with_vocab};
 pub use prepared::{PreparedDataset, PreparedMeta, PreparedSplit, SplitName};
 pub use raw_format::{CategoricalColumn, ParsedRow, RowParser, Schema};

@@ -1,0 +1,350 @@
+//! The `[data]` section of an experiment file: formats, files, splits, columns, joins,
+//! and its range checks. It lives with the data code so that reading data needs no
+//! libtorch; the trainer's config embeds it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// Criteo TSV: label, 13 integer columns, 26 hex categorical columns, no header.
+    Criteo,
+    /// Avazu CSV with header (`id,click,hour,...`).
+    Avazu,
+    /// libFM: `label idx:val ...`, one field per position.
+    Libfm,
+    /// A delimited file whose columns `data.columns` describes.
+    Delimited,
+    /// Behaviour sequences (DIN, TWIN, DARE): `label, user_id, target_item,
+    /// target_category, hist_items, hist_categories`, tab-separated, histories
+    /// comma-separated (see `data::sequence_format`).
+    Sequence,
+    /// Already prepared by `shardrec prepare` (a folder with `meta.json`).
+    Prepared,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DenseTransform {
+    /// log(1 + max(x, 0)) (DLRM).
+    #[default]
+    Log1p,
+    /// floor(ln(x)^2) for x > 2, x otherwise (BARS, OptEmbed).
+    LnSquared,
+    Identity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BadRowPolicy {
+    /// Stop at the first bad row with file:line:column and its text.
+    #[default]
+    Error,
+    /// Skip bad rows, count each kind, report the counts.
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitKind {
+    /// The last fractions of the rows in file order (valid, then test).
+    #[default]
+    Tail,
+    /// Each row assigned by a seeded hash of its index.
+    Random,
+}
+
+fn default_test_fraction() -> f64 {
+    0.2
+}
+fn default_split_seed() -> u64 {
+    42
+}
+
+/// How one file is split when `data.valid` / `data.test` are not given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    #[serde(default)]
+    pub kind: SplitKind,
+    #[serde(default)]
+    pub valid: f64,
+    #[serde(default = "default_test_fraction")]
+    pub test: f64,
+    #[serde(default = "default_split_seed")]
+    pub seed: u64,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            kind: SplitKind::Tail,
+            valid: 0.0,
+            test: default_test_fraction(),
+            seed: default_split_seed(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnRole {
+    Label,
+    Dense,
+    Categorical,
+    Skip,
+}
+
+/// One column of a delimited file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    pub name: String,
+    pub role: ColumnRole,
+    /// Categorical columns holding several values (e.g. genres "a|b"): their separator.
+    #[serde(default)]
+    pub separator: Option<String>,
+    /// Label column only: label = 1 when the value is >= threshold, else 0. Without a
+    /// threshold the value must be 0 or 1 (or -1 for 0).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+}
+
+fn default_min_count() -> u64 {
+    1
+}
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("data/prepared")
+}
+
+/// `[data]`: where the rows come from and how they are prepared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub format: DataFormat,
+    /// Training file (raw or prepared folder).
+    pub train: PathBuf,
+    /// Further files in `train`'s format, read after it as one stream: their rows are
+    /// split with `train`'s (e.g. Frappe's two libFM files split 8:1:1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_train: Vec<PathBuf>,
+    #[serde(default)]
+    pub valid: Option<PathBuf>,
+    #[serde(default)]
+    pub test: Option<PathBuf>,
+    /// Split of `train` into train/valid/test when those files are not given.
+    #[serde(default)]
+    pub split: SplitConfig,
+    /// Categorical values seen fewer times in the training split share one OOV id.
+    #[serde(default = "default_min_count")]
+    pub min_count: u64,
+    #[serde(default)]
+    pub dense_transform: DenseTransform,
+    /// Turn (transformed) dense columns into categorical features, as BARS does.
+    #[serde(default)]
+    pub dense_as_categorical: bool,
+    #[serde(default)]
+    pub on_bad_row: BadRowPolicy,
+    /// Prepared data is cached here, keyed by inputs and options.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Delimited format: field separator (one character; default tab).
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    /// Delimited format: the first line is a header.
+    #[serde(default)]
+    pub header: bool,
+    /// Delimited format: every column in order.
+    #[serde(default)]
+    pub columns: Vec<ColumnConfig>,
+    /// libFM: fields per row (default: taken from the first row).
+    #[serde(default)]
+    pub libfm_fields: Option<usize>,
+    /// Read at most this many rows of each file (0 = all).
+    #[serde(default)]
+    pub max_rows: u64,
+    /// Delimited format: side files whose categorical columns join each row by a key
+    /// (e.g. a user file joined on `user_id`).
+    #[serde(default)]
+    pub joins: Vec<JoinConfig>,
+}
+
+/// `[[data.joins]]`: a delimited side file, one row per key, whose categorical columns
+/// are added to every row of the data with that key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    pub file: PathBuf,
+    /// The key: a column of the data and of the side file with this name.
+    pub on: String,
+    /// The side file's columns in order (categorical ones become features; the key's
+    /// role is ignored).
+    pub columns: Vec<ColumnConfig>,
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    /// The side file's first line is a header.
+    #[serde(default)]
+    pub header: bool,
+}
+
+/// A value outside its range: the dotted key, the value, the allowed range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub key: String,
+    pub value: String,
+    pub range: String,
+}
+
+/// Adds a violation to `out` unless `lo <= v <= hi`; the one range check every section
+/// of the experiment file uses.
+pub fn check_range<T: PartialOrd + std::fmt::Display>(
+    out: &mut Vec<Violation>,
+    key: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) {
+    if !(v >= lo && v <= hi) {
+        out.push(Violation {
+            key: key.into(),
+            value: v.to_string(),
+            range: format!("must be in [{lo}, {hi}]"),
+        });
+    }
+}
+
+/// Adds a violation of a rule other than a range.
+pub fn violation(
+    out: &mut Vec<Violation>,
+    key: &str,
+    value: impl std::fmt::Display,
+    range: impl Into<String>,
+) {
+    out.push(Violation {
+        key: key.into(),
+        value: value.to_string(),
+        range: range.into(),
+    });
+}
+
+impl DataConfig {
+    /// Whether the run has validation rows: a file, a split fraction, or prepared data
+    /// (which may carry a validation split).
+    pub fn has_validation(&self) -> bool {
+        self.valid.is_some() || self.split.valid > 0.0 || self.format == DataFormat::Prepared
+    }
+
+    /// The `[data]` section's range and consistency checks, each naming its key.
+    pub fn violations(&self, v: &mut Vec<Violation>) {
+        let d = self;
+        check_range(v, "data.split.valid", d.split.valid, 0.0, 0.9);
+        check_range(v, "data.split.test", d.split.test, 0.0, 0.9);
+        if d.split.valid + d.split.test >= 0.95 {
+            violation(
+                v,
+                "data.split.test",
+                d.split.test,
+                "valid + test fractions must leave rows to train on (sum below 0.95)",
+            );
+        }
+        check_range(v, "data.min_count", d.min_count, 1, u32::MAX as u64);
+        if let Some(del) = &d.delimiter {
+            if del.len() != 1 {
+                violation(
+                    v,
+                    "data.delimiter",
+                    format!("{del:?}"),
+                    "must be one ASCII character",
+                );
+            }
+        }
+        if let Some(n) = d.libfm_fields {
+            check_range(v, "data.libfm_fields", n, 1, 4096);
+        }
+        if d.format == DataFormat::Delimited {
+            d.column_violations(v);
+        } else if !d.columns.is_empty() {
+            violation(
+                v,
+                "data.columns",
+                format!("{:?}", d.format),
+                "columns are only read for format = \"delimited\"",
+            );
+        }
+        if !d.joins.is_empty() && d.format != DataFormat::Delimited {
+            violation(
+                v,
+                "data.joins",
+                format!("{} file(s)", d.joins.len()),
+                "joins need data.format = \"delimited\"",
+            );
+        }
+        if !d.more_train.is_empty() && d.format == DataFormat::Prepared {
+            violation(
+                v,
+                "data.more_train",
+                d.more_train.len(),
+                "applies to raw files, not to prepared data",
+            );
+        }
+    }
+
+    /// The checks of a delimited file's `columns`.
+    fn column_violations(&self, v: &mut Vec<Violation>) {
+        let labels = self
+            .columns
+            .iter()
+            .filter(|c| c.role == ColumnRole::Label)
+            .count();
+        if labels != 1 {
+            violation(
+                v,
+                "data.columns",
+                format!("{labels} label columns"),
+                "a delimited file needs exactly one column with role = \"label\"",
+            );
+        }
+        let mut names: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            violation(
+                v,
+                "data.columns",
+                format!("`{}` twice", w[0]),
+                "column names must be distinct",
+            );
+        }
+        for c in &self.columns {
+            if let Some(s) = &c.separator {
+                if s.len() != 1 || c.role != ColumnRole::Categorical {
+                    violation(
+                        v,
+                        "data.columns.separator",
+                        format!("{s:?} on `{}`", c.name),
+                        "one ASCII character, on categorical columns only",
+                    );
+                }
+            }
+            if c.threshold.is_some() && c.role != ColumnRole::Label {
+                violation(
+                    v,
+                    "data.columns.threshold",
+                    &c.name,
+                    "only the label column takes a threshold",
+                );
+            }
+        }
+    }
+
+    /// Parses a TOML text holding a `[data]` section (tests and tools that read data
+    /// without a whole experiment).
+    pub fn from_toml_section(text: &str) -> Result<Self, toml::de::Error> {
+        #[derive(Deserialize)]
+        struct Section {
+            data: DataConfig,
+        }
+        toml::from_str::<Section>(text).map(|s| s.data)
+    }
+}
