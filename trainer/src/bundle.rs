@@ -1,16 +1,21 @@
 //! Tables plus dense model: what a batch runs through, in training and in evaluation.
+//!
+//! A bundle is built from a [`BundleSpec`]. A feature that sits between the tables and
+//! the dense model (OptEmbed's masks) plugs in through the [`EmbeddingLayer`] trait and
+//! its factory [`EmbeddingLayerSpec`], so the bundle never names it.
+
+use std::any::Any;
 
 use shardrec_models::{
     build_model, BatchStatsSync, CtrModel, ModelConfig, ModelInput, ModelShape, Retrieved,
     SequenceInput,
 };
-use shardrec_tables::{CollectionLayout, Exchange, SparseOptimizer};
-use tch::nn::VarStore;
+use shardrec_tables::{CollectionLayout, Exchange, KeyedJaggedIds, SparseOptimizer};
+use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::Batch;
 use crate::embedding::{apply_gradient_slices, lookup, Activation, EmbeddingEngine};
-use crate::optembed::{OptEmbedLayer, OptEmbedSetup};
 use crate::sequence::SequenceLookup;
 use crate::sharding_plan::CollectionPlans;
 use crate::TrainError;
@@ -23,8 +28,8 @@ pub struct ModelBundle {
     pub model: Box<dyn CtrModel>,
     pub device: Device,
     pub num_dense: usize,
-    /// OptEmbed's row and dimension masks between the tables and the model.
-    pub optembed: Option<OptEmbedLayer>,
+    /// A layer between the tables and the model (OptEmbed's row and dimension masks).
+    pub layer: Option<Box<dyn EmbeddingLayer>>,
     /// Sequence models: how a batch's target and history become embedding rows.
     pub sequence: Option<SequenceLookup>,
 }
@@ -63,74 +68,130 @@ impl Lookups {
     }
 }
 
-impl ModelBundle {
+/// A layer between the tables and the dense model: it may look up other ids than the
+/// batch's, turns the looked-up embeddings into the model's input, and may own variables
+/// it trains itself, with a loss term of its own.
+pub trait EmbeddingLayer: Send + std::fmt::Debug {
+    /// The ids the tables look up instead of the batch's own (`None`: the batch's).
+    fn remap(&self, ids: &KeyedJaggedIds) -> Result<Option<KeyedJaggedIds>, TrainError>;
+
+    /// The model's input from the tables' output for a batch whose ids are `ids`;
+    /// `step_slice` is a rank's (or slice's) offset in the step's batch and its rows.
+    fn apply(
+        &self,
+        emb: &Tensor,
+        ids: &KeyedJaggedIds,
+        step_slice: Option<(usize, usize)>,
+        train: bool,
+    ) -> Result<Tensor, TrainError>;
+
+    /// Whether a trainable variable is the layer's own, trained by
+    /// [`EmbeddingLayer::after_dense_step`] rather than by the dense optimizer.
+    fn owns_variable(&self, v: &Tensor) -> bool;
+
+    /// A term of the training loss, divided among the step's `parts` (ranks x slices) so
+    /// that their summed gradient has it once.
+    fn loss_term(&self, parts: usize) -> Option<Tensor>;
+
+    /// Trains the layer's own variables from their (all-reduced) gradients, after the
+    /// dense optimizer's step.
+    fn after_dense_step(&mut self);
+
+    /// The concrete layer, for the feature that built it.
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// Builds an [`EmbeddingLayer`] for a bundle (the layer's factory).
+pub trait EmbeddingLayerSpec {
+    /// Refuses tables the layer cannot work on, naming why.
+    fn check_tables(&self, main: &CollectionLayout) -> Result<(), TrainError>;
+    /// The width of every feature the model sees.
+    fn feature_width(&self) -> usize;
+    /// The prefix of the layer's variables in the var store (saved models keep it).
+    fn name(&self) -> &'static str;
+    /// The layer for `features` features, its variables under `p`.
+    fn build(&self, p: &nn::Path, features: usize) -> Box<dyn EmbeddingLayer>;
+}
+
+/// What a bundle is built from.
+pub struct BundleSpec<'a> {
+    pub main: CollectionLayout,
+    pub first_order: Option<CollectionLayout>,
+    pub optimizer: SparseOptimizer,
+    pub model: &'a ModelConfig,
+    pub num_dense: usize,
+    /// The dense model's device.
+    pub device: Device,
+    /// Where the tables' rows live (a GPU moves them there).
+    pub table_device: Device,
+    /// How the tables are sharded over the ranks (`None`: one process holds them).
+    pub plans: Option<&'a CollectionPlans>,
+    pub layer: Option<&'a dyn EmbeddingLayerSpec>,
+}
+
+impl BundleSpec<'_> {
     /// Fresh tables (initialised from their specs; sharded over the ranks of `ex` by
     /// `plans` when there are several; their rows moved to `table_device` when it is a
     /// GPU) and a fresh model on `device` (from libtorch's RNG, seeded by the caller).
-    /// With `optembed`, the model sees every field `D` wide through OptEmbed's masks.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        main: CollectionLayout,
-        first_order: Option<CollectionLayout>,
-        optimizer: SparseOptimizer,
-        model_cfg: &ModelConfig,
-        num_dense: usize,
-        device: Device,
-        table_device: Device,
-        ex: &dyn Exchange,
-        plans: Option<&CollectionPlans>,
-        optembed: Option<&OptEmbedSetup>,
-    ) -> Result<Self, TrainError> {
-        if let Some(o) = optembed {
-            if !matches!(o.rows, crate::optembed::RowSelection::Compact(_)) {
-                crate::optembed::stages::FieldTables::of(&main, o.dim)?;
-            }
+    /// With a layer, the model sees every feature at the layer's width.
+    pub fn init(self, ex: &dyn Exchange) -> Result<ModelBundle, TrainError> {
+        if let Some(l) = self.layer {
+            l.check_tables(&self.main)?;
         }
-        let features = main.features().len();
-        let feature_widths = match optembed {
-            Some(o) => vec![o.dim as i64; features],
-            None => main
+        let features = self.main.features().len();
+        let feature_widths = match self.layer {
+            Some(l) => vec![l.feature_width() as i64; features],
+            None => self
+                .main
                 .feature_widths()
                 .into_iter()
                 .map(|w| w as i64)
                 .collect(),
         };
         let shape = ModelShape {
-            num_dense: num_dense as i64,
+            num_dense: self.num_dense as i64,
             feature_widths,
         };
-        let mut tables = EmbeddingEngine::new(main, optimizer, ex, plans.map(|p| p.main.clone()))?;
-        let mut first_order = first_order
+        let (optimizer, plans) = (self.optimizer, self.plans);
+        let mut tables =
+            EmbeddingEngine::new(self.main, optimizer, ex, plans.map(|p| p.main.clone()))?;
+        let mut first_order = self
+            .first_order
             .map(|l| {
                 EmbeddingEngine::new(l, optimizer, ex, plans.and_then(|p| p.first_order.clone()))
             })
             .transpose()?;
-        if table_device != Device::Cpu {
-            tables.move_rows_to(table_device)?;
+        if self.table_device != Device::Cpu {
+            tables.move_rows_to(self.table_device)?;
             if let Some(f) = first_order.as_mut() {
-                f.move_rows_to(table_device)?;
+                f.move_rows_to(self.table_device)?;
             }
         }
-        let vs = VarStore::new(device);
-        let model = build_model(&vs.root(), model_cfg, &shape)?;
-        // after the model, so its initial weights do not depend on OptEmbed
-        let optembed = optembed.map(|o| OptEmbedLayer::new(&(vs.root() / "optembed"), o, features));
-        let sequence = model_cfg.kind.is_sequence().then_some(SequenceLookup {
-            len: model_cfg.sequence_len,
-            decoupled: model_cfg.kind.decoupled(),
+        let vs = VarStore::new(self.device);
+        let model = build_model(&vs.root(), self.model, &shape)?;
+        // after the model, so its initial weights do not depend on the layer
+        let layer = self
+            .layer
+            .map(|l| l.build(&(vs.root() / l.name()), features));
+        let sequence = self.model.kind.is_sequence().then_some(SequenceLookup {
+            len: self.model.sequence_len,
+            decoupled: self.model.kind.decoupled(),
         });
-        Ok(Self {
-            optembed,
+        Ok(ModelBundle {
+            layer,
             sequence,
             tables,
             first_order,
             vs,
             model,
-            device,
-            num_dense,
+            device: self.device,
+            num_dense: self.num_dense,
         })
     }
+}
 
+impl ModelBundle {
     /// Looks the batch's ids up in every collection (collective when sharded).
     pub fn lookup(
         &self,
@@ -153,8 +214,8 @@ impl ModelBundle {
                 }),
             });
         }
-        let remapped = match &self.optembed {
-            Some(o) => o.remap(&batch.sparse)?,
+        let remapped = match &self.layer {
+            Some(l) => l.remap(&batch.sparse)?,
             None => None,
         };
         let ids = remapped.as_ref().unwrap_or(&batch.sparse);
@@ -179,7 +240,7 @@ impl ModelBundle {
         batch: &Batch,
         stats: Option<&BatchStatsSync>,
     ) -> Result<(Tensor, Option<Tensor>), TrainError> {
-        if self.optembed.is_some() {
+        if self.layer.is_some() {
             return Ok((self.logits_synced(lk, batch, true, stats)?, None));
         }
         let dense = self.dense_input(batch);
@@ -242,8 +303,8 @@ impl ModelBundle {
         stats: Option<&BatchStatsSync>,
     ) -> Result<Tensor, TrainError> {
         let dense = self.dense_input(batch);
-        let masked = match &self.optembed {
-            Some(o) => Some(o.apply(&lk.emb.tensor, &batch.sparse, batch.step_slice, train)?),
+        let masked = match &self.layer {
+            Some(l) => Some(l.apply(&lk.emb.tensor, &batch.sparse, batch.step_slice, train)?),
             None => None,
         };
         Ok(self.model.forward_t(

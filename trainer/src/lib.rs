@@ -1,22 +1,20 @@
 //! shardrec's trainer: data preparation, generated data, the training loop, evaluation
 //! and the run folder. The `shardrec` binary is a thin command-line layer over this.
 
-// the run summary is one `json!` object with many keys
-#![recursion_limit = "256"]
-
 pub mod bundle;
-pub mod checked_file;
-pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod dense_sync;
 pub mod device;
 pub mod embedding;
+pub mod eval;
 pub mod evaluate;
+pub mod job;
 pub mod lockstep;
-pub mod model_io;
 pub mod optembed;
+pub mod persist;
 pub mod progress;
+pub mod run;
 pub mod run_dir;
 pub mod search_bench;
 pub mod sequence;
@@ -24,8 +22,9 @@ pub mod sharding_plan;
 pub mod sweep;
 pub mod train;
 
+pub use eval::eval_saved_model;
+pub use run::train;
 pub use shardrec_data as data;
-pub use train::{eval_saved_model, train};
 
 /// Errors of a training or evaluation run; each names what it is about.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +40,7 @@ pub enum TrainError {
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     #[error(transparent)]
-    ModelIo(#[from] model_io::ModelIoError),
+    ModelIo(#[from] persist::ModelIoError),
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,

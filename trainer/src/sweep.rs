@@ -101,8 +101,12 @@ pub fn sweep(
                 method_name(kind),
                 c.seed
             )));
-            let s = match crate::train(&c, &format!("{name}-{}", method_name(kind)), cluster, None)
-            {
+            let s = match crate::run::train(
+                &c,
+                &format!("{name}-{}", method_name(kind)),
+                cluster,
+                None,
+            ) {
                 Ok(s) => s,
                 // the same on every rank: the tables are sized before any collective
                 Err(TrainError::Invalid(e)) if e.starts_with("budget") && budget.is_some() => {

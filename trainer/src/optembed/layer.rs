@@ -11,15 +11,18 @@
 //! (search, retrain), or are already applied by the compact tables, whose ids are
 //! remapped before the lookup and whose narrower rows are padded back to `D` here.
 
+use std::any::Any;
 use std::sync::Arc;
 
-use shardrec_tables::KeyedJaggedIds;
+use shardrec_tables::{CollectionLayout, KeyedJaggedIds};
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
 use super::compact::CompactIds;
 use super::row_mask::RowMask;
+use super::stages::FieldTables;
 use super::surrogate::step_with_surrogate;
+use crate::bundle::{EmbeddingLayer, EmbeddingLayerSpec, ModelBundle};
 use crate::config::{OptEmbedConfig, PrunedRows};
 use crate::TrainError;
 
@@ -58,6 +61,9 @@ pub struct OptEmbedSetup {
 
 #[derive(Debug)]
 pub struct OptEmbedLayer {
+    /// `alpha` and the thresholds' learning rate (`[optembed]`).
+    alpha: f64,
+    threshold_lr: f64,
     features: i64,
     dim: i64,
     thresholds: Tensor,
@@ -67,7 +73,81 @@ pub struct OptEmbedLayer {
     device: Device,
 }
 
+/// The prefix of the layer's variables (`optembed.threshold`, `optembed.oov`).
+pub const VARIABLES: &str = "optembed";
+
+impl EmbeddingLayerSpec for OptEmbedSetup {
+    fn check_tables(&self, main: &CollectionLayout) -> Result<(), TrainError> {
+        if !matches!(self.rows, RowSelection::Compact(_)) {
+            FieldTables::of(main, self.dim)?;
+        }
+        Ok(())
+    }
+
+    fn feature_width(&self) -> usize {
+        self.dim
+    }
+
+    fn name(&self) -> &'static str {
+        VARIABLES
+    }
+
+    fn build(&self, p: &nn::Path, features: usize) -> Box<dyn EmbeddingLayer> {
+        Box::new(OptEmbedLayer::new(p, self, features))
+    }
+}
+
+impl EmbeddingLayer for OptEmbedLayer {
+    fn remap(&self, ids: &KeyedJaggedIds) -> Result<Option<KeyedJaggedIds>, TrainError> {
+        OptEmbedLayer::remap(self, ids)
+    }
+
+    fn apply(
+        &self,
+        emb: &Tensor,
+        ids: &KeyedJaggedIds,
+        step_slice: Option<(usize, usize)>,
+        train: bool,
+    ) -> Result<Tensor, TrainError> {
+        OptEmbedLayer::apply(self, emb, ids, step_slice, train)
+    }
+
+    fn owns_variable(&self, v: &Tensor) -> bool {
+        self.is_threshold(v)
+    }
+
+    /// The supernet learns thresholds: alpha * sum_f exp(-t_f) joins the loss.
+    fn loss_term(&self, parts: usize) -> Option<Tensor> {
+        matches!(self.rows, RowSelection::Thresholds)
+            .then(|| self.regulariser(self.alpha / parts as f64))
+    }
+
+    fn after_dense_step(&mut self) {
+        if matches!(self.rows, RowSelection::Thresholds) {
+            self.step_thresholds(self.threshold_lr);
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
 impl OptEmbedLayer {
+    /// The OptEmbed layer of a bundle built with one.
+    pub fn of(bundle: &ModelBundle) -> Option<&Self> {
+        bundle.layer.as_ref()?.as_any().downcast_ref()
+    }
+
+    /// As [`OptEmbedLayer::of`], mutable (the search sets the widths it scores).
+    pub fn of_mut(bundle: &mut ModelBundle) -> Option<&mut Self> {
+        bundle.layer.as_mut()?.as_any_mut().downcast_mut()
+    }
+
     /// Creates the thresholds (and OOV vectors) of `features` fields under `p`.
     pub fn new(p: &nn::Path, setup: &OptEmbedSetup, features: usize) -> Self {
         let (f, d) = (features as i64, setup.dim as i64);
@@ -83,6 +163,8 @@ impl OptEmbedLayer {
             )
         });
         Self {
+            alpha: setup.cfg.alpha,
+            threshold_lr: setup.cfg.threshold_lr,
             features: f,
             dim: d,
             thresholds,

@@ -23,21 +23,20 @@ use shardrec_tables::{CollectionLayout, Exchange, RowMap};
 
 use super::compact::{export_compact, gather_rows, CompactIds};
 use super::evolution::{best_random, evolve};
-use super::layer::{OptEmbedSetup, RowSelection, Widths};
+use super::layer::{OptEmbedLayer, OptEmbedSetup, RowSelection, Widths};
 use super::row_mask::{owner_row_norms, RowMask};
-use crate::bundle::ModelBundle;
+use crate::bundle::{BundleSpec, EmbeddingLayerSpec, ModelBundle};
 use crate::cluster::Cluster;
 use crate::config::{ExperimentConfig, OptEmbedConfig, OptEmbedStage};
 use crate::data::{prepare, PreparedDataset, SplitName};
 use crate::embedding::{build_collections, EmbeddingEngine};
 use crate::evaluate::{evaluate, predict_split};
-use crate::model_io::{save_model, CompactModelInfo, ModelManifest, COMPACT_ROW_MASK};
+use crate::job::{prepare_on_ranks, resolve_devices, with_threads};
+use crate::persist::model_io::save_model;
+use crate::persist::{fill_saved, CompactModelInfo, ModelManifest, SavedFolder, COMPACT_ROW_MASK};
 use crate::run_dir::RunDir;
 use crate::sharding_plan::resolve_plans;
-use crate::train::{
-    fill_saved, prepare_on_ranks, resolve_devices, sparse_optimizer, train_inner, with_threads,
-    SavedFolder, StageHooks,
-};
+use crate::train::{train_with_hooks, TrainHook};
 use crate::TrainError;
 
 const ROW_MASK: &str = "row_mask.bin";
@@ -231,15 +230,55 @@ pub fn run_stages(
     Ok(summary)
 }
 
-fn train_stage(
+/// An OptEmbed stage's part of the training loop: the masks between tables and model,
+/// and `after`, work on the trained bundle before the summary is written (collective
+/// under mpirun).
+struct StageHook<F> {
+    setup: OptEmbedSetup,
+    after: F,
+}
+
+impl<F> TrainHook for StageHook<F>
+where
+    F: FnMut(
+            &ModelBundle,
+            &PreparedDataset,
+            &Path,
+            &mut serde_json::Value,
+        ) -> Result<(), TrainError>
+        + Send,
+{
+    fn embedding_layer(&self) -> Option<&dyn EmbeddingLayerSpec> {
+        Some(&self.setup)
+    }
+
+    fn after_training(
+        &mut self,
+        bundle: &ModelBundle,
+        data: &PreparedDataset,
+        run: &Path,
+        summary: &mut serde_json::Value,
+    ) -> Result<(), TrainError> {
+        (self.after)(bundle, data, run, summary)
+    }
+}
+
+fn train_stage<F>(
     cfg: &ExperimentConfig,
     name: &str,
     cluster: &Cluster,
-    hooks: StageHooks,
-) -> Result<serde_json::Value, TrainError> {
-    with_threads(cfg, cluster.local_size(), |threads| {
-        train_inner(cfg, name, threads, cluster, None, Some(hooks))
-    })?
+    mut hook: StageHook<F>,
+) -> Result<serde_json::Value, TrainError>
+where
+    F: FnMut(
+            &ModelBundle,
+            &PreparedDataset,
+            &Path,
+            &mut serde_json::Value,
+        ) -> Result<(), TrainError>
+        + Send,
+{
+    train_with_hooks(cfg, name, cluster, None, vec![&mut hook])
 }
 
 fn supernet(
@@ -255,15 +294,13 @@ fn supernet(
         c.embedding.init = init.clone();
     }
     let dim = c.embedding.dim;
-    let mut after = |bundle: &ModelBundle,
-                     _: &PreparedDataset,
-                     run: &Path,
-                     summary: &mut serde_json::Value|
-     -> Result<(), TrainError> {
+    let after = move |bundle: &ModelBundle,
+                      _: &PreparedDataset,
+                      run: &Path,
+                      summary: &mut serde_json::Value|
+          -> Result<(), TrainError> {
         let ft = FieldTables::of(bundle.tables.layout(), dim)?;
-        let thresholds = bundle
-            .optembed
-            .as_ref()
+        let thresholds = OptEmbedLayer::of(bundle)
             .map(|o| o.thresholds())
             .unwrap_or_default();
         let norms = owner_row_norms(&bundle.tables, &ft.table_of, &ft.rows, cluster)?;
@@ -285,14 +322,14 @@ fn supernet(
         &c,
         name,
         cluster,
-        StageHooks {
+        StageHook {
             setup: OptEmbedSetup {
                 cfg: oe.clone(),
                 dim,
                 rows: RowSelection::Thresholds,
                 widths: Widths::SampledInTraining,
             },
-            after: &mut after,
+            after,
         },
     )
 }
@@ -335,7 +372,7 @@ fn search(
             top.join("supernet").join(ROW_MASK).display()
         )));
     }
-    let opt = sparse_optimizer(&cfg.embedding.optimizer);
+    let opt = cfg.embedding.optimizer.init();
     let plans = resolve_plans(
         &cfg.sharding,
         &colls.main,
@@ -344,30 +381,31 @@ fn search(
         &opt,
     )?;
     let (device, table_device) = resolve_devices(cfg, cluster)?;
-    let mut bundle = ModelBundle::new(
-        colls.main,
-        colls.first_order,
-        opt,
-        &cfg.model,
-        schema.dense.len(),
+    let setup = OptEmbedSetup {
+        cfg: oe.clone(),
+        dim,
+        rows: RowSelection::Fixed(mask.clone()),
+        widths: Widths::Full,
+    };
+    let mut bundle = BundleSpec {
+        main: colls.main,
+        first_order: colls.first_order,
+        optimizer: opt,
+        model: &cfg.model,
+        num_dense: schema.dense.len(),
         device,
         table_device,
-        cluster,
-        Some(&plans),
-        Some(&OptEmbedSetup {
-            cfg: oe.clone(),
-            dim,
-            rows: RowSelection::Fixed(mask.clone()),
-            widths: Widths::Full,
-        }),
-    )?;
+        plans: Some(&plans),
+        layer: Some(&setup),
+    }
+    .init(cluster)?;
     fill_saved(&model_dir, &SavedFolder::read(&model_dir)?, &mut bundle)?;
     let fields = ft.rows.len();
     let mut scored = 0usize;
     let root = cluster.is_root();
     let population = oe.search.population.max(1);
     let mut fitness = |w: &[usize]| -> Result<f64, TrainError> {
-        if let Some(o) = bundle.optembed.as_mut() {
+        if let Some(o) = OptEmbedLayer::of_mut(&mut bundle) {
             o.widths = Widths::Fixed(w.iter().map(|&x| x as i64).collect());
         }
         let r = evaluate(&bundle, &valid, cfg.eval.batch_size, None, cluster)?;
@@ -467,10 +505,10 @@ fn retrain(
         mask.features(),
         dim,
     )?;
-    let mut after = |bundle: &ModelBundle,
-                     data: &PreparedDataset,
-                     run: &Path,
-                     summary: &mut serde_json::Value|
+    let after = |bundle: &ModelBundle,
+                 data: &PreparedDataset,
+                 run: &Path,
+                 summary: &mut serde_json::Value|
      -> Result<(), TrainError> {
         export(&c, oe, bundle, data, run, &mask, &widths, cluster, summary)
     };
@@ -478,14 +516,14 @@ fn retrain(
         &c,
         name,
         cluster,
-        StageHooks {
+        StageHook {
             setup: OptEmbedSetup {
                 cfg: oe.clone(),
                 dim,
                 rows: RowSelection::Fixed(mask.clone()),
                 widths: Widths::Fixed(widths.iter().map(|&w| w as i64).collect()),
             },
-            after: &mut after,
+            after,
         },
     )
 }
@@ -506,7 +544,7 @@ fn export(
 ) -> Result<(), TrainError> {
     let dim = cfg.embedding.dim;
     let ft = FieldTables::of(bundle.tables.layout(), dim)?;
-    let oov = bundle.optembed.as_ref().and_then(|o| o.oov_values());
+    let oov = OptEmbedLayer::of(bundle).and_then(|o| o.oov_values());
     let compact = export_compact(
         &bundle.tables,
         &ft.table_of,
@@ -574,18 +612,18 @@ fn export(
         widths: Widths::Full,
     };
     let solo = Cluster::solo();
-    let mut cb = ModelBundle::new(
-        compact.layout().clone(),
-        first.as_ref().map(|f| f.layout().clone()),
-        *compact.optimizer(),
-        &cfg.model,
-        bundle.num_dense,
-        bundle.device,
-        tch::Device::Cpu,
-        &solo,
-        None,
-        Some(&setup),
-    )?;
+    let mut cb = BundleSpec {
+        main: compact.layout().clone(),
+        first_order: first.as_ref().map(|f| f.layout().clone()),
+        optimizer: *compact.optimizer(),
+        model: &cfg.model,
+        num_dense: bundle.num_dense,
+        device: bundle.device,
+        table_device: tch::Device::Cpu,
+        plans: None,
+        layer: Some(&setup),
+    }
+    .init(&solo)?;
     cb.tables = EmbeddingEngine::Local(compact);
     cb.first_order = first.map(EmbeddingEngine::Local);
     cb.vs.copy(&bundle.vs)?;
@@ -646,7 +684,7 @@ pub fn compact_setup(
                 info.row_mask
             ))
         })?;
-    crate::checked_file::verify(dir, f)?;
+    crate::persist::checked_file::verify(dir, f)?;
     let mask = RowMask::load(&dir.join(&info.row_mask))?;
     if mask.features() != info.widths.len() {
         return Err(TrainError::Invalid(format!(

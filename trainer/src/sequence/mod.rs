@@ -12,4 +12,4 @@ pub use retrieval::{
     ndcg_at_k, RelevantPositions, RetrievalScore, RetrievalTally, RetrievalTarget,
 };
 pub use table_features::{sequence_embedding_config, sequence_table_schema, TABLE_FEATURES};
-pub use test_metrics::{retrieval_target, sequence_test_metrics};
+pub use test_metrics::{retrieval_target, sequence_test_metrics, SequenceHook};

@@ -12,6 +12,7 @@ use crate::config::ExperimentConfig;
 use crate::data::sequence_format::TARGET_CATEGORY;
 use crate::data::PreparedSplit;
 use crate::evaluate::SplitPredictions;
+use crate::train::TrainHook;
 use crate::TrainError;
 use shardrec_data::metrics::group_mean_auc;
 
@@ -57,4 +58,29 @@ pub fn sequence_test_metrics(
         out["retrieval_samples"] = json!(r.samples);
     }
     out
+}
+
+/// The sequence models' part of a training run: the test pass scores the search stage
+/// and adds the category AUC (nothing for other models).
+pub struct SequenceHook<'a> {
+    pub cfg: &'a ExperimentConfig,
+}
+
+impl TrainHook for SequenceHook<'_> {
+    fn retrieval_target(
+        &self,
+        bundle: &ModelBundle,
+        split: &PreparedSplit,
+    ) -> Result<Option<RetrievalTarget>, TrainError> {
+        retrieval_target(bundle, split, self.cfg)
+    }
+
+    fn test_metrics(
+        &self,
+        bundle: &ModelBundle,
+        split: &Arc<PreparedSplit>,
+        preds: &SplitPredictions,
+    ) -> serde_json::Value {
+        sequence_test_metrics(bundle, split, preds)
+    }
 }

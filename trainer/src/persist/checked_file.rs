@@ -9,7 +9,7 @@ use std::path::Path;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
-use crate::model_io::ModelIoError;
+use super::model_io::ModelIoError;
 
 /// A file of a saved folder: its path inside the folder, size and CRC32.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

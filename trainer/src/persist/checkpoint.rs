@@ -30,12 +30,12 @@ use shardrec_tables::{
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
+use super::checked_file::{as_f32s, io, map_verified, record, sync_dir, CrcWriter, SavedFile};
+use super::model_io::{ModelIoError, ModelManifest, SavedCollection};
 use crate::bundle::ModelBundle;
-use crate::checked_file::{as_f32s, io, map_verified, record, sync_dir, CrcWriter, SavedFile};
 use crate::cluster::Cluster;
 use crate::data::Schema;
 use crate::embedding::EmbeddingEngine;
-use crate::model_io::{ModelIoError, ModelManifest, SavedCollection};
 use crate::sharding_plan::CollectionPlans;
 use crate::TrainError;
 
@@ -694,11 +694,11 @@ pub fn load_dense(
             })
         })
     };
-    crate::checked_file::verify(dir, find(DENSE)?)?;
+    super::checked_file::verify(dir, find(DENSE)?)?;
     let path = dir.join(DENSE);
     vs.load(&path).map_err(torch_err(&path))?;
     if let Some((opt, steps)) = opt {
-        crate::checked_file::verify(dir, find(DENSE_OPTIMIZER)?)?;
+        super::checked_file::verify(dir, find(DENSE_OPTIMIZER)?)?;
         let path = dir.join(DENSE_OPTIMIZER);
         let saved: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
             .map_err(torch_err(&path))?

@@ -11,8 +11,8 @@ use shardrec_models::ModelConfig;
 use shardrec_tables::{CollectionSpec, LocalEmbeddings};
 use tch::nn::VarStore;
 
-pub use crate::checked_file::SavedFile;
-use crate::checked_file::{file_crc, io, verify, CrcWriter};
+pub use super::checked_file::SavedFile;
+use super::checked_file::{file_crc, io, verify, CrcWriter};
 use crate::data::Schema;
 
 pub const MODEL_VERSION: u32 = 1;

@@ -1,0 +1,146 @@
+//! Loading what a run saved into a freshly built bundle: a checkpoint to resume from
+//! (checked against this run's config and data), a saved model or checkpoint to
+//! evaluate, the best model a resumed run had written.
+
+use std::path::{Path, PathBuf};
+
+use shardrec_models::DenseOptimizer;
+
+use super::checked_file::SavedFile;
+use super::checkpoint::{
+    find_checkpoint, is_checkpoint, load_dense, read_checkpoint, CheckpointManifest, SavedTables,
+    ValidationState, DENSE,
+};
+use super::model_io::{read_manifest, ModelManifest};
+use crate::bundle::ModelBundle;
+use crate::config::ExperimentConfig;
+use crate::data::PreparedDataset;
+use crate::TrainError;
+
+/// What a saved folder holds.
+pub enum SavedFolder {
+    /// A one-process run's model (whole tables).
+    Model(Box<ModelManifest>),
+    /// A checkpoint, or a model written by several ranks (pieces of tables).
+    Pieces(Box<CheckpointManifest>),
+}
+
+impl SavedFolder {
+    /// Reads and checks the folder's manifest (and its files' sizes and checksums).
+    pub fn read(dir: &Path) -> Result<Self, TrainError> {
+        Ok(if is_checkpoint(dir) {
+            Self::Pieces(Box::new(read_checkpoint(dir)?))
+        } else {
+            Self::Model(Box::new(read_manifest(dir)?))
+        })
+    }
+
+    fn files(&self) -> &[SavedFile] {
+        match self {
+            Self::Model(m) => &m.files,
+            Self::Pieces(m) => &m.files,
+        }
+    }
+}
+
+/// Fills a freshly built bundle's tables and dense parameters from a saved model (one
+/// process's or several ranks') or a checkpoint already read, resharding to the bundle's
+/// plan.
+pub fn fill_saved(
+    model_dir: &Path,
+    saved: &SavedFolder,
+    bundle: &mut ModelBundle,
+) -> Result<(), TrainError> {
+    let tables = match saved {
+        SavedFolder::Model(m) => SavedTables::of_model(model_dir, m)?,
+        SavedFolder::Pieces(m) => SavedTables::of_checkpoint(model_dir, m),
+    };
+    tables.fill("main", &mut bundle.tables, false)?;
+    if let Some(f) = bundle.first_order.as_mut() {
+        tables.fill("first_order", f, false)?;
+    }
+    load_dense(model_dir, saved.files(), &mut bundle.vs, None)
+}
+
+/// A resumed run's best model so far: the `best/` beside the checkpoint it resumed from
+/// (`<run>/checkpoints/step-N`), if it is the best validation the checkpoint records
+/// and no newer than it.
+pub fn best_before(checkpoint: &Path, validation: &ValidationState) -> Option<(usize, PathBuf)> {
+    let dir = checkpoint.parent()?.parent()?.join("best");
+    let m = read_checkpoint(&dir).ok()?;
+    (m.position.step <= validation.last_step.unwrap_or(0)
+        && m.validation.best_auc == validation.best_auc)
+        .then_some((m.position.step, dir))
+}
+
+/// Loads a checkpoint into freshly built tables, model and optimizer (under this job's
+/// plan, whatever plan wrote it) after checking it belongs to this config and data.
+pub fn resume_from(
+    path: &Path,
+    cfg: &ExperimentConfig,
+    data: &PreparedDataset,
+    bundle: &mut ModelBundle,
+    opt: &mut DenseOptimizer,
+) -> Result<(PathBuf, CheckpointManifest), TrainError> {
+    let dir = find_checkpoint(path)?;
+    let m = read_checkpoint(&dir)?;
+    let differs = |what: &str| {
+        TrainError::Invalid(format!(
+            "{}: the checkpoint's {what} differs from this run's; resume with the config and data it was trained with",
+            dir.display()
+        ))
+    };
+    if !m.has_optimizer_state() {
+        return Err(TrainError::Invalid(format!(
+            "{}: a saved model (weights only) cannot resume training; give a checkpoint (train.checkpoint_every)",
+            dir.display()
+        )));
+    }
+    if m.schema != data.meta.schema || m.vocab_sizes != data.meta.vocab_sizes {
+        return Err(differs("data columns or vocabulary"));
+    }
+    if m.model != cfg.model || m.num_dense != bundle.num_dense {
+        return Err(differs("[model]"));
+    }
+    if m.seed != cfg.seed {
+        return Err(differs("seed"));
+    }
+    if m.sparse_optimizer.kind != bundle.tables.optimizer().kind {
+        return Err(differs("sparse optimizer"));
+    }
+    let saved = SavedTables::of_checkpoint(&dir, &m);
+    for (name, engine) in [
+        ("main", Some(&mut bundle.tables)),
+        ("first_order", bundle.first_order.as_mut()),
+    ] {
+        let Some(engine) = engine else { continue };
+        let spec = m.collections.iter().find(|c| c.name == name);
+        if spec.map(|c| &c.spec) != Some(engine.layout().spec()) {
+            return Err(differs(&format!("{name} tables")));
+        }
+        saved.fill(name, engine, true)?;
+    }
+    let steps = m.dense_optimizer_steps.unwrap_or(0);
+    load_dense(&dir, &m.files, &mut bundle.vs, Some((opt, steps)))?;
+    Ok((dir, m))
+}
+
+/// An OptEmbed supernet's or retrain's own `model/` holds full tables whose rows and
+/// columns only count through the stage's masks; evaluated plainly it would predict
+/// something else, so it is refused in favour of the compact export.
+pub fn refuse_masked_optembed_model(model_dir: &Path) -> Result<(), TrainError> {
+    let path = model_dir.join(DENSE);
+    let Ok(tensors) = tch::Tensor::read_safetensors(&path) else {
+        return Ok(()); // load_dense reports an unreadable file, naming it
+    };
+    if tensors
+        .iter()
+        .any(|(name, _)| name.starts_with("optembed."))
+    {
+        return Err(TrainError::Invalid(format!(
+            "{}: an OptEmbed stage's masked model; evaluate the compact export (<run>/retrain/model_compact), which applies the row mask and widths",
+            model_dir.display()
+        )));
+    }
+    Ok(())
+}

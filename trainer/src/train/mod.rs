@@ -1,0 +1,47 @@
+//! The training loop of one process (one rank of a job): set up (data, tables, model,
+//! resume, run folder), steps with a loader thread feeding batches, validation and
+//! checkpoints when due, then test, save and summary.
+//!
+//! Each step: lookup (plan the batch's ids, gather rows into the input tensor), dense
+//! forward/backward and optimizer step (libtorch), sparse update (reduce each touched
+//! row's gradient, apply the sparse optimizer to it). Each phase is timed; the summary
+//! reports the breakdown. The same seed repeats a run bitwise in one process.
+//!
+//! Features plug in through [`TrainHook`]; the loop names none of them.
+
+mod hook;
+mod job;
+mod summary;
+mod trainer;
+mod validation;
+
+use std::path::Path;
+
+pub use hook::TrainHook;
+pub use job::{BatchSizes, TrainJob};
+pub use summary::{RunSummary, Timing};
+pub use trainer::Trainer;
+
+use crate::cluster::Cluster;
+use crate::config::ExperimentConfig;
+use crate::job::with_threads;
+use crate::TrainError;
+
+/// Trains as configured on the ranks of `cluster` (one plain process, or the ranks
+/// mpirun started), with `hooks`; returns the summary (rank 0 also writes it to the run
+/// folder). With `resume`, training continues from a checkpoint (or a run folder's
+/// newest one), under any number of ranks.
+pub fn train_with_hooks(
+    cfg: &ExperimentConfig,
+    name: &str,
+    cluster: &Cluster,
+    resume: Option<&Path>,
+    hooks: Vec<&mut dyn TrainHook>,
+) -> Result<serde_json::Value, TrainError> {
+    with_threads(cfg, cluster.local_size(), |threads| {
+        let (job, colls) = TrainJob::set_up(cfg, name, threads, cluster)?;
+        let mut trainer = Trainer::set_up(&job, colls, resume, hooks)?;
+        trainer.run()?;
+        trainer.finish()
+    })?
+}

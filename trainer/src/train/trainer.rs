@@ -1,0 +1,676 @@
+//! The trainer: a value built by [`Trainer::set_up`], driven by [`Trainer::run`] (epochs
+//! of [`Trainer::step`], each followed by validation and checkpoints when due) and
+//! closed by [`Trainer::finish`] (test, save, summary). Features reach it only through
+//! [`TrainHook`]s.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use shardrec_models::{BatchStatsSync, DenseOptimizer};
+use shardrec_tables::{Exchange, ShardingKind};
+
+use super::hook::TrainHook;
+use super::job::TrainJob;
+use super::summary::{RunSummary, Timing, PER_RANK_KEYS};
+use crate::bundle::{BundleSpec, ModelBundle};
+use crate::data::{spawn_loader, Batch, LoaderOptions};
+use crate::dense_sync::{all_reduce_gradients, average_buffers};
+use crate::embedding::Collections;
+use crate::evaluate::predict_split;
+use crate::job::log;
+use crate::lockstep::{LockstepBatches, Step};
+use crate::persist::{best_before, resume_from, Position, RunCheckpoints, ValidationState};
+use crate::progress::Progress;
+use crate::run_dir::{peak_rss_bytes, RunDir};
+use crate::sharding_plan::{write_plans, CollectionPlans};
+use crate::TrainError;
+
+/// Whether the run goes on after a step or an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flow {
+    Continue,
+    /// Early stopping's patience ran out.
+    StopEarly,
+    /// `train.max_steps` reached.
+    Done,
+}
+
+/// The running loss of the last `log_every` steps.
+#[derive(Debug)]
+struct LossWindow {
+    loss: f64,
+    rows: usize,
+    since: Instant,
+}
+
+/// A training run in progress.
+pub struct Trainer<'j, 'h> {
+    pub(super) job: &'j TrainJob<'j>,
+    pub(super) hooks: Vec<&'h mut dyn TrainHook>,
+    pub(super) bundle: ModelBundle,
+    opt: DenseOptimizer,
+    /// Steps are trained in this many slices (one process standing in for as many ranks).
+    slices: usize,
+    pub(super) run: RunDir,
+    pub(super) progress: Progress,
+    pub(super) checkpoints: RunCheckpoints<'j>,
+    pub(super) position: Position,
+    pub(super) validation: ValidationState,
+    resumed_from: Option<PathBuf>,
+    resume_load_s: Option<f64>,
+    collisionless_bytes: u64,
+    budget_bytes: Option<u64>,
+    log_every: usize,
+    timing: Timing,
+    window: LossWindow,
+    train_time: Duration,
+    samples_this_run: u64,
+    epochs_run: usize,
+    stopped_early: bool,
+    start_step: usize,
+}
+
+fn count_kind(plans: &CollectionPlans, kind: ShardingKind) -> usize {
+    plans.main.tables.iter().filter(|t| t.kind == kind).count()
+}
+
+impl<'j, 'h> Trainer<'j, 'h> {
+    /// Builds the bundle and its dense optimizer, resumes from a checkpoint when asked,
+    /// creates the run folder.
+    pub fn set_up(
+        job: &'j TrainJob<'j>,
+        colls: Collections,
+        resume: Option<&std::path::Path>,
+        hooks: Vec<&'h mut dyn TrainHook>,
+    ) -> Result<Self, TrainError> {
+        let (cfg, cluster) = (job.cfg, job.cluster);
+        let world = cluster.world_size();
+        let (collisionless_bytes, budget_bytes) = (colls.collisionless_bytes, colls.budget_bytes);
+        tch::manual_seed(cfg.seed as i64);
+        let layer = hooks.iter().find_map(|h| h.embedding_layer());
+        let mut bundle = BundleSpec {
+            main: colls.main,
+            first_order: colls.first_order,
+            optimizer: cfg.embedding.optimizer.init(),
+            model: &cfg.model,
+            num_dense: job.data.meta.schema.dense.len(),
+            device: job.devices.0,
+            table_device: job.devices.1,
+            plans: Some(&job.plans),
+            layer,
+        }
+        .init(cluster)?;
+        let mut opt = dense_optimizer(&bundle, cfg);
+        let slices = cfg.train.slices.max(1);
+        if slices > 1 && world > 1 && slices != world {
+            return Err(TrainError::Invalid(format!(
+                "train.slices = {slices}: under mpirun it must be 1 or the number of ranks ({world})"
+            )));
+        }
+        let load_clock = Instant::now();
+        let (position, validation, resumed_from) = match resume {
+            Some(path) => {
+                let (dir, m) = resume_from(path, cfg, &job.data, &mut bundle, &mut opt)?;
+                if cluster.is_root() {
+                    log(&format!(
+                        "resumed from {} at step {} (epoch {}, {} steps into it; written by {} rank{}, now {world})",
+                        dir.display(),
+                        m.position.step,
+                        m.position.epoch + 1,
+                        m.position.steps_in_epoch,
+                        m.world_size,
+                        if m.world_size == 1 { "" } else { "s" }
+                    ));
+                }
+                (m.position, m.validation, Some(dir))
+            }
+            None => (Position::default(), ValidationState::default(), None),
+        };
+        let resume_load_s = resume.map(|_| load_clock.elapsed().as_secs_f64());
+        let run = RunDir::create(cfg, job.run_path()?, cluster.is_root(), resume.is_some())
+            .map_err(|source| TrainError::Io {
+                path: "runs".into(),
+                source,
+            })?;
+        if cluster.is_root() {
+            write_plans(&run.path.join("sharding_plan.toml"), &job.plans)?;
+        }
+        log_start(job, &run, &bundle);
+        let steps_per_epoch = job.train.rows.div_ceil(job.batch.global);
+        let mut total_steps = steps_per_epoch * cfg.train.epochs;
+        if cfg.train.max_steps > 0 {
+            total_steps = total_steps.min(cfg.train.max_steps);
+        }
+        let log_every = if cfg.train.log_every > 0 {
+            cfg.train.log_every
+        } else {
+            (steps_per_epoch / 20).max(1)
+        };
+        let progress = Progress::new(total_steps as u64, log_every, cluster.is_root());
+        let mut checkpoints =
+            RunCheckpoints::new(run.path.clone(), cfg, cluster, &job.data, &job.plans);
+        if cfg.train.restore_best {
+            if let Some(dir) = &resumed_from {
+                checkpoints.best = best_before(dir, &validation);
+            }
+        }
+        Ok(Self {
+            job,
+            hooks,
+            bundle,
+            opt,
+            slices,
+            run,
+            progress,
+            checkpoints,
+            epochs_run: position.epoch,
+            start_step: position.step,
+            position,
+            validation,
+            resumed_from,
+            resume_load_s,
+            collisionless_bytes,
+            budget_bytes,
+            log_every,
+            timing: Timing::default(),
+            window: LossWindow {
+                loss: 0.0,
+                rows: 0,
+                since: Instant::now(),
+            },
+            train_time: Duration::ZERO,
+            samples_this_run: 0,
+            stopped_early: false,
+        })
+    }
+
+    fn limit_reached(&self, step: usize) -> bool {
+        self.job.cfg.train.max_steps > 0 && step >= self.job.cfg.train.max_steps
+    }
+
+    /// Trains the configured epochs (from where a resumed run stopped), validating and
+    /// checkpointing as configured, until early stopping or `train.max_steps`.
+    pub fn run(&mut self) -> Result<(), TrainError> {
+        let (cfg, cluster) = (self.job.cfg, self.job.cluster);
+        for epoch in self.position.epoch..cfg.train.epochs {
+            if self.limit_reached(self.position.step) {
+                break;
+            }
+            self.epochs_run = epoch + 1;
+            if epoch != self.position.epoch {
+                (self.position.epoch, self.position.steps_in_epoch) = (epoch, 0);
+            }
+            let stream = spawn_loader(self.job.train.clone(), self.loader_options(epoch));
+            let features = self.job.data.meta.schema.categorical.len();
+            for step in LockstepBatches::new(stream, cluster, features, false) {
+                self.step(step, epoch)?;
+                match self.after_step(epoch)? {
+                    Flow::Continue => {}
+                    Flow::StopEarly => {
+                        self.stopped_early = true;
+                        return Ok(());
+                    }
+                    Flow::Done => return Ok(()),
+                }
+            }
+            if self.end_of_epoch(epoch)? == Flow::StopEarly {
+                self.stopped_early = true;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn loader_options(&self, epoch: usize) -> LoaderOptions {
+        let (cfg, cluster) = (self.job.cfg, self.job.cluster);
+        LoaderOptions {
+            batch_size: self.job.batch.local,
+            shuffle: cfg.train.shuffle,
+            seed: cfg.seed,
+            epoch: epoch as u64,
+            window: cfg.train.shuffle_window,
+            queue: cfg.train.loader_queue,
+            shard: (cluster.rank(), cluster.world_size()),
+            interleave_batches: false,
+            // every step trains on the rows one process would, whatever the ranks
+            split_batches: true,
+            skip_batches: self.position.steps_in_epoch,
+            group_feature: None,
+        }
+    }
+
+    /// One process trains a step in `train.slices` slices as that many ranks would.
+    fn pieces(&self, batch: Batch) -> Vec<Batch> {
+        let slices = self.slices;
+        if slices <= 1 || self.job.cluster.world_size() > 1 {
+            return vec![batch];
+        }
+        let n = batch.len();
+        (0..slices)
+            .map(|k| (n * k / slices, n * (k + 1) / slices))
+            .filter(|(a, b)| a < b)
+            .map(|(a, b)| batch.rows(a, b))
+            .collect()
+    }
+
+    /// One step: lookup, dense forward and backward of each slice, all-reduce and
+    /// optimizer step of the dense part, sparse update of the tables.
+    pub fn step(&mut self, step: Step, epoch: usize) -> Result<(), TrainError> {
+        let Step {
+            batch,
+            global_rows,
+            data_wait,
+        } = step;
+        let (cluster, world) = (self.job.cluster, self.job.cluster.world_size());
+        let pieces = self.pieces(batch);
+        self.opt.zero_grad();
+        let t0 = Instant::now();
+        let (lookups, mut loss_v, t_lookup) = self.forward_backward(&pieces, global_rows)?;
+        let t1 = t0 + t_lookup;
+        let mut t_all_reduce = Duration::ZERO;
+        if world > 1 {
+            let mut global_loss = [loss_v as f32];
+            let t = Instant::now();
+            all_reduce_gradients(&self.bundle.vs, cluster, &mut global_loss, self.slices > 1)?;
+            t_all_reduce = t.elapsed();
+            loss_v = f64::from(global_loss[0]);
+        }
+        self.opt.step();
+        if world > 1 {
+            average_buffers(&self.bundle.vs, cluster)?;
+        }
+        if let Some(layer) = self.bundle.layer.as_mut() {
+            layer.after_dense_step();
+        }
+        let t2 = Instant::now();
+        self.bundle.update_tables(lookups, cluster)?;
+        let t3 = Instant::now();
+        let timing = &mut self.timing;
+        timing.data += data_wait;
+        timing.lookup += t1 - t0;
+        timing.dense += t2 - t1 - t_all_reduce;
+        timing.all_reduce += t_all_reduce;
+        timing.sparse_update += t3 - t2;
+        self.train_time += data_wait + (t3 - t0);
+        self.count_step(global_rows, loss_v, epoch)
+    }
+
+    /// Forward and backward of every slice of a step; returns the lookups (for the
+    /// tables' update), the logged loss (the main BCE: no regulariser, no auxiliary
+    /// loss) and the time spent in lookups.
+    fn forward_backward(
+        &self,
+        pieces: &[Batch],
+        global_rows: usize,
+    ) -> Result<(Vec<crate::bundle::Lookups>, f64, Duration), TrainError> {
+        let (cfg, cluster) = (self.job.cfg, self.job.cluster);
+        let world = cluster.world_size();
+        let shared = world > 1 || self.slices > 1;
+        // SyncBatchNorm: every rank normalises by the whole step's batch
+        let sync_stats = world > 1 && cfg.model.batch_norm && cfg.model.sync_batch_norm;
+        let bundle = &self.bundle;
+        let mut lookups = Vec::with_capacity(pieces.len());
+        let (mut loss_v, mut t_lookup) = (0.0, Duration::ZERO);
+        for piece in pieces {
+            // the random state of a step is a function of (seed, step), so a resumed run
+            // draws what the uninterrupted one would (dropout), and every slice what its
+            // rank would
+            tch::manual_seed((cfg.seed as i64).wrapping_add(self.position.step as i64));
+            let tl = Instant::now();
+            let lk = bundle.lookup(piece, true, cluster)?;
+            t_lookup += tl.elapsed();
+            let stats = sync_stats.then(|| BatchStatsSync::new(cluster));
+            let (logits, aux_logits) = bundle.train_logits(&lk, piece, stats.as_ref())?;
+            // each rank (slice) adds its share, so the summed gradient has it once
+            let layer_term = bundle
+                .layer
+                .as_ref()
+                .and_then(|l| l.loss_term(world * pieces.len()));
+            // a share of the step's batch (ranks, slices) is its part of the mean
+            let bce = |l: &tch::Tensor| {
+                if shared {
+                    bundle.loss_share(l, piece, global_rows)
+                } else {
+                    bundle.loss(l, piece)
+                }
+            };
+            let mut loss = bce(&logits);
+            loss_v += loss.double_value(&[]);
+            if let Some(r) = &layer_term {
+                loss += r;
+            }
+            if let Some(a) = &aux_logits {
+                loss += bce(a);
+            }
+            // synchronised batch norm (several ranks only)
+            if let Some(term) = stats
+                .as_ref()
+                .map(|s| s.cross_rank_term(&loss))
+                .transpose()?
+                .flatten()
+            {
+                loss += term;
+            }
+            loss.backward();
+            lookups.push(lk);
+        }
+        Ok((lookups, loss_v, t_lookup))
+    }
+
+    /// Advances the position, checks the loss, logs the window's loss and speed.
+    fn count_step(&mut self, rows: usize, loss: f64, epoch: usize) -> Result<(), TrainError> {
+        self.position.step += 1;
+        self.position.steps_in_epoch += 1;
+        self.position.samples_seen += rows as u64;
+        self.samples_this_run += rows as u64;
+        let step = self.position.step;
+        if !loss.is_finite() {
+            return Err(TrainError::Invalid(format!(
+                "training diverged: loss is {loss} at step {step}; lower optimizer.lr or embedding.optimizer.lr"
+            )));
+        }
+        let w = &mut self.window;
+        w.loss += loss * rows as f64;
+        w.rows += rows;
+        self.progress.step(step, || {
+            format!(
+                "epoch {} loss {:.5}",
+                epoch + 1,
+                w.loss / w.rows.max(1) as f64
+            )
+        });
+        if step.is_multiple_of(self.log_every) {
+            let secs = w.since.elapsed().as_secs_f64().max(1e-9);
+            self.run
+                .log_metrics(&json!({
+                    "step": step, "epoch": epoch + 1,
+                    "loss": w.loss / w.rows.max(1) as f64,
+                    "samples_per_s": w.rows as f64 / secs,
+                }))
+                .map_err(|source| TrainError::Io {
+                    path: self.run.path.clone(),
+                    source,
+                })?;
+            *w = LossWindow {
+                loss: 0.0,
+                rows: 0,
+                since: Instant::now(),
+            };
+        }
+        Ok(())
+    }
+
+    /// Validation and checkpoints due after a step.
+    fn after_step(&mut self, epoch: usize) -> Result<Flow, TrainError> {
+        let cfg = self.job.cfg;
+        let step = self.position.step;
+        let mut stop = false;
+        if cfg.train.eval_every > 0 && step.is_multiple_of(cfg.train.eval_every) {
+            stop = self.validate_now(epoch)?;
+        }
+        if cfg.train.checkpoint_every > 0 && step.is_multiple_of(cfg.train.checkpoint_every) {
+            self.checkpoints.write(
+                &self.bundle,
+                &self.opt,
+                self.position,
+                &self.validation,
+                &self.progress,
+            )?;
+        }
+        Ok(if stop {
+            Flow::StopEarly
+        } else if self.limit_reached(step) {
+            Flow::Done
+        } else {
+            Flow::Continue
+        })
+    }
+
+    /// Validation at the end of an epoch (when not every `train.eval_every` steps).
+    fn end_of_epoch(&mut self, epoch: usize) -> Result<Flow, TrainError> {
+        if self.job.cfg.train.eval_every == 0 && self.validate_now(epoch)? {
+            return Ok(Flow::StopEarly);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Validates (if there is a validation split), keeps the best model when it improved
+    /// and `train.restore_best`; returns whether early stopping says stop.
+    fn validate_now(&mut self, epoch: usize) -> Result<bool, TrainError> {
+        let Some(split) = self.job.valid.clone() else {
+            return Ok(false);
+        };
+        let v = self.validate(&split, epoch)?;
+        if v.improved && self.job.cfg.train.restore_best {
+            self.checkpoints
+                .write_best(&self.bundle, self.position, &self.validation)?;
+        }
+        Ok(v.stop)
+    }
+
+    /// After training: the last checkpoint, the best model back (`train.restore_best`),
+    /// the test pass, the saved model, the summary (written to the run folder).
+    pub fn finish(mut self) -> Result<serde_json::Value, TrainError> {
+        let cfg = self.job.cfg;
+        // at the end too, unless this run took no step (a resumed run that was already done)
+        if cfg.train.checkpoint_every > 0
+            && self.checkpoints.last_step != Some(self.position.step)
+            && self.position.step > self.start_step
+        {
+            self.checkpoints.write(
+                &self.bundle,
+                &self.opt,
+                self.position,
+                &self.validation,
+                &self.progress,
+            )?;
+        }
+        let restored_best_step = self
+            .checkpoints
+            .restore_best(&mut self.bundle, self.position.step)?;
+        self.progress.finish();
+        self.timing.exchanges = self.bundle.exchange_times();
+        let time_per_rank = self.time_per_rank()?;
+        let (test, extra) = self.test()?;
+        if cfg.train.save_model {
+            self.checkpoints
+                .save_model(&self.bundle, self.position, &self.validation)?;
+        }
+        let summary = self.summary(restored_best_step, test, time_per_rank, extra)?;
+        let mut summary = summary.to_json();
+        for hook in &mut self.hooks {
+            hook.after_training(&self.bundle, &self.job.data, &self.run.path, &mut summary)?;
+        }
+        self.run
+            .write_summary(&summary)
+            .map_err(|source| TrainError::Io {
+                path: self.run.path.clone(),
+                source,
+            })?;
+        Ok(summary)
+    }
+
+    /// Every rank's time breakdown (under mpirun; empty in one process).
+    fn time_per_rank(&self) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, TrainError> {
+        if self.job.cluster.world_size() == 1 {
+            return Ok(Vec::new());
+        }
+        let all = self
+            .job
+            .cluster
+            .all_gather(&self.timing.per_rank_seconds())?;
+        Ok(all
+            .chunks(PER_RANK_KEYS.len())
+            .map(|c| {
+                PER_RANK_KEYS
+                    .iter()
+                    .zip(c)
+                    .map(|(k, v)| ((*k).to_string(), json!(v)))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The test split's metrics, and what the hooks add from its predictions.
+    fn test(
+        &self,
+    ) -> Result<
+        (
+            Option<crate::evaluate::EvalResult>,
+            serde_json::Map<String, serde_json::Value>,
+        ),
+        TrainError,
+    > {
+        let Some(t) = &self.job.test else {
+            return Ok((None, serde_json::Map::new()));
+        };
+        let mut target = None;
+        for hook in &self.hooks {
+            if target.is_none() {
+                target = hook.retrieval_target(&self.bundle, t)?;
+            }
+        }
+        let p = predict_split(
+            &self.bundle,
+            t,
+            self.job.cfg.eval.batch_size,
+            self.job.groups,
+            target.as_ref(),
+            self.job.cluster,
+        )?;
+        let mut extra = serde_json::Map::new();
+        for hook in &self.hooks {
+            if let serde_json::Value::Object(m) = hook.test_metrics(&self.bundle, t, &p) {
+                extra.extend(m);
+            }
+        }
+        Ok((Some(p.score(self.job.groups)), extra))
+    }
+
+    fn summary(
+        &self,
+        restored_best_step: Option<usize>,
+        test: Option<crate::evaluate::EvalResult>,
+        time_per_rank: Vec<serde_json::Map<String, serde_json::Value>>,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<RunSummary, TrainError> {
+        let (job, cfg, cluster) = (self.job, self.job.cfg, self.job.cluster);
+        let bundle = &self.bundle;
+        let (emb_bytes, state_bytes) = bundle.table_bytes();
+        let mut per_rank_bytes = [emb_bytes as u64, state_bytes as u64];
+        cluster.all_reduce_sum(&mut per_rank_bytes);
+        let rss_per_rank = cluster.all_gather(&[peak_rss_bytes()])?;
+        let params = bundle.tables.layout().parameters()
+            + bundle
+                .first_order
+                .as_ref()
+                .map_or(0, |f| f.layout().parameters());
+        let data = &job.data;
+        Ok(RunSummary {
+            auc: test.as_ref().and_then(|r| r.auc),
+            logloss: test.as_ref().map(|r| r.logloss),
+            gauc: test.as_ref().and_then(|r| r.gauc),
+            best_valid_auc: self.validation.best_auc,
+            restored_best_step,
+            train_samples_per_s: self.samples_this_run as f64
+                / self.train_time.as_secs_f64().max(1e-9),
+            rows_train: job.train.rows,
+            rows_valid: job.valid.as_ref().map_or(0, |s| s.rows),
+            rows_test: match &test {
+                Some(r) => r.rows,
+                None => job.test.as_ref().map_or(0, |s| s.rows),
+            },
+            bad_rows_skipped: data.meta.bad_rows.total(),
+            bad_rows: data.meta.bad_rows.to_json(),
+            peak_rss_bytes: rss_per_rank.iter().copied().max().unwrap_or(0),
+            steps: self.position.step,
+            epochs: self.epochs_run,
+            stopped_early: self.stopped_early,
+            samples_seen: self.position.samples_seen,
+            embedding_params: params,
+            collisionless_bytes: self.collisionless_bytes,
+            embedding_bytes_main: bundle.tables.layout().parameters() * 4,
+            budget_bytes: self.budget_bytes,
+            embedding_bytes: per_rank_bytes[0],
+            optimizer_state_bytes: per_rank_bytes[1],
+            embedding_bytes_this_rank: emb_bytes,
+            optimizer_state_bytes_this_rank: state_bytes,
+            peak_rss_bytes_per_rank: rss_per_rank,
+            world_size: cluster.world_size(),
+            batch_size_per_rank: job.batch.local,
+            batch_size: job.batch.global,
+            model_saved: cfg.train.save_model,
+            model: format!("{:?}", cfg.model.kind).to_lowercase(),
+            threads: job.threads,
+            device: cfg.train.device.clone(),
+            seed: cfg.seed,
+            time: self.timing.to_json(),
+            time_per_rank,
+            wall_s: job.started.elapsed().as_secs_f64(),
+            run_dir: self.run.path.display().to_string(),
+            validations: self.validation.history.clone(),
+            checkpoints_written: self.checkpoints.written,
+            checkpoint_write_s: self.checkpoints.seconds,
+            last_checkpoint: self
+                .checkpoints
+                .last_dir
+                .as_ref()
+                .map(|d| d.display().to_string()),
+            resumed_from: self.resumed_from.as_ref().map(|d| d.display().to_string()),
+            resume_load_s: self.resume_load_s,
+            extra,
+        })
+    }
+}
+
+/// The dense optimizer, over every trainable variable but those a layer trains itself.
+fn dense_optimizer(bundle: &ModelBundle, cfg: &crate::config::ExperimentConfig) -> DenseOptimizer {
+    match &bundle.layer {
+        Some(l) => DenseOptimizer::with_variables(
+            bundle
+                .vs
+                .trainable_variables()
+                .into_iter()
+                .filter(|v| !l.owns_variable(v))
+                .collect(),
+            cfg.optimizer.clone(),
+        ),
+        None => DenseOptimizer::new(&bundle.vs, cfg.optimizer.clone()),
+    }
+}
+
+/// The run's first line: where it writes, its data, its tables, its ranks.
+fn log_start(job: &TrainJob, run: &RunDir, bundle: &ModelBundle) {
+    let cluster = job.cluster;
+    if !cluster.is_root() {
+        return;
+    }
+    let world = cluster.world_size();
+    let schema = &job.data.meta.schema;
+    let plans = &job.plans;
+    log(&format!(
+        "run folder {}; {} train / {} valid / {} test rows; {} dense + {} categorical features; {} table parameters; {} threads{}",
+        run.path.display(),
+        job.train.rows,
+        job.valid.as_ref().map_or(0, |s| s.rows),
+        job.test.as_ref().map_or(0, |s| s.rows),
+        schema.dense.len(),
+        schema.categorical.len(),
+        bundle.tables.layout().parameters(),
+        job.threads,
+        if world > 1 {
+            format!(
+                " per rank; {world} ranks ({} tables row-wise, {} table-wise, {} column-wise, {} data-parallel; plan in sharding_plan.toml), batch {} per rank ({} per step)",
+                count_kind(plans, ShardingKind::RowWise),
+                count_kind(plans, ShardingKind::TableWise),
+                count_kind(plans, ShardingKind::ColumnWise),
+                count_kind(plans, ShardingKind::DataParallel),
+                job.batch.local,
+                job.batch.global
+            )
+        } else {
+            String::new()
+        }
+    ));
+}
