@@ -10,7 +10,7 @@
 #   movielens: MovieLens-100k ratings as behaviour sequences (genre as category).
 #   dist:   DARE, one process against `mpirun -np 2`, on the MovieLens sequences, with and
 #           without the head's batch norm (synchronised over the ranks, and not).
-#   speed:  `shardrec bench-search` at L = 1000 and 10000, attention widths 48, 24, 12.
+#   speed:  the search bench (`cargo bench -p shardrec-models --bench search`) at L = 1000 and 10000, attention widths 48, 24, 12.
 # Prints a table per part; runs and summaries go to data/bench/sequence. Not a test.
 #   launch/bench_sequence.sh [synth|taobao|movielens|dist|speed|all]    (default all)
 # EXTRA_SEEDS="2 3" repeats the generated-data runs of DARE and TWIN with those seeds.
@@ -139,5 +139,5 @@ if [ "$WHICH" = dist ] || [ "$WHICH" = all ]; then
 fi
 
 if [ "$WHICH" = speed ] || [ "$WHICH" = all ]; then
-  "$BIN" bench-search --lens 1000,10000 --widths 48,24,12 --samples 4000 --repeats 3 | tee "$OUT/search-speed.md"
+  cargo bench -q -p shardrec-models --bench search -- --lens 1000,10000 --widths 48,24,12 --samples 4000 --repeats 3 | tee "$OUT/search-speed.md"
 fi

@@ -9,4 +9,11 @@ bash launch/setup.sh
 source launch/env.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release --quiet -- -D warnings
+# a build without MPI (for machines without MPICH) compiles and is lint-clean
+cargo clippy -p shardrec --all-targets --release --no-default-features --quiet -- -D warnings
+# the data crate builds without libtorch and MPI
+if cargo tree -p shardrec-data -e normal --prefix none | grep -qE '^(tch|torch-sys|mpi) '; then
+  echo "shardrec-data depends on libtorch or MPI" >&2
+  exit 1
+fi
 cargo test --workspace --release

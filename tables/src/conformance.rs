@@ -251,6 +251,59 @@ pub fn check_against_one_process(
     })
 }
 
+/// The cases a job checks under `ranks` ranks: every sharding kind with every sparse
+/// optimizer, less what is refused by design (more column slices than the narrowest
+/// table's columns; row-wise Adagrad's one accumulator per row over column slices), plus
+/// one plan that mixes kinds.
+pub fn conformance_cases(ranks: usize) -> Vec<([ShardingKind; 3], SparseOptimizer)> {
+    use crate::optimizer::OptimizerKind;
+    use ShardingKind::*;
+    let narrowest = CONFORMANCE_TABLES.iter().map(|t| t.2).min().unwrap_or(1);
+    let mut cases = Vec::new();
+    for kind in [TableWise, RowWise, ColumnWise, DataParallel] {
+        if kind == ColumnWise && ranks > narrowest {
+            continue;
+        }
+        for opt in [
+            SparseOptimizer::new(OptimizerKind::Sgd, 0.1),
+            SparseOptimizer::new(OptimizerKind::Adagrad, 0.1),
+            SparseOptimizer::new(OptimizerKind::RowwiseAdagrad, 0.1),
+            SparseOptimizer::new(OptimizerKind::Adam, 0.01),
+        ] {
+            if kind == ColumnWise && ranks > 1 && opt.kind == OptimizerKind::RowwiseAdagrad {
+                continue;
+            }
+            cases.push(([kind; 3], opt));
+        }
+    }
+    cases.push((
+        [RowWise, DataParallel, TableWise],
+        SparseOptimizer::new(OptimizerKind::RowwiseAdagrad, 0.1),
+    ));
+    cases
+}
+
+/// A case's result over the whole job: the worst differences of any rank, and the ranks
+/// whose rows were not each held once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ConformanceVerdict {
+    pub max_embedding_diff: f32,
+    pub max_row_diff: f32,
+    pub max_row_diff_sliced: f32,
+    pub ranks_missing_rows: u32,
+}
+
+impl ConformanceVerdict {
+    /// The sharded engine matches the one-process table within 1e-6, and one process in
+    /// as many slices as ranks takes the same steps bit for bit.
+    pub fn passes(&self) -> bool {
+        self.max_embedding_diff <= 1e-6
+            && self.max_row_diff <= 1e-6
+            && self.max_row_diff_sliced == 0.0
+            && self.ranks_missing_rows == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

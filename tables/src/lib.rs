@@ -42,7 +42,8 @@ mod storage;
 
 pub use collection::{CollectionLayout, FeatureLayout};
 pub use conformance::{
-    check_against_one_process, conformance_plan, ConformanceReport, CONFORMANCE_TABLES,
+    check_against_one_process, conformance_cases, conformance_plan, ConformanceReport,
+    ConformanceVerdict, CONFORMANCE_TABLES,
 };
 pub use error::TableError;
 pub use exchange::{Exchange, SoloExchange, ThreadExchange};

@@ -16,7 +16,6 @@ pub mod persist;
 pub mod progress;
 pub mod run;
 pub mod run_dir;
-pub mod search_bench;
 pub mod sequence;
 pub mod sharding_plan;
 pub mod sweep;

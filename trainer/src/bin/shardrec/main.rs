@@ -1,0 +1,114 @@
+//! `shardrec`: train, evaluate, sweep, prepare data, generate data, check the exchange.
+//! A thin layer over the `shardrec` library, one module per subcommand; every error is
+//! printed with its chain and exits non-zero.
+
+mod check_exchange;
+mod eval;
+mod prepare;
+mod sweep;
+mod synth;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shardrec_tables::Exchange;
+
+#[derive(Parser)]
+#[command(
+    name = "shardrec",
+    version,
+    about = "CTR / recommendation trainer with sharded embedding tables"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model as the TOML config describes; the last stdout line is a JSON summary.
+    Train(train::Args),
+    /// Evaluate a saved model (a run's model/ folder) or a checkpoint on the config's test
+    /// data; under mpirun the tables are sharded over the job's ranks.
+    Eval(eval::Args),
+    /// Train one config with each table method at several memory budgets (plus the
+    /// collisionless reference); writes sweep.csv and sweep.png (AUC against bytes).
+    Sweep(sweep::Args),
+    /// Prepare (or find in the cache) the config's data and print where it is; or, with
+    /// `--format taobao|movielens`, turn a behaviour log into sequence samples (train,
+    /// valid and test TSV in `--out`) by DARE's protocol.
+    Prepare(prepare::Args),
+    /// Generate Criteo-format data from a teacher model with a known Bayes ceiling, or
+    /// (`--kind sequence`) behaviour sequences whose relevant behaviours are known.
+    Synth(synth::Args),
+    /// Check the job's sharded embedding exchange: under `mpirun -np N`, every sharding
+    /// kind and sparse optimizer must give the embeddings and rows of the one-process table
+    /// (within 1e-6). Rank 0 prints a JSON report; exits non-zero on any mismatch.
+    CheckExchange(check_exchange::Args),
+}
+
+/// The run folder's default name: the config file's stem.
+fn config_name(path: &std::path::Path) -> String {
+    path.file_stem()
+        .map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned())
+}
+
+fn run() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Sweep(a) => sweep::run(a),
+        Command::Prepare(a) => prepare::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::CheckExchange(a) => check_exchange::run(a),
+    }
+}
+
+/// Every training step allocates and frees the same few-megabyte buffers (batch
+/// tensors, activations, gathered rows, gradients). With glibc's default thresholds such
+/// blocks are mmapped and returned to the kernel on free, so every step pays page faults
+/// and zero-filling for them again; keeping them in the heap avoids that. This applies to
+/// libtorch's allocations too.
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator thresholds; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+/// Runs a job's work on this rank; under mpirun a failure ends the whole job (the other
+/// ranks may be waiting for this one in a collective), after giving mpirun a moment to
+/// forward the message, which the abort would otherwise cut off.
+fn on_every_rank<T>(
+    cluster: &shardrec::cluster::Cluster,
+    work: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match work() {
+        Err(e) if cluster.world_size() > 1 => {
+            report(&e);
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            cluster.abort(1)
+        }
+        r => r,
+    }
+}
+
+fn report(e: &anyhow::Error) {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+fn main() -> ExitCode {
+    tune_allocator();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
