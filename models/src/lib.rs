@@ -29,7 +29,9 @@ pub use config::{ModelConfig, ModelKind};
 pub use dense_optimizer::{DenseOptimizer, DenseOptimizerConfig, DenseOptimizerKind};
 pub use error::ModelError;
 pub use mlp::Mlp;
-pub use model::{build_model, CtrModel, ModelInput, ModelShape, Retrieved, SequenceInput};
+pub use model::{
+    build_model, CtrModel, ModelInput, ModelShape, Retrieved, SequenceInput, MAX_DROPOUT,
+};
 pub use sequence_parts::SetWidths as SearchWidths;
 pub use sync_batch_norm::{batch_norm_forward, BatchStatsSync, StatsReducer};
 pub use target_search::{relevance_scores, search_top_k};

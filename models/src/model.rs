@@ -95,16 +95,20 @@ pub trait CtrModel: Send {
     }
 }
 
+/// The largest `model.dropout` (a rate of 1 would zero every activation); the trainer's
+/// config check and [`build_model`] both use it.
+pub const MAX_DROPOUT: f64 = 0.99;
+
 /// Builds the configured model with its parameters under `p`.
 pub fn build_model(
     p: &nn::Path,
     cfg: &ModelConfig,
     shape: &ModelShape,
 ) -> Result<Box<dyn CtrModel>, ModelError> {
-    if !(0.0..1.0).contains(&cfg.dropout) {
+    if !(0.0..=MAX_DROPOUT).contains(&cfg.dropout) {
         return Err(ModelError::Config {
             key: "dropout",
-            reason: format!("{} is outside [0, 1)", cfg.dropout),
+            reason: format!("{} is outside [0, {MAX_DROPOUT}]", cfg.dropout),
         });
     }
     for (key, layers) in [

@@ -262,9 +262,7 @@ impl ModelBundle {
             .model
             .retrieve(&lk.input(&dense, &lk.emb.tensor, None), k)
         else {
-            return Err(TrainError::Invalid(
-                "only sequence models (din, twin, dare) retrieve behaviours".into(),
-            ));
+            return Err(crate::job::JobError::NotASequenceModel.into());
         };
         if batch.is_empty() {
             return Ok(vec![]);

@@ -7,41 +7,72 @@
 
 use tch::Device;
 
-/// Resolves `"cpu"`, `"cuda"` or `"cuda:N"`; `local_rank` picks the GPU for `"cuda"`.
-pub fn resolve_device(name: &str, local_rank: usize) -> Result<Device, String> {
+/// Why a device setting cannot be used; `key` is the setting (`train.device` or
+/// `embedding.device`).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("{key} = \"{name}\" is not a device")]
+    BadIndex { key: &'static str, name: String },
+    #[error("{key} = \"{name}\": use \"cpu\", \"cuda\" or \"cuda:N\"")]
+    Unknown { key: &'static str, name: String },
+    #[error("{key} = \"{name}\" but libtorch sees no CUDA device")]
+    NoCuda { key: &'static str, name: String },
+    #[error("{key} = \"{name}\" but only {count} CUDA devices exist")]
+    NoSuchCuda {
+        key: &'static str,
+        name: String,
+        count: usize,
+    },
+    #[error("a CUDA device was asked for but libtorch_cuda.so could not be loaded: {0}")]
+    CudaLibrary(String),
+}
+
+/// Resolves the setting `key` = `"cpu"`, `"cuda"` or `"cuda:N"`; `local_rank` picks the
+/// GPU for `"cuda"`.
+pub fn resolve_device(
+    key: &'static str,
+    name: &str,
+    local_rank: usize,
+) -> Result<Device, DeviceError> {
     if name == "cpu" {
         return Ok(Device::Cpu);
     }
+    let name_owned = || name.to_string();
     let index = match name.strip_prefix("cuda") {
         Some("") => None,
-        Some(rest) => Some(
-            rest.trim_start_matches(':')
-                .parse::<usize>()
-                .map_err(|_| format!("train.device = \"{name}\" is not a device"))?,
-        ),
+        Some(rest) => Some(rest.trim_start_matches(':').parse::<usize>().map_err(|_| {
+            DeviceError::BadIndex {
+                key,
+                name: name_owned(),
+            }
+        })?),
         None => {
-            return Err(format!(
-                "train.device = \"{name}\": use \"cpu\", \"cuda\" or \"cuda:N\""
-            ))
+            return Err(DeviceError::Unknown {
+                key,
+                name: name_owned(),
+            })
         }
     };
     load_cuda_library()?;
     let count = tch::Cuda::device_count() as usize;
     if count == 0 {
-        return Err(format!(
-            "train.device = \"{name}\" but libtorch sees no CUDA device"
-        ));
+        return Err(DeviceError::NoCuda {
+            key,
+            name: name_owned(),
+        });
     }
     let i = index.unwrap_or(local_rank % count);
     if i >= count {
-        return Err(format!(
-            "train.device = \"{name}\" but only {count} CUDA devices exist"
-        ));
+        return Err(DeviceError::NoSuchCuda {
+            key,
+            name: name_owned(),
+            count,
+        });
     }
     Ok(Device::Cuda(i))
 }
 
-fn load_cuda_library() -> Result<(), String> {
+fn load_cuda_library() -> Result<(), DeviceError> {
     let name = c"libtorch_cuda.so";
     // SAFETY: dlopen with a valid NUL-terminated name; the handle is kept for the life of
     // the process on purpose (the library must stay loaded).
@@ -58,9 +89,7 @@ fn load_cuda_library() -> Result<(), String> {
                 .to_string_lossy()
                 .into_owned()
         };
-        return Err(format!(
-            "a CUDA device was asked for but libtorch_cuda.so could not be loaded: {msg}"
-        ));
+        return Err(DeviceError::CudaLibrary(msg));
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use crate::cluster::Cluster;
 use crate::config::ExperimentConfig;
 use crate::data::{prepare_with_vocab, SplitName};
 use crate::evaluate::predict_split;
-use crate::job::{group_feature, prepare_on_ranks, resolve_devices, with_threads};
+use crate::job::{group_feature, prepare_on_ranks, resolve_devices, with_threads, JobError};
 use crate::persist::{fill_saved, refuse_masked_optembed_model, SavedFolder};
 use crate::run_dir::peak_rss_bytes;
 use crate::sequence::{retrieval_target, sequence_test_metrics};
@@ -65,18 +65,16 @@ fn eval_inner(
     let vocab = model_dir.join("vocab.bin");
     let data = prepare_on_ranks(cluster, |log| prepare_with_vocab(&cfg.data, &vocab, log))?;
     if &data.meta.schema != schema {
-        return Err(TrainError::Invalid(format!(
-            "{}: the data's columns differ from the model's",
-            cfg.data.train.display()
-        )));
+        return Err(JobError::DataColumnsDiffer {
+            file: cfg.data.train.clone(),
+        }
+        .into());
     }
     let split = data
         .split(SplitName::Test)
         .or_else(|| data.split(SplitName::Valid))
         .cloned()
-        .ok_or_else(|| {
-            TrainError::Invalid("no test (or validation) rows to evaluate; set data.test".into())
-        })?;
+        .ok_or_else(|| TrainError::from(JobError::NothingToEvaluate))?;
     let layout = |name: &str| -> Result<Option<shardrec_tables::CollectionLayout>, TrainError> {
         collections
             .iter()
@@ -86,7 +84,9 @@ fn eval_inner(
             .map_err(TrainError::from)
     };
     let main = layout("main")?.ok_or_else(|| {
-        TrainError::Invalid(format!("{}: no main collection", model_dir.display()))
+        TrainError::from(JobError::NoMainCollection {
+            dir: model_dir.to_path_buf(),
+        })
     })?;
     let first = layout("first_order")?;
     let table_optimizer = cfg.embedding.optimizer.init();

@@ -3,7 +3,6 @@
 //! per rank, the prepared data (rank 0 first), the model's table collections and the
 //! GAUC group.
 
-use shardrec_data::sequence_format::is_sequence_schema;
 use shardrec_tables::Exchange;
 
 use crate::cluster::Cluster;
@@ -13,6 +12,44 @@ use crate::device::resolve_device;
 use crate::embedding::build_collections;
 use crate::sequence::{sequence_embedding_config, sequence_table_schema};
 use crate::TrainError;
+
+/// Why a job cannot be set up as configured; each names the key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("thread pool: {0}")]
+    ThreadPool(#[from] rayon::ThreadPoolBuildError),
+    #[error("rank 0 could not prepare the data (its error is above)")]
+    Rank0Prepare,
+    #[error("model.kind = \"{model}\" trains on behaviour sequences: set data.format = \"sequence\" (the data's features are {features})")]
+    NotSequenceData { model: String, features: String },
+    #[error(
+        "[optembed] prunes single-valued feature tables; it does not apply to sequence models"
+    )]
+    OptEmbedOnSequenceModel,
+    #[error("eval.gauc_by = \"{name}\" is not a categorical feature (features: {features})")]
+    UnknownGroupFeature { name: String, features: String },
+    #[error("train.batch_size = {batch} is the batch of the whole job and must divide among its {ranks} ranks (or set train.batch_size_per_rank = true)")]
+    BatchNotDivisible { batch: usize, ranks: usize },
+    #[error("{file}: the training split has no rows")]
+    EmptyTrainingSplit { file: std::path::PathBuf },
+    #[error("{key} needs a non-empty validation split")]
+    NeedsValidation { key: &'static str },
+    #[error("eval.relevant_positions = {path}: {why}")]
+    RelevantPositions {
+        path: std::path::PathBuf,
+        why: &'static str,
+    },
+    #[error("train.slices = {slices}: under mpirun it must be 1 or the number of ranks ({ranks})")]
+    SlicesUnderMpi { slices: usize, ranks: usize },
+    #[error("{file}: the data's columns differ from the model's")]
+    DataColumnsDiffer { file: std::path::PathBuf },
+    #[error("no test (or validation) rows to evaluate; set data.test")]
+    NothingToEvaluate,
+    #[error("{dir}: no main collection")]
+    NoMainCollection { dir: std::path::PathBuf },
+    #[error("only sequence models (din, twin, dare) retrieve behaviours")]
+    NotASequenceModel,
+}
 
 /// Logs a line of the job to stderr.
 pub fn log(msg: &str) {
@@ -27,10 +64,12 @@ pub fn resolve_devices(
     cfg: &ExperimentConfig,
     cluster: &Cluster,
 ) -> Result<(tch::Device, tch::Device), TrainError> {
-    let device =
-        resolve_device(&cfg.train.device, cluster.local_rank()).map_err(TrainError::Invalid)?;
-    let table_device = resolve_device(&cfg.embedding.device, cluster.local_rank())
-        .map_err(|e| TrainError::Invalid(e.replace("train.device", "embedding.device")))?;
+    let device = resolve_device("train.device", &cfg.train.device, cluster.local_rank())?;
+    let table_device = resolve_device(
+        "embedding.device",
+        &cfg.embedding.device,
+        cluster.local_rank(),
+    )?;
     Ok((device, table_device))
 }
 
@@ -55,7 +94,7 @@ pub fn with_threads<T: Send>(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
-        .map_err(|e| TrainError::Invalid(format!("thread pool: {e}")))?;
+        .map_err(JobError::from)?;
     Ok(pool.install(|| f(threads)))
 }
 
@@ -73,9 +112,7 @@ pub fn prepare_on_ranks(
     cluster.all_reduce_max(&mut failed);
     match first {
         Some(r) => Ok(r?),
-        None if failed[0] != 0 => Err(TrainError::Invalid(
-            "rank 0 could not prepare the data (its error is above)".into(),
-        )),
+        None if failed[0] != 0 => Err(JobError::Rank0Prepare.into()),
         None => Ok(prepare(&quiet)?),
     }
 }
@@ -87,7 +124,7 @@ pub fn model_collections(
     data: &PreparedDataset,
 ) -> Result<crate::embedding::Collections, TrainError> {
     let schema = &data.meta.schema;
-    let sequence_data = is_sequence_schema(schema);
+    let sequence_data = schema.is_sequence();
     if !cfg.model.kind.is_sequence() {
         return build_collections(
             &cfg.embedding,
@@ -97,20 +134,26 @@ pub fn model_collections(
             cfg.seed,
             cfg.model.kind,
         )
-        .map_err(TrainError::Invalid);
+        .map_err(TrainError::from);
     }
     if !sequence_data {
-        return Err(TrainError::Invalid(format!(
-            "model.kind = \"{}\" trains on behaviour sequences: set data.format = \"sequence\" (the data's features are {})",
-            serde_json::to_value(cfg.model.kind).unwrap_or_default().as_str().unwrap_or("?"),
-            schema.categorical.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-        )));
+        return Err(JobError::NotSequenceData {
+            model: serde_json::to_value(cfg.model.kind)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?")
+                .to_string(),
+            features: schema
+                .categorical
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+        .into());
     }
     if cfg.optembed.as_ref().is_some_and(|o| o.enabled) {
-        return Err(TrainError::Invalid(
-            "[optembed] prunes single-valued feature tables; it does not apply to sequence models"
-                .into(),
-        ));
+        return Err(JobError::OptEmbedOnSequenceModel.into());
     }
     let (table_schema, rows) = sequence_table_schema(&cfg.model, &data.meta.vocab_sizes);
     build_collections(
@@ -121,7 +164,7 @@ pub fn model_collections(
         cfg.seed,
         cfg.model.kind,
     )
-    .map_err(TrainError::Invalid)
+    .map_err(TrainError::from)
 }
 
 /// The categorical feature GAUC groups by (`eval.gauc_by`), by index.
@@ -140,9 +183,10 @@ pub fn group_feature(
         .map(|c| c.name.as_str())
         .collect();
     names.iter().position(|n| n == g).map(Some).ok_or_else(|| {
-        TrainError::Invalid(format!(
-            "eval.gauc_by = \"{g}\" is not a categorical feature (features: {})",
-            names.join(", ")
-        ))
+        JobError::UnknownGroupFeature {
+            name: g.clone(),
+            features: names.join(", "),
+        }
+        .into()
     })
 }

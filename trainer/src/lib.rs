@@ -35,6 +35,24 @@ pub enum TrainError {
     #[error("tables: {0}")]
     Table(#[from] shardrec_tables::TableError),
     #[error(transparent)]
+    TableConfig(#[from] embedding::TableConfigError),
+    #[error(transparent)]
+    Device(#[from] device::DeviceError),
+    #[error(transparent)]
+    Job(#[from] job::JobError),
+    #[error(transparent)]
+    Plan(#[from] sharding_plan::PlanError),
+    #[error(transparent)]
+    Persist(#[from] persist::PersistError),
+    #[error(transparent)]
+    Retrieval(#[from] sequence::RetrievalError),
+    #[error(transparent)]
+    OptEmbed(#[from] optembed::OptEmbedError),
+    #[error(transparent)]
+    Sweep(#[from] sweep::SweepError),
+    #[error("training diverged: loss is {loss} at step {step}; lower optimizer.lr or embedding.optimizer.lr")]
+    Diverged { loss: f64, step: usize },
+    #[error(transparent)]
     Model(#[from] shardrec_models::ModelError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -45,6 +63,4 @@ pub enum TrainError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Invalid(String),
 }

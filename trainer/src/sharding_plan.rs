@@ -2,12 +2,12 @@
 //! planner, or read back from a `sharding_plan.toml` an earlier run wrote, so a placement
 //! can be repeated exactly. Every run writes the plan it used to its run folder.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shardrec_tables::{
     plan_collection, rank_loads, CollectionLayout, PlanRequest, PlanStrategy, ShardingPlan,
-    SparseOptimizer,
+    SparseOptimizer, TableError,
 };
 
 use crate::config::ShardingConfig;
@@ -22,8 +22,32 @@ pub struct CollectionPlans {
     pub first_order: Option<ShardingPlan>,
 }
 
-fn invalid(m: String) -> TrainError {
-    TrainError::Invalid(m)
+/// Why the job's sharding plans cannot be had; each names the plan file or rank.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{path}: [{collection}] is a plan for {planned} ranks, but this job has {ranks}")]
+    OtherWorldSize {
+        path: PathBuf,
+        collection: String,
+        planned: usize,
+        ranks: usize,
+    },
+    #[error("{path}: [{collection}]: {source}")]
+    DoesNotFit {
+        path: PathBuf,
+        collection: String,
+        source: TableError,
+    },
+    #[error("{path}: [{collection}] does not match this model's collections")]
+    OtherCollections { path: PathBuf, collection: String },
+    #[error("[sharding]: {0}")]
+    Planner(TableError),
+    #[error("[sharding]: rank {rank} would hold {load} bytes of rows and optimizer state (tables plus first-order weights), above sharding.memory_limit_per_rank = {limit}")]
+    OverMemoryLimit { rank: usize, load: u64, limit: u64 },
+    #[error("{path}: not a sharding plan: {message}")]
+    NotAPlan { path: PathBuf, message: String },
+    #[error("sharding plan: {0}")]
+    Write(#[from] toml::ser::Error),
 }
 
 /// The plans for `world` ranks as `[sharding]` says.
@@ -42,20 +66,24 @@ pub fn resolve_plans(
             ) {
                 (Some(p), Some(l)) => {
                     if p.world_size != world {
-                        return Err(invalid(format!(
-                            "{}: [{name}] is a plan for {} ranks, but this job has {world}",
-                            path.display(),
-                            p.world_size
-                        )));
+                        return Err(PlanError::OtherWorldSize {
+                            path: path.clone(),
+                            collection: name.into(),
+                            planned: p.world_size,
+                            ranks: world,
+                        });
                     }
-                    p.validate(l)
-                        .map_err(|e| invalid(format!("{}: [{name}]: {e}", path.display())))
+                    p.validate(l).map_err(|source| PlanError::DoesNotFit {
+                        path: path.clone(),
+                        collection: name.into(),
+                        source,
+                    })
                 }
                 (None, None) => Ok(()),
-                _ => Err(invalid(format!(
-                    "{}: [{name}] does not match this model's collections",
-                    path.display()
-                ))),
+                _ => Err(PlanError::OtherCollections {
+                    path: path.clone(),
+                    collection: name.into(),
+                }),
             };
         check("main", Some(&plans.main), Some(main))?;
         check("first_order", plans.first_order.as_ref(), first_order)?;
@@ -81,7 +109,7 @@ pub fn resolve_plans(
         tables,
         memory_limit_per_rank: cfg.memory_limit_per_rank,
     };
-    let named = |e: shardrec_tables::TableError| invalid(format!("[sharding]: {e}"));
+    let named = PlanError::Planner;
     let main_plan = plan_collection(main, world, opt, &req).map_err(named)?;
     let first_plan = first_order
         .map(|l| {
@@ -101,9 +129,7 @@ pub fn resolve_plans(
             }
         }
         if let Some((rank, &load)) = loads.iter().enumerate().find(|(_, &b)| b > limit) {
-            return Err(invalid(format!(
-                "[sharding]: rank {rank} would hold {load} bytes of rows and optimizer state (tables plus first-order weights), above sharding.memory_limit_per_rank = {limit}"
-            )));
+            return Err(PlanError::OverMemoryLimit { rank, load, limit }.into());
         }
     }
     Ok(CollectionPlans {
@@ -118,16 +144,16 @@ pub fn read_plans(path: &Path) -> Result<CollectionPlans, TrainError> {
         source,
     })?;
     toml::from_str(&text).map_err(|e| {
-        invalid(format!(
-            "{}: not a sharding plan: {}",
-            path.display(),
-            e.to_string().replace('\n', " ")
-        ))
+        PlanError::NotAPlan {
+            path: path.to_path_buf(),
+            message: e.to_string().replace('\n', " "),
+        }
+        .into()
     })
 }
 
 pub fn write_plans(path: &Path, plans: &CollectionPlans) -> Result<(), TrainError> {
-    let text = toml::to_string(plans).map_err(|e| invalid(format!("sharding plan: {e}")))?;
+    let text = toml::to_string(plans).map_err(PlanError::from)?;
     std::fs::write(path, text).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
         source,

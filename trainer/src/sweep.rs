@@ -53,13 +53,23 @@ fn method_name(k: TableKindConfig) -> String {
         .unwrap_or_default()
 }
 
+/// Why a sweep cannot run or plot.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("--methods: `{0}` is not a sized table method (hashed, qr, unified)")]
+    UnknownMethod(String),
+    #[error("--budgets: every budget must be a positive fraction (<= 1) or a byte count")]
+    BadBudget,
+    /// plotters' backends report their errors as text
+    #[error("{path}: plotting: {message}")]
+    Plot { path: PathBuf, message: String },
+}
+
 /// A `--methods` entry: a table kind whose size a budget sets (not `plain`).
 pub fn parse_method(m: &str) -> Result<TableKindConfig, TrainError> {
     match serde_json::from_value::<TableKindConfig>(json!(m)) {
         Ok(k) if k != TableKindConfig::Plain => Ok(k),
-        _ => Err(TrainError::Invalid(format!(
-            "--methods: `{m}` is not a sized table method (hashed, qr, unified)"
-        ))),
+        _ => Err(SweepError::UnknownMethod(m.to_string()).into()),
     }
 }
 
@@ -71,9 +81,7 @@ pub fn sweep(
     opts: &SweepOptions,
 ) -> Result<serde_json::Value, TrainError> {
     if opts.budgets.iter().any(|&b| !(b > 0.0 && b.is_finite())) {
-        return Err(TrainError::Invalid(
-            "--budgets: every budget must be a positive fraction (<= 1) or a byte count".into(),
-        ));
+        return Err(SweepError::BadBudget.into());
     }
     let run = |kind: TableKindConfig, budget: Option<f64>| -> Result<SweepPoint, TrainError> {
         let label = budget.map_or("collisionless".to_string(), |b| format!("{b}"));
@@ -109,7 +117,7 @@ pub fn sweep(
             ) {
                 Ok(s) => s,
                 // the same on every rank: the tables are sized before any collective
-                Err(TrainError::Invalid(e)) if e.starts_with("budget") && budget.is_some() => {
+                Err(TrainError::TableConfig(e)) if e.is_budget() && budget.is_some() => {
                     return Ok(SweepPoint {
                         method: method_name(kind),
                         budget: budget.unwrap_or(1.0),
@@ -119,7 +127,7 @@ pub fn sweep(
                         logloss: f64::NAN,
                         auc_std: f64::NAN,
                         seeds: 0,
-                        note: e.replace(',', ";"),
+                        note: e.to_string().replace(',', ";"),
                     })
                 }
                 Err(e) => return Err(e),
@@ -223,7 +231,12 @@ fn find_font() -> Option<Vec<u8>> {
 }
 
 fn plot(path: &Path, points: &[SweepPoint], title: &str) -> Result<(), TrainError> {
-    let fail = |e: String| TrainError::Invalid(format!("{}: plotting: {e}", path.display()));
+    let fail = |message: String| {
+        TrainError::from(SweepError::Plot {
+            path: path.to_path_buf(),
+            message,
+        })
+    };
     let font = find_font().ok_or_else(|| {
         fail("no TrueType font found (install fonts-dejavu-core or set SHARDREC_FONT)".into())
     })?;

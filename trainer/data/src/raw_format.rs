@@ -14,6 +14,20 @@ pub struct Schema {
     pub categorical: Vec<CategoricalColumn>,
 }
 
+impl Schema {
+    /// Whether this is behaviour-sequence data (`data.format = "sequence"`).
+    pub fn is_sequence(&self) -> bool {
+        use super::sequence_format::SEQUENCE_FEATURES;
+        self.dense.is_empty()
+            && self.categorical.len() == SEQUENCE_FEATURES.len()
+            && self
+                .categorical
+                .iter()
+                .zip(SEQUENCE_FEATURES)
+                .all(|(c, n)| c.name == n)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CategoricalColumn {
     pub name: String,
@@ -243,198 +257,202 @@ pub const AVAZU_COLUMNS: [&str; 24] = [
 #[error("{0}")]
 pub struct FormatError(pub String);
 
+/// A format's column layout and header rule; `names` gets its features' names in file
+/// order.
+type LayoutAndHeader = (Layout, HeaderRule);
+
+fn criteo_layout(names: &mut Vec<String>) -> LayoutAndHeader {
+    let mut actions = vec![Action::Label { threshold: None }];
+    for i in 1..=CRITEO_DENSE {
+        actions.push(Action::Dense);
+        names.push(format!("I{i}"));
+    }
+    for i in 1..=CRITEO_CATEGORICAL {
+        actions.push(Action::Categorical {
+            separator: None,
+            hex: true,
+            hour_of_day: false,
+        });
+        names.push(format!("C{i}"));
+    }
+    let layout = Layout::Delimited {
+        delimiter: b'\t',
+        actions,
+        joins: vec![],
+    };
+    (layout, HeaderRule::None)
+}
+
+fn avazu_layout(names: &mut Vec<String>) -> LayoutAndHeader {
+    let mut actions = Vec::new();
+    for c in AVAZU_COLUMNS {
+        actions.push(match c {
+            "id" => Action::Skip,
+            "click" => Action::Label { threshold: None },
+            _ => {
+                names.push(c.to_string());
+                Action::Categorical {
+                    separator: None,
+                    hex: false,
+                    hour_of_day: c == "hour",
+                }
+            }
+        });
+    }
+    let layout = Layout::Delimited {
+        delimiter: b',',
+        actions,
+        joins: vec![],
+    };
+    (layout, HeaderRule::StartsWith("id,".into()))
+}
+
+/// libFM: `data.libfm_fields`, or the number of features on the first line.
+fn libfm_layout(
+    cfg: &DataConfig,
+    first_line: Option<&[u8]>,
+    names: &mut Vec<String>,
+) -> Result<LayoutAndHeader, FormatError> {
+    let fields = match cfg.libfm_fields {
+        Some(n) => n,
+        None => {
+            let line = first_line.ok_or_else(|| FormatError("libFM file is empty".into()))?;
+            let n = line
+                .split(|b| b.is_ascii_whitespace())
+                .filter(|t| !t.is_empty())
+                .count();
+            n.checked_sub(1).filter(|&n| n > 0).ok_or_else(|| {
+                FormatError("libFM first line has no features; set data.libfm_fields".into())
+            })?
+        }
+    };
+    for i in 1..=fields {
+        names.push(format!("f{i}"));
+    }
+    Ok((Layout::Libfm { fields }, HeaderRule::None))
+}
+
+fn delimited_layout(
+    cfg: &DataConfig,
+    names: &mut Vec<String>,
+) -> Result<LayoutAndHeader, FormatError> {
+    let delimiter = cfg.delimiter.as_deref().map_or(b'\t', |d| d.as_bytes()[0]);
+    let mut actions = Vec::new();
+    for c in &cfg.columns {
+        actions.push(match c.role {
+            ColumnRole::Label => Action::Label {
+                threshold: c.threshold,
+            },
+            ColumnRole::Dense => Action::Dense,
+            ColumnRole::Categorical => Action::Categorical {
+                separator: c.separator.as_ref().map(|s| s.as_bytes()[0]),
+                hex: false,
+                hour_of_day: false,
+            },
+            ColumnRole::Skip => Action::Skip,
+        });
+        if matches!(c.role, ColumnRole::Dense | ColumnRole::Categorical) {
+            names.push(c.name.clone());
+        }
+    }
+    let header = if cfg.header {
+        HeaderRule::Always
+    } else {
+        HeaderRule::None
+    };
+    let joins = cfg
+        .joins
+        .iter()
+        .map(|j| JoinTable::load(j, &cfg.columns))
+        .collect::<Result<Vec<_>, _>>()?;
+    let layout = Layout::Delimited {
+        delimiter,
+        actions,
+        joins,
+    };
+    Ok((layout, header))
+}
+
+fn sequence_layout(names: &mut Vec<String>) -> LayoutAndHeader {
+    let mut actions = vec![Action::Label { threshold: None }];
+    for (f, name) in super::sequence_format::SEQUENCE_FEATURES.iter().enumerate() {
+        let multi =
+            f == super::sequence_format::HIST_ITEMS || f == super::sequence_format::HIST_CATEGORIES;
+        actions.push(Action::Categorical {
+            separator: multi.then_some(b','),
+            hex: false,
+            hour_of_day: false,
+        });
+        names.push(name.to_string());
+    }
+    let layout = Layout::Delimited {
+        delimiter: b'\t',
+        actions,
+        joins: vec![],
+    };
+    (layout, HeaderRule::None)
+}
+
+/// The schema of a layout whose features are `names` in file order: dense columns first
+/// in file order, then categorical ones (dense-as-categorical ones first, as they come
+/// first in the file, then the joined side files' columns).
+fn schema_of(layout: &Layout, names: Vec<String>, dense_as_categorical: bool) -> Schema {
+    let mut dense = Vec::new();
+    let mut categorical = Vec::new();
+    let mut name_iter = names.into_iter();
+    let column = |name: String, multi_valued: bool| CategoricalColumn { name, multi_valued };
+    match layout {
+        Layout::Delimited { actions, joins, .. } => {
+            let mut dense_cats = Vec::new();
+            let mut own = Vec::new();
+            for a in actions {
+                match a {
+                    Action::Dense => {
+                        let n = name_iter.next().unwrap_or_default();
+                        if dense_as_categorical {
+                            dense_cats.push(column(n, false));
+                        } else {
+                            dense.push(n);
+                        }
+                    }
+                    Action::Categorical { separator, .. } => {
+                        let n = name_iter.next().unwrap_or_default();
+                        own.push(column(n, separator.is_some()));
+                    }
+                    _ => {}
+                }
+            }
+            categorical.extend(dense_cats);
+            categorical.extend(own);
+            for j in joins {
+                for (name, sep) in j.names.iter().zip(&j.separators) {
+                    categorical.push(column(name.clone(), sep.is_some()));
+                }
+            }
+        }
+        Layout::Libfm { .. } => {
+            categorical.extend(name_iter.map(|n| column(n, false)));
+        }
+    }
+    Schema { dense, categorical }
+}
+
 impl RowParser {
     /// The parser for `cfg.format`. `first_line` is the first line of the training file
     /// (libFM reads its field count from it when `libfm_fields` is unset).
     pub fn new(cfg: &DataConfig, first_line: Option<&[u8]>) -> Result<Self, FormatError> {
         let mut names = Vec::new();
         let (layout, header) = match cfg.format {
-            DataFormat::Criteo => {
-                let mut actions = vec![Action::Label { threshold: None }];
-                for i in 1..=CRITEO_DENSE {
-                    actions.push(Action::Dense);
-                    names.push(format!("I{i}"));
-                }
-                for i in 1..=CRITEO_CATEGORICAL {
-                    actions.push(Action::Categorical {
-                        separator: None,
-                        hex: true,
-                        hour_of_day: false,
-                    });
-                    names.push(format!("C{i}"));
-                }
-                (
-                    Layout::Delimited {
-                        delimiter: b'\t',
-                        actions,
-                        joins: vec![],
-                    },
-                    HeaderRule::None,
-                )
-            }
-            DataFormat::Avazu => {
-                let mut actions = Vec::new();
-                for c in AVAZU_COLUMNS {
-                    actions.push(match c {
-                        "id" => Action::Skip,
-                        "click" => Action::Label { threshold: None },
-                        _ => {
-                            names.push(c.to_string());
-                            Action::Categorical {
-                                separator: None,
-                                hex: false,
-                                hour_of_day: c == "hour",
-                            }
-                        }
-                    });
-                }
-                (
-                    Layout::Delimited {
-                        delimiter: b',',
-                        actions,
-                        joins: vec![],
-                    },
-                    HeaderRule::StartsWith("id,".into()),
-                )
-            }
-            DataFormat::Libfm => {
-                let fields = match cfg.libfm_fields {
-                    Some(n) => n,
-                    None => {
-                        let line =
-                            first_line.ok_or_else(|| FormatError("libFM file is empty".into()))?;
-                        let n = line
-                            .split(|b| b.is_ascii_whitespace())
-                            .filter(|t| !t.is_empty())
-                            .count();
-                        n.checked_sub(1).filter(|&n| n > 0).ok_or_else(|| {
-                            FormatError(
-                                "libFM first line has no features; set data.libfm_fields".into(),
-                            )
-                        })?
-                    }
-                };
-                for i in 1..=fields {
-                    names.push(format!("f{i}"));
-                }
-                (Layout::Libfm { fields }, HeaderRule::None)
-            }
-            DataFormat::Delimited => {
-                let delimiter = cfg.delimiter.as_deref().map_or(b'\t', |d| d.as_bytes()[0]);
-                let mut actions = Vec::new();
-                for c in &cfg.columns {
-                    actions.push(match c.role {
-                        ColumnRole::Label => Action::Label {
-                            threshold: c.threshold,
-                        },
-                        ColumnRole::Dense => Action::Dense,
-                        ColumnRole::Categorical => Action::Categorical {
-                            separator: c.separator.as_ref().map(|s| s.as_bytes()[0]),
-                            hex: false,
-                            hour_of_day: false,
-                        },
-                        ColumnRole::Skip => Action::Skip,
-                    });
-                    if matches!(c.role, ColumnRole::Dense | ColumnRole::Categorical) {
-                        names.push(c.name.clone());
-                    }
-                }
-                let header = if cfg.header {
-                    HeaderRule::Always
-                } else {
-                    HeaderRule::None
-                };
-                let joins = cfg
-                    .joins
-                    .iter()
-                    .map(|j| JoinTable::load(j, &cfg.columns))
-                    .collect::<Result<Vec<_>, _>>()?;
-                (
-                    Layout::Delimited {
-                        delimiter,
-                        actions,
-                        joins,
-                    },
-                    header,
-                )
-            }
-            DataFormat::Sequence => {
-                let mut actions = vec![Action::Label { threshold: None }];
-                for (f, name) in super::sequence_format::SEQUENCE_FEATURES.iter().enumerate() {
-                    let multi = f == super::sequence_format::HIST_ITEMS
-                        || f == super::sequence_format::HIST_CATEGORIES;
-                    actions.push(Action::Categorical {
-                        separator: multi.then_some(b','),
-                        hex: false,
-                        hour_of_day: false,
-                    });
-                    names.push(name.to_string());
-                }
-                (
-                    Layout::Delimited {
-                        delimiter: b'\t',
-                        actions,
-                        joins: vec![],
-                    },
-                    HeaderRule::None,
-                )
-            }
+            DataFormat::Criteo => criteo_layout(&mut names),
+            DataFormat::Avazu => avazu_layout(&mut names),
+            DataFormat::Libfm => libfm_layout(cfg, first_line, &mut names)?,
+            DataFormat::Delimited => delimited_layout(cfg, &mut names)?,
+            DataFormat::Sequence => sequence_layout(&mut names),
             DataFormat::Prepared => {
                 return Err(FormatError("prepared data needs no parser".into()))
             }
         };
-        // Schema: dense columns first in file order, then categorical ones.
-        let mut dense = Vec::new();
-        let mut categorical = Vec::new();
-        let mut name_iter = names.into_iter();
-        let push_cat = |categorical: &mut Vec<CategoricalColumn>, name: String, multi: bool| {
-            categorical.push(CategoricalColumn {
-                name,
-                multi_valued: multi,
-            })
-        };
-        match &layout {
-            Layout::Delimited { actions, joins, .. } => {
-                let mut dense_cats = Vec::new();
-                for a in actions {
-                    match a {
-                        Action::Dense => {
-                            let n = name_iter.next().unwrap_or_default();
-                            if cfg.dense_as_categorical {
-                                dense_cats.push(n);
-                            } else {
-                                dense.push(n);
-                            }
-                        }
-                        Action::Categorical { separator, .. } => {
-                            let n = name_iter.next().unwrap_or_default();
-                            push_cat(&mut categorical, n, separator.is_some());
-                        }
-                        _ => {}
-                    }
-                }
-                // dense-as-categorical features come first, as they do in the file
-                let mut all: Vec<CategoricalColumn> = dense_cats
-                    .into_iter()
-                    .map(|name| CategoricalColumn {
-                        name,
-                        multi_valued: false,
-                    })
-                    .collect();
-                all.append(&mut categorical);
-                categorical = all;
-                for j in joins {
-                    for (name, sep) in j.names.iter().zip(&j.separators) {
-                        push_cat(&mut categorical, name.clone(), sep.is_some());
-                    }
-                }
-            }
-            Layout::Libfm { .. } => {
-                for n in name_iter {
-                    push_cat(&mut categorical, n, false);
-                }
-            }
-        }
+        let schema = schema_of(&layout, names, cfg.dense_as_categorical);
         Ok(Self {
             layout,
             paired_sequences: (cfg.format == DataFormat::Sequence).then_some((
@@ -443,7 +461,7 @@ impl RowParser {
             )),
             transform: cfg.dense_transform,
             dense_as_categorical: cfg.dense_as_categorical,
-            schema: Schema { dense, categorical },
+            schema,
             header,
         })
     }

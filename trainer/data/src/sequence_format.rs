@@ -28,14 +28,3 @@ pub const SHARED_VOCABULARIES: [[usize; 2]; 2] = [
     [TARGET_ITEM, HIST_ITEMS],
     [TARGET_CATEGORY, HIST_CATEGORIES],
 ];
-
-/// Whether a prepared schema is sequence data.
-pub fn is_sequence_schema(schema: &super::Schema) -> bool {
-    schema.dense.is_empty()
-        && schema.categorical.len() == SEQUENCE_FEATURES.len()
-        && schema
-            .categorical
-            .iter()
-            .zip(SEQUENCE_FEATURES)
-            .all(|(c, n)| c.name == n)
-}

@@ -259,6 +259,17 @@ pub enum SynthError {
     },
     #[error("synth: {0}")]
     Options(String),
+    #[error("synth --kind sequence: {0}")]
+    SequenceOptions(String),
+}
+
+impl SynthError {
+    pub(crate) fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> Self + '_ {
+        move |source| SynthError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// Generates the data; `progress` is called with rows written so far.

@@ -27,6 +27,7 @@ use serde::Serialize;
 use shardrec_tables::mix64;
 
 use crate::metrics::auc;
+use crate::synth::SynthError;
 
 /// What to generate.
 #[derive(Debug, Clone, Serialize)]
@@ -222,15 +223,17 @@ fn with_suffix(out: &Path, suffix: &str) -> PathBuf {
 pub fn generate_sequences(
     o: SequenceSynthOptions,
     progress: &dyn Fn(u64),
-) -> Result<SequenceSynthSummary, String> {
+) -> Result<SequenceSynthSummary, SynthError> {
     if o.min_len > o.max_len || o.items == 0 || o.categories == 0 || o.group_size == 0 {
-        return Err(format!(
-            "synth --kind sequence: need min_len <= max_len and items, categories, group size >= 1 (got {}, {}, {}, {}, {})",
+        return Err(SynthError::SequenceOptions(format!(
+            "need min_len <= max_len and items, categories, group size >= 1 (got {}, {}, {}, {}, {})",
             o.min_len, o.max_len, o.items, o.categories, o.group_size
-        ));
+        )));
     }
     if o.test_targets > o.targets_per_user {
-        return Err("synth --kind sequence: --test-targets exceeds --targets-per-user".into());
+        return Err(SynthError::SequenceOptions(
+            "--test-targets exceeds --targets-per-user".into(),
+        ));
     }
     let w = World::new(&o);
     let train_file = with_suffix(&o.out, "-train.tsv");
@@ -239,11 +242,11 @@ pub fn generate_sequences(
     let prob_file = with_suffix(&o.out, "-test.prob");
     let open = |p: &Path| {
         if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            std::fs::create_dir_all(d).map_err(SynthError::io(d))?;
         }
         std::fs::File::create(p)
             .map(|f| BufWriter::with_capacity(1 << 22, f))
-            .map_err(|e| format!("{}: {e}", p.display()))
+            .map_err(SynthError::io(p))
     };
     let (mut train, mut test, mut rel, mut prob) = (
         open(&train_file)?,
@@ -262,16 +265,15 @@ pub fn generate_sequences(
             .map(|u| user_rows(&o, &w, u))
             .collect();
         for r in rows {
-            let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
             train
                 .write_all(r.train.as_bytes())
-                .map_err(|e| io(&train_file, e))?;
+                .map_err(SynthError::io(&train_file))?;
             test.write_all(r.test.as_bytes())
-                .map_err(|e| io(&test_file, e))?;
+                .map_err(SynthError::io(&test_file))?;
             rel.write_all(r.relevant.as_bytes())
-                .map_err(|e| io(&relevant_file, e))?;
+                .map_err(SynthError::io(&relevant_file))?;
             for p in &r.probs {
-                writeln!(prob, "{p:.6}").map_err(|e| io(&prob_file, e))?;
+                writeln!(prob, "{p:.6}").map_err(SynthError::io(&prob_file))?;
             }
             clicks += r.clicks;
             samples += r.samples;
@@ -289,7 +291,7 @@ pub fn generate_sequences(
         (&mut rel, &relevant_file),
         (&mut prob, &prob_file),
     ] {
-        w.flush().map_err(|e| format!("{}: {e}", p.display()))?;
+        w.flush().map_err(SynthError::io(p))?;
     }
     let summary = SequenceSynthSummary {
         train_file,
@@ -307,6 +309,6 @@ pub fn generate_sequences(
         &json_file,
         serde_json::to_string_pretty(&summary).unwrap_or_default(),
     )
-    .map_err(|e| format!("{}: {e}", json_file.display()))?;
+    .map_err(SynthError::io(&json_file))?;
     Ok(summary)
 }

@@ -1,111 +1,109 @@
-//! Range and consistency checks of a deserialised experiment, each naming its key.
+//! Range and consistency checks of a deserialised experiment, each naming its key: one
+//! function per section (the `[data]` section's live with it, in the data crate), in the
+//! order of the file's sections.
 
 use shardrec_data::config::{check_range, violation, Violation};
+use shardrec_models::MAX_DROPOUT;
 
 use super::schema::{ExperimentConfig, TableKindConfig};
 
 /// Every violation, in key order of the file's sections.
 pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
     let mut v = Vec::new();
-    let d = &c.data;
-    d.violations(&mut v);
+    c.data.violations(&mut v);
+    embedding_violations(c, &mut v);
+    model_violations(c, &mut v);
+    optimizer_violations(c, &mut v);
+    train_violations(c, &mut v);
+    if let Some(o) = c.optembed.as_ref().filter(|o| o.enabled) {
+        optembed_violations(c, o, &mut v);
+    }
+    v
+}
 
+/// `[embedding]` and `[budget]`: widths, buckets, pools, the sparse optimizer, tables.
+fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
     let e = &c.embedding;
-    check_range(&mut v, "embedding.dim", e.dim, 1, 4096);
+    check_range(v, "embedding.dim", e.dim, 1, 4096);
     let budgeted = c.budget.bytes.is_some() || c.budget.fraction.is_some();
     if e.kind == TableKindConfig::Hashed && !budgeted {
-        check_range(&mut v, "embedding.buckets", e.buckets, 1, 1 << 40);
+        check_range(v, "embedding.buckets", e.buckets, 1, 1 << 40);
     }
     if let Some(f) = c.budget.fraction {
-        check_range(&mut v, "budget.fraction", f, f64::MIN_POSITIVE, 1.0);
+        check_range(v, "budget.fraction", f, f64::MIN_POSITIVE, 1.0);
     }
     if let Some(b) = c.budget.bytes {
-        check_range(&mut v, "budget.bytes", b, 1, u64::MAX);
+        check_range(v, "budget.bytes", b, 1, u64::MAX);
     }
-    check_range(
-        &mut v,
-        "embedding.unified.tables",
-        e.unified.tables,
-        1,
-        4096,
-    );
-    check_range(&mut v, "embedding.unified.dim", e.unified.dim, 0, 4096);
-    check_range(
-        &mut v,
-        "embedding.unified.chunks",
-        e.unified.chunks,
-        0,
-        1024,
-    );
+    check_range(v, "embedding.unified.tables", e.unified.tables, 1, 4096);
+    check_range(v, "embedding.unified.dim", e.unified.dim, 0, 4096);
+    check_range(v, "embedding.unified.chunks", e.unified.chunks, 0, 1024);
     if let Some(m) = e.qr.collisions {
-        check_range(&mut v, "embedding.qr.collisions", m, 1, 1 << 40);
+        check_range(v, "embedding.qr.collisions", m, 1, 1 << 40);
     }
     if let Some(s) = e.init.scale {
-        check_range(&mut v, "embedding.init.scale", s, f32::MIN_POSITIVE, 10.0);
+        check_range(v, "embedding.init.scale", s, f32::MIN_POSITIVE, 10.0);
     }
     let o = &e.optimizer;
+    check_range(v, "embedding.optimizer.lr", o.lr, f32::MIN_POSITIVE, 1000.0);
     check_range(
-        &mut v,
-        "embedding.optimizer.lr",
-        o.lr,
-        f32::MIN_POSITIVE,
-        1000.0,
-    );
-    check_range(
-        &mut v,
+        v,
         "embedding.optimizer.weight_decay",
         o.weight_decay,
         0.0,
         1.0,
     );
     check_range(
-        &mut v,
+        v,
         "embedding.optimizer.initial_accumulator",
         o.initial_accumulator,
         0.0,
         1e6,
     );
     if let Some(x) = o.eps {
-        check_range(&mut v, "embedding.optimizer.eps", x, 0.0, 1.0);
+        check_range(v, "embedding.optimizer.eps", x, 0.0, 1.0);
     }
     for (k, b) in [
         ("embedding.optimizer.beta1", o.beta1),
         ("embedding.optimizer.beta2", o.beta2),
     ] {
         if let Some(b) = b {
-            check_range(&mut v, k, b, 0.0, 0.999_999);
+            check_range(v, k, b, 0.0, 0.999_999);
         }
     }
     for t in &e.tables {
         if t.features.is_empty() {
             violation(
-                &mut v,
+                v,
                 "embedding.tables.features",
                 format!("table `{}`", t.name),
                 "needs at least one feature",
             );
         }
         if let Some(dim) = t.dim {
-            check_range(&mut v, "embedding.tables.dim", dim, 1, 4096);
+            check_range(v, "embedding.tables.dim", dim, 1, 4096);
         }
         if let Some(b) = t.buckets {
-            check_range(&mut v, "embedding.tables.buckets", b, 1, 1 << 40);
+            check_range(v, "embedding.tables.buckets", b, 1, 1 << 40);
         }
         if t.kind.unwrap_or(e.kind) == TableKindConfig::Hashed
             && t.buckets.unwrap_or(e.buckets) == 0
         {
             violation(
-                &mut v,
+                v,
                 "embedding.tables.buckets",
                 format!("table `{}`", t.name),
                 "a hashed table needs buckets >= 1",
             );
         }
     }
+}
 
+/// `[model]`: layer widths, dropout, sequence lengths.
+fn model_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
     let m = &c.model;
-    check_range(&mut v, "model.dropout", m.dropout, 0.0, 0.99);
-    check_range(&mut v, "model.cross_layers", m.cross_layers, 0, 64);
+    check_range(v, "model.dropout", m.dropout, 0.0, MAX_DROPOUT);
+    check_range(v, "model.cross_layers", m.cross_layers, 0, 64);
     for (k, layers) in [
         ("model.hidden", &m.hidden),
         ("model.bottom", &m.bottom),
@@ -113,28 +111,35 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
         ("model.attention_hidden", &m.attention_hidden),
     ] {
         for &w in layers.iter() {
-            check_range(&mut v, k, w, 1, 1 << 20);
+            check_range(v, k, w, 1, 1 << 20);
         }
     }
-    check_range(&mut v, "model.sequence_len", m.sequence_len, 1, 1 << 20);
-    check_range(&mut v, "model.top_k", m.top_k, 1, 1 << 20);
+    check_range(v, "model.sequence_len", m.sequence_len, 1, 1 << 20);
+    check_range(v, "model.top_k", m.top_k, 1, 1 << 20);
     if let Some(a) = m.attention_dim {
-        check_range(&mut v, "model.attention_dim", a, 1, 1 << 16);
+        check_range(v, "model.attention_dim", a, 1, 1 << 16);
     }
-    let p = &c.optimizer;
-    check_range(&mut v, "optimizer.lr", p.lr, f64::MIN_POSITIVE, 1000.0);
-    check_range(&mut v, "optimizer.weight_decay", p.weight_decay, 0.0, 1.0);
-    check_range(&mut v, "optimizer.beta1", p.beta1, 0.0, 0.999_999);
-    check_range(&mut v, "optimizer.beta2", p.beta2, 0.0, 0.999_999);
-    check_range(&mut v, "optimizer.eps", p.eps, 0.0, 1.0);
-    check_range(&mut v, "optimizer.momentum", p.momentum, 0.0, 0.999);
+}
 
+/// `[optimizer]`: the dense optimizer.
+fn optimizer_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
+    let p = &c.optimizer;
+    check_range(v, "optimizer.lr", p.lr, f64::MIN_POSITIVE, 1000.0);
+    check_range(v, "optimizer.weight_decay", p.weight_decay, 0.0, 1.0);
+    check_range(v, "optimizer.beta1", p.beta1, 0.0, 0.999_999);
+    check_range(v, "optimizer.beta2", p.beta2, 0.0, 0.999_999);
+    check_range(v, "optimizer.eps", p.eps, 0.0, 1.0);
+    check_range(v, "optimizer.momentum", p.momentum, 0.0, 0.999);
+}
+
+/// `[train]`, the devices, `[eval]` and `[sharding]`.
+fn train_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
     let t = &c.train;
-    check_range(&mut v, "train.epochs", t.epochs, 1, 1_000_000);
-    check_range(&mut v, "train.batch_size", t.batch_size, 1, 1 << 24);
-    check_range(&mut v, "train.threads", t.threads, 0, 1024);
-    check_range(&mut v, "train.loader_queue", t.loader_queue, 1, 1024);
-    check_range(&mut v, "train.shuffle_window", t.shuffle_window, 1, 1 << 32);
+    check_range(v, "train.epochs", t.epochs, 1, 1_000_000);
+    check_range(v, "train.batch_size", t.batch_size, 1, 1 << 24);
+    check_range(v, "train.threads", t.threads, 0, 1024);
+    check_range(v, "train.loader_queue", t.loader_queue, 1, 1024);
+    check_range(v, "train.shuffle_window", t.shuffle_window, 1, 1 << 32);
     let is_device = |d: &str| {
         d == "cpu"
             || d == "cuda"
@@ -147,26 +152,26 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
     ] {
         if !is_device(device) {
             violation(
-                &mut v,
+                v,
                 key,
                 format!("\"{device}\""),
                 "must be \"cpu\", \"cuda\" or \"cuda:N\"",
             );
         }
     }
-    let has_valid = d.has_validation();
+    let has_valid = c.data.has_validation();
     if t.early_stopping_patience > 0 && !has_valid {
         violation(
-            &mut v,
+            v,
             "train.early_stopping_patience",
             t.early_stopping_patience,
             "needs a validation split (data.valid or data.split.valid > 0)",
         );
     }
-    check_range(&mut v, "train.slices", t.slices, 1, 1 << 12);
+    check_range(v, "train.slices", t.slices, 1, 1 << 12);
     if t.slices > 1 && c.model.batch_norm {
         violation(
-            &mut v,
+            v,
             "train.slices",
             t.slices,
             "cannot be combined with model.batch_norm (a slice's batch statistics are not the step's)",
@@ -174,111 +179,88 @@ pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
     }
     if t.restore_best && !has_valid {
         violation(
-            &mut v,
+            v,
             "train.restore_best",
             t.restore_best,
             "needs a validation split (data.valid or data.split.valid > 0)",
         );
     }
-    check_range(&mut v, "eval.batch_size", c.eval.batch_size, 1, 1 << 24);
+    check_range(v, "eval.batch_size", c.eval.batch_size, 1, 1 << 24);
     if let Some(limit) = c.sharding.memory_limit_per_rank {
-        check_range(&mut v, "sharding.memory_limit_per_rank", limit, 1, u64::MAX);
+        check_range(v, "sharding.memory_limit_per_rank", limit, 1, u64::MAX);
     }
-    if let Some(o) = c.optembed.as_ref().filter(|o| o.enabled) {
-        check_range(&mut v, "optembed.alpha", o.alpha, 0.0, 1e6);
-        check_range(&mut v, "optembed.threshold_lr", o.threshold_lr, 0.0, 1e3);
-        check_range(
-            &mut v,
-            "optembed.threshold_init",
-            o.threshold_init,
-            -1e6,
-            1e6,
-        );
-        if let Some(e) = o.supernet_epochs {
-            check_range(&mut v, "optembed.supernet_epochs", e, 1, 1_000_000);
-        }
-        if let Some(e) = o.retrain_epochs {
-            check_range(&mut v, "optembed.retrain_epochs", e, 1, 1_000_000);
-        }
-        if let Some(s) = o.supernet_init.as_ref().and_then(|i| i.scale) {
-            check_range(
-                &mut v,
-                "optembed.supernet_init.scale",
-                s,
-                f32::MIN_POSITIVE,
-                10.0,
-            );
-        }
-        let s = &o.search;
-        check_range(
-            &mut v,
-            "optembed.search.population",
-            s.population,
-            1,
-            1 << 20,
-        );
-        check_range(&mut v, "optembed.search.parents", s.parents, 1, 1 << 20);
-        check_range(
-            &mut v,
-            "optembed.search.generations",
-            s.generations,
-            1,
-            1 << 20,
-        );
-        check_range(&mut v, "optembed.search.mutations", s.mutations, 0, 1 << 20);
-        check_range(
-            &mut v,
-            "optembed.search.crossovers",
-            s.crossovers,
-            0,
-            1 << 20,
-        );
-        check_range(
-            &mut v,
-            "optembed.search.mutation_prob",
-            s.mutation_prob,
-            0.0,
-            1.0,
-        );
-        if s.mutations + s.crossovers == 0 && s.generations > 1 {
-            violation(
-                &mut v,
-                "optembed.search.mutations",
-                s.mutations,
-                "mutations + crossovers must breed at least one child per generation",
-            );
-        }
-        let e = &c.embedding;
-        let compressed = e.kind != TableKindConfig::Plain
-            || e.tables.iter().any(|t| {
-                t.kind.is_some_and(|k| k != TableKindConfig::Plain)
-                    || t.features.len() != 1
-                    || t.dim.is_some_and(|x| x != e.dim)
-            });
-        if compressed {
-            violation(
-                &mut v,
-                "embedding.kind",
-                format!("{:?}", e.kind).to_lowercase(),
-                "[optembed] prunes plain tables: one per feature, embedding.dim wide",
-            );
-        }
-        if let Some(col) = d.columns.iter().find(|col| col.separator.is_some()) {
-            violation(
-                &mut v,
-                &format!("data.columns.{}.separator", col.name),
-                "set",
-                "[optembed] masks one row per field and sample: multi-valued columns are not supported",
-            );
-        }
-        if !has_valid {
-            violation(
-                &mut v,
-                "optembed",
-                "enabled",
-                "the search scores widths on a validation split: set data.valid or data.split.valid > 0",
-            );
-        }
+}
+
+/// `[optembed]` (when enabled): its ranges, and the tables and data it needs.
+fn optembed_violations(c: &ExperimentConfig, o: &super::OptEmbedConfig, v: &mut Vec<Violation>) {
+    check_range(v, "optembed.alpha", o.alpha, 0.0, 1e6);
+    check_range(v, "optembed.threshold_lr", o.threshold_lr, 0.0, 1e3);
+    check_range(v, "optembed.threshold_init", o.threshold_init, -1e6, 1e6);
+    if let Some(e) = o.supernet_epochs {
+        check_range(v, "optembed.supernet_epochs", e, 1, 1_000_000);
     }
-    v
+    if let Some(e) = o.retrain_epochs {
+        check_range(v, "optembed.retrain_epochs", e, 1, 1_000_000);
+    }
+    if let Some(s) = o.supernet_init.as_ref().and_then(|i| i.scale) {
+        check_range(
+            v,
+            "optembed.supernet_init.scale",
+            s,
+            f32::MIN_POSITIVE,
+            10.0,
+        );
+    }
+    let s = &o.search;
+    check_range(v, "optembed.search.population", s.population, 1, 1 << 20);
+    check_range(v, "optembed.search.parents", s.parents, 1, 1 << 20);
+    check_range(v, "optembed.search.generations", s.generations, 1, 1 << 20);
+    check_range(v, "optembed.search.mutations", s.mutations, 0, 1 << 20);
+    check_range(v, "optembed.search.crossovers", s.crossovers, 0, 1 << 20);
+    check_range(
+        v,
+        "optembed.search.mutation_prob",
+        s.mutation_prob,
+        0.0,
+        1.0,
+    );
+    if s.mutations + s.crossovers == 0 && s.generations > 1 {
+        violation(
+            v,
+            "optembed.search.mutations",
+            s.mutations,
+            "mutations + crossovers must breed at least one child per generation",
+        );
+    }
+    let e = &c.embedding;
+    let compressed = e.kind != TableKindConfig::Plain
+        || e.tables.iter().any(|t| {
+            t.kind.is_some_and(|k| k != TableKindConfig::Plain)
+                || t.features.len() != 1
+                || t.dim.is_some_and(|x| x != e.dim)
+        });
+    if compressed {
+        violation(
+            v,
+            "embedding.kind",
+            format!("{:?}", e.kind).to_lowercase(),
+            "[optembed] prunes plain tables: one per feature, embedding.dim wide",
+        );
+    }
+    if let Some(col) = c.data.columns.iter().find(|col| col.separator.is_some()) {
+        violation(
+            v,
+            &format!("data.columns.{}.separator", col.name),
+            "set",
+            "[optembed] masks one row per field and sample: multi-valued columns are not supported",
+        );
+    }
+    if !c.data.has_validation() {
+        violation(
+            v,
+            "optembed",
+            "enabled",
+            "the search scores widths on a validation split: set data.valid or data.split.valid > 0",
+        );
+    }
 }

@@ -20,19 +20,29 @@ pub struct Claim {
     pub max: u64,
 }
 
+/// A budget below the claims' minimums: what it is, what they need, and the claim with
+/// the largest minimum.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{budget} bytes cannot hold these tables: they need at least {need}{}", .largest.as_ref().map(|(n, b)| format!("; `{n}` alone needs at least {b} bytes")).unwrap_or_default())]
+pub struct BudgetShortfall {
+    pub budget: u64,
+    pub need: u64,
+    pub largest: Option<(String, u64)>,
+}
+
 /// Bytes for each claim, summing to at most `budget`; an error names the claim whose
 /// minimum does not fit.
-pub fn allocate(budget: u64, claims: &[Claim]) -> Result<Vec<u64>, String> {
+pub fn allocate(budget: u64, claims: &[Claim]) -> Result<Vec<u64>, BudgetShortfall> {
     let need: u64 = claims.iter().map(|c| c.min).sum();
     if need > budget {
-        let worst = claims
-            .iter()
-            .max_by_key(|c| c.min)
-            .map(|c| format!("; `{}` alone needs at least {} bytes", c.name, c.min))
-            .unwrap_or_default();
-        return Err(format!(
-            "{budget} bytes cannot hold these tables: they need at least {need}{worst}"
-        ));
+        return Err(BudgetShortfall {
+            budget,
+            need,
+            largest: claims
+                .iter()
+                .max_by_key(|c| c.min)
+                .map(|c| (c.name.clone(), c.min)),
+        });
     }
     let mut fixed: Vec<Option<u64>> = vec![None; claims.len()];
     loop {
@@ -111,7 +121,8 @@ mod tests {
             100,
             &[claim("small", 1.0, 10, 50), claim("C3", 1.0, 200, 900)],
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("100 bytes") && e.contains("at least 210") && e.contains("`C3`"),
             "{e}"

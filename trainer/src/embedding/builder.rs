@@ -23,9 +23,85 @@ use shardrec_tables::{
     TableSpec,
 };
 
-use super::budget::{allocate, Claim};
+use super::budget::{allocate, BudgetShortfall, Claim};
 use crate::config::{BudgetConfig, EmbeddingConfig, InitKind, QrCombine, TableKindConfig};
 use crate::data::Schema;
+
+/// Why `[embedding]` and `[budget]` cannot build the tables the data needs; each names
+/// the key or table.
+#[derive(Debug, thiserror::Error)]
+pub enum TableConfigError {
+    #[error("budget: set bytes or fraction, not both")]
+    BudgetTwice,
+    #[error("budget.tables: no table `{name}` (tables: {tables})")]
+    UnknownBudgetTable { name: String, tables: String },
+    #[error("budget for table `{name}`: {bytes} bytes is below the {needed} bytes of its {rows} rows (a plain table has one row per id; make it hashed, qr or unified)")]
+    PlainOverBudget {
+        name: String,
+        bytes: u64,
+        needed: u64,
+        rows: u64,
+    },
+    #[error("budget for table `{name}`: {bytes} bytes is below its minimum of {min} bytes")]
+    BelowMinimum { name: String, bytes: u64, min: u64 },
+    #[error("embedding.tables `{name}`: a qr table serves one feature")]
+    QrSharedTable { name: String },
+    #[error(
+        "embedding: qr table `{name}` concatenates two halves, so its dim ({dim}) must be even"
+    )]
+    QrOddDim { name: String, dim: usize },
+    #[error("embedding.unified.buckets: the unified pool (features {features}) needs its rows, or a [budget] to size it")]
+    PoolUnsized { features: String },
+    #[error("budget of {total} bytes is below the {fixed} bytes of the tables whose size is fixed (plain tables, set buckets or collisions)")]
+    FixedOverBudget { total: u64, fixed: u64 },
+    #[error("budget of {total} bytes (collisionless: {collisionless}), of which {fixed} go to tables of fixed size: the remaining {shortfall}")]
+    Allocation {
+        total: u64,
+        collisionless: u64,
+        fixed: u64,
+        shortfall: BudgetShortfall,
+    },
+    #[error("budget: table `{name}` got {bytes} bytes, too few for QR")]
+    QrShareTooSmall { name: String, bytes: u64 },
+    #[error("embedding.tables `{table}`: unknown feature `{feature}` (features: {features})")]
+    UnknownFeature {
+        table: String,
+        feature: String,
+        features: String,
+    },
+    #[error("embedding.tables: feature `{feature}` is in both `{first}` and `{second}`")]
+    FeatureTwice {
+        feature: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "embedding.tables: table name `{name}` is used twice (or equals a feature's own table)"
+    )]
+    NameTwice { name: String },
+    #[error("embedding: hashed table `{name}` needs buckets >= 1 (or a [budget] to size it)")]
+    HashedUnsized { name: String },
+    #[error("embedding: {0}")]
+    Layout(#[from] shardrec_tables::TableError),
+    #[error("internal: {0}")]
+    Internal(&'static str),
+}
+
+impl TableConfigError {
+    /// The `[budget]` cannot size the tables (a sweep records such a point and goes on).
+    pub fn is_budget(&self) -> bool {
+        matches!(
+            self,
+            Self::BudgetTwice
+                | Self::UnknownBudgetTable { .. }
+                | Self::PlainOverBudget { .. }
+                | Self::BelowMinimum { .. }
+                | Self::FixedOverBudget { .. }
+                | Self::Allocation { .. }
+                | Self::QrShareTooSmall { .. }
+        )
+    }
+}
 
 /// The collections a model reads.
 #[derive(Debug, Clone)]
@@ -129,6 +205,174 @@ struct Sizing {
     budget: Option<u64>,
 }
 
+/// A table's size: fixed (by its settings or its own budget) with its bytes, or a claim
+/// on what the `[budget]` leaves.
+enum Sized {
+    Fixed(Size, u64),
+    Claim(Claim),
+}
+
+/// What sizing a table needs from the config.
+struct SizeInputs<'a> {
+    cfg: &'a EmbeddingConfig,
+    budget: &'a BudgetConfig,
+    /// The whole budget, when one is set.
+    total: Option<u64>,
+}
+
+fn size_plain(p: &TablePlan, v: u64, own: Option<u64>) -> Result<Sized, TableConfigError> {
+    let bytes = v * p.dim as u64 * 4;
+    if let Some(b) = own.filter(|&b| b < bytes) {
+        return Err(TableConfigError::PlainOverBudget {
+            name: p.name.clone(),
+            bytes: b,
+            needed: bytes,
+            rows: v,
+        });
+    }
+    Ok(Sized::Fixed(Size::Plain, bytes))
+}
+
+fn size_hashed(
+    p: &TablePlan,
+    v: u64,
+    own: Option<u64>,
+    total: Option<u64>,
+) -> Result<Sized, TableConfigError> {
+    let row_bytes = p.dim as u64 * 4;
+    if let Some(b) = own {
+        if b < row_bytes {
+            return Err(TableConfigError::BelowMinimum {
+                name: p.name.clone(),
+                bytes: b,
+                min: row_bytes,
+            });
+        }
+        let rows = b / row_bytes;
+        return Ok(Sized::Fixed(Size::Hashed { rows }, rows * row_bytes));
+    }
+    if p.buckets > 0 || total.is_none() {
+        let rows = p.buckets;
+        return Ok(Sized::Fixed(Size::Hashed { rows }, rows * row_bytes));
+    }
+    Ok(Sized::Claim(Claim {
+        name: p.name.clone(),
+        weight: (v as f64).sqrt() * row_bytes as f64,
+        min: row_bytes,
+        max: v * row_bytes,
+    }))
+}
+
+fn size_qr(
+    p: &TablePlan,
+    v: u64,
+    own: Option<u64>,
+    x: &SizeInputs,
+) -> Result<Sized, TableConfigError> {
+    let cfg = x.cfg;
+    if p.features.len() != 1 {
+        return Err(TableConfigError::QrSharedTable {
+            name: p.name.clone(),
+        });
+    }
+    let qd = qr_dim(p.dim, cfg.qr.combine);
+    if cfg.qr.combine == QrCombine::Concat && !p.dim.is_multiple_of(2) {
+        return Err(TableConfigError::QrOddDim {
+            name: p.name.clone(),
+            dim: p.dim,
+        });
+    }
+    let qrow = qd as u64 * 4;
+    let min_rows = qr_rows(v, ((v as f64).sqrt().ceil() as u64).max(1));
+    if let Some(b) = own {
+        let m = qr_m_for(v, b / qrow).ok_or_else(|| TableConfigError::BelowMinimum {
+            name: p.name.clone(),
+            bytes: b,
+            min: min_rows * qrow,
+        })?;
+        return Ok(Sized::Fixed(Size::Qr { m }, qr_rows(v, m) * qrow));
+    }
+    if let Some(m) = cfg.qr.collisions.or(x.total.is_none().then_some(4)) {
+        return Ok(Sized::Fixed(Size::Qr { m }, qr_rows(v, m) * qrow));
+    }
+    Ok(Sized::Claim(Claim {
+        name: p.name.clone(),
+        weight: (v as f64).sqrt() * (p.dim as u64 * 4) as f64,
+        min: min_rows * qrow,
+        max: qr_rows(v, 1) * qrow,
+    }))
+}
+
+/// The unified pool: its set rows, or a claim on the budget (`None` without unified
+/// features).
+fn size_pool(
+    x: &SizeInputs,
+    unified_features: &[usize],
+    vocab_sizes: &[u64],
+    names: &[&str],
+) -> Result<Option<Sized>, TableConfigError> {
+    if unified_features.is_empty() {
+        return Ok(None);
+    }
+    let cfg = x.cfg;
+    let (chunk_dim, _) = pool_chunk_dim(cfg);
+    let pool_tables = cfg.unified.tables.max(1);
+    let row_bytes = (pool_tables * chunk_dim) as u64 * 4;
+    if cfg.unified.buckets > 0 {
+        let rows = cfg.unified.buckets;
+        return Ok(Some(Sized::Fixed(Size::Hashed { rows }, rows * row_bytes)));
+    }
+    if x.total.is_none() {
+        return Err(TableConfigError::PoolUnsized {
+            features: unified_features
+                .iter()
+                .map(|&f| names[f])
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let weight: u64 = unified_features
+        .iter()
+        .map(|&f| vocab_sizes[f] * cfg.dim as u64 * 4)
+        .sum();
+    let most: u64 = unified_features.iter().map(|&f| vocab_sizes[f]).sum();
+    Ok(Some(Sized::Claim(Claim {
+        name: "unified pool".into(),
+        weight: weight as f64,
+        min: row_bytes,
+        max: most.max(1) * row_bytes,
+    })))
+}
+
+/// The whole budget: `budget.bytes`, or `budget.fraction` of the collisionless bytes.
+fn total_budget(
+    budget: &BudgetConfig,
+    collisionless: u64,
+) -> Result<Option<u64>, TableConfigError> {
+    match (budget.bytes, budget.fraction) {
+        (Some(_), Some(_)) => Err(TableConfigError::BudgetTwice),
+        (Some(b), None) => Ok(Some(b)),
+        (None, Some(f)) => Ok(Some((collisionless as f64 * f).floor() as u64)),
+        (None, None) => Ok(None),
+    }
+}
+
+fn check_budget_tables(budget: &BudgetConfig, plans: &[TablePlan]) -> Result<(), TableConfigError> {
+    for name in budget.tables.keys() {
+        if !plans.iter().any(|p| &p.name == name) {
+            return Err(TableConfigError::UnknownBudgetTable {
+                name: name.clone(),
+                tables: plans
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Sizes every table: explicit settings first, then `[budget]` for the rest.
 fn size_tables(
     cfg: &EmbeddingConfig,
@@ -136,212 +380,125 @@ fn size_tables(
     plans: &[TablePlan],
     vocab_sizes: &[u64],
     names: &[&str],
-) -> Result<Sizing, String> {
+) -> Result<Sizing, TableConfigError> {
     let collisionless: u64 = plans
         .iter()
         .map(|p| table_vocab(p, vocab_sizes) * p.dim as u64 * 4)
         .sum();
-    let total = match (budget.bytes, budget.fraction) {
-        (Some(_), Some(_)) => {
-            return Err("budget: set bytes or fraction, not both".into());
-        }
-        (Some(b), None) => Some(b),
-        (None, Some(f)) => Some((collisionless as f64 * f).floor() as u64),
-        (None, None) => None,
+    let x = SizeInputs {
+        cfg,
+        budget,
+        total: total_budget(budget, collisionless)?,
     };
-    let (chunk_dim, _) = pool_chunk_dim(cfg);
-    let pool_tables = cfg.unified.tables.max(1);
+    check_budget_tables(budget, plans)?;
+    let mut sizes = vec![Size::Plain; plans.len()];
+    let mut claims: Vec<(Option<usize>, Claim)> = Vec::new();
+    let mut fixed_bytes = 0u64;
+    for (i, p) in plans.iter().enumerate() {
+        let v = table_vocab(p, vocab_sizes);
+        let own = x.budget.tables.get(&p.name).copied();
+        let sized = match p.kind {
+            TableKindConfig::Plain => size_plain(p, v, own)?,
+            TableKindConfig::Hashed => size_hashed(p, v, own, x.total)?,
+            TableKindConfig::Qr => size_qr(p, v, own, &x)?,
+            TableKindConfig::Unified => continue,
+        };
+        match sized {
+            Sized::Fixed(size, bytes) => {
+                sizes[i] = size;
+                fixed_bytes += bytes;
+            }
+            Sized::Claim(c) => claims.push((Some(i), c)),
+        }
+    }
     let unified_features: Vec<usize> = plans
         .iter()
         .filter(|p| p.kind == TableKindConfig::Unified)
         .flat_map(|p| p.features.iter().copied())
         .collect();
-    for name in budget.tables.keys() {
-        if !plans.iter().any(|p| &p.name == name) {
-            return Err(format!(
-                "budget.tables: no table `{name}` (tables: {})",
-                plans
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-    }
-    let mut sizes = vec![Size::Plain; plans.len()];
-    let mut claims: Vec<(Option<usize>, Claim)> = Vec::new();
-    let mut fixed_bytes = 0u64;
-    let too_small = |name: &str, bytes: u64, min: u64| {
-        format!("budget for table `{name}`: {bytes} bytes is below its minimum of {min} bytes")
-    };
-    for (i, p) in plans.iter().enumerate() {
-        let v = table_vocab(p, vocab_sizes);
-        let row_bytes = p.dim as u64 * 4;
-        let own = budget.tables.get(&p.name).copied();
-        match p.kind {
-            TableKindConfig::Plain => {
-                let bytes = v * row_bytes;
-                if let Some(b) = own.filter(|&b| b < bytes) {
-                    return Err(format!(
-                        "budget for table `{}`: {b} bytes is below the {bytes} bytes of its {v} rows (a plain table has one row per id; make it hashed, qr or unified)",
-                        p.name
-                    ));
-                }
-                fixed_bytes += bytes;
-            }
-            TableKindConfig::Hashed => {
-                if let Some(b) = own {
-                    if b < row_bytes {
-                        return Err(too_small(&p.name, b, row_bytes));
-                    }
-                    sizes[i] = Size::Hashed {
-                        rows: b / row_bytes,
-                    };
-                    fixed_bytes += b / row_bytes * row_bytes;
-                } else if p.buckets > 0 || total.is_none() {
-                    sizes[i] = Size::Hashed { rows: p.buckets };
-                    fixed_bytes += p.buckets * row_bytes;
-                } else {
-                    claims.push((
-                        Some(i),
-                        Claim {
-                            name: p.name.clone(),
-                            weight: (v as f64).sqrt() * row_bytes as f64,
-                            min: row_bytes,
-                            max: v * row_bytes,
-                        },
-                    ));
-                }
-            }
-            TableKindConfig::Qr => {
-                if p.features.len() != 1 {
-                    return Err(format!(
-                        "embedding.tables `{}`: a qr table serves one feature",
-                        p.name
-                    ));
-                }
-                let qd = qr_dim(p.dim, cfg.qr.combine);
-                if cfg.qr.combine == QrCombine::Concat && p.dim % 2 != 0 {
-                    return Err(format!(
-                        "embedding: qr table `{}` concatenates two halves, so its dim ({}) must be even",
-                        p.name, p.dim
-                    ));
-                }
-                let qrow = qd as u64 * 4;
-                let min_rows = qr_rows(v, ((v as f64).sqrt().ceil() as u64).max(1));
-                if let Some(b) = own {
-                    let m = qr_m_for(v, b / qrow)
-                        .ok_or_else(|| too_small(&p.name, b, min_rows * qrow))?;
-                    sizes[i] = Size::Qr { m };
-                    fixed_bytes += qr_rows(v, m) * qrow;
-                } else if let Some(m) = cfg.qr.collisions.or(total.is_none().then_some(4)) {
-                    sizes[i] = Size::Qr { m };
-                    fixed_bytes += qr_rows(v, m) * qrow;
-                } else {
-                    claims.push((
-                        Some(i),
-                        Claim {
-                            name: p.name.clone(),
-                            weight: (v as f64).sqrt() * row_bytes as f64,
-                            min: min_rows * qrow,
-                            max: qr_rows(v, 1) * qrow,
-                        },
-                    ));
-                }
-            }
-            TableKindConfig::Unified => {}
-        }
-    }
     let mut pool = None;
-    if !unified_features.is_empty() {
-        let row_bytes = (pool_tables * chunk_dim) as u64 * 4;
-        let weight: u64 = unified_features
-            .iter()
-            .map(|&f| vocab_sizes[f] * cfg.dim as u64 * 4)
-            .sum();
-        if cfg.unified.buckets > 0 || total.is_none() {
-            let rows = if cfg.unified.buckets > 0 {
-                cfg.unified.buckets
-            } else {
-                return Err(format!(
-                    "embedding.unified.buckets: the unified pool (features {}) needs its rows, or a [budget] to size it",
-                    unified_features.iter().map(|&f| names[f]).collect::<Vec<_>>().join(", ")
-                ));
-            };
-            fixed_bytes += rows * row_bytes;
-            pool = Some(Pool {
-                tables: pool_tables,
-                rows,
-                dim: chunk_dim,
-            });
-        } else {
-            let most: u64 = unified_features.iter().map(|&f| vocab_sizes[f]).sum();
-            claims.push((
-                None,
-                Claim {
-                    name: "unified pool".into(),
-                    weight: weight as f64,
-                    min: row_bytes,
-                    max: most.max(1) * row_bytes,
-                },
-            ));
+    match size_pool(&x, &unified_features, vocab_sizes, names)? {
+        Some(Sized::Fixed(Size::Hashed { rows }, bytes)) => {
+            fixed_bytes += bytes;
+            pool = Some(pool_of(cfg, rows));
         }
+        Some(Sized::Claim(c)) => claims.push((None, c)),
+        Some(Sized::Fixed(..)) | None => {}
     }
-    if let Some(total) = total {
-        if fixed_bytes > total {
-            return Err(format!(
-                "budget of {total} bytes is below the {fixed_bytes} bytes of the tables whose size is fixed (plain tables, set buckets or collisions)"
-            ));
-        }
-        let shares = allocate(
-            total - fixed_bytes,
-            &claims.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
-        )
-        .map_err(|e| {
-            format!(
-                "budget of {total} bytes (collisionless: {collisionless}), of which {fixed_bytes} go to tables of fixed size: the remaining {e}"
-            )
-        })?;
+    if let Some(total) = x.total {
+        let shares = share_budget(total, collisionless, fixed_bytes, &claims)?;
         for ((i, _), share) in claims.iter().zip(shares) {
             match i {
-                Some(i) => {
-                    let p = &plans[*i];
-                    let v = table_vocab(p, vocab_sizes);
-                    sizes[*i] = match p.kind {
-                        TableKindConfig::Hashed => Size::Hashed {
-                            rows: (share / (p.dim as u64 * 4)).clamp(1, v.max(1)),
-                        },
-                        _ => {
-                            let qrow = qr_dim(p.dim, cfg.qr.combine) as u64 * 4;
-                            let m = qr_m_for(v, share / qrow).ok_or_else(|| {
-                                format!(
-                                    "budget: table `{}` got {share} bytes, too few for QR",
-                                    p.name
-                                )
-                            })?;
-                            Size::Qr { m }
-                        }
-                    };
-                }
+                Some(i) => sizes[*i] = size_from_share(cfg, &plans[*i], vocab_sizes, share)?,
                 None => {
-                    let row_bytes = (pool_tables * chunk_dim) as u64 * 4;
-                    pool = Some(Pool {
-                        tables: pool_tables,
-                        rows: (share / row_bytes).max(1),
-                        dim: chunk_dim,
-                    });
+                    let (chunk_dim, _) = pool_chunk_dim(cfg);
+                    let row_bytes = (cfg.unified.tables.max(1) * chunk_dim) as u64 * 4;
+                    pool = Some(pool_of(cfg, (share / row_bytes).max(1)));
                 }
             }
         }
     } else if !claims.is_empty() {
-        return Err("internal: tables left unsized without a budget".into());
+        return Err(TableConfigError::Internal(
+            "tables left unsized without a budget",
+        ));
     }
     Ok(Sizing {
         sizes,
         pool,
         collisionless,
-        budget: total,
+        budget: x.total,
     })
+}
+
+fn pool_of(cfg: &EmbeddingConfig, rows: u64) -> Pool {
+    Pool {
+        tables: cfg.unified.tables.max(1),
+        rows,
+        dim: pool_chunk_dim(cfg).0,
+    }
+}
+
+/// Each claim's bytes of what the budget leaves after the tables of fixed size.
+fn share_budget(
+    total: u64,
+    collisionless: u64,
+    fixed: u64,
+    claims: &[(Option<usize>, Claim)],
+) -> Result<Vec<u64>, TableConfigError> {
+    if fixed > total {
+        return Err(TableConfigError::FixedOverBudget { total, fixed });
+    }
+    allocate(
+        total - fixed,
+        &claims.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
+    )
+    .map_err(|shortfall| TableConfigError::Allocation {
+        total,
+        collisionless,
+        fixed,
+        shortfall,
+    })
+}
+
+/// A hashed or QR table's size from its share of the budget.
+fn size_from_share(
+    cfg: &EmbeddingConfig,
+    p: &TablePlan,
+    vocab_sizes: &[u64],
+    share: u64,
+) -> Result<Size, TableConfigError> {
+    let v = table_vocab(p, vocab_sizes);
+    if p.kind == TableKindConfig::Hashed {
+        return Ok(Size::Hashed {
+            rows: (share / (p.dim as u64 * 4)).clamp(1, v.max(1)),
+        });
+    }
+    let qrow = qr_dim(p.dim, cfg.qr.combine) as u64 * 4;
+    let m = qr_m_for(v, share / qrow).ok_or_else(|| TableConfigError::QrShareTooSmall {
+        name: p.name.clone(),
+        bytes: share,
+    })?;
+    Ok(Size::Qr { m })
 }
 
 fn init_for(cfg: &EmbeddingConfig, seed: u64, table: &str, rows: u64) -> RowInit {
@@ -361,34 +518,31 @@ fn init_for(cfg: &EmbeddingConfig, seed: u64, table: &str, rows: u64) -> RowInit
     }
 }
 
-/// Builds the main collection (and the first-order one when the model has that term).
-pub fn build_collections(
+/// One table per categorical feature: `[[embedding.tables]]` entries first (each feature
+/// in at most one), then each remaining feature's own table.
+fn plan_tables(
     cfg: &EmbeddingConfig,
-    budget: &BudgetConfig,
-    schema: &Schema,
+    names: &[&str],
     vocab_sizes: &[u64],
-    seed: u64,
-    model: shardrec_models::ModelKind,
-) -> Result<Collections, String> {
-    let first_order = model.needs_first_order();
-    let names: Vec<&str> = schema.categorical.iter().map(|c| c.name.as_str()).collect();
+) -> Result<Vec<TablePlan>, TableConfigError> {
     let mut owner: Vec<Option<usize>> = vec![None; names.len()];
     let mut plans: Vec<TablePlan> = Vec::new();
     for t in &cfg.tables {
         let mut features = Vec::new();
         for f in &t.features {
             let i = names.iter().position(|n| n == f).ok_or_else(|| {
-                format!(
-                    "embedding.tables `{}`: unknown feature `{f}` (features: {})",
-                    t.name,
-                    names.join(", ")
-                )
+                TableConfigError::UnknownFeature {
+                    table: t.name.clone(),
+                    feature: f.clone(),
+                    features: names.join(", "),
+                }
             })?;
             if let Some(prev) = owner[i] {
-                return Err(format!(
-                    "embedding.tables: feature `{f}` is in both `{}` and `{}`",
-                    plans[prev].name, t.name
-                ));
+                return Err(TableConfigError::FeatureTwice {
+                    feature: f.clone(),
+                    first: plans[prev].name.clone(),
+                    second: t.name.clone(),
+                });
             }
             owner[i] = Some(plans.len());
             features.push(i);
@@ -420,13 +574,16 @@ pub fn build_collections(
             });
         }
     }
+    Ok(plans)
+}
+
+fn check_plans(plans: &[TablePlan], budget: &BudgetConfig) -> Result<(), TableConfigError> {
     let mut names_seen = std::collections::HashSet::new();
-    for p in &plans {
+    for p in plans {
         if !names_seen.insert(p.name.as_str()) {
-            return Err(format!(
-                "embedding.tables: table name `{}` is used twice (or equals a feature's own table)",
-                p.name
-            ));
+            return Err(TableConfigError::NameTwice {
+                name: p.name.clone(),
+            });
         }
         if p.kind == TableKindConfig::Hashed
             && p.buckets == 0
@@ -434,162 +591,217 @@ pub fn build_collections(
             && budget.fraction.is_none()
             && !budget.tables.contains_key(&p.name)
         {
-            return Err(format!(
-                "embedding: hashed table `{}` needs buckets >= 1 (or a [budget] to size it)",
-                p.name
-            ));
+            return Err(TableConfigError::HashedUnsized {
+                name: p.name.clone(),
+            });
         }
     }
-    let Sizing {
-        sizes,
-        pool,
-        collisionless: collisionless_bytes,
-        budget: budget_bytes,
-    } = size_tables(cfg, budget, &plans, vocab_sizes, &names)?;
-    let (_, default_chunks) = pool_chunk_dim(cfg);
-    let make = |dim_override: Option<usize>, suffix: &str| -> Result<CollectionLayout, String> {
-        let mut spec = CollectionSpec::default();
-        let mut features: Vec<Option<FeatureSpec>> = vec![None; names.len()];
-        let table = |spec: &mut CollectionSpec, name: String, rows: u64, dim: usize| {
-            let init = if dim_override.is_some() {
-                RowInit::Zeros
-            } else {
-                init_for(cfg, seed, &name, rows)
-            };
-            spec.tables.push(TableSpec {
-                name: name.clone(),
-                rows,
-                dim,
-                init,
-            });
-            name
+    Ok(())
+}
+
+/// Lays out one collection from the sized tables: the main one (`dim_override` None,
+/// each table at its width) or the first-order one (one column, zeros, sums).
+struct LayoutBuilder<'a> {
+    cfg: &'a EmbeddingConfig,
+    seed: u64,
+    names: &'a [&'a str],
+    vocab_sizes: &'a [u64],
+    dim_override: Option<usize>,
+    suffix: &'a str,
+    spec: CollectionSpec,
+    features: Vec<Option<FeatureSpec>>,
+    /// The unified pool's round-robin counter over all features' chunks.
+    counter: usize,
+}
+
+impl LayoutBuilder<'_> {
+    fn table(&mut self, name: String, rows: u64, dim: usize) -> String {
+        let init = if self.dim_override.is_some() {
+            RowInit::Zeros
+        } else {
+            init_for(self.cfg, self.seed, &name, rows)
         };
-        let feature = |name: &str, probes: Vec<Probe>, combine: Combine| FeatureSpec {
-            name: name.to_string(),
+        self.spec.tables.push(TableSpec {
+            name: name.clone(),
+            rows,
+            dim,
+            init,
+        });
+        name
+    }
+
+    fn feature(&mut self, f: usize, probes: Vec<Probe>, combine: Combine) {
+        self.features[f] = Some(FeatureSpec {
+            name: self.names[f].to_string(),
             probes,
             combine,
-            pooling: cfg.pooling,
+            pooling: self.cfg.pooling,
+        });
+    }
+
+    fn pool(&mut self, pool: &Pool) {
+        for k in 0..pool.tables {
+            let name = format!("unified.{k}{}", self.suffix);
+            self.table(name, pool.rows, self.dim_override.unwrap_or(pool.dim));
+        }
+    }
+
+    /// A plain table stacks its features' vocabularies; a hashed one hashes each
+    /// feature's ids with its own seed.
+    fn plain_or_hashed(&mut self, p: &TablePlan, size: &Size) {
+        let rows = match size {
+            Size::Hashed { rows } => *rows,
+            _ => table_vocab(p, self.vocab_sizes),
         };
-        if let Some(pool) = pool {
-            for k in 0..pool.tables {
-                table(
-                    &mut spec,
-                    format!("unified.{k}{suffix}"),
-                    pool.rows,
-                    dim_override.unwrap_or(pool.dim),
-                );
-            }
+        let dim = self.dim_override.unwrap_or(p.dim);
+        let t = self.table(format!("{}{}", p.name, self.suffix), rows, dim);
+        let mut offset = 0u64;
+        for &f in &p.features {
+            let map = if p.kind == TableKindConfig::Plain {
+                let map = RowMap::Offset {
+                    offset,
+                    id_rows: self.vocab_sizes[f],
+                };
+                offset += self.vocab_sizes[f];
+                map
+            } else {
+                RowMap::Hash {
+                    seed: name_seed(self.seed, self.names[f]),
+                }
+            };
+            let probe = Probe {
+                table: t.clone(),
+                map,
+            };
+            self.feature(f, vec![probe], Combine::Concat);
         }
-        let mut counter = 0usize;
-        for (p, size) in plans.iter().zip(&sizes) {
-            let dim = dim_override.unwrap_or(p.dim);
+    }
+
+    fn qr(&mut self, p: &TablePlan, m: u64) {
+        let f = p.features[0];
+        let v = self.vocab_sizes[f];
+        let qd = self
+            .dim_override
+            .unwrap_or(qr_dim(p.dim, self.cfg.qr.combine));
+        let q = self.table(format!("{}.q{}", p.name, self.suffix), v.div_ceil(m), qd);
+        let r = self.table(format!("{}.r{}", p.name, self.suffix), m, qd);
+        let combine = match (self.dim_override, self.cfg.qr.combine) {
+            (Some(_), _) | (None, QrCombine::Sum) => Combine::Sum,
+            (None, QrCombine::Mul) => Combine::Mul,
+            (None, QrCombine::Concat) => Combine::Concat,
+        };
+        let probes = vec![
+            Probe {
+                table: q,
+                map: RowMap::Quotient { divisor: m },
+            },
+            Probe {
+                table: r,
+                map: RowMap::Remainder { modulus: m },
+            },
+        ];
+        self.feature(f, probes, combine);
+    }
+
+    /// Each feature's chunks probe the pool's tables round robin, each with its own salt.
+    fn unified(&mut self, p: &TablePlan, pool: &Pool) {
+        let (_, default_chunks) = pool_chunk_dim(self.cfg);
+        for &f in &p.features {
+            let chunks = self
+                .cfg
+                .unified
+                .chunks_per_feature
+                .get(self.names[f])
+                .copied()
+                .unwrap_or(default_chunks)
+                .max(1);
+            let probes = (0..chunks)
+                .map(|j| {
+                    let k = self.counter % pool.tables;
+                    self.counter += 1;
+                    Probe {
+                        table: format!("unified.{k}{}", self.suffix),
+                        map: RowMap::Hash {
+                            seed: hash_id(name_seed(self.seed, self.names[f]), j as u64),
+                        },
+                    }
+                })
+                .collect();
+            let combine = if self.dim_override.is_some() || self.cfg.unified.multi_probe {
+                Combine::Sum
+            } else {
+                Combine::Concat
+            };
+            self.feature(f, probes, combine);
+        }
+    }
+
+    fn build(
+        mut self,
+        plans: &[TablePlan],
+        sizing: &Sizing,
+    ) -> Result<CollectionLayout, TableConfigError> {
+        if let Some(pool) = &sizing.pool {
+            self.pool(pool);
+        }
+        for (p, size) in plans.iter().zip(&sizing.sizes) {
             match (p.kind, size) {
-                (TableKindConfig::Plain, _) | (TableKindConfig::Hashed, _) => {
-                    let rows = match size {
-                        Size::Hashed { rows } => *rows,
-                        _ => table_vocab(p, vocab_sizes),
-                    };
-                    let t = table(&mut spec, format!("{}{suffix}", p.name), rows, dim);
-                    let mut offset = 0u64;
-                    for &f in &p.features {
-                        let map = if p.kind == TableKindConfig::Plain {
-                            let m = RowMap::Offset {
-                                offset,
-                                id_rows: vocab_sizes[f],
-                            };
-                            offset += vocab_sizes[f];
-                            m
-                        } else {
-                            RowMap::Hash {
-                                seed: name_seed(seed, names[f]),
-                            }
-                        };
-                        features[f] = Some(feature(
-                            names[f],
-                            vec![Probe {
-                                table: t.clone(),
-                                map,
-                            }],
-                            Combine::Concat,
-                        ));
-                    }
+                (TableKindConfig::Plain | TableKindConfig::Hashed, _) => {
+                    self.plain_or_hashed(p, size)
                 }
-                (TableKindConfig::Qr, Size::Qr { m }) => {
-                    let f = p.features[0];
-                    let v = vocab_sizes[f];
-                    let qd = dim_override.unwrap_or(qr_dim(p.dim, cfg.qr.combine));
-                    let q = table(
-                        &mut spec,
-                        format!("{}.q{suffix}", p.name),
-                        v.div_ceil(*m),
-                        qd,
-                    );
-                    let r = table(&mut spec, format!("{}.r{suffix}", p.name), *m, qd);
-                    let combine = match (dim_override, cfg.qr.combine) {
-                        (Some(_), _) | (None, QrCombine::Sum) => Combine::Sum,
-                        (None, QrCombine::Mul) => Combine::Mul,
-                        (None, QrCombine::Concat) => Combine::Concat,
-                    };
-                    features[f] = Some(feature(
-                        names[f],
-                        vec![
-                            Probe {
-                                table: q,
-                                map: RowMap::Quotient { divisor: *m },
-                            },
-                            Probe {
-                                table: r,
-                                map: RowMap::Remainder { modulus: *m },
-                            },
-                        ],
-                        combine,
-                    ));
-                }
+                (TableKindConfig::Qr, Size::Qr { m }) => self.qr(p, *m),
                 (TableKindConfig::Unified, _) => {
-                    let pool = pool.ok_or("internal: unified features without a pool")?;
-                    for &f in &p.features {
-                        let chunks = cfg
-                            .unified
-                            .chunks_per_feature
-                            .get(names[f])
-                            .copied()
-                            .unwrap_or(default_chunks)
-                            .max(1);
-                        let probes = (0..chunks)
-                            .map(|j| {
-                                let k = counter % pool.tables;
-                                counter += 1;
-                                Probe {
-                                    table: format!("unified.{k}{suffix}"),
-                                    map: RowMap::Hash {
-                                        seed: hash_id(name_seed(seed, names[f]), j as u64),
-                                    },
-                                }
-                            })
-                            .collect();
-                        let combine = if dim_override.is_some() || cfg.unified.multi_probe {
-                            Combine::Sum
-                        } else {
-                            Combine::Concat
-                        };
-                        features[f] = Some(feature(names[f], probes, combine));
-                    }
+                    let pool = sizing.pool.as_ref().ok_or(TableConfigError::Internal(
+                        "unified features without a pool",
+                    ))?;
+                    self.unified(p, pool)
                 }
-                (TableKindConfig::Qr, _) => return Err("internal: qr table without m".into()),
+                (TableKindConfig::Qr, _) => {
+                    return Err(TableConfigError::Internal("qr table without m"))
+                }
             }
         }
-        spec.features = features.into_iter().flatten().collect();
-        CollectionLayout::new(spec).map_err(|e| format!("embedding: {e}"))
+        self.spec.features = self.features.into_iter().flatten().collect();
+        Ok(CollectionLayout::new(self.spec)?)
+    }
+}
+
+/// Builds the main collection (and the first-order one when the model has that term).
+pub fn build_collections(
+    cfg: &EmbeddingConfig,
+    budget: &BudgetConfig,
+    schema: &Schema,
+    vocab_sizes: &[u64],
+    seed: u64,
+    model: shardrec_models::ModelKind,
+) -> Result<Collections, TableConfigError> {
+    let names: Vec<&str> = schema.categorical.iter().map(|c| c.name.as_str()).collect();
+    let plans = plan_tables(cfg, &names, vocab_sizes)?;
+    check_plans(&plans, budget)?;
+    let sizing = size_tables(cfg, budget, &plans, vocab_sizes, &names)?;
+    let layout = |dim_override: Option<usize>, suffix: &str| {
+        LayoutBuilder {
+            cfg,
+            seed,
+            names: &names,
+            vocab_sizes,
+            dim_override,
+            suffix,
+            spec: CollectionSpec::default(),
+            features: vec![None; names.len()],
+            counter: 0,
+        }
+        .build(&plans, &sizing)
     };
     Ok(Collections {
-        main: make(model.fixed_embedding_width(), "")?,
-        first_order: if first_order {
-            Some(make(Some(1), ".linear")?)
+        main: layout(model.fixed_embedding_width(), "")?,
+        first_order: if model.needs_first_order() {
+            Some(layout(Some(1), ".linear")?)
         } else {
             None
         },
-        collisionless_bytes,
-        budget_bytes,
+        collisionless_bytes: sizing.collisionless,
+        budget_bytes: sizing.budget,
     })
 }
 
@@ -623,7 +835,7 @@ mod tests {
         vocab: &[u64],
         model: ModelKind,
     ) -> Result<Collections, String> {
-        build_collections(cfg, budget, &schema(names), vocab, 1, model)
+        build_collections(cfg, budget, &schema(names), vocab, 1, model).map_err(|e| e.to_string())
     }
 
     #[test]

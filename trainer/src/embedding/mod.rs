@@ -8,7 +8,7 @@ mod device_rows;
 mod engine;
 mod tensor_bridge;
 
-pub use builder::{build_collections, Collections};
+pub use builder::{build_collections, Collections, TableConfigError};
 pub use device_rows::TensorRows;
 pub use engine::EmbeddingEngine;
 pub use tensor_bridge::{apply_gradient, apply_gradient_slices, lookup, Activation};

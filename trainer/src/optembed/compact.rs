@@ -14,6 +14,7 @@ use shardrec_tables::{
 };
 
 use super::row_mask::{single_id, RowMask};
+use super::OptEmbedError;
 use crate::cluster::Cluster;
 use crate::embedding::EmbeddingEngine;
 use crate::TrainError;
@@ -47,10 +48,11 @@ impl CompactIds {
     pub fn remap(&self, ids: &KeyedJaggedIds) -> Result<KeyedJaggedIds, TrainError> {
         let (n, f) = (ids.batch_size(), ids.num_keys());
         if f != self.index.len() {
-            return Err(TrainError::Invalid(format!(
-                "compact model of {} fields given a batch of {f}",
-                self.index.len()
-            )));
+            return Err(OptEmbedError::CompactBatchFeatures {
+                fields: self.index.len(),
+                batch: f,
+            }
+            .into());
         }
         let mut out = vec![0u64; n * f];
         for k in 0..f {

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use shardrec_tables::hash_id;
 
+use super::OptEmbedError;
 use crate::config::EvolutionConfig;
 use crate::TrainError;
 
@@ -192,7 +193,7 @@ pub fn best_random(
             best = Some(Scored { widths: w, auc });
         }
     }
-    best.ok_or_else(|| TrainError::Invalid("optembed.search: no random candidate scored".into()))
+    best.ok_or_else(|| OptEmbedError::NoRandomCandidate.into())
 }
 
 #[cfg(test)]

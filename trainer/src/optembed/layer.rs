@@ -19,8 +19,8 @@ use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
 use super::compact::CompactIds;
+use super::field_tables::FieldTables;
 use super::row_mask::RowMask;
-use super::stages::FieldTables;
 use super::surrogate::step_with_surrogate;
 use crate::bundle::{EmbeddingLayer, EmbeddingLayerSpec, ModelBundle};
 use crate::config::{OptEmbedConfig, PrunedRows};

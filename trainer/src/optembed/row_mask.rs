@@ -13,6 +13,7 @@ use std::path::Path;
 
 use shardrec_tables::{Exchange, KeyedJaggedIds};
 
+use super::OptEmbedError;
 use crate::cluster::Cluster;
 use crate::embedding::EmbeddingEngine;
 use crate::TrainError;
@@ -69,10 +70,11 @@ impl RowMask {
     pub fn batch_mask(&self, ids: &KeyedJaggedIds) -> Result<Vec<f32>, TrainError> {
         let (n, f) = (ids.batch_size(), ids.num_keys());
         if f != self.features() {
-            return Err(TrainError::Invalid(format!(
-                "optembed: a batch of {f} features for a row mask of {}",
-                self.features()
-            )));
+            return Err(OptEmbedError::BatchFeatures {
+                batch: f,
+                mask: self.features(),
+            }
+            .into());
         }
         let mut out = vec![0f32; n * f];
         for k in 0..f {
@@ -117,8 +119,12 @@ impl RowMask {
 
     /// Parses [`Self::to_bytes`]; `path` names the file in errors.
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, TrainError> {
-        let bad =
-            |m: &str| TrainError::Invalid(format!("{}: not a valid row mask: {m}", path.display()));
+        let bad = |why: &str| {
+            TrainError::from(OptEmbedError::BadRowMask {
+                path: path.to_path_buf(),
+                why: why.to_string(),
+            })
+        };
         if bytes.len() < 20 || &bytes[..8] != MAGIC {
             return Err(bad("no row-mask header"));
         }
@@ -186,10 +192,11 @@ impl RowMask {
 pub fn single_id(ids: &KeyedJaggedIds, k: usize, b: usize) -> Result<u64, TrainError> {
     match ids.ids(k, b) {
         [id] => Ok(*id),
-        other => Err(TrainError::Invalid(format!(
-            "optembed needs one id per field and sample; feature {k} of a sample has {}",
-            other.len()
-        ))),
+        other => Err(OptEmbedError::MultiValued {
+            feature: k,
+            ids: other.len(),
+        }
+        .into()),
     }
 }
 

@@ -19,12 +19,14 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shardrec_tables::{CollectionLayout, Exchange, RowMap};
+use shardrec_tables::Exchange;
 
 use super::compact::{export_compact, gather_rows, CompactIds};
 use super::evolution::{best_random, evolve};
+use super::field_tables::FieldTables;
 use super::layer::{OptEmbedLayer, OptEmbedSetup, RowSelection, Widths};
 use super::row_mask::{owner_row_norms, RowMask};
+use super::OptEmbedError;
 use crate::bundle::{BundleSpec, EmbeddingLayerSpec, ModelBundle};
 use crate::cluster::Cluster;
 use crate::config::{ExperimentConfig, OptEmbedConfig, OptEmbedStage};
@@ -46,54 +48,6 @@ fn log(msg: &str) {
     eprintln!("[shardrec] optembed: {msg}");
 }
 
-/// Each field's own plain table, as OptEmbed needs them.
-#[derive(Debug, Clone)]
-pub struct FieldTables {
-    pub table_of: Vec<usize>,
-    pub rows: Vec<u64>,
-    pub names: Vec<String>,
-}
-
-impl FieldTables {
-    /// Checks that every feature reads its own plain table, `dim` wide, one row per id.
-    pub fn of(layout: &CollectionLayout, dim: usize) -> Result<Self, TrainError> {
-        let mut out = FieldTables {
-            table_of: vec![],
-            rows: vec![],
-            names: vec![],
-        };
-        for f in layout.features() {
-            let bad = |why: String| {
-                TrainError::Invalid(format!(
-                    "[optembed] needs every feature in a plain table of its own, embedding.dim wide; feature `{}` {why}",
-                    f.name
-                ))
-            };
-            let [p] = f.probes.as_slice() else {
-                return Err(bad(format!(
-                    "has {} probes (kind hashed/qr/unified?)",
-                    f.probes.len()
-                )));
-            };
-            let RowMap::Offset { offset: 0, id_rows } = p.map else {
-                return Err(bad(
-                    "is not a plain table (set embedding.kind = \"plain\")".into()
-                ));
-            };
-            if out.table_of.contains(&p.table) {
-                return Err(bad("shares its table with another feature".into()));
-            }
-            if layout.table_dim(p.table) != dim || f.width != dim {
-                return Err(bad(format!("is {} wide, not {dim}", f.width)));
-            }
-            out.table_of.push(p.table);
-            out.rows.push(id_rows);
-            out.names.push(f.name.clone());
-        }
-        Ok(out)
-    }
-}
-
 /// `search/widths.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,8 +64,10 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
-    let text =
-        serde_json::to_string_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let text = serde_json::to_string_pretty(value).map_err(|source| OptEmbedError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
     std::fs::write(path, text).map_err(io(path))
 }
 
@@ -169,12 +125,12 @@ fn earlier(top: &Path, stage: OptEmbedStage, file: &str) -> Result<PathBuf, Trai
     if p.exists() {
         Ok(p)
     } else {
-        Err(TrainError::Invalid(format!(
-            "{}: not found; run --stage {} first, with train.run_dir = \"{}\"",
-            p.display(),
-            stage.as_str(),
-            top.display()
-        )))
+        Err(OptEmbedError::StageMissing {
+            path: p,
+            stage: stage.as_str(),
+            run: top.to_path_buf(),
+        }
+        .into())
     }
 }
 
@@ -188,9 +144,7 @@ pub fn run_stages(
     only: Option<OptEmbedStage>,
 ) -> Result<serde_json::Value, TrainError> {
     if resume.is_some() {
-        return Err(TrainError::Invalid(
-            "--resume does not apply to OptEmbed stages; rerun a stage with --stage and train.run_dir".into(),
-        ));
+        return Err(OptEmbedError::NoResume.into());
     }
     let oe = cfg.optembed.clone().unwrap_or_default();
     let chosen = RunDir::default_path(cfg, name);
@@ -348,11 +302,10 @@ fn search(
     )?)?);
     let model_dir = earlier(top, OptEmbedStage::Supernet, "model")?;
     let data = prepare_on_ranks(cluster, |log| prepare(&cfg.data, log))?;
-    let valid = data.split(SplitName::Valid).cloned().ok_or_else(|| {
-        TrainError::Invalid(
-            "the OptEmbed search scores widths on the validation split: set data.split.valid or data.valid".into(),
-        )
-    })?;
+    let valid = data
+        .split(SplitName::Valid)
+        .cloned()
+        .ok_or(OptEmbedError::NoValidation)?;
     let schema = &data.meta.schema;
     let colls = build_collections(
         &cfg.embedding,
@@ -361,16 +314,15 @@ fn search(
         &data.meta.vocab_sizes,
         cfg.seed,
         cfg.model.kind,
-    )
-    .map_err(TrainError::Invalid)?;
+    )?;
     let dim = cfg.embedding.dim;
     let ft = FieldTables::of(&colls.main, dim)?;
     if mask.features() != ft.rows.len() || (0..mask.features()).any(|f| mask.rows(f) != ft.rows[f])
     {
-        return Err(TrainError::Invalid(format!(
-            "{}: the row mask does not fit this config's vocabulary",
-            top.join("supernet").join(ROW_MASK).display()
-        )));
+        return Err(OptEmbedError::MaskDoesNotFit {
+            path: top.join("supernet").join(ROW_MASK),
+        }
+        .into());
     }
     let opt = cfg.embedding.optimizer.init();
     let plans = resolve_plans(
@@ -474,14 +426,18 @@ fn search(
 
 fn read_widths(path: &Path, fields: usize, dim: usize) -> Result<Vec<usize>, TrainError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let r: SearchResult = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    let r: SearchResult = serde_json::from_str(&text).map_err(|source| OptEmbedError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if r.widths.len() != fields || r.widths.iter().any(|&w| !(1..=dim).contains(&w)) {
-        return Err(TrainError::Invalid(format!(
-            "{}: needs {fields} widths in [1, {dim}], has {:?}",
-            path.display(),
-            r.widths
-        )));
+        return Err(OptEmbedError::BadWidths {
+            path: path.to_path_buf(),
+            fields,
+            dim,
+            widths: r.widths,
+        }
+        .into());
     }
     Ok(r.widths)
 }
@@ -677,22 +633,19 @@ pub fn compact_setup(
         .files
         .iter()
         .find(|f| f.path == info.row_mask)
-        .ok_or_else(|| {
-            TrainError::Invalid(format!(
-                "{}: a compact model whose manifest does not list {}",
-                dir.display(),
-                info.row_mask
-            ))
+        .ok_or_else(|| OptEmbedError::CompactMaskUnlisted {
+            dir: dir.to_path_buf(),
+            file: info.row_mask.clone(),
         })?;
     crate::persist::checked_file::verify(dir, f)?;
     let mask = RowMask::load(&dir.join(&info.row_mask))?;
     if mask.features() != info.widths.len() {
-        return Err(TrainError::Invalid(format!(
-            "{}: {} fields in the row mask, {} widths in the manifest",
-            dir.display(),
-            mask.features(),
-            info.widths.len()
-        )));
+        return Err(OptEmbedError::CompactFieldsDiffer {
+            dir: dir.to_path_buf(),
+            mask: mask.features(),
+            widths: info.widths.len(),
+        }
+        .into());
     }
     let mut cfg = info.config.clone();
     cfg.pruned = info.pruned;

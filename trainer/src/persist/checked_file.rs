@@ -4,12 +4,10 @@
 //! models and by checkpoints.
 
 use std::io::{BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
-
-use super::model_io::ModelIoError;
 
 /// A file of a saved folder: its path inside the folder, size and CRC32.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -18,6 +16,23 @@ pub struct SavedFile {
     pub path: String,
     pub bytes: u64,
     pub crc32: u32,
+}
+
+/// Errors of writing and reading checked files: the file and what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelIoError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{path}: libtorch: {source}")]
+    Torch {
+        path: PathBuf,
+        source: tch::TchError,
+    },
 }
 
 pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelIoError + '_ {

@@ -32,6 +32,7 @@ use tch::{Device, Tensor};
 
 use super::checked_file::{as_f32s, io, map_verified, record, sync_dir, CrcWriter, SavedFile};
 use super::model_io::{ModelIoError, ModelManifest, SavedCollection};
+use super::PersistError;
 use crate::bundle::ModelBundle;
 use crate::cluster::Cluster;
 use crate::data::Schema;
@@ -160,9 +161,10 @@ pub(crate) fn agree<T>(
     cluster.all_reduce_max(&mut failed);
     match mine {
         Err(e) => Err(e),
-        Ok(_) if failed[0] != 0 => Err(TrainError::Invalid(format!(
-            "{what}: another rank failed (its error is above)"
-        ))),
+        Ok(_) if failed[0] != 0 => Err(PersistError::OtherRankFailed {
+            what: what.to_string(),
+        }
+        .into()),
         Ok(v) => Ok(v),
     }
 }
@@ -249,9 +251,7 @@ fn optimizer_var_names(vs: &VarStore, opt: &DenseOptimizer) -> Result<Vec<String
             by_ptr
                 .get(&(v.data_ptr() as usize))
                 .cloned()
-                .ok_or_else(|| {
-                    TrainError::Invalid("a dense optimizer variable is not in the model".into())
-                })
+                .ok_or_else(|| PersistError::OptimizerVariableMissing.into())
         })
         .collect()
 }
@@ -328,8 +328,10 @@ pub fn write_checkpoint(
     });
     let (pieces, files) = agree(cluster, mine, &what)?;
     let my_bytes: u64 = files.iter().map(|f| f.bytes).sum();
-    let listing = serde_json::to_vec(&(pieces, files))
-        .map_err(|e| TrainError::Invalid(format!("{what}: {e}")))?;
+    let listing = serde_json::to_vec(&(pieces, files)).map_err(|source| PersistError::Json {
+        what: what.clone(),
+        source,
+    })?;
     let all = cluster.all_gather_bytes(&listing)?;
     let committed = if cluster.is_root() {
         commit(dir, &tmp, src, cluster.world_size(), &all)
@@ -351,8 +353,11 @@ fn commit(
     let mut pieces = Vec::new();
     let mut files = Vec::new();
     for (rank, l) in listings.iter().enumerate() {
-        let (p, f): (Vec<SavedPiece>, Vec<SavedFile>) = serde_json::from_slice(l)
-            .map_err(|e| TrainError::Invalid(format!("rank {rank}'s checkpoint listing: {e}")))?;
+        let (p, f): (Vec<SavedPiece>, Vec<SavedFile>) =
+            serde_json::from_slice(l).map_err(|source| PersistError::Json {
+                what: format!("rank {rank}'s checkpoint listing"),
+                source,
+            })?;
         pieces.extend(p);
         files.extend(f);
     }
@@ -381,8 +386,10 @@ fn commit(
         pieces,
         files,
     };
-    let text = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| TrainError::Invalid(format!("checkpoint manifest: {e}")))?;
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|source| PersistError::Json {
+        what: "checkpoint manifest".into(),
+        source,
+    })?;
     let mpath = tmp.join(MANIFEST);
     let mut w = std::fs::File::create(&mpath).map_err(io(&mpath))?;
     std::io::Write::write_all(&mut w, &text).map_err(io(&mpath))?;
@@ -421,15 +428,16 @@ pub fn read_checkpoint(dir: &Path) -> Result<CheckpointManifest, TrainError> {
             "{}.partial",
             dir.file_name().unwrap_or_default().to_string_lossy()
         ));
-        return Err(TrainError::Invalid(format!(
-            "{}: not a complete checkpoint (no {MANIFEST}){}",
-            dir.display(),
-            if partial.exists() || dir.to_string_lossy().ends_with(".partial") {
+        return Err(PersistError::Incomplete {
+            dir: dir.to_path_buf(),
+            manifest: MANIFEST,
+            hint: if partial.exists() || dir.to_string_lossy().ends_with(".partial") {
                 "; a .partial folder is a checkpoint whose writing did not finish"
             } else {
                 ""
-            }
-        )));
+            },
+        }
+        .into());
     }
     let text = std::fs::read(&mpath).map_err(io(&mpath))?;
     let cpath = dir.join(MANIFEST_CRC);
@@ -471,10 +479,11 @@ pub fn find_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
     let dir = path.join("checkpoints");
     let newest = list_checkpoints(&dir)?.pop();
     newest.ok_or_else(|| {
-        TrainError::Invalid(format!(
-            "{}: neither a checkpoint (no {MANIFEST}) nor a run folder with a complete checkpoint in checkpoints/",
-            path.display()
-        ))
+        PersistError::NoCheckpoint {
+            path: path.to_path_buf(),
+            manifest: MANIFEST,
+        }
+        .into()
     })
 }
 
@@ -579,10 +588,10 @@ impl<'a> SavedTables<'a> {
     ) -> Result<(), TrainError> {
         let layout = engine.optimizer().state_layout();
         if with_state && self.state != Some(layout) && layout.planes() > 0 {
-            return Err(TrainError::Invalid(format!(
-                "{}: the saved tables have no optimizer state of the kind the config's sparse optimizer keeps",
-                self.dir.display()
-            )));
+            return Err(PersistError::NoOptimizerState {
+                dir: self.dir.to_path_buf(),
+            }
+            .into());
         }
         let mut maps: HashMap<String, Mmap> = HashMap::new();
         let mut mapped = |rel: &str| -> Result<(), TrainError> {
@@ -613,13 +622,13 @@ impl<'a> SavedTables<'a> {
             for p in &overlapping {
                 mapped(&p.weights)?;
                 if with_state && layout.planes() > 0 {
-                    let s = p.state.as_ref().ok_or_else(|| {
-                        TrainError::Invalid(format!(
-                            "{}: table `{}` has a piece without optimizer state",
-                            self.dir.display(),
-                            p.table_name
-                        ))
-                    })?;
+                    let s = p
+                        .state
+                        .as_ref()
+                        .ok_or_else(|| PersistError::PieceWithoutState {
+                            dir: self.dir.to_path_buf(),
+                            table: p.table_name.clone(),
+                        })?;
                     mapped(s)?;
                 }
             }

@@ -10,6 +10,8 @@
 //! - [`run_checkpoints`]: what a run writes as it trains (checkpoints, the best
 //!   validation's model, the final model).
 
+use std::path::PathBuf;
+
 pub mod checked_file;
 pub mod checkpoint;
 pub mod model_io;
@@ -20,3 +22,40 @@ pub use checkpoint::{CheckpointManifest, Position, ValidationState};
 pub use model_io::{CompactModelInfo, ModelIoError, ModelManifest, COMPACT_ROW_MASK};
 pub use run_checkpoints::RunCheckpoints;
 pub use saved::{best_before, fill_saved, refuse_masked_optembed_model, resume_from, SavedFolder};
+
+/// Why a checkpoint or saved model cannot be written or used; each names the folder.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("{what}: another rank failed (its error is above)")]
+    OtherRankFailed { what: String },
+    #[error("a dense optimizer variable is not in the model")]
+    OptimizerVariableMissing,
+    #[error("{what}: {source}")]
+    Json {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("{dir}: not a complete checkpoint (no {manifest}){hint}")]
+    Incomplete {
+        dir: PathBuf,
+        manifest: &'static str,
+        hint: &'static str,
+    },
+    #[error("{path}: neither a checkpoint (no {manifest}) nor a run folder with a complete checkpoint in checkpoints/")]
+    NoCheckpoint {
+        path: PathBuf,
+        manifest: &'static str,
+    },
+    #[error("{dir}: the saved tables have no optimizer state of the kind the config's sparse optimizer keeps")]
+    NoOptimizerState { dir: PathBuf },
+    #[error("{dir}: table `{table}` has a piece without optimizer state")]
+    PieceWithoutState { dir: PathBuf, table: String },
+    #[error("{dir}: the checkpoint's {what} differs from this run's; resume with the config and data it was trained with")]
+    Differs { dir: PathBuf, what: String },
+    #[error("{dir}: a saved model (weights only) cannot resume training; give a checkpoint (train.checkpoint_every)")]
+    WeightsOnly { dir: PathBuf },
+    #[error("{dir}: an OptEmbed stage's masked model; evaluate the compact export (<run>/retrain/model_compact), which applies the row mask and widths")]
+    MaskedOptEmbedModel { dir: PathBuf },
+    #[error("one process holds every table, yet one is sharded")]
+    ShardedInOneProcess,
+}

@@ -4,13 +4,14 @@
 //! model folder that looks complete; on load every file's size and checksum are verified
 //! and a mismatch is refused naming the file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use shardrec_models::ModelConfig;
 use shardrec_tables::{CollectionSpec, LocalEmbeddings};
 use tch::nn::VarStore;
 
+pub use super::checked_file::ModelIoError;
 pub use super::checked_file::SavedFile;
 use super::checked_file::{file_crc, io, verify, CrcWriter};
 use crate::data::Schema;
@@ -59,22 +60,6 @@ pub struct CompactModelInfo {
 
 /// The row mask of a compact model, written beside its tables.
 pub const COMPACT_ROW_MASK: &str = "row_mask.bin";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ModelIoError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Corrupt { path: PathBuf, message: String },
-    #[error("{path}: libtorch: {source}")]
-    Torch {
-        path: PathBuf,
-        source: tch::TchError,
-    },
-}
 
 /// Writes table `t` of `tables` (all shards held here) as `rows x dim` f32.
 fn write_table(w: &mut CrcWriter, tables: &LocalEmbeddings, t: usize) -> std::io::Result<()> {

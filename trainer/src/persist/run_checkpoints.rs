@@ -15,6 +15,7 @@ use super::checkpoint::{
 };
 use super::model_io::save_model;
 use super::saved::{fill_saved, SavedFolder};
+use super::PersistError;
 use crate::bundle::ModelBundle;
 use crate::cluster::Cluster;
 use crate::config::ExperimentConfig;
@@ -188,9 +189,8 @@ impl<'a> RunCheckpoints<'a> {
             return Ok(());
         }
         fn local(e: &EmbeddingEngine) -> Result<&LocalEmbeddings, TrainError> {
-            e.as_local().ok_or_else(|| {
-                TrainError::Invalid("one process holds every table, yet one is sharded".into())
-            })
+            e.as_local()
+                .ok_or_else(|| PersistError::ShardedInOneProcess.into())
         }
         let mut colls: Vec<(&str, &LocalEmbeddings)> = vec![("main", local(&bundle.tables)?)];
         if let Some(f) = &bundle.first_order {

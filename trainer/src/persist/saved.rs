@@ -12,6 +12,7 @@ use super::checkpoint::{
     ValidationState, DENSE,
 };
 use super::model_io::{read_manifest, ModelManifest};
+use super::PersistError;
 use crate::bundle::ModelBundle;
 use crate::config::ExperimentConfig;
 use crate::data::PreparedDataset;
@@ -85,16 +86,13 @@ pub fn resume_from(
     let dir = find_checkpoint(path)?;
     let m = read_checkpoint(&dir)?;
     let differs = |what: &str| {
-        TrainError::Invalid(format!(
-            "{}: the checkpoint's {what} differs from this run's; resume with the config and data it was trained with",
-            dir.display()
-        ))
+        TrainError::from(PersistError::Differs {
+            dir: dir.clone(),
+            what: what.to_string(),
+        })
     };
     if !m.has_optimizer_state() {
-        return Err(TrainError::Invalid(format!(
-            "{}: a saved model (weights only) cannot resume training; give a checkpoint (train.checkpoint_every)",
-            dir.display()
-        )));
+        return Err(PersistError::WeightsOnly { dir: dir.clone() }.into());
     }
     if m.schema != data.meta.schema || m.vocab_sizes != data.meta.vocab_sizes {
         return Err(differs("data columns or vocabulary"));
@@ -137,10 +135,10 @@ pub fn refuse_masked_optembed_model(model_dir: &Path) -> Result<(), TrainError> 
         .iter()
         .any(|(name, _)| name.starts_with("optembed."))
     {
-        return Err(TrainError::Invalid(format!(
-            "{}: an OptEmbed stage's masked model; evaluate the compact export (<run>/retrain/model_compact), which applies the row mask and widths",
-            model_dir.display()
-        )));
+        return Err(PersistError::MaskedOptEmbedModel {
+            dir: model_dir.to_path_buf(),
+        }
+        .into());
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ mod test_metrics;
 
 pub use lookup_ids::SequenceLookup;
 pub use retrieval::{
-    ndcg_at_k, RelevantPositions, RetrievalScore, RetrievalTally, RetrievalTarget,
+    ndcg_at_k, RelevantPositions, RetrievalError, RetrievalScore, RetrievalTally, RetrievalTarget,
 };
 pub use table_features::{sequence_embedding_config, sequence_table_schema, TABLE_FEATURES};
 pub use test_metrics::{retrieval_target, sequence_test_metrics, SequenceHook};

@@ -8,11 +8,29 @@
 //! behaviours' distances from the target (1 = most recent), comma-separated, empty when
 //! none.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::bundle::SampleRetrieval;
 use crate::cluster::Cluster;
 use crate::TrainError;
+
+/// Why `eval.relevant_positions` cannot be scored against; each names the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum RetrievalError {
+    #[error("eval.relevant_positions: {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: `{token}` is not a distance (an integer >= 1)")]
+    NotADistance {
+        path: PathBuf,
+        line: usize,
+        token: String,
+    },
+    #[error("eval.relevant_positions lists {listed} samples, the test split has {rows} rows (give the test file whose side file it is, with no rows skipped)")]
+    OtherRows { listed: usize, rows: usize },
+}
 
 /// Every sample's relevant distances.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,19 +40,20 @@ pub struct RelevantPositions {
 
 impl RelevantPositions {
     pub fn read(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            TrainError::Invalid(format!("eval.relevant_positions: {}: {e}", path.display()))
+        let text = std::fs::read_to_string(path).map_err(|source| RetrievalError::Read {
+            path: path.to_path_buf(),
+            source,
         })?;
         let mut samples = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let mut v = Vec::new();
             for t in line.split(',').filter(|t| !t.is_empty()) {
                 let d: u32 = t.trim().parse().ok().filter(|&d| d >= 1).ok_or_else(|| {
-                    TrainError::Invalid(format!(
-                        "{}:{}: `{t}` is not a distance (an integer >= 1)",
-                        path.display(),
-                        i + 1
-                    ))
+                    RetrievalError::NotADistance {
+                        path: path.to_path_buf(),
+                        line: i + 1,
+                        token: t.to_string(),
+                    }
                 })?;
                 v.push(d);
             }
@@ -89,11 +108,11 @@ impl RetrievalTarget {
         len: usize,
     ) -> Result<Self, TrainError> {
         if relevant.samples.len() != rows {
-            return Err(TrainError::Invalid(format!(
-                "eval.relevant_positions lists {} samples, the test split has {} rows (give the test file whose side file it is, with no rows skipped)",
-                relevant.samples.len(),
-                rows
-            )));
+            return Err(RetrievalError::OtherRows {
+                listed: relevant.samples.len(),
+                rows,
+            }
+            .into());
         }
         Ok(Self { relevant, k, len })
     }

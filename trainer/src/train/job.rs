@@ -12,7 +12,7 @@ use crate::cluster::Cluster;
 use crate::config::ExperimentConfig;
 use crate::data::{prepare, PreparedDataset, PreparedSplit, SplitName};
 use crate::embedding::Collections;
-use crate::job::{group_feature, log, model_collections, prepare_on_ranks};
+use crate::job::{group_feature, log, model_collections, prepare_on_ranks, JobError};
 use crate::sharding_plan::{resolve_plans, CollectionPlans};
 use crate::TrainError;
 
@@ -33,10 +33,11 @@ impl BatchSizes {
             });
         }
         if !cfg.train.batch_size.is_multiple_of(world) {
-            return Err(TrainError::Invalid(format!(
-                "train.batch_size = {} is the batch of the whole job and must divide among its {world} ranks (or set train.batch_size_per_rank = true)",
-                cfg.train.batch_size
-            )));
+            return Err(JobError::BatchNotDivisible {
+                batch: cfg.train.batch_size,
+                ranks: world,
+            }
+            .into());
         }
         Ok(Self {
             global: cfg.train.batch_size,
@@ -89,10 +90,9 @@ impl<'a> TrainJob<'a> {
         let batch = BatchSizes::of(cfg, world)?;
         let data = prepare_on_ranks(cluster, |log| prepare(&cfg.data, log))?;
         let train = data.split(SplitName::Train).cloned().ok_or_else(|| {
-            TrainError::Invalid(format!(
-                "{}: the training split has no rows",
-                cfg.data.train.display()
-            ))
+            TrainError::from(JobError::EmptyTrainingSplit {
+                file: cfg.data.train.clone(),
+            })
         })?;
         let valid = data.split(SplitName::Valid).cloned();
         let test = data.split(SplitName::Test).cloned();
@@ -137,14 +137,16 @@ impl<'a> TrainJob<'a> {
 
 fn check_validation_split(cfg: &ExperimentConfig, has_valid: bool) -> Result<(), TrainError> {
     if cfg.train.early_stopping_patience > 0 && !has_valid {
-        return Err(TrainError::Invalid(
-            "train.early_stopping_patience needs a non-empty validation split".into(),
-        ));
+        return Err(JobError::NeedsValidation {
+            key: "train.early_stopping_patience",
+        }
+        .into());
     }
     if cfg.train.restore_best && !has_valid {
-        return Err(TrainError::Invalid(
-            "train.restore_best needs a non-empty validation split".into(),
-        ));
+        return Err(JobError::NeedsValidation {
+            key: "train.restore_best",
+        }
+        .into());
     }
     Ok(())
 }
@@ -157,13 +159,13 @@ fn check_relevant_positions(cfg: &ExperimentConfig) -> Result<(), TrainError> {
     if cfg.model.kind.is_sequence() && p.is_file() {
         return Ok(());
     }
-    Err(TrainError::Invalid(format!(
-        "eval.relevant_positions = {}: {}",
-        p.display(),
-        if p.is_file() {
+    Err(JobError::RelevantPositions {
+        path: p.clone(),
+        why: if p.is_file() {
             "only sequence models (din, twin, dare) retrieve behaviours"
         } else {
             "no such file"
-        }
-    )))
+        },
+    }
+    .into())
 }

@@ -18,7 +18,7 @@ use crate::data::{spawn_loader, Batch, LoaderOptions};
 use crate::dense_sync::{all_reduce_gradients, average_buffers};
 use crate::embedding::Collections;
 use crate::evaluate::predict_split;
-use crate::job::log;
+use crate::job::{log, JobError};
 use crate::lockstep::{LockstepBatches, Step};
 use crate::persist::{best_before, resume_from, Position, RunCheckpoints, ValidationState};
 use crate::progress::Progress;
@@ -104,9 +104,11 @@ impl<'j, 'h> Trainer<'j, 'h> {
         let mut opt = dense_optimizer(&bundle, cfg);
         let slices = cfg.train.slices.max(1);
         if slices > 1 && world > 1 && slices != world {
-            return Err(TrainError::Invalid(format!(
-                "train.slices = {slices}: under mpirun it must be 1 or the number of ranks ({world})"
-            )));
+            return Err(JobError::SlicesUnderMpi {
+                slices,
+                ranks: world,
+            }
+            .into());
         }
         let load_clock = Instant::now();
         let (position, validation, resumed_from) = match resume {
@@ -366,9 +368,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
         self.samples_this_run += rows as u64;
         let step = self.position.step;
         if !loss.is_finite() {
-            return Err(TrainError::Invalid(format!(
-                "training diverged: loss is {loss} at step {step}; lower optimizer.lr or embedding.optimizer.lr"
-            )));
+            return Err(TrainError::Diverged { loss, step });
         }
         let w = &mut self.window;
         w.loss += loss * rows as f64;

@@ -97,8 +97,7 @@ fn sequences(a: Args) -> anyhow::Result<()> {
         if done % step < 256 || done == users {
             eprintln!("[synth] {done} / {users} users");
         }
-    })
-    .map_err(anyhow::Error::msg)?;
+    })?;
     eprintln!(
         "[synth] wrote {} ({} rows) and {} ({} rows, relevant behaviours in {}); click rate {:.4}, {:.1} relevant behaviours per sample, Bayes test AUC {:.5}",
         s.train_file.display(),
