@@ -11,6 +11,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release --quiet -- -D warnings
 # a build without MPI (for machines without MPICH) compiles and is lint-clean
 cargo clippy -p shardrec --all-targets --release --no-default-features --quiet -- -D warnings
+# no two modules of the trainer (or of the data crate) import each other
+python3 launch/check_imports.py trainer/src
+python3 launch/check_imports.py trainer/data/src
 # the data crate builds without libtorch and MPI
 if cargo tree -p shardrec-data -e normal --prefix none | grep -qE '^(tch|torch-sys|mpi) '; then
   echo "shardrec-data depends on libtorch or MPI" >&2

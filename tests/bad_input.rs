@@ -101,15 +101,7 @@ fn libfm_bad_pairs_and_missing_files_are_named() {
             && err.contains("bad_libfm_pair"),
         "{err}"
     );
-    let s = summary(&run(
-        dir.path(),
-        &[
-            "train",
-            cfg.to_str().unwrap(),
-            "--set",
-            "data.on_bad_row=skip",
-        ],
-    ));
+    let s = train_summary(dir.path(), &cfg, &["data.on_bad_row=skip"]);
     assert_eq!(s["bad_rows"]["bad_libfm_pair"], 1);
 
     let o = run(

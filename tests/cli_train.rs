@@ -68,24 +68,8 @@ fn same_seed_repeats_bitwise_and_other_seed_differs() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = synth(dir.path(), 3000, 300);
     let cfg = criteo_config(dir.path(), &data, "deepfm", "");
-    let a = summary(&run(
-        dir.path(),
-        &[
-            "train",
-            cfg.to_str().unwrap(),
-            "--set",
-            "train.run_dir=runA",
-        ],
-    ));
-    let b = summary(&run(
-        dir.path(),
-        &[
-            "train",
-            cfg.to_str().unwrap(),
-            "--set",
-            "train.run_dir=runB",
-        ],
-    ));
+    let a = train_summary(dir.path(), &cfg, &["train.run_dir=runA"]);
+    let b = train_summary(dir.path(), &cfg, &["train.run_dir=runB"]);
     assert_eq!(a["auc"], b["auc"]);
     assert_eq!(a["logloss"], b["logloss"]);
     for f in [
@@ -97,17 +81,7 @@ fn same_seed_repeats_bitwise_and_other_seed_differs() {
         let y = std::fs::read(dir.path().join("runB").join(f)).unwrap();
         assert!(x == y, "{f} differs between two runs with the same seed");
     }
-    let c = summary(&run(
-        dir.path(),
-        &[
-            "train",
-            cfg.to_str().unwrap(),
-            "--set",
-            "train.run_dir=runC",
-            "--set",
-            "seed=8",
-        ],
-    ));
+    let c = train_summary(dir.path(), &cfg, &["train.run_dir=runC", "seed=8"]);
     assert_ne!(a["logloss"], c["logloss"]);
 }
 

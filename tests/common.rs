@@ -34,6 +34,16 @@ pub fn summary(o: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {last}"))
 }
 
+/// `shardrec train <cfg>` in `dir` with each of `sets` as a `--set`; the summary of a
+/// run that must succeed (its stderr is shown when it does not).
+pub fn train_summary(dir: &Path, cfg: &Path, sets: &[&str]) -> serde_json::Value {
+    let mut args = vec!["train", cfg.to_str().expect("a UTF-8 config path")];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    summary(&run(dir, &args))
+}
+
 /// `../shared/data/<rel>` if present; None (after saying so) when absent and not required.
 pub fn shared_data(rel: &str) -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -10,8 +10,6 @@ mod bad_config;
 mod bad_input;
 mod checkpoints;
 mod cli_train;
-mod dense_optimizers;
-mod gradients;
 mod launch_scripts;
 mod model_files;
 mod mpi_exchange;

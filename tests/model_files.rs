@@ -8,7 +8,7 @@ fn corrupt_or_truncated_model_files_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = synth(dir.path(), 2000, 100);
     let cfg = criteo_config(dir.path(), &data, "dlrm", "");
-    summary(&run(dir.path(), &["train", cfg.to_str().unwrap()]));
+    train_summary(dir.path(), &cfg, &[]);
     let model = dir.path().join("run/model");
     let eval = || {
         run(
@@ -55,7 +55,7 @@ fn shared_plain_table_serves_several_features() {
     let (data, _) = synth(dir.path(), 6000, 100);
     let extra = "[[embedding.tables]]\nname = \"c1_c2\"\nfeatures = [\"C1\", \"C2\"]\n";
     let cfg = criteo_config(dir.path(), &data, "dlrm", &format!("epochs = 3\n{extra}"));
-    let s = summary(&run(dir.path(), &["train", cfg.to_str().unwrap()]));
+    let s = train_summary(dir.path(), &cfg, &[]);
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("run/model/manifest.json")).unwrap(),
     )

@@ -10,7 +10,7 @@ fn criteo_sample_split_matches_the_peers_and_trains() {
     };
     let dir = tempfile::tempdir().unwrap();
     let cfg = criteo_config(dir.path(), &data, "dlrm", "epochs = 2\nsave_model = false");
-    let s = summary(&run(dir.path(), &["train", cfg.to_str().unwrap()]));
+    let s = train_summary(dir.path(), &cfg, &[]);
     // peers: train=6547 test=1637
     assert_eq!(
         (s["rows_train"].as_u64(), s["rows_test"].as_u64()),
@@ -38,7 +38,7 @@ fn avazu_libfm_and_delimited_formats_prepare_and_train() {
             avazu.display()
         ),
     );
-    let s = summary(&run(dir.path(), &["train", avazu_cfg.to_str().unwrap()]));
+    let s = train_summary(dir.path(), &avazu_cfg, &[]);
     assert_eq!(
         (
             s["rows_train"].as_u64(),
@@ -57,7 +57,7 @@ fn avazu_libfm_and_delimited_formats_prepare_and_train() {
             frappe.display()
         ),
     );
-    let s = summary(&run(dir.path(), &["train", libfm_cfg.to_str().unwrap()]));
+    let s = train_summary(dir.path(), &libfm_cfg, &[]);
     let (tr, te) = (
         s["rows_train"].as_u64().unwrap(),
         s["rows_test"].as_u64().unwrap(),
@@ -98,7 +98,7 @@ fn avazu_libfm_and_delimited_formats_prepare_and_train() {
             ml.display()
         ),
     );
-    let s = summary(&run(dir.path(), &["train", ml_cfg.to_str().unwrap()]));
+    let s = train_summary(dir.path(), &ml_cfg, &[]);
     assert_eq!(
         (s["rows_train"].as_u64(), s["rows_test"].as_u64()),
         (Some(80_000), Some(20_000))
@@ -139,7 +139,7 @@ fn multi_valued_genres_pool_with_mean() {
             data.display()
         ),
     );
-    let s = summary(&run(dir.path(), &["train", cfg.to_str().unwrap()]));
+    let s = train_summary(dir.path(), &cfg, &[]);
     assert!(
         s["auc"].as_f64().unwrap() > 0.55,
         "genres say something about the era: {s}"

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::{criteo_config, run, run_mpi, shared_data, stderr, summary, synth, write};
+use crate::common::{
+    criteo_config, run, run_mpi, shared_data, stderr, summary, synth, train_summary, write,
+};
 
 /// Generated sequences in `dir`: (train, test, relevant).
 fn sequences(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -111,10 +113,7 @@ fn din_twin_and_dare_learn_generated_sequences_and_dare_retrieves_the_relevant_b
         } else {
             "model.aux_loss=false"
         };
-        let s = summary(&run(
-            dir.path(),
-            &["train", cfg.to_str().unwrap(), "--set", aux],
-        ));
+        let s = train_summary(dir.path(), &cfg, &[aux]);
         assert_eq!(s["model"], model);
         assert_eq!(s["rows_test"], 2400);
         for key in ["auc", "gauc", "category_auc", "retrieval_ndcg"] {
@@ -203,17 +202,11 @@ fn bad_sequence_rows_name_file_and_line_and_models_refuse_other_data() {
         err.contains("bad.tsv:3") && err.contains("2 history categories for 3 history items"),
         "{err}"
     );
-    let s = summary(&run(
+    let s = train_summary(
         dir.path(),
-        &[
-            "train",
-            cfg.to_str().unwrap(),
-            "--set",
-            "data.on_bad_row=\"skip\"",
-            "--set",
-            "train.epochs=1",
-        ],
-    ));
+        &cfg,
+        &["data.on_bad_row=\"skip\"", "train.epochs=1"],
+    );
     // the bad row is skipped and counted, in the training file and again as the test file
     assert_eq!(s["bad_rows"]["sequence_length_mismatch"], 2, "{s}");
     // a side file of relevant behaviours that is missing is refused before training
@@ -297,7 +290,7 @@ fn taobao_sample_becomes_sequences_by_the_dare_protocol_and_dare_trains_on_it() 
         &format!("valid = \"{}\"", out.join("valid.tsv").display()),
     );
     std::fs::write(&cfg, text).unwrap();
-    let r = summary(&run(dir.path(), &["train", cfg.to_str().unwrap()]));
+    let r = train_summary(dir.path(), &cfg, &[]);
     assert!(f(&r["auc"]) > 0.6, "{r}");
     assert!(r["retrieval_ndcg"].is_null());
     assert!(f(&r["gauc"]) > 0.5);
