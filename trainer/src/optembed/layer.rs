@@ -98,119 +98,8 @@ impl EmbeddingLayerSpec for OptEmbedSetup {
 }
 
 impl EmbeddingLayer for OptEmbedLayer {
-    fn remap(&self, ids: &KeyedJaggedIds) -> Result<Option<KeyedJaggedIds>, TrainError> {
-        OptEmbedLayer::remap(self, ids)
-    }
-
-    fn apply(
-        &self,
-        emb: &Tensor,
-        ids: &KeyedJaggedIds,
-        step_slice: Option<(usize, usize)>,
-        train: bool,
-    ) -> Result<Tensor, TrainError> {
-        OptEmbedLayer::apply(self, emb, ids, step_slice, train)
-    }
-
-    fn owns_variable(&self, v: &Tensor) -> bool {
-        self.is_threshold(v)
-    }
-
-    /// The supernet learns thresholds: alpha * sum_f exp(-t_f) joins the loss.
-    fn loss_term(&self, parts: usize) -> Option<Tensor> {
-        matches!(self.rows, RowSelection::Thresholds)
-            .then(|| self.regulariser(self.alpha / parts as f64))
-    }
-
-    fn after_dense_step(&mut self) {
-        if matches!(self.rows, RowSelection::Thresholds) {
-            self.step_thresholds(self.threshold_lr);
-        }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-}
-
-impl OptEmbedLayer {
-    /// The OptEmbed layer of a bundle built with one.
-    pub fn of(bundle: &ModelBundle) -> Option<&Self> {
-        bundle.layer.as_ref()?.as_any().downcast_ref()
-    }
-
-    /// As [`OptEmbedLayer::of`], mutable (the search sets the widths it scores).
-    pub fn of_mut(bundle: &mut ModelBundle) -> Option<&mut Self> {
-        bundle.layer.as_mut()?.as_any_mut().downcast_mut()
-    }
-
-    /// Creates the thresholds (and OOV vectors) of `features` fields under `p`.
-    pub fn new(p: &nn::Path, setup: &OptEmbedSetup, features: usize) -> Self {
-        let (f, d) = (features as i64, setup.dim as i64);
-        let thresholds = p.var("threshold", &[f], Init::Const(setup.cfg.threshold_init));
-        let oov = (setup.cfg.pruned == PrunedRows::Oov).then(|| {
-            p.var(
-                "oov",
-                &[f, d],
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.01,
-                },
-            )
-        });
-        Self {
-            alpha: setup.cfg.alpha,
-            threshold_lr: setup.cfg.threshold_lr,
-            features: f,
-            dim: d,
-            thresholds,
-            oov,
-            rows: setup.rows.clone(),
-            widths: setup.widths.clone(),
-            device: p.device(),
-        }
-    }
-
-    /// Whether `v` is the thresholds tensor (trained by their own SGD, not the dense
-    /// optimizer).
-    pub fn is_threshold(&self, v: &Tensor) -> bool {
-        v.data_ptr() == self.thresholds.data_ptr()
-    }
-
-    pub fn thresholds(&self) -> Vec<f32> {
-        Vec::<f32>::try_from(&self.thresholds.detach().to_device(Device::Cpu)).unwrap_or_default()
-    }
-
-    /// The OOV vectors, `[F * D]` row-major, when pruned rows take them.
-    pub fn oov_values(&self) -> Option<Vec<f32>> {
-        self.oov.as_ref().map(|t| {
-            Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu).reshape([-1]))
-                .unwrap_or_default()
-        })
-    }
-
-    /// `alpha * sum_f exp(-t_f)`.
-    pub fn regulariser(&self, alpha: f64) -> Tensor {
-        self.thresholds.neg().exp().sum(Kind::Float) * alpha
-    }
-
-    /// One plain SGD step of the thresholds from their (all-reduced) gradient, which it
-    /// then clears.
-    pub fn step_thresholds(&mut self, lr: f64) {
-        let _guard = tch::no_grad_guard();
-        let mut g = self.thresholds.grad();
-        if g.defined() {
-            let _ = self.thresholds.f_sub_(&(&g * lr));
-            let _ = g.zero_();
-        }
-    }
-
     /// The ids the tables look up: remapped to compact rows in compact mode.
-    pub fn remap(&self, ids: &KeyedJaggedIds) -> Result<Option<KeyedJaggedIds>, TrainError> {
+    fn remap(&self, ids: &KeyedJaggedIds) -> Result<Option<KeyedJaggedIds>, TrainError> {
         match &self.rows {
             RowSelection::Compact(c) => c.remap(ids).map(Some),
             _ => Ok(None),
@@ -221,7 +110,7 @@ impl OptEmbedLayer {
     /// original ids are `ids`. A batch that is one rank's share of a job-wide batch
     /// (`step_slice`: its offset and the job-wide rows) takes its sampled widths from the
     /// job-wide draw, as one process would.
-    pub fn apply(
+    fn apply(
         &self,
         emb: &Tensor,
         ids: &KeyedJaggedIds,
@@ -279,5 +168,89 @@ impl OptEmbedLayer {
             x *= m.to_kind(Kind::Float);
         }
         Ok(x.view([-1, f * d]))
+    }
+
+    /// The thresholds, trained by their own SGD, not the dense optimizer.
+    fn owns_variable(&self, v: &Tensor) -> bool {
+        v.data_ptr() == self.thresholds.data_ptr()
+    }
+
+    /// The supernet learns thresholds: `alpha * sum_f exp(-t_f)` joins the loss.
+    fn loss_term(&self, parts: usize) -> Option<Tensor> {
+        matches!(self.rows, RowSelection::Thresholds)
+            .then(|| self.thresholds.neg().exp().sum(Kind::Float) * (self.alpha / parts as f64))
+    }
+
+    /// The supernet: one plain SGD step of the thresholds from their (all-reduced)
+    /// gradient, which it then clears.
+    fn after_dense_step(&mut self) {
+        if !matches!(self.rows, RowSelection::Thresholds) {
+            return;
+        }
+        let _guard = tch::no_grad_guard();
+        let mut g = self.thresholds.grad();
+        if g.defined() {
+            let _ = self.thresholds.f_sub_(&(&g * self.threshold_lr));
+            let _ = g.zero_();
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl OptEmbedLayer {
+    /// The OptEmbed layer of a bundle built with one.
+    pub fn of(bundle: &ModelBundle) -> Option<&Self> {
+        bundle.layer.as_ref()?.as_any().downcast_ref()
+    }
+
+    /// As [`OptEmbedLayer::of`], mutable (the search sets the widths it scores).
+    pub fn of_mut(bundle: &mut ModelBundle) -> Option<&mut Self> {
+        bundle.layer.as_mut()?.as_any_mut().downcast_mut()
+    }
+
+    /// Creates the thresholds (and OOV vectors) of `features` fields under `p`.
+    pub fn new(p: &nn::Path, setup: &OptEmbedSetup, features: usize) -> Self {
+        let (f, d) = (features as i64, setup.dim as i64);
+        let thresholds = p.var("threshold", &[f], Init::Const(setup.cfg.threshold_init));
+        let oov = (setup.cfg.pruned == PrunedRows::Oov).then(|| {
+            p.var(
+                "oov",
+                &[f, d],
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.01,
+                },
+            )
+        });
+        Self {
+            alpha: setup.cfg.alpha,
+            threshold_lr: setup.cfg.threshold_lr,
+            features: f,
+            dim: d,
+            thresholds,
+            oov,
+            rows: setup.rows.clone(),
+            widths: setup.widths.clone(),
+            device: p.device(),
+        }
+    }
+
+    pub fn thresholds(&self) -> Vec<f32> {
+        Vec::<f32>::try_from(&self.thresholds.detach().to_device(Device::Cpu)).unwrap_or_default()
+    }
+
+    /// The OOV vectors, `[F * D]` row-major, when pruned rows take them.
+    pub fn oov_values(&self) -> Option<Vec<f32>> {
+        self.oov.as_ref().map(|t| {
+            Vec::<f32>::try_from(&t.detach().to_device(Device::Cpu).reshape([-1]))
+                .unwrap_or_default()
+        })
     }
 }

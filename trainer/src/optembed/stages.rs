@@ -31,9 +31,9 @@ use crate::bundle::{BundleSpec, EmbeddingLayerSpec, ModelBundle};
 use crate::cluster::Cluster;
 use crate::config::{ExperimentConfig, OptEmbedConfig, OptEmbedStage};
 use crate::data::{prepare, PreparedDataset, SplitName};
-use crate::embedding::{build_collections, EmbeddingEngine};
+use crate::embedding::EmbeddingEngine;
 use crate::evaluate::{evaluate, predict_split};
-use crate::job::{prepare_on_ranks, resolve_devices, with_threads};
+use crate::job::{model_collections, prepare_on_ranks, resolve_devices, with_threads};
 use crate::persist::model_io::save_model;
 use crate::persist::{fill_saved, CompactModelInfo, ModelManifest, SavedFolder, COMPACT_ROW_MASK};
 use crate::run_dir::RunDir;
@@ -217,21 +217,12 @@ where
     }
 }
 
-fn train_stage<F>(
+fn train_stage(
     cfg: &ExperimentConfig,
     name: &str,
     cluster: &Cluster,
-    mut hook: StageHook<F>,
-) -> Result<serde_json::Value, TrainError>
-where
-    F: FnMut(
-            &ModelBundle,
-            &PreparedDataset,
-            &Path,
-            &mut serde_json::Value,
-        ) -> Result<(), TrainError>
-        + Send,
-{
+    mut hook: impl TrainHook,
+) -> Result<serde_json::Value, TrainError> {
     train_with_hooks(cfg, name, cluster, None, vec![&mut hook])
 }
 
@@ -307,14 +298,7 @@ fn search(
         .cloned()
         .ok_or(OptEmbedError::NoValidation)?;
     let schema = &data.meta.schema;
-    let colls = build_collections(
-        &cfg.embedding,
-        &cfg.budget,
-        schema,
-        &data.meta.vocab_sizes,
-        cfg.seed,
-        cfg.model.kind,
-    )?;
+    let colls = model_collections(cfg, &data)?;
     let dim = cfg.embedding.dim;
     let ft = FieldTables::of(&colls.main, dim)?;
     if mask.features() != ft.rows.len() || (0..mask.features()).any(|f| mask.rows(f) != ft.rows[f])

@@ -410,13 +410,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
             stop = self.validate_now(epoch)?;
         }
         if cfg.train.checkpoint_every > 0 && step.is_multiple_of(cfg.train.checkpoint_every) {
-            self.checkpoints.write(
-                &self.bundle,
-                &self.opt,
-                self.position,
-                &self.validation,
-                &self.progress,
-            )?;
+            self.write_checkpoint()?;
         }
         Ok(if stop {
             Flow::StopEarly
@@ -425,6 +419,16 @@ impl<'j, 'h> Trainer<'j, 'h> {
         } else {
             Flow::Continue
         })
+    }
+
+    fn write_checkpoint(&mut self) -> Result<(), TrainError> {
+        self.checkpoints.write(
+            &self.bundle,
+            &self.opt,
+            self.position,
+            &self.validation,
+            &self.progress,
+        )
     }
 
     /// Validation at the end of an epoch (when not every `train.eval_every` steps).
@@ -458,13 +462,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
             && self.checkpoints.last_step != Some(self.position.step)
             && self.position.step > self.start_step
         {
-            self.checkpoints.write(
-                &self.bundle,
-                &self.opt,
-                self.position,
-                &self.validation,
-                &self.progress,
-            )?;
+            self.write_checkpoint()?;
         }
         let restored_best_step = self
             .checkpoints
