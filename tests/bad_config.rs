@@ -205,3 +205,17 @@ fn every_bundled_config_loads_and_validates() {
     // criteo, avazu, frappe, movielens100k x {dlrm, deepfm} + synthetic {dlrm, dcnv2, deepfm}
     assert!(seen >= 11, "only {seen} configs in {}", dir.display());
 }
+
+/// A label threshold that is not a number (every label would silently be 0) is refused.
+#[test]
+fn a_non_finite_label_threshold_is_refused() {
+    let delimited = GOOD.replace(
+        "format = \"criteo\"",
+        "format = \"delimited\"\ncolumns = [{name = \"r\", role = \"label\", threshold = nan}, {name = \"c\", role = \"categorical\"}]",
+    );
+    check(
+        &delimited,
+        &[],
+        &["data.columns.threshold", "NaN on `r`", "finite"],
+    );
+}

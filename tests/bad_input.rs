@@ -156,3 +156,64 @@ fn arbitrary_bytes_never_panic() {
         assert!(!o.status.success(), "{policy}: noise has no trainable rows");
     }
 }
+
+/// libFM's field count comes from the file's common layout, not from its first line: a
+/// malformed first line skipped under `on_bad_row = "skip"` costs one row, not all the
+/// others. A skip that would drop most of a file is an error naming the file.
+#[test]
+fn one_bad_libfm_line_costs_one_row_and_a_mostly_bad_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = |i: usize| {
+        format!(
+            "{} {}:1 {}:1 {}:1",
+            if i.is_multiple_of(2) { 1 } else { -1 },
+            i % 5,
+            10 + i % 7,
+            20 + i % 4
+        )
+    };
+    let mut lines: Vec<String> = (0..400).map(good).collect();
+    lines.insert(0, "1 3:1".into());
+    let data = write(dir.path(), "d.libfm", &(lines.join("\n") + "\n"));
+    let cfg = write(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[data]\nformat = \"libfm\"\ntrain = \"{}\"\ncache_dir = \"cache\"\non_bad_row = \"skip\"\nsplit = {{ kind = \"tail\", test = 0.2 }}\n[model]\nkind = \"fm\"\n[train]\nthreads = 1\nsave_model = false\n",
+            data.display()
+        ),
+    );
+    let s = train_summary(dir.path(), &cfg, &[]);
+    assert_eq!(s["bad_rows_skipped"], 1, "{s}");
+    assert_eq!(
+        s["rows_train"].as_u64().unwrap() + s["rows_test"].as_u64().unwrap(),
+        400
+    );
+
+    // three layouts in one file: the rows of the minority layouts are bad, and there
+    // are more of them than the default ceiling (half the file) allows
+    let mixed: Vec<String> = (0..300)
+        .map(|i| match i % 3 {
+            0 => good(i),
+            1 => format!("1 {}:1", i % 5),
+            _ => format!("-1 {}:1 {}:1", i % 5, 10 + i % 7),
+        })
+        .collect();
+    let mixed_file = write(dir.path(), "mixed.libfm", &(mixed.join("\n") + "\n"));
+    let train = format!("data.train=\"{}\"", mixed_file.display());
+    let o = run(
+        dir.path(),
+        &["train", cfg.to_str().unwrap(), "--set", &train],
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success(), "trained on a third of the file");
+    assert!(
+        err.contains("mixed.libfm")
+            && err.contains("200 of its 300 rows are bad")
+            && err.contains("data.max_bad_row_fraction"),
+        "{err}"
+    );
+    // a higher ceiling is the user's choice
+    let s = train_summary(dir.path(), &cfg, &[&train, "data.max_bad_row_fraction=0.7"]);
+    assert_eq!(s["bad_rows_skipped"], 200, "{s}");
+}

@@ -409,3 +409,81 @@ fn restore_best_tests_and_saves_the_best_validation_model() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("train.restore_best"), "{}", stderr(&o));
 }
+
+/// Resuming with another batch size (the position counts steps), another dense
+/// optimizer (its state would be read as another kind's) or other preprocessing (the
+/// model would see other inputs) is refused naming both values; so is evaluating a model
+/// with other preprocessing. The same settings resume and evaluate.
+#[test]
+fn resume_and_eval_refuse_another_batch_optimizer_or_preprocessing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 3000, 200);
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "dlrm",
+        "epochs = 1\ncheckpoint_every = 4",
+    );
+    let first = train_summary(dir.path(), &cfg, &[]);
+    assert!(
+        first["checkpoints_written"].as_u64().unwrap() >= 2,
+        "{first}"
+    );
+    let run_dir = dir.path().join("run");
+    let checkpoint = checkpoints(&run_dir).remove(0);
+    let resume = |sets: &[&str]| {
+        let mut args = vec![
+            "train",
+            cfg.to_str().unwrap(),
+            "--resume",
+            checkpoint.to_str().unwrap(),
+            "--set",
+            "train.run_dir=\"resumed\"",
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        run(dir.path(), &args)
+    };
+    let refused = |o: &std::process::Output, words: &[&str]| {
+        assert!(!o.status.success(), "resumed anyway");
+        let err = stderr(o);
+        for w in words {
+            assert!(err.contains(w), "`{w}` not in: {err}");
+        }
+    };
+    refused(
+        &resume(&["train.batch_size=128"]),
+        &["256 rows", "of 128", "batch"],
+    );
+    refused(
+        &resume(&["optimizer.kind=\"sgd\""]),
+        &["Adam", "Sgd", "optimizer.kind"],
+    );
+    refused(
+        &resume(&["data.dense_transform=\"identity\""]),
+        &["data.dense_transform = \"identity\"", "\"log1p\""],
+    );
+    // the same settings resume
+    let resumed = summary(&resume(&[]));
+    assert_eq!(resumed["steps"], first["steps"]);
+    // eval reads the saved preprocessing too
+    let model = run_dir.join("model");
+    let eval = |sets: &[&str]| {
+        let mut args = vec![
+            "eval",
+            cfg.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        run(dir.path(), &args)
+    };
+    refused(
+        &eval(&["data.dense_transform=\"identity\""]),
+        &["data.dense_transform", "trained with \"log1p\""],
+    );
+    assert_eq!(summary(&eval(&[]))["auc"], first["auc"]);
+}

@@ -163,3 +163,41 @@ fn hashed_tables_gauc_and_every_model_kind_train() {
         assert_eq!(s["embedding_params"], 26 * 64 * width, "{kind}");
     }
 }
+
+/// A run that learned nothing says so: an asked-for test split with no rows ends
+/// non-zero (after writing its summary and model), and a blown-up run whose test AUC is
+/// chance warns on stderr and in the summary.
+#[test]
+fn a_run_that_learned_nothing_fails_or_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 3000, 200);
+    let cfg = criteo_config(dir.path(), &data, "dlrm", "");
+    let empty = write(dir.path(), "empty.tsv", "");
+    let o = run(
+        dir.path(),
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--set",
+            &format!("data.test=\"{}\"", empty.display()),
+        ],
+    );
+    assert!(!o.status.success(), "exited 0 without a test AUC");
+    assert!(stderr(&o).contains("no test AUC"), "{}", stderr(&o));
+    let run_dir = dir.path().join("run");
+    assert!(run_dir.join("summary.json").is_file() && run_dir.join("model").is_dir());
+
+    let s = train_summary(
+        dir.path(),
+        &cfg,
+        &["optimizer.lr=1000", "train.run_dir=\"blown\""],
+    );
+    let warnings = s["warnings"].as_array().expect("warnings in the summary");
+    assert!(
+        warnings.iter().any(|w| w.as_str().unwrap().contains("0.5")),
+        "{s}"
+    );
+    // a run that learns has none
+    let s = train_summary(dir.path(), &cfg, &["train.run_dir=\"fine\""]);
+    assert!(s.get("warnings").is_none(), "{s}");
+}

@@ -228,6 +228,31 @@ fn bad_sequence_rows_name_file_and_line_and_models_refuse_other_data() {
         "{err}"
     );
     assert!(!err.contains("step 1"), "refused before training: {err}");
+    // a malformed side file, or one for another test file, is refused before the first
+    // step: the run folder is never made, so nothing trained is lost at the end
+    let fresh = dir.path().join("fresh-run");
+    for (text, says) in [
+        ("1\nx\n\n\n", "bad.relevant:2: `x` is not a distance"),
+        ("1\n", "lists 1 samples, the test split has 4 rows"),
+    ] {
+        write(dir.path(), "bad.relevant", text);
+        let o = run(
+            dir.path(),
+            &[
+                "train",
+                cfg.to_str().unwrap(),
+                "--set",
+                "data.on_bad_row=\"skip\"",
+                "--set",
+                "eval.relevant_positions=\"bad.relevant\"",
+                "--set",
+                &format!("train.run_dir=\"{}\"", fresh.display()),
+            ],
+        );
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+        assert!(!fresh.exists(), "refused before training");
+    }
 
     // a sequence model on Criteo-format data
     let (criteo, _) = synth(dir.path(), 2_000, 100);

@@ -93,6 +93,11 @@ impl DenseOptimizer {
         }
     }
 
+    /// The kind of optimizer (what its state means).
+    pub fn kind(&self) -> DenseOptimizerKind {
+        self.cfg.kind
+    }
+
     /// The variables it updates (their gradients are what the trainer all-reduces).
     pub fn variables(&self) -> &[Tensor] {
         &self.vars

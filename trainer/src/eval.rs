@@ -13,7 +13,7 @@ use crate::config::ExperimentConfig;
 use crate::data::{prepare_with_vocab, SplitName};
 use crate::evaluate::predict_split;
 use crate::job::{group_feature, prepare_on_ranks, resolve_devices, with_threads, JobError};
-use crate::persist::{fill_saved, refuse_masked_optembed_model, SavedFolder};
+use crate::persist::{fill_saved, refuse_masked_optembed_model, PersistError, SavedFolder};
 use crate::run_dir::peak_rss_bytes;
 use crate::sequence::{retrieval_target, sequence_test_metrics};
 use crate::sharding_plan::resolve_plans;
@@ -61,6 +61,12 @@ fn eval_inner(
     if let Some(v) = files.iter().find(|f| f.path == "vocab.bin") {
         crate::persist::checked_file::verify(model_dir, v)?;
     }
+    let preprocessing = match &saved {
+        SavedFolder::Model(m) => m.preprocessing.as_ref(),
+        SavedFolder::Pieces(m) => m.preprocessing.as_ref(),
+    };
+    // the saved vocabulary is read, so min_count does not matter here
+    PersistError::check_preprocessing(model_dir, preprocessing, &cfg.data.preprocessing(), false)?;
     let (device, table_device) = resolve_devices(cfg, cluster)?;
     let vocab = model_dir.join("vocab.bin");
     let data = prepare_on_ranks(cluster, |log| prepare_with_vocab(&cfg.data, &vocab, log))?;

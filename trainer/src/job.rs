@@ -49,6 +49,11 @@ pub enum JobError {
     NoMainCollection { dir: std::path::PathBuf },
     #[error("only sequence models (din, twin, dare) retrieve behaviours")]
     NotASequenceModel,
+    #[error("no test AUC although a test split was asked for (data.test or data.split.test): the test split has {rows} rows, or one class only; the summary and model are in {run}")]
+    NoTestMetric {
+        rows: usize,
+        run: std::path::PathBuf,
+    },
 }
 
 /// Logs a line of the job to stderr.

@@ -21,6 +21,6 @@ pub fn train(
     if cfg.optembed.as_ref().is_some_and(|o| o.enabled) {
         return crate::optembed::run_stages(cfg, name, cluster, resume, None);
     }
-    let mut sequence = SequenceHook { cfg };
+    let mut sequence = SequenceHook::new(cfg);
     train_with_hooks(cfg, name, cluster, resume, vec![&mut sequence])
 }

@@ -56,6 +56,10 @@ pub enum SplitKind {
     Random,
 }
 
+fn default_max_bad_row_fraction() -> f64 {
+    0.5
+}
+
 fn default_test_fraction() -> f64 {
     0.2
 }
@@ -147,6 +151,10 @@ pub struct DataConfig {
     pub dense_as_categorical: bool,
     #[serde(default)]
     pub on_bad_row: BadRowPolicy,
+    /// With `on_bad_row = "skip"`: a file with more than this fraction of bad rows is an
+    /// error, not a run on what is left.
+    #[serde(default = "default_max_bad_row_fraction")]
+    pub max_bad_row_fraction: f64,
     /// Prepared data is cached here, keyed by inputs and options.
     #[serde(default = "default_cache_dir")]
     pub cache_dir: PathBuf,
@@ -250,6 +258,13 @@ impl DataConfig {
             );
         }
         check_range(v, "data.min_count", d.min_count, 1, u32::MAX as u64);
+        check_range(
+            v,
+            "data.max_bad_row_fraction",
+            d.max_bad_row_fraction,
+            0.0,
+            1.0,
+        );
         if let Some(del) = &d.delimiter {
             if del.len() != 1 {
                 violation(
@@ -327,6 +342,14 @@ impl DataConfig {
                     );
                 }
             }
+            if let Some(t) = c.threshold.filter(|t| !t.is_finite()) {
+                violation(
+                    v,
+                    "data.columns.threshold",
+                    format!("{t} on `{}`", c.name),
+                    "must be a finite number",
+                );
+            }
             if c.threshold.is_some() && c.role != ColumnRole::Label {
                 violation(
                     v,
@@ -346,5 +369,89 @@ impl DataConfig {
             data: DataConfig,
         }
         toml::from_str::<Section>(text).map(|s| s.data)
+    }
+}
+
+/// The `[data]` options that change what a model sees for the same files: saved with
+/// every checkpoint and model, so that resuming or evaluating with other preprocessing is
+/// refused by name rather than silently wrong.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocessing {
+    pub format: DataFormat,
+    pub min_count: u64,
+    pub dense_transform: DenseTransform,
+    pub dense_as_categorical: bool,
+    pub columns: Vec<ColumnConfig>,
+    /// Each join's columns, in order.
+    pub join_columns: Vec<Vec<ColumnConfig>>,
+}
+
+impl DataConfig {
+    pub fn preprocessing(&self) -> Preprocessing {
+        Preprocessing {
+            format: self.format,
+            min_count: self.min_count,
+            dense_transform: self.dense_transform,
+            dense_as_categorical: self.dense_as_categorical,
+            columns: self.columns.clone(),
+            join_columns: self.joins.iter().map(|j| j.columns.clone()).collect(),
+        }
+    }
+}
+
+/// A `[data]` key whose value differs between two [`Preprocessing`]s, with both values
+/// as the config spells them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreprocessingDifference {
+    pub key: &'static str,
+    pub saved: String,
+    pub now: String,
+}
+
+fn difference<T: PartialEq + Serialize>(
+    key: &'static str,
+    saved: &T,
+    now: &T,
+) -> Option<PreprocessingDifference> {
+    let spell = |v: &T| serde_json::to_string(v).unwrap_or_else(|e| e.to_string());
+    (saved != now).then(|| PreprocessingDifference {
+        key,
+        saved: spell(saved),
+        now: spell(now),
+    })
+}
+
+impl Preprocessing {
+    /// The first `[data]` key whose value in `now` differs from this (saved) one.
+    /// `min_count` only counts when the vocabulary is built again (resume), not when a
+    /// saved one is read (eval).
+    pub fn first_difference(
+        &self,
+        now: &Self,
+        vocabulary_rebuilt: bool,
+    ) -> Option<PreprocessingDifference> {
+        difference("data.format", &self.format, &now.format)
+            .or_else(|| {
+                vocabulary_rebuilt
+                    .then(|| difference("data.min_count", &self.min_count, &now.min_count))
+                    .flatten()
+            })
+            .or_else(|| {
+                difference(
+                    "data.dense_transform",
+                    &self.dense_transform,
+                    &now.dense_transform,
+                )
+            })
+            .or_else(|| {
+                difference(
+                    "data.dense_as_categorical",
+                    &self.dense_as_categorical,
+                    &now.dense_as_categorical,
+                )
+            })
+            .or_else(|| difference("data.columns", &self.columns, &now.columns))
+            .or_else(|| difference("data.joins.columns", &self.join_columns, &now.join_columns))
     }
 }

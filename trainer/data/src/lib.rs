@@ -50,6 +50,13 @@ pub enum DataError {
     Corrupt { path: PathBuf, message: String },
     #[error("{0}")]
     Config(String),
+    #[error("{path}: {bad} of its {rows} rows are bad, more than data.max_bad_row_fraction = {max} of them: the file is not in the format the config says (or raise the fraction)")]
+    MostRowsBad {
+        path: PathBuf,
+        bad: u64,
+        rows: u64,
+        max: f64,
+    },
 }
 
 impl DataError {

@@ -99,11 +99,34 @@ pub fn prepare_with_vocab(
 }
 
 #[derive(Serialize)]
-struct KeyMaterial<'a> {
+struct KeyMaterial {
     version: u32,
-    cfg: &'a DataConfig,
+    /// The options as TOML, which spells every float exactly (NaN included) and omits
+    /// what is unset; JSON would write both a NaN and a missing value as `null`.
+    cfg: String,
     sources: Vec<(String, u64, u128)>,
     vocab_crc: Option<u32>,
+}
+
+/// The prepared cache's key: everything that changes the prepared bytes (the options,
+/// the input files' identities, a fixed vocabulary's checksum) except the cache folder.
+fn cache_key(
+    cfg: &DataConfig,
+    sources: Vec<(String, u64, u128)>,
+    vocab_crc: Option<u32>,
+) -> Result<String, DataError> {
+    let mut keyed = cfg.clone();
+    keyed.cache_dir = PathBuf::new();
+    let material = serde_json::to_string(&KeyMaterial {
+        version: PREPARED_VERSION,
+        cfg: toml::to_string(&keyed).map_err(|e| DataError::Config(e.to_string()))?,
+        sources,
+        vocab_crc,
+    })
+    .map_err(|e| DataError::Config(e.to_string()))?;
+    let mut h = FastHashBuilder.build_hasher();
+    h.write(material.as_bytes());
+    Ok(format!("{:016x}", h.finish()))
 }
 
 /// A file's identity in the cache key: canonical path, size, modification time.
@@ -137,19 +160,7 @@ fn prepare_inner(
     for j in &cfg.joins {
         stamped.push(stamp(&j.file)?);
     }
-    // Cache key: everything that changes the prepared bytes except the cache folder.
-    let mut keyed = cfg.clone();
-    keyed.cache_dir = PathBuf::new();
-    let material = serde_json::to_string(&KeyMaterial {
-        version: PREPARED_VERSION,
-        cfg: &keyed,
-        sources: stamped.clone(),
-        vocab_crc: fixed.as_ref().map(|f| f.1),
-    })
-    .map_err(|e| DataError::Config(e.to_string()))?;
-    let mut h = FastHashBuilder.build_hasher();
-    h.write(material.as_bytes());
-    let key = format!("{:016x}", h.finish());
+    let key = cache_key(cfg, stamped, fixed.as_ref().map(|f| f.1))?;
     let stem = cfg
         .train
         .file_stem()
@@ -451,8 +462,9 @@ fn build(
 ) -> Result<PreparedDataset, DataError> {
     std::fs::create_dir_all(tmp).map_err(|e| DataError::io(tmp, e))?;
     let train_path = &sources[0].0;
-    let first_line = read_first_data_line(train_path)?;
-    let parser = RowParser::new(cfg, first_line.as_deref())
+    let sample = read_first_lines(train_path, LAYOUT_SAMPLE_LINES)?;
+    let first_line = sample.first().cloned();
+    let parser = RowParser::new(cfg, &sample)
         .map_err(|e| DataError::Config(format!("{}: {e}", train_path.display())))?;
     let schema = parser.schema().clone();
     let mut sources = sources.to_vec();
@@ -546,7 +558,7 @@ fn build(
     let mut bad_rows = BadRowCounts::default();
     for (path, assign) in &sources {
         log(&format!("encoding {}", path.display()));
-        let (_, bad) = scan(path, &parser, cfg, |first, rows| {
+        let (good, bad) = scan(path, &parser, cfg, |first, rows| {
             // vocabulary lookups in parallel, writes in order
             use rayon::prelude::*;
             let ids: Vec<Vec<u32>> = rows
@@ -562,6 +574,7 @@ fn build(
             }
             Ok(())
         })?;
+        check_bad_fraction(path, good, bad.total(), cfg.max_bad_row_fraction)?;
         bad_rows.merge(&bad);
     }
     let mut splits = std::collections::BTreeMap::new();
@@ -618,20 +631,44 @@ fn count_data_lines(
     })
 }
 
-fn read_first_data_line(path: &Path) -> Result<Option<Vec<u8>>, DataError> {
+/// `on_bad_row = "skip"` that drops more than `max` of a file's rows is an error: the
+/// file is not what the config says it is, and training on what is left would be
+/// silently wrong.
+fn check_bad_fraction(path: &Path, good: u64, bad: u64, max: f64) -> Result<(), DataError> {
+    let rows = good + bad;
+    if rows > 0 && bad as f64 > max * rows as f64 {
+        return Err(DataError::MostRowsBad {
+            path: path.to_path_buf(),
+            bad,
+            rows,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Lines of the training file the parser's layout is read from (libFM's field count).
+const LAYOUT_SAMPLE_LINES: usize = 1000;
+
+/// The first `n` lines of `path`, without their line ends.
+fn read_first_lines(path: &Path, n: usize) -> Result<Vec<Vec<u8>>, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut reader = BufReader::new(file);
-    let mut line = Vec::new();
-    reader
-        .read_until(b'\n', &mut line)
-        .map_err(|e| DataError::io(path, e))?;
-    if line.is_empty() {
-        return Ok(None);
+    let mut lines = Vec::new();
+    while lines.len() < n {
+        let mut line = Vec::new();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| DataError::io(path, e))?;
+        if read == 0 {
+            break;
+        }
+        while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            line.pop();
+        }
+        lines.push(line);
     }
-    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        line.pop();
-    }
-    Ok(Some(line))
+    Ok(lines)
 }
 
 #[cfg(test)]
@@ -646,7 +683,7 @@ mod tests {
                     columns = [{name = \"y\", role = \"label\"}, {name = \"c\", role = \"categorical\"}]\n\
                     [model]\nkind = \"lr\"\n";
         let mut cfg = DataConfig::from_toml_section(text).unwrap();
-        let parser = RowParser::new(&cfg, None).unwrap();
+        let parser = RowParser::new(&cfg, &[]).unwrap();
         let mut body = String::from("label\tvalue\n");
         for i in 0..200 {
             if i % 37 == 5 {
@@ -683,6 +720,28 @@ mod tests {
                 other => panic!("expected a bad row, got {other:?}"),
             }
         }
+    }
+
+    /// A NaN threshold and no threshold are different options, so different caches.
+    #[test]
+    fn cache_keys_tell_every_option_apart() {
+        let text = "[data]\nformat = \"delimited\"\ntrain = \"x\"\ncolumns = [{name = \"y\", role = \"label\"}, {name = \"c\", role = \"categorical\"}]\n";
+        let plain = DataConfig::from_toml_section(text).unwrap();
+        let key = |c: &DataConfig| cache_key(c, vec![], None).unwrap();
+        let mut nan = plain.clone();
+        nan.columns[0].threshold = Some(f64::NAN);
+        let mut half = plain.clone();
+        half.columns[0].threshold = Some(0.5);
+        assert_ne!(key(&plain), key(&nan));
+        assert_ne!(key(&plain), key(&half));
+        assert_ne!(key(&nan), key(&half));
+        let mut moved = plain.clone();
+        moved.cache_dir = PathBuf::from("elsewhere");
+        assert_eq!(
+            key(&plain),
+            key(&moved),
+            "the cache folder is not part of the key"
+        );
     }
 
     #[test]

@@ -307,22 +307,22 @@ fn avazu_layout(names: &mut Vec<String>) -> LayoutAndHeader {
     (layout, HeaderRule::StartsWith("id,".into()))
 }
 
-/// libFM: `data.libfm_fields`, or the number of features on the first line.
+/// libFM: `data.libfm_fields`, or the most common number of features over the first
+/// lines of the training file (one malformed line must not set the layout: with
+/// `on_bad_row = "skip"` it would turn every good row into a bad one).
 fn libfm_layout(
     cfg: &DataConfig,
-    first_line: Option<&[u8]>,
+    sample: &[Vec<u8>],
     names: &mut Vec<String>,
 ) -> Result<LayoutAndHeader, FormatError> {
     let fields = match cfg.libfm_fields {
         Some(n) => n,
         None => {
-            let line = first_line.ok_or_else(|| FormatError("libFM file is empty".into()))?;
-            let n = line
-                .split(|b| b.is_ascii_whitespace())
-                .filter(|t| !t.is_empty())
-                .count();
-            n.checked_sub(1).filter(|&n| n > 0).ok_or_else(|| {
-                FormatError("libFM first line has no features; set data.libfm_fields".into())
+            if sample.is_empty() {
+                return Err(FormatError("libFM file is empty".into()));
+            }
+            most_common_field_count(sample).ok_or_else(|| {
+                FormatError("libFM lines have no features; set data.libfm_fields".into())
             })?
         }
     };
@@ -330,6 +330,27 @@ fn libfm_layout(
         names.push(format!("f{i}"));
     }
     Ok((Layout::Libfm { fields }, HeaderRule::None))
+}
+
+/// The most common number of `index:value` tokens after the label, over lines that
+/// have any (the first such count wins a tie).
+fn most_common_field_count(sample: &[Vec<u8>]) -> Option<usize> {
+    let mut counts: Vec<(usize, usize)> = Vec::new();
+    for line in sample {
+        let n = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|t| !t.is_empty())
+            .count();
+        let Some(fields) = n.checked_sub(1).filter(|&f| f > 0) else {
+            continue;
+        };
+        match counts.iter_mut().find(|(f, _)| *f == fields) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((fields, 1)),
+        }
+    }
+    let most = counts.iter().map(|&(_, c)| c).max()?;
+    counts.iter().find(|&&(_, c)| c == most).map(|&(f, _)| f)
 }
 
 fn delimited_layout(
@@ -438,14 +459,14 @@ fn schema_of(layout: &Layout, names: Vec<String>, dense_as_categorical: bool) ->
 }
 
 impl RowParser {
-    /// The parser for `cfg.format`. `first_line` is the first line of the training file
-    /// (libFM reads its field count from it when `libfm_fields` is unset).
-    pub fn new(cfg: &DataConfig, first_line: Option<&[u8]>) -> Result<Self, FormatError> {
+    /// The parser for `cfg.format`. `sample` is the first lines of the training file
+    /// (libFM reads its field count from them when `libfm_fields` is unset).
+    pub fn new(cfg: &DataConfig, sample: &[Vec<u8>]) -> Result<Self, FormatError> {
         let mut names = Vec::new();
         let (layout, header) = match cfg.format {
             DataFormat::Criteo => criteo_layout(&mut names),
             DataFormat::Avazu => avazu_layout(&mut names),
-            DataFormat::Libfm => libfm_layout(cfg, first_line, &mut names)?,
+            DataFormat::Libfm => libfm_layout(cfg, sample, &mut names)?,
             DataFormat::Delimited => delimited_layout(cfg, &mut names)?,
             DataFormat::Sequence => sequence_layout(&mut names),
             DataFormat::Prepared => {
@@ -772,7 +793,7 @@ mod tests {
 
     #[test]
     fn criteo_rows_parse_and_transform() {
-        let p = RowParser::new(&data_cfg("format = \"criteo\""), None).unwrap();
+        let p = RowParser::new(&data_cfg("format = \"criteo\""), &[]).unwrap();
         let mut row = ParsedRow::default();
         p.parse(criteo_line("1", "", "68fd1e64").as_bytes(), &mut row)
             .unwrap();
@@ -789,7 +810,7 @@ mod tests {
 
     #[test]
     fn every_bad_kind_names_its_column() {
-        let p = RowParser::new(&data_cfg("format = \"criteo\""), None).unwrap();
+        let p = RowParser::new(&data_cfg("format = \"criteo\""), &[]).unwrap();
         let mut row = ParsedRow::default();
         let cases = [
             (
@@ -806,7 +827,7 @@ mod tests {
             let e = p.parse(line.as_bytes(), &mut row).unwrap_err();
             assert_eq!((e.kind, e.column), (kind, col), "{line}: {e:?}");
         }
-        let lp = RowParser::new(&data_cfg("format = \"libfm\"\nlibfm_fields = 2"), None).unwrap();
+        let lp = RowParser::new(&data_cfg("format = \"libfm\"\nlibfm_fields = 2"), &[]).unwrap();
         assert_eq!(
             lp.parse(b"1 3:1 9:0.5", &mut row).unwrap_err().kind,
             BadRowKind::BadLibfmPair
@@ -833,7 +854,7 @@ mod tests {
              {name = \"genres\", role = \"categorical\", separator = \"|\"},\
              {name = \"age\", role = \"dense\"}, {name = \"ts\", role = \"skip\"}]",
         );
-        let p = RowParser::new(&cfg, None).unwrap();
+        let p = RowParser::new(&cfg, &[]).unwrap();
         assert_eq!(p.schema().dense, vec!["age".to_string()]);
         assert!(p.schema().categorical[1].multi_valued);
         let mut row = ParsedRow::default();
@@ -866,7 +887,7 @@ mod tests {
                 file.display()
             )
         };
-        let p = RowParser::new(&data_cfg(&join(&users)), None).unwrap();
+        let p = RowParser::new(&data_cfg(&join(&users)), &[]).unwrap();
         let names: Vec<&str> = p
             .schema()
             .categorical
@@ -885,14 +906,10 @@ mod tests {
         assert!(e.detail.contains("users.tsv"), "{}", e.detail);
         // a side file with a repeated key or a short line is refused naming file:line
         std::fs::write(&users, "id\tage\tgenres\tzip\nu1\t30\ta\t1\nu1\t31\tb\t2\n").unwrap();
-        let e = RowParser::new(&data_cfg(&join(&users)), None)
-            .unwrap_err()
-            .0;
+        let e = RowParser::new(&data_cfg(&join(&users)), &[]).unwrap_err().0;
         assert!(e.contains("users.tsv:3") && e.contains("twice"), "{e}");
         std::fs::write(&users, "id\tage\tgenres\tzip\nu1\t30\n").unwrap();
-        let e = RowParser::new(&data_cfg(&join(&users)), None)
-            .unwrap_err()
-            .0;
+        let e = RowParser::new(&data_cfg(&join(&users)), &[]).unwrap_err().0;
         assert!(
             e.contains("users.tsv:2") && e.contains("expected 4 columns"),
             "{e}"
@@ -901,7 +918,7 @@ mod tests {
 
     #[test]
     fn avazu_header_and_hour_of_day() {
-        let p = RowParser::new(&data_cfg("format = \"avazu\""), None).unwrap();
+        let p = RowParser::new(&data_cfg("format = \"avazu\""), &[]).unwrap();
         assert!(p.is_header(b"id,click,hour,C1"));
         assert!(!p.is_header(b"1000,0,14102100"));
         let line = b"1000,1,14102117,1005,0,a,b,c,d,e,f,g,h,i,1,0,15704,320,50,1722,0,35,100084,79";
@@ -916,7 +933,7 @@ mod tests {
     fn dense_as_categorical_buckets_with_ln_squared() {
         let p = RowParser::new(
             &data_cfg("format = \"criteo\"\ndense_as_categorical = true\ndense_transform = \"ln_squared\""),
-            None,
+            &[],
         )
         .unwrap();
         assert!(p.schema().dense.is_empty());

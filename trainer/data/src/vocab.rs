@@ -288,7 +288,7 @@ mod tests {
     fn min_count_frequency_order_and_round_trip() {
         let text = "[data]\nformat = \"delimited\"\ntrain = \"x\"\ncolumns = [{name = \"y\", role = \"label\"}, {name = \"c\", role = \"categorical\"}]\n[model]\nkind = \"lr\"\n";
         let cfg = DataConfig::from_toml_section(text).unwrap();
-        let p = RowParser::new(&cfg, None).unwrap();
+        let p = RowParser::new(&cfg, &[]).unwrap();
         let mut b = VocabBuilder::new(1);
         let mut row = Default::default();
         for line in ["1\ta", "0\tb", "1\tb", "0\tc", "0\tb", "1\ta"] {

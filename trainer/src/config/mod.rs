@@ -16,6 +16,6 @@ pub use optembed::*;
 pub use schema::*;
 pub use shardrec_data::config::{
     BadRowPolicy, ColumnConfig, ColumnRole, DataConfig, DataFormat, DenseTransform, JoinConfig,
-    SplitConfig, SplitKind, Violation,
+    Preprocessing, SplitConfig, SplitKind, Violation,
 };
 pub use validate::validate;

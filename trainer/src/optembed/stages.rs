@@ -34,7 +34,7 @@ use crate::data::{prepare, PreparedDataset, SplitName};
 use crate::embedding::EmbeddingEngine;
 use crate::evaluate::{evaluate, predict_split};
 use crate::job::{model_collections, prepare_on_ranks, resolve_devices, with_threads};
-use crate::persist::model_io::save_model;
+use crate::persist::model_io::{save_model, ModelDescription};
 use crate::persist::{fill_saved, CompactModelInfo, ModelManifest, SavedFolder, COMPACT_ROW_MASK};
 use crate::run_dir::RunDir;
 use crate::sharding_plan::resolve_plans;
@@ -575,16 +575,14 @@ fn export(
     if let Some(t) = cb.first_order.as_ref().and_then(|f| f.as_local()) {
         colls.push(("first_order", t));
     }
-    save_model(
-        &dir,
-        &cb.vs,
-        &cfg.model,
-        &data.meta.schema,
-        &data.meta.vocab_sizes,
-        &data.dir.join("vocab.bin"),
-        &colls,
-        Some((&info, &mask.to_bytes())),
-    )?;
+    let what = ModelDescription {
+        model: &cfg.model,
+        schema: &data.meta.schema,
+        vocab_sizes: &data.meta.vocab_sizes,
+        vocab_file: &data.dir.join("vocab.bin"),
+        preprocessing: &cfg.data.preprocessing(),
+    };
+    save_model(&dir, &cb.vs, &what, &colls, Some((&info, &mask.to_bytes())))?;
     if let (Some(s), Some(masked)) = (&split, &masked) {
         let p = predict_split(&cb, s, cfg.eval.batch_size, None, None, &solo)?;
         let diff = masked

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
-use shardrec_models::{DenseOptimizer, ModelConfig};
+use shardrec_models::{DenseOptimizer, DenseOptimizerKind, ModelConfig};
 use shardrec_tables::{
     fill_from_pieces, Exchange, Piece, ShardExtent, SparseOptimizer, StateLayout,
 };
@@ -35,6 +35,7 @@ use super::model_io::{ModelIoError, ModelManifest, SavedCollection};
 use super::PersistError;
 use crate::bundle::ModelBundle;
 use crate::cluster::Cluster;
+use crate::config::Preprocessing;
 use crate::data::Schema;
 use crate::embedding::EmbeddingEngine;
 use crate::sharding_plan::CollectionPlans;
@@ -119,6 +120,16 @@ pub struct CheckpointManifest {
     pub sparse_optimizer: SparseOptimizer,
     /// Dense optimizer steps; absent in a model (weights only).
     pub dense_optimizer_steps: Option<i64>,
+    /// The kind of dense optimizer whose state it holds (absent in a model, and in
+    /// checkpoints written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_optimizer: Option<DenseOptimizerKind>,
+    /// Rows of the job's step: `position` counts steps of this many rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// The `[data]` options that change what the model sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<Preprocessing>,
     pub plans: CollectionPlans,
     pub collections: Vec<SavedCollection>,
     pub pieces: Vec<SavedPiece>,
@@ -145,6 +156,9 @@ pub struct CheckpointSource<'a> {
     pub vocab_file: &'a Path,
     pub model: &'a ModelConfig,
     pub plans: &'a CollectionPlans,
+    /// Rows of the job's step.
+    pub batch_size: usize,
+    pub preprocessing: &'a Preprocessing,
 }
 
 /// How libtorch's generator is restored: it is seeded before every step.
@@ -375,6 +389,9 @@ fn commit(
         model: src.model.clone(),
         sparse_optimizer: *src.bundle.tables.optimizer(),
         dense_optimizer_steps: src.dense_optimizer.map(DenseOptimizer::steps),
+        dense_optimizer: src.dense_optimizer.map(DenseOptimizer::kind),
+        batch_size: Some(src.batch_size),
+        preprocessing: Some(src.preprocessing.clone()),
         plans: src.plans.clone(),
         collections: collections(src.bundle)
             .into_iter()

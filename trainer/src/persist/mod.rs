@@ -58,4 +58,43 @@ pub enum PersistError {
     MaskedOptEmbedModel { dir: PathBuf },
     #[error("one process holds every table, yet one is sharded")]
     ShardedInOneProcess,
+    #[error("{dir}: {key} = {now} here, but the saved model was trained with {saved}; set it as it was (the folder's manifest.json records it)")]
+    OtherPreprocessing {
+        dir: PathBuf,
+        key: &'static str,
+        saved: String,
+        now: String,
+    },
+    #[error("{dir}: the checkpoint's steps are of {saved} rows (the job's batch), this run's of {now}; its position counts steps, so resume with the batch size it was trained with (train.batch_size, train.batch_size_per_rank)")]
+    OtherBatchSize {
+        dir: PathBuf,
+        saved: usize,
+        now: usize,
+    },
+    #[error("{dir}: the checkpoint holds the state of a {saved:?} dense optimizer, this run's optimizer.kind is {now:?}; resume with the kind it was trained with")]
+    OtherDenseOptimizer {
+        dir: PathBuf,
+        saved: shardrec_models::DenseOptimizerKind,
+        now: shardrec_models::DenseOptimizerKind,
+    },
+}
+
+impl PersistError {
+    /// A saved model's or checkpoint's preprocessing against this run's `[data]`.
+    pub fn check_preprocessing(
+        dir: &std::path::Path,
+        saved: Option<&crate::config::Preprocessing>,
+        now: &crate::config::Preprocessing,
+        vocabulary_rebuilt: bool,
+    ) -> Result<(), Self> {
+        match saved.and_then(|s| s.first_difference(now, vocabulary_rebuilt)) {
+            Some(d) => Err(PersistError::OtherPreprocessing {
+                dir: dir.to_path_buf(),
+                key: d.key,
+                saved: d.saved,
+                now: d.now,
+            }),
+            None => Ok(()),
+        }
+    }
 }

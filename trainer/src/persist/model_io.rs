@@ -14,6 +14,7 @@ use tch::nn::VarStore;
 pub use super::checked_file::ModelIoError;
 pub use super::checked_file::SavedFile;
 use super::checked_file::{file_crc, io, verify, CrcWriter};
+use crate::config::Preprocessing;
 use crate::data::Schema;
 
 pub const MODEL_VERSION: u32 = 1;
@@ -38,6 +39,10 @@ pub struct ModelManifest {
     /// field at its own width.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optembed: Option<CompactModelInfo>,
+    /// The `[data]` options that change what the model sees (absent in models saved
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<Preprocessing>,
 }
 
 /// How a compact OptEmbed model's tables map to the model's inputs.
@@ -99,18 +104,25 @@ fn write_table(w: &mut CrcWriter, tables: &LocalEmbeddings, t: usize) -> std::io
     Ok(())
 }
 
+/// What a saved model is besides its weights: the network, the data's columns and
+/// vocabulary, and the preprocessing that made the model's inputs.
+pub struct ModelDescription<'a> {
+    pub model: &'a ModelConfig,
+    pub schema: &'a Schema,
+    pub vocab_sizes: &'a [u64],
+    pub vocab_file: &'a Path,
+    pub preprocessing: &'a Preprocessing,
+}
+
 /// Saves a model into `dir` (replacing it).
-#[allow(clippy::too_many_arguments)]
 pub fn save_model(
     dir: &Path,
     vs: &VarStore,
-    model: &ModelConfig,
-    schema: &Schema,
-    vocab_sizes: &[u64],
-    vocab_file: &Path,
+    what: &ModelDescription,
     collections: &[(&str, &LocalEmbeddings)],
     compact: Option<(&CompactModelInfo, &[u8])>,
 ) -> Result<(), ModelIoError> {
+    let (schema, vocab_file) = (what.schema, what.vocab_file);
     let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(tmp.join("tables")).map_err(io(&tmp))?;
@@ -167,11 +179,12 @@ pub fn save_model(
         optembed: compact.map(|(info, _)| info.clone()),
         version: MODEL_VERSION,
         schema: schema.clone(),
-        vocab_sizes: vocab_sizes.to_vec(),
+        vocab_sizes: what.vocab_sizes.to_vec(),
         num_dense: schema.dense.len(),
-        model: model.clone(),
+        model: what.model.clone(),
         collections: saved,
         files,
+        preprocessing: Some(what.preprocessing.clone()),
     };
     let mpath = tmp.join("manifest.json");
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| ModelIoError::Corrupt {

@@ -13,12 +13,12 @@ use super::checkpoint::{
     agree, checkpoint_dir, prune_checkpoints, write_checkpoint, CheckpointSource, Position,
     ValidationState,
 };
-use super::model_io::save_model;
+use super::model_io::{save_model, ModelDescription};
 use super::saved::{fill_saved, SavedFolder};
 use super::PersistError;
 use crate::bundle::ModelBundle;
 use crate::cluster::Cluster;
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, Preprocessing};
 use crate::data::PreparedDataset;
 use crate::embedding::EmbeddingEngine;
 use crate::progress::Progress;
@@ -32,6 +32,9 @@ pub struct RunCheckpoints<'a> {
     cluster: &'a Cluster,
     data: &'a PreparedDataset,
     plans: &'a CollectionPlans,
+    /// Rows of the job's step, which checkpoints record.
+    batch_size: usize,
+    preprocessing: Preprocessing,
     pub written: usize,
     pub seconds: f64,
     pub last_step: Option<usize>,
@@ -47,6 +50,7 @@ impl<'a> RunCheckpoints<'a> {
         cluster: &'a Cluster,
         data: &'a PreparedDataset,
         plans: &'a CollectionPlans,
+        batch_size: usize,
     ) -> Self {
         Self {
             run,
@@ -54,6 +58,8 @@ impl<'a> RunCheckpoints<'a> {
             cluster,
             data,
             plans,
+            batch_size,
+            preprocessing: cfg.data.preprocessing(),
             written: 0,
             seconds: 0.0,
             last_step: None,
@@ -82,6 +88,8 @@ impl<'a> RunCheckpoints<'a> {
             vocab_file,
             model: &self.cfg.model,
             plans: self.plans,
+            batch_size: self.batch_size,
+            preprocessing: &self.preprocessing,
         }
     }
 
@@ -196,16 +204,14 @@ impl<'a> RunCheckpoints<'a> {
         if let Some(f) = &bundle.first_order {
             colls.push(("first_order", local(f)?));
         }
-        save_model(
-            &dir,
-            &bundle.vs,
-            &self.cfg.model,
-            &self.data.meta.schema,
-            &self.data.meta.vocab_sizes,
-            &vocab,
-            &colls,
-            None,
-        )?;
+        let what = ModelDescription {
+            model: &self.cfg.model,
+            schema: &self.data.meta.schema,
+            vocab_sizes: &self.data.meta.vocab_sizes,
+            vocab_file: &vocab,
+            preprocessing: &self.preprocessing,
+        };
+        save_model(&dir, &bundle.vs, &what, &colls, None)?;
         Ok(())
     }
 }

@@ -80,20 +80,77 @@ pub fn resume_from(
     path: &Path,
     cfg: &ExperimentConfig,
     data: &PreparedDataset,
+    batch_size: usize,
     bundle: &mut ModelBundle,
     opt: &mut DenseOptimizer,
 ) -> Result<(PathBuf, CheckpointManifest), TrainError> {
     let dir = find_checkpoint(path)?;
     let m = read_checkpoint(&dir)?;
+    check_resumable(&dir, &m, cfg, data, bundle)?;
+    if let Some(saved) = m.batch_size.filter(|&b| b != batch_size) {
+        return Err(PersistError::OtherBatchSize {
+            dir,
+            saved,
+            now: batch_size,
+        }
+        .into());
+    }
+    if let Some(saved) = m.dense_optimizer.filter(|&k| k != opt.kind()) {
+        return Err(PersistError::OtherDenseOptimizer {
+            dir,
+            saved,
+            now: opt.kind(),
+        }
+        .into());
+    }
+    let saved = SavedTables::of_checkpoint(&dir, &m);
+    for (name, engine) in [
+        ("main", Some(&mut bundle.tables)),
+        ("first_order", bundle.first_order.as_mut()),
+    ] {
+        let Some(engine) = engine else { continue };
+        let spec = m.collections.iter().find(|c| c.name == name);
+        if spec.map(|c| &c.spec) != Some(engine.layout().spec()) {
+            return Err(PersistError::Differs {
+                dir,
+                what: format!("{name} tables"),
+            }
+            .into());
+        }
+        saved.fill(name, engine, true)?;
+    }
+    let steps = m.dense_optimizer_steps.unwrap_or(0);
+    load_dense(&dir, &m.files, &mut bundle.vs, Some((opt, steps)))?;
+    Ok((dir, m))
+}
+
+/// Refuses a checkpoint that another config or other data wrote: weights only, other
+/// preprocessing, columns, vocabulary, model, seed or sparse optimizer.
+fn check_resumable(
+    dir: &Path,
+    m: &CheckpointManifest,
+    cfg: &ExperimentConfig,
+    data: &PreparedDataset,
+    bundle: &ModelBundle,
+) -> Result<(), TrainError> {
     let differs = |what: &str| {
         TrainError::from(PersistError::Differs {
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
             what: what.to_string(),
         })
     };
     if !m.has_optimizer_state() {
-        return Err(PersistError::WeightsOnly { dir: dir.clone() }.into());
+        return Err(PersistError::WeightsOnly {
+            dir: dir.to_path_buf(),
+        }
+        .into());
     }
+    PersistError::check_preprocessing(
+        dir,
+        m.preprocessing.as_ref(),
+        &cfg.data.preprocessing(),
+        true,
+    )?;
     if m.schema != data.meta.schema || m.vocab_sizes != data.meta.vocab_sizes {
         return Err(differs("data columns or vocabulary"));
     }
@@ -106,21 +163,7 @@ pub fn resume_from(
     if m.sparse_optimizer.kind != bundle.tables.optimizer().kind {
         return Err(differs("sparse optimizer"));
     }
-    let saved = SavedTables::of_checkpoint(&dir, &m);
-    for (name, engine) in [
-        ("main", Some(&mut bundle.tables)),
-        ("first_order", bundle.first_order.as_mut()),
-    ] {
-        let Some(engine) = engine else { continue };
-        let spec = m.collections.iter().find(|c| c.name == name);
-        if spec.map(|c| &c.spec) != Some(engine.layout().spec()) {
-            return Err(differs(&format!("{name} tables")));
-        }
-        saved.fill(name, engine, true)?;
-    }
-    let steps = m.dense_optimizer_steps.unwrap_or(0);
-    load_dense(&dir, &m.files, &mut bundle.vs, Some((opt, steps)))?;
-    Ok((dir, m))
+    Ok(())
 }
 
 /// An OptEmbed supernet's or retrain's own `model/` holds full tables whose rows and

@@ -12,7 +12,7 @@ use crate::config::ExperimentConfig;
 use crate::data::sequence_format::TARGET_CATEGORY;
 use crate::data::PreparedSplit;
 use crate::evaluate::SplitPredictions;
-use crate::train::TrainHook;
+use crate::train::{TrainHook, TrainJob};
 use crate::TrainError;
 use shardrec_data::metrics::group_mean_auc;
 
@@ -61,18 +61,44 @@ pub fn sequence_test_metrics(
 }
 
 /// The sequence models' part of a training run: the test pass scores the search stage
-/// and adds the category AUC (nothing for other models).
+/// against `eval.relevant_positions` (read and checked before the first step) and adds
+/// the category AUC (nothing for other models).
 pub struct SequenceHook<'a> {
-    pub cfg: &'a ExperimentConfig,
+    cfg: &'a ExperimentConfig,
+    target: Option<RetrievalTarget>,
+}
+
+impl<'a> SequenceHook<'a> {
+    pub fn new(cfg: &'a ExperimentConfig) -> Self {
+        Self { cfg, target: None }
+    }
 }
 
 impl TrainHook for SequenceHook<'_> {
+    fn before_training(&mut self, job: &TrainJob) -> Result<(), TrainError> {
+        let (Some(path), Some(test)) = (&self.cfg.eval.relevant_positions, &job.test) else {
+            return Ok(());
+        };
+        if !self.cfg.model.kind.is_sequence() {
+            return Ok(()); // refused by the job's own checks
+        }
+        let relevant = RelevantPositions::read(path)?;
+        let m = &self.cfg.model;
+        self.target = Some(RetrievalTarget::new(
+            relevant,
+            test.rows,
+            m.top_k,
+            m.sequence_len,
+        )?);
+        Ok(())
+    }
+
     fn retrieval_target(
         &self,
-        bundle: &ModelBundle,
-        split: &PreparedSplit,
+        _bundle: &ModelBundle,
+        _split: &PreparedSplit,
     ) -> Result<Option<RetrievalTarget>, TrainError> {
-        retrieval_target(bundle, split, self.cfg)
+        Ok(self.target.clone())
     }
 
     fn test_metrics(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::job::TrainJob;
 use crate::bundle::{EmbeddingLayerSpec, ModelBundle};
 use crate::data::{PreparedDataset, PreparedSplit};
 use crate::evaluate::SplitPredictions;
@@ -15,6 +16,12 @@ use crate::TrainError;
 
 /// What a feature adds to a training run. Every method has a default that adds nothing.
 pub trait TrainHook: Send {
+    /// Checks and reads what the hook needs from the job before the first step, so a bad
+    /// input fails the run before it trains rather than after.
+    fn before_training(&mut self, _job: &TrainJob) -> Result<(), TrainError> {
+        Ok(())
+    }
+
     /// The layer between the tables and the dense model the run's bundle is built with.
     fn embedding_layer(&self) -> Option<&dyn EmbeddingLayerSpec> {
         None

@@ -64,6 +64,8 @@ pub struct Trainer<'j, 'h> {
     log_every: usize,
     timing: Timing,
     window: LossWindow,
+    /// The mean training loss of the first and of the latest logged window.
+    logged_loss: Option<(f64, f64)>,
     train_time: Duration,
     samples_this_run: u64,
     epochs_run: usize,
@@ -82,9 +84,12 @@ impl<'j, 'h> Trainer<'j, 'h> {
         job: &'j TrainJob<'j>,
         colls: Collections,
         resume: Option<&std::path::Path>,
-        hooks: Vec<&'h mut dyn TrainHook>,
+        mut hooks: Vec<&'h mut dyn TrainHook>,
     ) -> Result<Self, TrainError> {
         let (cfg, cluster) = (job.cfg, job.cluster);
+        for hook in &mut hooks {
+            hook.before_training(job)?;
+        }
         let world = cluster.world_size();
         let (collisionless_bytes, budget_bytes) = (colls.collisionless_bytes, colls.budget_bytes);
         tch::manual_seed(cfg.seed as i64);
@@ -113,7 +118,14 @@ impl<'j, 'h> Trainer<'j, 'h> {
         let load_clock = Instant::now();
         let (position, validation, resumed_from) = match resume {
             Some(path) => {
-                let (dir, m) = resume_from(path, cfg, &job.data, &mut bundle, &mut opt)?;
+                let (dir, m) = resume_from(
+                    path,
+                    cfg,
+                    &job.data,
+                    job.batch.global,
+                    &mut bundle,
+                    &mut opt,
+                )?;
                 if cluster.is_root() {
                     log(&format!(
                         "resumed from {} at step {} (epoch {}, {} steps into it; written by {} rank{}, now {world})",
@@ -150,8 +162,14 @@ impl<'j, 'h> Trainer<'j, 'h> {
             (steps_per_epoch / 20).max(1)
         };
         let progress = Progress::new(total_steps as u64, log_every, cluster.is_root());
-        let mut checkpoints =
-            RunCheckpoints::new(run.path.clone(), cfg, cluster, &job.data, &job.plans);
+        let mut checkpoints = RunCheckpoints::new(
+            run.path.clone(),
+            cfg,
+            cluster,
+            &job.data,
+            &job.plans,
+            job.batch.global,
+        );
         if cfg.train.restore_best {
             if let Some(dir) = &resumed_from {
                 checkpoints.best = best_before(dir, &validation);
@@ -181,6 +199,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
                 rows: 0,
                 since: Instant::now(),
             },
+            logged_loss: None,
             train_time: Duration::ZERO,
             samples_this_run: 0,
             stopped_early: false,
@@ -381,6 +400,9 @@ impl<'j, 'h> Trainer<'j, 'h> {
             )
         });
         if step.is_multiple_of(self.log_every) {
+            let mean = w.loss / w.rows.max(1) as f64;
+            let first = self.logged_loss.map_or(mean, |(first, _)| first);
+            self.logged_loss = Some((first, mean));
             let secs = w.since.elapsed().as_secs_f64().max(1e-9);
             self.run
                 .log_metrics(&json!({
@@ -470,10 +492,19 @@ impl<'j, 'h> Trainer<'j, 'h> {
         self.progress.finish();
         self.timing.exchanges = self.bundle.exchange_times();
         let time_per_rank = self.time_per_rank()?;
-        let (test, extra) = self.test()?;
+        // before the test pass, so that a failure there still leaves the trained model
         if cfg.train.save_model {
             self.checkpoints
                 .save_model(&self.bundle, self.position, &self.validation)?;
+        }
+        let (test, extra) = self.test()?;
+        let asked_for_test = cfg.data.test.is_some() || cfg.data.split.test > 0.0;
+        let no_test_metric = asked_for_test && test.as_ref().and_then(|r| r.auc).is_none();
+        let test_rows = test.as_ref().map_or(0, |r| r.rows);
+        let mut extra = extra;
+        let warnings = self.warnings(test.as_ref());
+        if !warnings.is_empty() {
+            extra.insert("warnings".into(), json!(warnings));
         }
         let summary = self.summary(restored_best_step, test, time_per_rank, extra)?;
         let mut summary = summary.to_json();
@@ -486,7 +517,45 @@ impl<'j, 'h> Trainer<'j, 'h> {
                 path: self.run.path.clone(),
                 source,
             })?;
+        if no_test_metric {
+            // after the summary and model are written: nothing is lost, but the run failed
+            return Err(JobError::NoTestMetric {
+                rows: test_rows,
+                run: self.run.path.clone(),
+            }
+            .into());
+        }
         Ok(summary)
+    }
+
+    /// Signs that the run learned nothing, said on stderr (rank 0) and in the summary: a
+    /// test AUC within 0.001 of chance, a training loss that ended more than 1% above
+    /// where it began.
+    fn warnings(&self, test: Option<&crate::evaluate::EvalResult>) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(auc) = test
+            .and_then(|r| r.auc)
+            .filter(|a| (a - 0.5).abs() <= 0.001)
+        {
+            out.push(format!(
+                "test AUC {auc:.5} is within 0.001 of 0.5: the model ranks no better than chance (check the learning rates and the labels)"
+            ));
+        }
+        // 1% above the start: a loss that hovers where it began is noise, not a blow-up
+        if let Some((first, last)) = self
+            .logged_loss
+            .filter(|(first, last)| *last > first * 1.01)
+        {
+            out.push(format!(
+                "the training loss rose from {first:.5} (first logged window) to {last:.5} (last): lower optimizer.lr or embedding.optimizer.lr"
+            ));
+        }
+        if self.job.cluster.is_root() {
+            for w in &out {
+                log(&format!("warning: {w}"));
+            }
+        }
+        out
     }
 
     /// Every rank's time breakdown (under mpirun; empty in one process).
