@@ -22,6 +22,7 @@ LOG=$DIR/bench_distributed-$ROWS.log
 : > "$LOG"
 for n in "${RANKS[@]}"; do
   echo "[bench] mpirun -np $n" >&2
+  rm -rf "$DIR/runs/distributed-np$n"   # a run folder holds one run
   mpirun -np "$n" "$BIN" train "$CFG" --set train.run_dir="$DIR/runs/distributed-np$n" 2>/dev/null \
     | tail -n 1 | sed "s/^/NP$n /" >> "$LOG"
 done

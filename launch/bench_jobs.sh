@@ -15,5 +15,6 @@ job() {
     cmd=(mpirun -np "$ranks" "${cmd[@]}" --set train.threads=1)
   fi
   echo "== $name: ${cmd[*]}" >&2
+  rm -rf "${OUT:?}/$name"   # a run folder holds one run: the bench replaces its own
   "${cmd[@]}" > "$OUT/$name.json" 2> "$OUT/$name.err"
 }

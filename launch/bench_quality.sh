@@ -42,6 +42,7 @@ declare -A PEER_ARGS=(
 for ds in "${DATASETS[@]}"; do
   for seed in $(seq "$FIRST" "$SEEDS"); do
     for m in deepfm dlrm; do
+      rm -rf "$DIR/runs/${ds}_$m-$seed"   # a run folder holds one run
       auc=$("$BIN" train "configs/${ds}_$m.toml" --set seed="$seed" --set train.save_model=false \
               --set train.run_dir="$DIR/runs/${ds}_$m-$seed" 2>/dev/null | tail -n 1 | python3 -c "import json,sys; print(json.load(sys.stdin)['auc'])")
       echo "$ds shardrec.$m $seed $auc" | tee -a "$LOG"

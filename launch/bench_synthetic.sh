@@ -23,6 +23,7 @@ DATA=$DIR/synth-$ROWS.tsv
 LOG=$DIR/synthetic-$ROWS.log
 : > "$LOG"
 for m in dlrm dcnv2 deepfm; do
+  rm -rf "$DIR/runs/$m"   # a run folder holds one run
   "$BIN" train "configs/synthetic_$m.toml" --set data.train="$DATA" --set data.cache_dir="$DIR/prepared" \
       --set train.threads=1 --set train.save_model=false --set train.run_dir="$DIR/runs/$m" 2>/dev/null \
       | tail -n 1 | sed "s/^/SHARDREC $m /" >> "$LOG"

@@ -487,3 +487,158 @@ fn resume_and_eval_refuse_another_batch_optimizer_or_preprocessing() {
     );
     assert_eq!(summary(&eval(&[]))["auc"], first["auc"]);
 }
+
+/// A run folder belongs to one run. A new run into a folder that holds another run is
+/// refused, naming the folder and `--resume`, and leaves that run's checkpoints and
+/// summary as they were; a folder whose lock a live process holds is refused; a lock
+/// left by a process that has ended is taken over.
+#[test]
+fn a_run_folder_holding_another_run_or_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 3000, 200);
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "dlrm",
+        "epochs = 1\ncheckpoint_every = 4",
+    );
+    train_summary(dir.path(), &cfg, &[]);
+    let run_dir = dir.path().join("run");
+    let kept = checkpoints(&run_dir);
+    let summary_before = std::fs::read(run_dir.join("summary.json")).unwrap();
+    let o = run(
+        dir.path(),
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "optimizer.lr=0.01",
+        ],
+    );
+    assert!(!o.status.success(), "a second run overwrote the first");
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{} holds another run", run_dir.display()))
+            && err.contains("--resume"),
+        "{err}"
+    );
+    assert_eq!(checkpoints(&run_dir), kept);
+    assert_eq!(
+        std::fs::read(run_dir.join("summary.json")).unwrap(),
+        summary_before
+    );
+    assert!(
+        !run_dir.join(".lock").exists(),
+        "the refused run left its lock"
+    );
+
+    // a lock held by a live process (this test's), then one whose process has ended
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let locked = dir.path().join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    let lock = locked.join(".lock");
+    std::fs::write(&lock, format!("{} {}", std::process::id(), host.trim())).unwrap();
+    let into_locked = format!("train.run_dir=\"{}\"", locked.display());
+    let o = run(
+        dir.path(),
+        &["train", cfg.to_str().unwrap(), "--set", &into_locked],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!(
+            "is in use by another run (pid {}",
+            std::process::id()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&lock, format!("4000000000 {}", host.trim())).unwrap();
+    train_summary(dir.path(), &cfg, &[&into_locked]);
+    assert!(!lock.exists(), "the run released the lock it took over");
+}
+
+/// `--resume` of a missing path fails before the data is prepared; a run folder whose
+/// newest checkpoint lost its manifest resumes from the older one and says so; a
+/// checkpoint whose vocabulary file was altered is refused naming it. (And a sequence
+/// generator asked for no users refuses, as the Criteo one does for no rows.)
+#[test]
+fn resume_checks_its_inputs_first_and_says_what_it_passes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 3000, 200);
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "dlrm",
+        "epochs = 1\ncheckpoint_every = 3\ncheckpoint_keep = 0",
+    );
+    let cfg_arg = cfg.to_str().unwrap();
+    let o = run(dir.path(), &["train", cfg_arg, "--resume", "nowhere"]);
+    let err = stderr(&o);
+    assert!(!o.status.success() && err.contains("nowhere"), "{err}");
+    assert!(
+        !err.contains("counting categorical values"),
+        "prepared data first: {err}"
+    );
+
+    train_summary(dir.path(), &cfg, &[]);
+    let run_dir = dir.path().join("run");
+    let all = checkpoints(&run_dir);
+    assert!(all.len() >= 3, "{all:?}");
+    let newest = all.last().unwrap();
+    std::fs::remove_file(newest.join("manifest.json")).unwrap();
+    let resumed_from = &all[all.len() - 2];
+    let o = run(
+        dir.path(),
+        &[
+            "train",
+            cfg_arg,
+            "--resume",
+            run_dir.to_str().unwrap(),
+            "--set",
+            "train.run_dir=\"again\"",
+        ],
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{}: no manifest.json", newest.display()))
+            && err.contains(&format!(
+                "resuming from the older {}",
+                resumed_from.display()
+            )),
+        "{err}"
+    );
+
+    let vocab = resumed_from.join("vocab.bin");
+    let mut bytes = std::fs::read(&vocab).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&vocab, bytes).unwrap();
+    let o = run(
+        dir.path(),
+        &[
+            "train",
+            cfg_arg,
+            "--resume",
+            resumed_from.to_str().unwrap(),
+            "--set",
+            "train.run_dir=\"third\"",
+        ],
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success(), "an altered vocabulary was accepted");
+    assert!(
+        err.contains("vocab.bin") && err.contains("checksum"),
+        "{err}"
+    );
+
+    let o = run(
+        dir.path(),
+        &[
+            "synth", "--kind", "sequence", "--users", "0", "--out", "none",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--users"), "{}", stderr(&o));
+}

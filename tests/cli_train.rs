@@ -148,6 +148,8 @@ fn hashed_tables_gauc_and_every_model_kind_train() {
                 "embedding.buckets=64",
                 "--set",
                 "train.save_model=false",
+                "--set",
+                &format!("train.run_dir=\"run-{kind}\""),
             ],
         );
         let s = summary(&o);

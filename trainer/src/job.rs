@@ -95,6 +95,13 @@ pub fn with_threads<T: Send>(
     f: impl FnOnce(usize) -> T + Send,
 ) -> Result<T, TrainError> {
     let threads = threads_for(cfg, ranks_on_node);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads * ranks_on_node.max(1) > cores {
+        log(&format!(
+            "warning: {threads} threads x {} ranks on this node, which has {cores} cores: they will take turns (set train.threads = 0 to divide the cores)",
+            ranks_on_node.max(1)
+        ));
+    }
     tch::set_num_threads(threads as i32);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

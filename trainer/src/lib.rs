@@ -43,6 +43,8 @@ pub enum TrainError {
     #[error(transparent)]
     Plan(#[from] sharding_plan::PlanError),
     #[error(transparent)]
+    RunDir(#[from] run_dir::RunDirError),
+    #[error(transparent)]
     Persist(#[from] persist::PersistError),
     #[error(transparent)]
     Retrieval(#[from] sequence::RetrievalError),

@@ -104,11 +104,19 @@ pub fn sweep(
         let mut results = Vec::new();
         for k in 0..opts.seeds.max(1) {
             c.seed = cfg.seed + k as u64;
-            c.train.run_dir = Some(opts.out.join("runs").join(format!(
-                "{}-{label}-seed{}",
-                method_name(kind),
-                c.seed
-            )));
+            let point =
+                opts.out
+                    .join("runs")
+                    .join(format!("{}-{label}-seed{}", method_name(kind), c.seed));
+            // the sweep owns its points' folders: a sweep run again replaces them (a run
+            // folder holds one run)
+            if cluster.is_root() && point.exists() {
+                std::fs::remove_dir_all(&point).map_err(|source| TrainError::Io {
+                    path: point.clone(),
+                    source,
+                })?;
+            }
+            c.train.run_dir = Some(point);
             let s = match crate::run::train(
                 &c,
                 &format!("{name}-{}", method_name(kind)),

@@ -230,6 +230,11 @@ pub fn generate_sequences(
             o.min_len, o.max_len, o.items, o.categories, o.group_size
         )));
     }
+    if o.users == 0 || o.targets_per_user == 0 {
+        return Err(SynthError::SequenceOptions(
+            "--users and --targets-per-user must be at least 1".into(),
+        ));
+    }
     if o.test_targets > o.targets_per_user {
         return Err(SynthError::SequenceOptions(
             "--test-targets exceeds --targets-per-user".into(),

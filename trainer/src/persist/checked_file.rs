@@ -137,16 +137,34 @@ fn check(path: &Path, f: &SavedFile, bytes: u64, crc: u32) -> Result<(), ModelIo
     Ok(())
 }
 
+/// `dir/rel` for a path a manifest lists, refused when it would leave the folder (an
+/// absolute path, `..`): an edited manifest must not make us read other files.
+pub fn inside(dir: &Path, rel: &str) -> Result<PathBuf, ModelIoError> {
+    let leaves = Path::new(rel).components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if leaves || rel.is_empty() {
+        return Err(ModelIoError::Corrupt {
+            path: dir.to_path_buf(),
+            message: format!("the manifest lists `{rel}`, a path that leaves the folder"),
+        });
+    }
+    Ok(dir.join(rel))
+}
+
 /// Checks a saved file's size and checksum.
 pub fn verify(dir: &Path, f: &SavedFile) -> Result<(), ModelIoError> {
-    let path = dir.join(&f.path);
+    let path = inside(dir, &f.path)?;
     let (bytes, crc) = file_crc(&path)?;
     check(&path, f, bytes, crc)
 }
 
 /// Maps a saved file read-only after checking its size and checksum.
 pub fn map_verified(dir: &Path, f: &SavedFile) -> Result<Mmap, ModelIoError> {
-    let path = dir.join(&f.path);
+    let path = inside(dir, &f.path)?;
     let file = std::fs::File::open(&path).map_err(io(&path))?;
     let len = file.metadata().map_err(io(&path))?.len();
     if len != f.bytes {
@@ -177,4 +195,34 @@ pub fn as_f32s<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [f32], ModelIoErr
         });
     }
     Ok(floats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest entry that climbs out of the folder is refused even when the file it
+    /// names exists and matches its size and checksum.
+    #[test]
+    fn manifest_paths_that_leave_the_folder_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("model");
+        std::fs::create_dir_all(&saved).unwrap();
+        std::fs::write(dir.path().join("secret"), b"not yours").unwrap();
+        std::fs::write(saved.join("own.bin"), b"mine").unwrap();
+        let entry = |path: &str, bytes: &[u8]| SavedFile {
+            path: path.into(),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+        };
+        assert!(verify(&saved, &entry("own.bin", b"mine")).is_ok());
+        for path in ["../secret", "tables/../../secret"] {
+            let e = verify(&saved, &entry(path, b"not yours")).unwrap_err();
+            assert!(e.to_string().contains("leaves the folder"), "{e}");
+            assert!(map_verified(&saved, &entry(path, b"not yours")).is_err());
+        }
+        let abs = dir.path().join("secret");
+        let e = verify(&saved, &entry(abs.to_str().unwrap(), b"not yours")).unwrap_err();
+        assert!(e.to_string().contains("leaves the folder"), "{e}");
+    }
 }

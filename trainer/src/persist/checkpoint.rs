@@ -47,7 +47,7 @@ const MANIFEST: &str = "manifest.json";
 const MANIFEST_CRC: &str = "manifest.crc32";
 pub const DENSE: &str = "dense.safetensors";
 const DENSE_OPTIMIZER: &str = "dense_optimizer.safetensors";
-const VOCAB: &str = "vocab.bin";
+pub const VOCAB: &str = "vocab.bin";
 
 /// Where training stands: steps done, and where in the data.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -495,6 +495,9 @@ pub fn find_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
     }
     let dir = path.join("checkpoints");
     let newest = list_checkpoints(&dir)?.pop();
+    if let Some(chosen) = &newest {
+        say_newer_incomplete(&dir, chosen);
+    }
     newest.ok_or_else(|| {
         PersistError::NoCheckpoint {
             path: path.to_path_buf(),
@@ -502,6 +505,30 @@ pub fn find_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
         }
         .into()
     })
+}
+
+/// Says which newer `step-N` folders were passed over for lacking a manifest (their
+/// writing did not finish, or the manifest was deleted): resuming from an older step
+/// must not go unnoticed.
+fn say_newer_incomplete(dir: &Path, chosen: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let chosen_name = chosen.file_name().unwrap_or_default().to_os_string();
+    let mut newer: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("step-") && *n > chosen_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    newer.sort();
+    for n in newer {
+        eprintln!(
+            "[shardrec] {}: no {MANIFEST} (its writing did not finish, or it was removed); resuming from the older {}",
+            dir.join(&n).display(),
+            chosen.display()
+        );
+    }
 }
 
 /// Complete checkpoints in `dir` (`step-N` with a manifest), oldest first.

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use shardrec_models::DenseOptimizer;
 
-use super::checked_file::SavedFile;
+use super::checked_file::{verify, SavedFile};
 use super::checkpoint::{
     find_checkpoint, is_checkpoint, load_dense, read_checkpoint, CheckpointManifest, SavedTables,
-    ValidationState, DENSE,
+    ValidationState, DENSE, VOCAB,
 };
 use super::model_io::{read_manifest, ModelManifest};
 use super::PersistError;
@@ -86,6 +86,10 @@ pub fn resume_from(
 ) -> Result<(PathBuf, CheckpointManifest), TrainError> {
     let dir = find_checkpoint(path)?;
     let m = read_checkpoint(&dir)?;
+    // not read to resume (the data is prepared again), but it is part of the checkpoint
+    if let Some(v) = m.files.iter().find(|f| f.path == VOCAB) {
+        verify(&dir, v)?;
+    }
     check_resumable(&dir, &m, cfg, data, bundle)?;
     if let Some(saved) = m.batch_size.filter(|&b| b != batch_size) {
         return Err(PersistError::OtherBatchSize {

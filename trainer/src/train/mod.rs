@@ -38,6 +38,10 @@ pub fn train_with_hooks(
     resume: Option<&Path>,
     hooks: Vec<&mut dyn TrainHook>,
 ) -> Result<serde_json::Value, TrainError> {
+    if let Some(path) = resume {
+        // before the data is prepared, which may take long
+        crate::persist::checkpoint::find_checkpoint(path)?;
+    }
     with_threads(cfg, cluster.local_size(), |threads| {
         let (job, colls) = TrainJob::set_up(cfg, name, threads, cluster)?;
         let mut trainer = Trainer::set_up(&job, colls, resume, hooks)?;

@@ -137,16 +137,18 @@ impl<'j, 'h> Trainer<'j, 'h> {
                         if m.world_size == 1 { "" } else { "s" }
                     ));
                 }
+                if m.position.epoch >= cfg.train.epochs && cluster.is_root() {
+                    log(&format!(
+                        "the checkpoint is past train.epochs = {}: no step is left to train; testing and saving its model",
+                        cfg.train.epochs
+                    ));
+                }
                 (m.position, m.validation, Some(dir))
             }
             None => (Position::default(), ValidationState::default(), None),
         };
         let resume_load_s = resume.map(|_| load_clock.elapsed().as_secs_f64());
-        let run = RunDir::create(cfg, job.run_path()?, cluster.is_root(), resume.is_some())
-            .map_err(|source| TrainError::Io {
-                path: "runs".into(),
-                source,
-            })?;
+        let run = RunDir::create(cfg, job.run_path()?, cluster.is_root(), resume.is_some())?;
         if cluster.is_root() {
             write_plans(&run.path.join("sharding_plan.toml"), &job.plans)?;
         }
