@@ -219,3 +219,31 @@ fn a_non_finite_label_threshold_is_refused() {
         &["data.columns.threshold", "NaN on `r`", "finite"],
     );
 }
+
+/// Mistakes that used to come without a line: an unknown section, a value of the wrong
+/// type; and a bound that used to print as hundreds of digits.
+#[test]
+fn unknown_sections_and_wrong_types_name_their_line() {
+    check(
+        &format!("{GOOD}[foo]\nbar = 1\n"),
+        &[],
+        &["exp.toml:9", "`foo`"],
+    );
+    check(
+        &GOOD.replace("epochs = 1", "epochs = \"three\""),
+        &[],
+        &["exp.toml:8", "`train.epochs`", "invalid type"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "exp.toml", GOOD);
+    let o = run(
+        dir.path(),
+        &["train", cfg.to_str().unwrap(), "--set", "optimizer.lr=nan"],
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("optimizer.lr") && err.contains("e-308") && !err.contains("0.00000000000"),
+        "{err}"
+    );
+}

@@ -218,8 +218,22 @@ pub fn check_range<T: PartialOrd + std::fmt::Display>(
         out.push(Violation {
             key: key.into(),
             value: v.to_string(),
-            range: format!("must be in [{lo}, {hi}]"),
+            range: format!("must be in [{}, {}]", bound(lo), bound(hi)),
         });
+    }
+}
+
+/// A range's bound as a person reads it: the smallest positive floats would otherwise
+/// print as hundreds of decimal digits.
+fn bound<T: std::fmt::Display>(v: T) -> String {
+    let s = v.to_string();
+    if s.len() <= 16 || !s.contains('.') {
+        return s;
+    }
+    match (s.parse::<f32>(), s.parse::<f64>()) {
+        (Ok(f), _) if f.to_string() == s => format!("{f:e}"),
+        (_, Ok(f)) => format!("{f:e}"),
+        _ => s,
     }
 }
 

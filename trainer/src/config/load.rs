@@ -72,9 +72,12 @@ pub fn load_config_str(
         let key = apply_override(&mut table, arg)?;
         overridden.push(key);
     }
-    let cfg: ExperimentConfig = toml::Value::Table(table.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| explain(&e, &table, text, file, &overridden))?;
+    // the path of the value that failed, for errors (a type) that do not name their key
+    let cfg: ExperimentConfig = serde_path_to_error::deserialize(toml::Value::Table(table.clone()))
+        .map_err(|e: serde_path_to_error::Error<toml::de::Error>| {
+            let path = e.path().to_string();
+            explain(e.inner(), &path, &table, text, file, &overridden)
+        })?;
     if let Some(v) = super::validate(&cfg).into_iter().next() {
         return Err(ConfigError::OutOfRange {
             file: file.into(),
@@ -129,9 +132,11 @@ fn apply_override(table: &mut toml::Table, arg: &str) -> Result<String, ConfigEr
     Ok(key.to_string())
 }
 
-/// Turns serde's message into one naming the key path, line and closest valid key.
+/// Turns serde's message into one naming the key path, line and closest valid key;
+/// `at` is the dotted path of the value that failed.
 fn explain(
     e: &toml::de::Error,
+    at: &str,
     table: &toml::Table,
     text: &str,
     file: &str,
@@ -181,14 +186,13 @@ fn explain(
             message: "is required but missing".into(),
         };
     }
-    // Type errors: toml reports the key path in its Display; keep the whole text.
-    let full = one_line(&e.to_string());
-    let key = e.span().map(|_| String::new()).unwrap_or_default();
+    // type errors ("invalid type: string \"three\", expected usize"): the path says where
+    let key = at.trim_matches('.').to_string();
     ConfigError::BadValue {
         file: file.into(),
-        line: String::new(),
+        line: where_is(text, &key, overridden),
         key,
-        message: full,
+        message: msg,
     }
 }
 
@@ -247,12 +251,16 @@ pub(crate) fn where_is(text: &str, path: &str, overridden: &[String]) -> String 
     let mut section = String::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
-        if let Some(h) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+        let header = line
+            .strip_prefix("[[")
+            .and_then(|l| l.strip_suffix("]]"))
+            .or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')));
+        if let Some(h) = header {
             section = h.trim().to_string();
-            continue;
-        }
-        if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = h.trim().to_string();
+            // a whole section that is wrong (an unknown table) is named by its header
+            if section == path {
+                return format!(":{}", i + 1);
+            }
             continue;
         }
         if let Some((k, _)) = line.split_once('=') {
