@@ -589,17 +589,16 @@ fn resume_checks_its_inputs_first_and_says_what_it_passes_over() {
     let newest = all.last().unwrap();
     std::fs::remove_file(newest.join("manifest.json")).unwrap();
     let resumed_from = &all[all.len() - 2];
-    let o = run(
-        dir.path(),
-        &[
-            "train",
-            cfg_arg,
-            "--resume",
-            run_dir.to_str().unwrap(),
-            "--set",
-            "train.run_dir=\"again\"",
-        ],
-    );
+    // resumes `from` into the new run folder `into`
+    let resume = |from: &Path, into: &str| {
+        let into = format!("train.run_dir=\"{into}\"");
+        let from = from.to_str().unwrap();
+        run(
+            dir.path(),
+            &["train", cfg_arg, "--resume", from, "--set", &into],
+        )
+    };
+    let o = resume(&run_dir, "again");
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(
@@ -615,17 +614,7 @@ fn resume_checks_its_inputs_first_and_says_what_it_passes_over() {
     let mut bytes = std::fs::read(&vocab).unwrap();
     bytes[0] ^= 1;
     std::fs::write(&vocab, bytes).unwrap();
-    let o = run(
-        dir.path(),
-        &[
-            "train",
-            cfg_arg,
-            "--resume",
-            resumed_from.to_str().unwrap(),
-            "--set",
-            "train.run_dir=\"third\"",
-        ],
-    );
+    let o = resume(resumed_from, "third");
     let err = stderr(&o);
     assert!(!o.status.success(), "an altered vocabulary was accepted");
     assert!(
