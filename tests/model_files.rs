@@ -44,6 +44,16 @@ fn corrupt_or_truncated_model_files_are_refused_by_name() {
     );
 
     std::fs::write(&table, &original).unwrap();
+    // an edit that leaves valid JSON is caught by the manifest's own checksum
+    let manifest = std::fs::read_to_string(model.join("manifest.json")).unwrap();
+    std::fs::write(model.join("manifest.json"), format!("{manifest}\n ")).unwrap();
+    let o = eval();
+    assert!(!o.status.success(), "an edited manifest was accepted");
+    assert!(
+        stderr(&o).contains("manifest.json") && stderr(&o).contains("model.crc32"),
+        "{}",
+        stderr(&o)
+    );
     std::fs::write(model.join("manifest.json"), "{not json").unwrap();
     let o = eval();
     assert!(!o.status.success() && stderr(&o).contains("manifest.json"));

@@ -114,6 +114,32 @@ pub struct ModelDescription<'a> {
     pub preprocessing: &'a Preprocessing,
 }
 
+/// The model manifest's own CRC32, beside it (a checkpoint's is `manifest.crc32`, which
+/// is how the two kinds of folder are told apart).
+const MANIFEST_CRC: &str = "model.crc32";
+
+/// Checks `manifest.json` against `model.crc32`; models saved before the file existed
+/// have none and are read as they are.
+fn check_manifest_crc(dir: &Path, mpath: &Path, text: &str) -> Result<(), ModelIoError> {
+    let cpath = dir.join(MANIFEST_CRC);
+    let Ok(want) = std::fs::read_to_string(&cpath) else {
+        return Ok(());
+    };
+    let corrupt = |path: &Path, message: String| ModelIoError::Corrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    let want = u32::from_str_radix(want.trim(), 16)
+        .map_err(|_| corrupt(&cpath, format!("not a CRC32: {:?}", want.trim())))?;
+    if crc32fast::hash(text.as_bytes()) != want {
+        return Err(corrupt(
+            mpath,
+            format!("checksum mismatch (edited or corrupt file; {MANIFEST_CRC} says {want:08x})"),
+        ));
+    }
+    Ok(())
+}
+
 /// Saves a model into `dir` (replacing it).
 pub fn save_model(
     dir: &Path,
@@ -191,7 +217,10 @@ pub fn save_model(
         path: mpath.clone(),
         message: e.to_string(),
     })?;
-    std::fs::write(&mpath, text).map_err(io(&mpath))?;
+    std::fs::write(&mpath, &text).map_err(io(&mpath))?;
+    let cpath = tmp.join(MANIFEST_CRC);
+    let crc = format!("{:08x}\n", crc32fast::hash(text.as_bytes()));
+    std::fs::write(&cpath, crc).map_err(io(&cpath))?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).map_err(io(dir))?;
     Ok(())
@@ -201,6 +230,7 @@ pub fn save_model(
 pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ModelIoError> {
     let mpath = dir.join("manifest.json");
     let text = std::fs::read_to_string(&mpath).map_err(io(&mpath))?;
+    check_manifest_crc(dir, &mpath, &text)?;
     let m: ModelManifest = serde_json::from_str(&text).map_err(|e| ModelIoError::Corrupt {
         path: mpath.clone(),
         message: e.to_string(),
