@@ -410,6 +410,15 @@ fn restore_best_tests_and_saves_the_best_validation_model() {
     assert!(stderr(&o).contains("train.restore_best"), "{}", stderr(&o));
 }
 
+/// A one-epoch DLRM run on generated data in `dir/run`, checkpointing every 4 steps: its
+/// config and summary.
+fn run_with_checkpoints(dir: &Path) -> (PathBuf, serde_json::Value) {
+    let (data, _) = synth(dir, 3000, 200);
+    let cfg = criteo_config(dir, &data, "dlrm", "epochs = 1\ncheckpoint_every = 4");
+    let first = train_summary(dir, &cfg, &[]);
+    (cfg, first)
+}
+
 /// Resuming with another batch size (the position counts steps), another dense
 /// optimizer (its state would be read as another kind's) or other preprocessing (the
 /// model would see other inputs) is refused naming both values; so is evaluating a model
@@ -417,14 +426,7 @@ fn restore_best_tests_and_saves_the_best_validation_model() {
 #[test]
 fn resume_and_eval_refuse_another_batch_optimizer_or_preprocessing() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, _) = synth(dir.path(), 3000, 200);
-    let cfg = criteo_config(
-        dir.path(),
-        &data,
-        "dlrm",
-        "epochs = 1\ncheckpoint_every = 4",
-    );
-    let first = train_summary(dir.path(), &cfg, &[]);
+    let (cfg, first) = run_with_checkpoints(dir.path());
     assert!(
         first["checkpoints_written"].as_u64().unwrap() >= 2,
         "{first}"
@@ -495,14 +497,7 @@ fn resume_and_eval_refuse_another_batch_optimizer_or_preprocessing() {
 #[test]
 fn a_run_folder_holding_another_run_or_in_use_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, _) = synth(dir.path(), 3000, 200);
-    let cfg = criteo_config(
-        dir.path(),
-        &data,
-        "dlrm",
-        "epochs = 1\ncheckpoint_every = 4",
-    );
-    train_summary(dir.path(), &cfg, &[]);
+    let (cfg, _) = run_with_checkpoints(dir.path());
     let run_dir = dir.path().join("run");
     let kept = checkpoints(&run_dir);
     let summary_before = std::fs::read(run_dir.join("summary.json")).unwrap();

@@ -100,6 +100,11 @@ pub struct RetrievalTarget {
 }
 
 impl RetrievalTarget {
+    /// Reads the side file at `path` for a split of `rows` rows.
+    pub fn read(path: &Path, rows: usize, k: usize, len: usize) -> Result<Self, TrainError> {
+        Self::new(RelevantPositions::read(path)?, rows, k, len)
+    }
+
     /// The side file's positions for a split of `rows` rows.
     pub fn new(
         relevant: RelevantPositions,

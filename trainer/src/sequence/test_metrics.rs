@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::retrieval::{RelevantPositions, RetrievalTarget};
+use super::retrieval::RetrievalTarget;
 use crate::bundle::ModelBundle;
 use crate::config::ExperimentConfig;
 use crate::data::sequence_format::TARGET_CATEGORY;
@@ -26,8 +26,7 @@ pub fn retrieval_target(
     let (Some(seq), Some(path)) = (bundle.sequence, &cfg.eval.relevant_positions) else {
         return Ok(None);
     };
-    let relevant = RelevantPositions::read(path)?;
-    RetrievalTarget::new(relevant, split.rows, cfg.model.top_k, seq.len).map(Some)
+    RetrievalTarget::read(path, split.rows, cfg.model.top_k, seq.len).map(Some)
 }
 
 /// `category_auc`, and `retrieval_ndcg` / `retrieval_k` / `retrieval_samples` when the
@@ -82,14 +81,9 @@ impl TrainHook for SequenceHook<'_> {
         if !self.cfg.model.kind.is_sequence() {
             return Ok(()); // refused by the job's own checks
         }
-        let relevant = RelevantPositions::read(path)?;
         let m = &self.cfg.model;
-        self.target = Some(RetrievalTarget::new(
-            relevant,
-            test.rows,
-            m.top_k,
-            m.sequence_len,
-        )?);
+        let target = RetrievalTarget::read(path, test.rows, m.top_k, m.sequence_len)?;
+        self.target = Some(target);
         Ok(())
     }
 

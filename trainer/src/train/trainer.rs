@@ -499,11 +499,10 @@ impl<'j, 'h> Trainer<'j, 'h> {
             self.checkpoints
                 .save_model(&self.bundle, self.position, &self.validation)?;
         }
-        let (test, extra) = self.test()?;
+        let (test, mut extra) = self.test()?;
         let asked_for_test = cfg.data.test.is_some() || cfg.data.split.test > 0.0;
         let no_test_metric = asked_for_test && test.as_ref().and_then(|r| r.auc).is_none();
         let test_rows = test.as_ref().map_or(0, |r| r.rows);
-        let mut extra = extra;
         let warnings = self.warnings(test.as_ref());
         if !warnings.is_empty() {
             extra.insert("warnings".into(), json!(warnings));
