@@ -14,6 +14,7 @@ mod bad_rows;
 pub mod behaviour_samples;
 pub mod config;
 mod fast_hash;
+pub mod fuzzing;
 mod loader;
 pub mod metrics;
 mod prepare;

@@ -1,35 +1,16 @@
-//! Fuzzing without a nightly toolchain: property tests that feed arbitrary and mutated
-//! input to every raw-format row parser and to the prepared-data reader. Any panic is a
-//! bug; errors are the expected answer to garbage.
-//!
-//! CI runs `SHARDREC_FUZZ_CASES` cases per target (default 300, a few seconds in all). A
-//! longer run:
-//!
-//! ```sh
-//! SHARDREC_FUZZ_CASES=200000 cargo test --release -p shardrec-data --test fuzz
-//! ```
+//! Fuzz targets of the data crate: every raw-format row parser, and the prepared-data
+//! reader with one file damaged. Any panic is a bug; errors are the expected answer to
+//! garbage. See `shardrec_data::fuzzing` for the fuzzer, `fuzz/corpus/` for the
+//! recorded corpus, and `launch/fuzz.sh` for the long run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use proptest::prelude::*;
 use shardrec_data::config::DataConfig;
+use shardrec_data::fuzzing::Fuzzer;
 use shardrec_data::{prepare, ParsedRow, PreparedDataset, RowParser, SplitName};
 
-fn cases() -> u32 {
-    std::env::var("SHARDREC_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300)
-}
-
-/// Bytes that look like rows often enough to reach deep into the parsers: separators,
-/// digits, hex, signs, colons and dots are likelier than other bytes.
-fn row_bytes() -> impl Strategy<Value = Vec<u8>> {
-    let byte = prop_oneof![
-        4 => prop::sample::select(b"\t,: .-+0123456789abcdefE".to_vec()),
-        1 => any::<u8>(),
-    ];
-    prop::collection::vec(byte, 0..300)
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus")
 }
 
 /// A parser of every raw format the trainer reads.
@@ -54,20 +35,25 @@ fn parsers() -> Vec<(&'static str, RowParser)> {
         .collect()
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
-
-    /// Every row parser answers any line with a row or a bad field, never a panic, and a
-    /// row it accepts has the schema's number of categorical features.
-    #[test]
-    fn row_parsers_never_panic(line in row_bytes()) {
-        let mut row = ParsedRow::default();
-        for (name, p) in parsers() {
-            if p.parse(&line, &mut row).is_ok() {
-                prop_assert_eq!(row.num_categorical(), p.schema().categorical.len(), "{}", name);
+/// Every row parser answers any line with a row or a bad field, never a panic, and a row
+/// it accepts has the schema's number of categorical features.
+#[test]
+fn row_parsers() {
+    let parsers = parsers();
+    Fuzzer::new("row_parsers", &corpus())
+        .dictionary(&["\t", ",", ":", "|", " ", "\r", "-", "e", "ffffffff", "\t\t"])
+        .run(|line| {
+            let mut row = ParsedRow::default();
+            for (name, p) in &parsers {
+                if p.parse(line, &mut row).is_ok() {
+                    assert_eq!(
+                        row.num_categorical(),
+                        p.schema().categorical.len(),
+                        "{name}"
+                    );
+                }
             }
-        }
-    }
+        });
 }
 
 /// A small prepared dataset (delimited, with a multi-valued column) in `dir`.
@@ -99,51 +85,64 @@ fn read_all(ds: &PreparedDataset) {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: cases() / 3 + 1, ..ProptestConfig::default() })]
-
-    /// A prepared folder with one file changed (bytes overwritten, truncated or
-    /// extended) opens with an error naming the damage, or opens and reads without a
-    /// panic.
-    #[test]
-    fn the_prepared_reader_never_panics(
-        which in 0usize..64,
-        at in any::<prop::sample::Index>(),
-        edit in prop::collection::vec(any::<u8>(), 0..16),
-        cut in any::<bool>(),
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let ds = prepared(dir.path());
-        let mut files: Vec<_> = walk(&ds.dir);
-        files.sort();
-        let target = &files[which % files.len()];
-        let mut bytes = std::fs::read(target).unwrap();
-        if cut {
-            bytes.truncate(at.index(bytes.len() + 1));
-        } else {
-            let i = at.index(bytes.len() + 1);
-            for (k, b) in edit.iter().enumerate() {
-                match bytes.get_mut(i + k) {
-                    Some(x) => *x = *b,
-                    None => bytes.push(*b),
-                }
-            }
-        }
-        std::fs::write(target, bytes).unwrap();
-        if let Ok(ds) = PreparedDataset::open(&ds.dir) {
-            read_all(&ds);
-        }
-    }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
+/// The files of a folder, by their path inside it, sorted.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         if e.path().is_dir() {
-            out.extend(walk(&e.path()));
+            walk(root, &e.path(), out);
         } else {
-            out.push(e.path());
+            let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
+            out.push(rel.to_string_lossy().into_owned());
         }
     }
-    out
+    out.sort();
+}
+
+/// A prepared folder with one file replaced (input: the file's path inside the folder,
+/// a newline, its new bytes) opens with an error naming the damage, or opens and reads
+/// without a panic. Seeds: every file of a folder this version prepares.
+#[test]
+fn prepared_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = prepared(dir.path()).dir;
+    let mut files = Vec::new();
+    walk(&template, &template, &mut files);
+    let mut fuzzer = Fuzzer::new("prepared_reader", &corpus());
+    for f in &files {
+        let mut seed = format!("{f}\n").into_bytes();
+        seed.extend(std::fs::read(template.join(f)).unwrap());
+        fuzzer = fuzzer.seed(seed);
+    }
+    let originals: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(template.join(f)).unwrap())
+        .collect();
+    fuzzer
+        .dictionary(&[
+            "\"rows\":",
+            "\"bytes\":",
+            "\"version\":",
+            "\"schema\":",
+            "{}",
+            "[]",
+            "null",
+        ])
+        .run(|input| {
+            let split = input
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap_or(input.len());
+            let named = String::from_utf8_lossy(&input[..split]);
+            // only a file of the folder, so a mutated path cannot write elsewhere
+            let which = files
+                .iter()
+                .position(|f| **f == named)
+                .unwrap_or(crc32fast::hash(&input[..split]) as usize % files.len());
+            let path = template.join(&files[which]);
+            std::fs::write(&path, input.get(split + 1..).unwrap_or_default()).unwrap();
+            if let Ok(ds) = PreparedDataset::open(&template) {
+                read_all(&ds);
+            }
+            std::fs::write(&path, &originals[which]).unwrap();
+        });
 }

@@ -392,113 +392,61 @@ mod tests {
         assert!(load_config_str(BASE, "c.toml", &["novalue".into()]).is_err());
     }
 
-    /// Fuzzing the loader (see `trainer/data/tests/fuzz.rs` for the longer-run command;
-    /// `SHARDREC_FUZZ_CASES` sets the cases here too): the bundled configs with bytes
-    /// changed, inserted or removed, and arbitrary `--set` overrides, give a config or an
-    /// error, never a panic.
-    mod fuzz {
-        use super::*;
-        use proptest::prelude::*;
-
-        fn cases() -> u32 {
-            std::env::var("SHARDREC_FUZZ_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(300)
+    /// Fuzzing the loader (`shardrec_data::fuzzing`; `launch/fuzz.sh` is the long run):
+    /// the bundled configs and the recorded corpus, mutated, with `--set` overrides (the
+    /// lines after a `#--set` line), give a config or an error, never a panic.
+    #[test]
+    fn fuzz_config_loader() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut fuzzer = shardrec_data::fuzzing::Fuzzer::new("config", &root.join("fuzz/corpus"));
+        let mut bundled: Vec<_> = std::fs::read_dir(root.join("configs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        bundled.sort();
+        for p in bundled {
+            fuzzer = fuzzer.seed(std::fs::read(p).unwrap());
         }
-
-        fn bundled() -> Vec<String> {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
-            let mut texts: Vec<String> = std::fs::read_dir(dir)
-                .unwrap()
-                .flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
-                .map(|e| std::fs::read_to_string(e.path()).unwrap())
-                .collect();
-            texts.sort();
-            texts
-        }
-
-        fn override_arg() -> impl Strategy<Value = String> {
-            let key = prop::sample::select(vec![
-                "seed",
-                "train.epochs",
-                "train.batch_size",
-                "data.split.test",
-                "data.format",
-                "model.kind",
-                "model.hidden",
-                "embedding.dim",
-                "embedding.optimizer.lr",
-                "optimizer.lr",
-                "data.columns",
-                "train",
-                "a.b.c",
-                "",
-                ".",
-                "embedding..dim",
-            ]);
-            let value = prop::sample::select(vec![
-                "1",
-                "0",
-                "-1",
-                "nan",
-                "inf",
-                "1e400",
-                "\"x\"",
-                "[1, 2]",
-                "{a = 1}",
-                "[[]]",
-                "true",
-                "",
+        fuzzer
+            .dictionary(&[
+                "\n#--set\n",
+                "\n",
                 "=",
                 "\"",
                 "[",
+                "]",
                 "{",
-                "18446744073709551616",
-            ]);
-            (key, value, any::<bool>()).prop_map(|(k, v, eq)| {
-                if eq {
-                    format!("{k}={v}")
-                } else {
-                    format!("{k}{v}")
-                }
-            })
-        }
-
-        proptest! {
-            #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
-
-            #[test]
-            fn the_loader_never_panics(
-                which in any::<prop::sample::Index>(),
-                at in any::<prop::sample::Index>(),
-                edit in prop::collection::vec(any::<u8>(), 0..8),
-                mode in 0u8..3,
-                overrides in prop::collection::vec(override_arg(), 0..3),
-            ) {
-                let texts = bundled();
-                let mut bytes = texts[which.index(texts.len())].clone().into_bytes();
-                let i = at.index(bytes.len() + 1);
-                match mode {
-                    0 => {
-                        for (k, b) in edit.iter().enumerate() {
-                            if let Some(x) = bytes.get_mut(i + k) {
-                                *x = *b;
-                            }
-                        }
-                    }
-                    1 => {
-                        bytes.splice(i..i, edit.iter().copied());
-                    }
-                    _ => {
-                        let end = (i + edit.len()).min(bytes.len());
-                        bytes.drain(i..end);
-                    }
-                }
-                let text = String::from_utf8_lossy(&bytes);
-                let _ = load_config_str(&text, "fuzz.toml", &overrides);
-            }
-        }
+                "}",
+                ",",
+                ".",
+                "[data]",
+                "[model]",
+                "[train]",
+                "[embedding]",
+                "[[data.columns]]",
+                "seed",
+                "epochs",
+                "batch_size",
+                "lr",
+                "kind",
+                "dim",
+                "threshold",
+                "true",
+                "\"x\"",
+                "nan",
+                "inf",
+                "\"hashed\"",
+                "\"qr\"",
+                "\"din\"",
+                "\"dare\"",
+            ])
+            .run(|input| {
+                let text = String::from_utf8_lossy(input);
+                let (toml, sets) = text.split_once("\n#--set\n").unwrap_or((&text, ""));
+                let overrides: Vec<String> = sets.lines().map(str::to_string).collect();
+                let _ = load_config_str(toml, "fuzz.toml", &overrides);
+            });
     }
 }

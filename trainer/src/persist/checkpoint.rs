@@ -44,7 +44,7 @@ use crate::TrainError;
 pub const CHECKPOINT_FORMAT: &str = "shardrec-checkpoint";
 pub const CHECKPOINT_VERSION: u32 = 1;
 const MANIFEST: &str = "manifest.json";
-const MANIFEST_CRC: &str = "manifest.crc32";
+pub(crate) const MANIFEST_CRC: &str = "manifest.crc32";
 pub const DENSE: &str = "dense.safetensors";
 const DENSE_OPTIMIZER: &str = "dense_optimizer.safetensors";
 pub const VOCAB: &str = "vocab.bin";
@@ -484,7 +484,54 @@ pub fn read_checkpoint(dir: &Path) -> Result<CheckpointManifest, TrainError> {
             ),
         ));
     }
+    check_pieces(&mpath, &m)?;
     Ok(m)
+}
+
+/// Checks that the pieces lie inside their tables, that each piece's file holds its
+/// rectangle, and that the pieces hold every value of every table: the table sizes a
+/// manifest states are what is allocated, so they must be what its files hold.
+fn check_pieces(mpath: &Path, m: &CheckpointManifest) -> Result<(), ModelIoError> {
+    let corrupt = |message: String| ModelIoError::Corrupt {
+        path: mpath.to_path_buf(),
+        message,
+    };
+    for c in &m.collections {
+        for (t, spec) in c.spec.tables.iter().enumerate() {
+            let mut held = 0u128;
+            for p in m
+                .pieces
+                .iter()
+                .filter(|p| p.collection == c.name && p.table == t)
+            {
+                let [r0, r1] = p.rows;
+                let [c0, c1] = p.cols;
+                if r0 >= r1 || r1 > spec.rows || c0 >= c1 || c1 > spec.dim {
+                    return Err(corrupt(format!(
+                        "piece {} (rows {r0}..{r1}, cols {c0}..{c1}) is not inside table {} ({} x {})",
+                        p.weights, spec.name, spec.rows, spec.dim
+                    )));
+                }
+                let values = (r1 - r0) as u128 * (c1 - c0) as u128;
+                let file = m.files.iter().find(|f| f.path == p.weights);
+                if file.map(|f| f.bytes as u128) != Some(values * 4) {
+                    return Err(corrupt(format!(
+                        "piece {} holds {values} values, but its file is listed as {:?} bytes",
+                        p.weights,
+                        file.map(|f| f.bytes)
+                    )));
+                }
+                held += values;
+            }
+            if held < spec.rows as u128 * spec.dim as u128 {
+                return Err(corrupt(format!(
+                    "table {} of {} is {} x {} but its pieces hold {held} values",
+                    spec.name, c.name, spec.rows, spec.dim
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The checkpoint `path` names: a checkpoint folder itself, or a run folder (its newest
@@ -600,7 +647,7 @@ impl<'a> SavedTables<'a> {
                     rows: [0, layout.table_rows(t)],
                     cols: [0, layout.table_dim(t)],
                     updates: 0,
-                    weights: format!("tables/{}_{t}.f32", c.name),
+                    weights: super::model_io::table_file(&c.name, t),
                     state: None,
                 });
             }

@@ -18,6 +18,9 @@ pub mod model_io;
 pub mod run_checkpoints;
 pub mod saved;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use checkpoint::{CheckpointManifest, Position, ValidationState};
 pub use model_io::{CompactModelInfo, ModelIoError, ModelManifest, COMPACT_ROW_MASK};
 pub use run_checkpoints::RunCheckpoints;

@@ -116,7 +116,7 @@ pub struct ModelDescription<'a> {
 
 /// The model manifest's own CRC32, beside it (a checkpoint's is `manifest.crc32`, which
 /// is how the two kinds of folder are told apart).
-const MANIFEST_CRC: &str = "model.crc32";
+pub(crate) const MANIFEST_CRC: &str = "model.crc32";
 
 /// Checks `manifest.json` against `model.crc32`; models saved before the file existed
 /// have none and are read as they are.
@@ -138,6 +138,33 @@ fn check_manifest_crc(dir: &Path, mpath: &Path, text: &str) -> Result<(), ModelI
         ));
     }
     Ok(())
+}
+
+/// Checks that every table the manifest describes has its file, of `rows x dim` floats:
+/// the sizes a manifest states are what is allocated, so they must be what is saved.
+fn check_table_files(mpath: &Path, m: &ModelManifest) -> Result<(), ModelIoError> {
+    for c in &m.collections {
+        for (t, spec) in c.spec.tables.iter().enumerate() {
+            let rel = table_file(&c.name, t);
+            let want = spec.rows as u128 * spec.dim as u128 * 4;
+            let listed = m.files.iter().find(|f| f.path == rel).map(|f| f.bytes);
+            if listed.map(u128::from) != Some(want) {
+                return Err(ModelIoError::Corrupt {
+                    path: mpath.to_path_buf(),
+                    message: format!(
+                        "table {} of {} is {} x {}, but {rel} is listed as {listed:?} bytes",
+                        spec.name, c.name, spec.rows, spec.dim
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A one-process model's file of table `t` of collection `name`.
+pub fn table_file(name: &str, t: usize) -> String {
+    format!("tables/{name}_{t}.f32")
 }
 
 /// Saves a model into `dir` (replacing it).
@@ -175,7 +202,7 @@ pub fn save_model(
     let mut saved = Vec::new();
     for (name, tables) in collections {
         for t in 0..tables.layout().num_tables() {
-            let rel = format!("tables/{name}_{t}.f32");
+            let rel = table_file(name, t);
             let path = tmp.join(&rel);
             let mut w = CrcWriter::create(&path)?;
             write_table(&mut w, tables, t).map_err(io(&path))?;
@@ -244,5 +271,6 @@ pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ModelIoError> {
     for f in &m.files {
         verify(dir, f)?;
     }
+    check_table_files(&mpath, &m)?;
     Ok(m)
 }

@@ -20,6 +20,8 @@ use std::path::Path;
 pub use hook::TrainHook;
 pub use job::{BatchSizes, TrainJob};
 pub use summary::{RunSummary, Timing};
+#[cfg(test)]
+pub(crate) use trainer::dense_optimizer;
 pub use trainer::Trainer;
 
 use crate::cluster::Cluster;

@@ -693,7 +693,10 @@ impl<'j, 'h> Trainer<'j, 'h> {
 }
 
 /// The dense optimizer, over every trainable variable but those a layer trains itself.
-fn dense_optimizer(bundle: &ModelBundle, cfg: &crate::config::ExperimentConfig) -> DenseOptimizer {
+pub(crate) fn dense_optimizer(
+    bundle: &ModelBundle,
+    cfg: &crate::config::ExperimentConfig,
+) -> DenseOptimizer {
     match &bundle.layer {
         Some(l) => DenseOptimizer::with_variables(
             bundle
