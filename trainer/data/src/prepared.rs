@@ -170,6 +170,10 @@ impl PreparedSplit {
     }
 }
 
+/// More rows than any split can hold: its offsets file would pass 2^64 bytes. A larger
+/// count in `meta.json` is damage, and is refused before any size is computed from it.
+const MAX_ROWS: u64 = 1 << 56;
+
 /// A prepared dataset on disk.
 #[derive(Debug)]
 pub struct PreparedDataset {
@@ -198,6 +202,22 @@ impl PreparedDataset {
                     "layout version {} (this build reads {PREPARED_VERSION}); prepare again",
                     meta.version
                 ),
+            });
+        }
+        if meta.vocab_sizes.len() != meta.schema.categorical.len() {
+            return Err(DataError::Corrupt {
+                path: meta_path,
+                message: format!(
+                    "{} vocabulary sizes for {} categorical features",
+                    meta.vocab_sizes.len(),
+                    meta.schema.categorical.len()
+                ),
+            });
+        }
+        if let Some((name, sm)) = meta.splits.iter().find(|(_, s)| s.rows > MAX_ROWS) {
+            return Err(DataError::Corrupt {
+                path: meta_path,
+                message: format!("{} rows in split {}", sm.rows, name.as_str()),
             });
         }
         // The value -> id maps are only needed to encode new raw files (evaluation of a
@@ -231,9 +251,13 @@ impl PreparedDataset {
                             message: "offsets are not increasing".into(),
                         });
                     }
+                    let bytes = total.checked_mul(4).ok_or_else(|| DataError::Corrupt {
+                        path: opath.clone(),
+                        message: format!("last offset {total} is past any file"),
+                    })?;
                     let ids = MappedColumn::open(
                         &column_path(dir, name, &format!("cat_{f}.u32")),
-                        total * 4,
+                        bytes,
                     )?;
                     cats.push(CatColumn {
                         ids,
