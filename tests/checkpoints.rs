@@ -4,6 +4,7 @@
 //! incomplete checkpoint is refused naming the file.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
@@ -625,4 +626,64 @@ fn resume_checks_its_inputs_first_and_says_what_it_passes_over() {
     );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--users"), "{}", stderr(&o));
+}
+
+/// A disk that fills while a checkpoint is written (a file size limit stands in for it:
+/// the write fails with EFBIG as it would with ENOSPC): the run fails naming the file
+/// and the newest complete checkpoint, the checkpoints written before stay complete and
+/// evaluate as before, and `--resume` goes on from them once there is space.
+#[test]
+fn a_full_disk_fails_the_checkpoint_by_name_and_keeps_the_complete_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 20_000, 5000);
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "dlrm",
+        "epochs = 1\ncheckpoint_every = 20\nsave_model = false\nlog_every = 1000",
+    );
+    let first = train_summary(dir.path(), &cfg, &[]);
+    let run_dir = dir.path().join("run");
+    let before = checkpoints(&run_dir);
+    let newest = before.last().unwrap().to_str().unwrap().to_string();
+    let eval_newest = || {
+        summary(&run(
+            dir.path(),
+            &["eval", cfg.to_str().unwrap(), "--model", &newest],
+        ))
+    };
+    assert_eq!(eval_newest()["auc"], first["auc"]);
+    // a table file of a checkpoint is about 75 KB; anything larger than 40 KiB fails
+    let o = Command::new("bash")
+        .current_dir(dir.path())
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 40; exec {} train {} --set train.epochs=2 --resume run",
+            env!("CARGO_BIN_EXE_shardrec"),
+            cfg.display()
+        ))
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("out of disk space")
+            && err.contains(".partial/tables/main/")
+            && err.contains(&format!("{newest} is the newest complete checkpoint"))
+            && err.contains(&format!("--resume {}", run_dir.display())),
+        "{err}"
+    );
+    let complete: Vec<_> = checkpoints(&run_dir)
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert_eq!(complete, before, "no complete checkpoint pruned or damaged");
+    assert_eq!(eval_newest()["auc"], first["auc"]);
+    let cfg = cfg.to_str().unwrap();
+    let o = run(
+        dir.path(),
+        &["train", cfg, "--set", "train.epochs=2", "--resume", "run"],
+    );
+    let resumed = summary(&o);
+    assert_eq!(resumed["steps"], 2 * first["steps"].as_u64().unwrap());
 }

@@ -31,6 +31,12 @@ pub use saved::{best_before, fill_saved, refuse_masked_optembed_model, resume_fr
 pub enum PersistError {
     #[error("{what}: another rank failed (its error is above)")]
     OtherRankFailed { what: String },
+    #[error("{dir}: out of disk space (or over a quota or file size limit); {resume}")]
+    OutOfSpace {
+        dir: PathBuf,
+        resume: String,
+        source: Box<crate::TrainError>,
+    },
     #[error("a dense optimizer variable is not in the model")]
     OptimizerVariableMissing,
     #[error("{what}: {source}")]

@@ -9,9 +9,10 @@ use shardrec_models::DenseOptimizer;
 use shardrec_tables::Exchange;
 use shardrec_tables::LocalEmbeddings;
 
+use super::checked_file::ModelIoError;
 use super::checkpoint::{
-    agree, checkpoint_dir, prune_checkpoints, write_checkpoint, CheckpointSource, Position,
-    ValidationState,
+    agree, checkpoint_dir, list_checkpoints, prune_checkpoints, write_checkpoint, CheckpointSource,
+    Position, ValidationState,
 };
 use super::model_io::{save_model, ModelDescription};
 use super::saved::{fill_saved, SavedFolder};
@@ -135,7 +136,8 @@ impl<'a> RunCheckpoints<'a> {
         let dir = checkpoint_dir(&self.run, position.step);
         let vocab = self.data.dir.join("vocab.bin");
         let src = self.source(bundle, Some(opt), position, validation, &vocab);
-        let bytes = write_checkpoint(&dir, &src, self.cluster)?;
+        let bytes =
+            write_checkpoint(&dir, &src, self.cluster).map_err(|e| self.out_of_space(e, &dir))?;
         if self.cluster.is_root() {
             prune_checkpoints(&self.run, self.cfg.train.checkpoint_keep)?;
         }
@@ -193,7 +195,7 @@ impl<'a> RunCheckpoints<'a> {
         let vocab = self.data.dir.join("vocab.bin");
         if self.cluster.world_size() > 1 {
             let src = self.source(bundle, None, position, validation, &vocab);
-            write_checkpoint(&dir, &src, self.cluster)?;
+            write_checkpoint(&dir, &src, self.cluster).map_err(|e| self.out_of_space(e, &dir))?;
             return Ok(());
         }
         fn local(e: &EmbeddingEngine) -> Result<&LocalEmbeddings, TrainError> {
@@ -211,7 +213,35 @@ impl<'a> RunCheckpoints<'a> {
             vocab_file: &vocab,
             preprocessing: &self.preprocessing,
         };
-        save_model(&dir, &bundle.vs, &what, &colls, None)?;
-        Ok(())
+        save_model(&dir, &bundle.vs, &what, &colls, None)
+            .map_err(|e| self.out_of_space(e.into(), &dir))
+    }
+
+    /// A write that failed for want of space (a full disk, a quota, a file size limit)
+    /// says so, and which complete checkpoint `--resume` would go on from: what was
+    /// written before stays complete (checkpoints are renamed into place when whole).
+    fn out_of_space(&self, e: TrainError, dir: &Path) -> TrainError {
+        use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+        let full = matches!(&e, TrainError::ModelIo(ModelIoError::Io { source, .. })
+            if matches!(source.kind(), StorageFull | QuotaExceeded | FileTooLarge));
+        if !full {
+            return e;
+        }
+        let newest = list_checkpoints(&self.run.join("checkpoints"))
+            .ok()
+            .and_then(|mut v| v.pop());
+        PersistError::OutOfSpace {
+            dir: dir.to_path_buf(),
+            resume: match newest {
+                Some(c) => format!(
+                    "{} is the newest complete checkpoint: free space, then continue with --resume {}",
+                    c.display(),
+                    self.run.display()
+                ),
+                None => "no checkpoint is complete yet: free space and start again".into(),
+            },
+            source: Box::new(e),
+        }
+        .into()
     }
 }
