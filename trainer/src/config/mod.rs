@@ -18,4 +18,4 @@ pub use shardrec_data::config::{
     BadRowPolicy, ColumnConfig, ColumnRole, DataConfig, DataFormat, DenseTransform, JoinConfig,
     Preprocessing, SplitConfig, SplitKind, Violation,
 };
-pub use validate::validate;
+pub use validate::{model_section_violations, validate};

@@ -101,7 +101,11 @@ fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
 
 /// `[model]`: layer widths, dropout, sequence lengths.
 fn model_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
-    let m = &c.model;
+    model_section_violations(&c.model, v);
+}
+
+/// The `[model]` section's checks, for a config or a saved manifest's model.
+pub fn model_section_violations(m: &shardrec_models::ModelConfig, v: &mut Vec<Violation>) {
     check_range(v, "model.dropout", m.dropout, 0.0, MAX_DROPOUT);
     check_range(v, "model.cross_layers", m.cross_layers, 0, 64);
     for (k, layers) in [

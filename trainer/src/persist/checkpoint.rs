@@ -484,6 +484,14 @@ pub fn read_checkpoint(dir: &Path) -> Result<CheckpointManifest, TrainError> {
             ),
         ));
     }
+    super::model_io::check_described(
+        &mpath,
+        &m.model,
+        m.num_dense,
+        &m.schema,
+        &m.vocab_sizes,
+        &m.files,
+    )?;
     check_pieces(&mpath, &m)?;
     Ok(m)
 }

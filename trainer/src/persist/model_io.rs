@@ -140,6 +140,64 @@ fn check_manifest_crc(dir: &Path, mpath: &Path, text: &str) -> Result<(), ModelI
     Ok(())
 }
 
+/// Checks the model a manifest describes before anything is built from it: the
+/// `[model]` section's ranges, one dense input per dense column, one vocabulary per
+/// categorical feature, and no layer with more weights than `dense.safetensors` holds
+/// (a damaged or edited width cannot ask for more memory than the saved model takes).
+pub(crate) fn check_described(
+    mpath: &Path,
+    model: &ModelConfig,
+    num_dense: usize,
+    schema: &Schema,
+    vocab_sizes: &[u64],
+    files: &[SavedFile],
+) -> Result<(), ModelIoError> {
+    let corrupt = |message: String| ModelIoError::Corrupt {
+        path: mpath.to_path_buf(),
+        message,
+    };
+    let mut v = Vec::new();
+    crate::config::model_section_violations(model, &mut v);
+    if let Some(bad) = v.first() {
+        return Err(corrupt(format!(
+            "{} = {} {}",
+            bad.key, bad.value, bad.range
+        )));
+    }
+    if num_dense != schema.dense.len() || vocab_sizes.len() != schema.categorical.len() {
+        return Err(corrupt(format!(
+            "num_dense {num_dense} and {} vocabulary sizes for a schema of {} dense and {} categorical columns",
+            vocab_sizes.len(),
+            schema.dense.len(),
+            schema.categorical.len()
+        )));
+    }
+    let dense_floats = files
+        .iter()
+        .find(|f| f.path == "dense.safetensors")
+        .map_or(0, |f| f.bytes / 4);
+    for layers in [
+        &model.hidden,
+        &model.bottom,
+        &model.top,
+        &model.attention_hidden,
+    ] {
+        let too_wide = layers
+            .iter()
+            .map(|&w| (w, 1))
+            .chain(layers.windows(2).map(|w| (w[0], w[1])));
+        if let Some((a, b)) = too_wide
+            .into_iter()
+            .find(|(a, b)| (a * b) as u64 > dense_floats)
+        {
+            return Err(corrupt(format!(
+                "model layers {a} x {b} hold more weights than dense.safetensors ({dense_floats} floats)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that every table the manifest describes has its file, of `rows x dim` floats:
 /// the sizes a manifest states are what is allocated, so they must be what is saved.
 fn check_table_files(mpath: &Path, m: &ModelManifest) -> Result<(), ModelIoError> {
@@ -271,6 +329,14 @@ pub fn read_manifest(dir: &Path) -> Result<ModelManifest, ModelIoError> {
     for f in &m.files {
         verify(dir, f)?;
     }
+    check_described(
+        &mpath,
+        &m.model,
+        m.num_dense,
+        &m.schema,
+        &m.vocab_sizes,
+        &m.files,
+    )?;
     check_table_files(&mpath, &m)?;
     Ok(m)
 }
