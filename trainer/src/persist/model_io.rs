@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use shardrec_models::ModelConfig;
+use shardrec_models::{ModelConfig, ModelKind};
 use shardrec_tables::{CollectionSpec, LocalEmbeddings};
 use tch::nn::VarStore;
 
@@ -176,12 +176,14 @@ pub(crate) fn check_described(
         .iter()
         .find(|f| f.path == "dense.safetensors")
         .map_or(0, |f| f.bytes / 4);
-    for layers in [
-        &model.hidden,
-        &model.bottom,
-        &model.top,
-        &model.attention_hidden,
-    ] {
+    // the layer lists the kind builds (the others keep their defaults, unused)
+    let used: Vec<&Vec<i64>> = match model.kind {
+        ModelKind::Lr | ModelKind::Fm => vec![],
+        ModelKind::Dlrm => vec![&model.bottom, &model.top],
+        ModelKind::Deepfm | ModelKind::Dcnv2 => vec![&model.hidden],
+        _ => vec![&model.hidden, &model.attention_hidden],
+    };
+    for layers in used {
         let too_wide = layers
             .iter()
             .map(|&w| (w, 1))
