@@ -27,6 +27,8 @@ pub enum TableError {
     BadPlan(String),
     #[error("exchange between ranks: {0}")]
     Exchange(String),
+    #[error("{path}: {reason}")]
+    Storage { path: String, reason: String },
     #[error("buffer size: expected {expected} values for {what}, got {got}")]
     SizeMismatch {
         what: String,

@@ -24,6 +24,7 @@ mod collection;
 mod conformance;
 mod error;
 mod exchange;
+mod file_rows;
 mod hashing;
 mod init;
 mod jagged;
@@ -47,6 +48,7 @@ pub use conformance::{
 };
 pub use error::TableError;
 pub use exchange::{Exchange, SoloExchange, ThreadExchange};
+pub use file_rows::{FileRows, FileTier, TierReport, TierStats};
 pub use hashing::{hash_id, mix64, unit_f32};
 pub use init::RowInit;
 pub use jagged::KeyedJaggedIds;

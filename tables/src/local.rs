@@ -10,7 +10,7 @@ use crate::optimizer::SparseOptimizer;
 use crate::row_ops::{assemble_output, reduce_row_gradients, sum_in_source_order};
 use crate::shard::TableShard;
 use crate::sharding::ShardingPlan;
-use crate::{KeyedJaggedIds, TableError};
+use crate::{FileTier, KeyedJaggedIds, TableError};
 
 /// One slice of a step trained in slices: its lookup plan, the rows its forward fetched
 /// and the gradient of its output.
@@ -38,6 +38,16 @@ impl LocalEmbeddings {
         plan: ShardingPlan,
         optimizer: SparseOptimizer,
     ) -> Result<Self, TableError> {
+        Self::with_tiers(layout, plan, optimizer, &[])
+    }
+
+    /// As [`Self::new`], with table `t` in the file tier `tiers[t]` where one is given.
+    pub fn with_tiers(
+        layout: CollectionLayout,
+        plan: ShardingPlan,
+        optimizer: SparseOptimizer,
+        tiers: &[Option<FileTier>],
+    ) -> Result<Self, TableError> {
         plan.validate(&layout)?;
         let dims = layout.table_dims();
         let shards = layout
@@ -56,10 +66,17 @@ impl LocalEmbeddings {
                             usize::MAX
                         },
                     )
-                    .map(|e| TableShard::of_table(spec, e, &optimizer))
-                    .collect()
+                    .map(|e| {
+                        TableShard::build(
+                            spec,
+                            e,
+                            &optimizer,
+                            tiers.get(t).and_then(Option::as_ref),
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             layout,
             plan,

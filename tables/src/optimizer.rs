@@ -138,13 +138,7 @@ impl SparseOptimizer {
             split_rows(state, sw, rows, n)?
         };
         let opt = *self;
-        let (bc1, bc2) = match self.kind {
-            OptimizerKind::Adam => {
-                let t = step.max(1) as i32;
-                (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t))
-            }
-            _ => (1.0, 1.0),
-        };
+        let (bc1, bc2) = self.bias_corrections(step);
         // Chunks of rows in parallel; inside a chunk, rows a few places ahead are
         // prefetched so the random reads of weights and state overlap.
         const CHUNK: usize = 256;
@@ -168,10 +162,21 @@ impl SparseOptimizer {
         Ok(())
     }
 
+    /// Adam's bias corrections for the `step`-th update (1 for the other kinds).
+    pub(crate) fn bias_corrections(&self, step: u64) -> (f32, f32) {
+        match self.kind {
+            OptimizerKind::Adam => {
+                let t = step.max(1) as i32;
+                (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t))
+            }
+            _ => (1.0, 1.0),
+        }
+    }
+
     /// One row's update. Written as straight loops over zipped slices (no per-element
     /// branches) so they vectorise; `weight_decay = 0` costs one multiply-add.
     #[inline]
-    fn update_row(&self, w: &mut [f32], s: &mut [f32], g: &[f32], bc1: f32, bc2: f32) {
+    pub(crate) fn update_row(&self, w: &mut [f32], s: &mut [f32], g: &[f32], bc1: f32, bc2: f32) {
         let (wd, lr, eps) = (self.weight_decay, self.lr, self.eps);
         match self.kind {
             OptimizerKind::Sgd => {

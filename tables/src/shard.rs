@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use crate::file_rows::{FileRows, FileTier, TierReport};
 use crate::init::RowInit;
 use crate::optimizer::{SparseOptimizer, StateLayout};
 use crate::sharding::ShardExtent;
@@ -49,6 +50,8 @@ enum Rows {
         state: Box<dyn RowStorage>,
     },
     Device(Box<dyn DeviceRows>),
+    /// The file tier: rows and state in a file behind a cache of hot rows.
+    File(Box<FileRows>),
 }
 
 #[derive(Debug)]
@@ -97,9 +100,85 @@ impl TableShard {
         }
     }
 
+    /// The freshly initialised part `extent` of the table `spec`: in RAM, or in the file
+    /// tier when `tier` is given.
+    pub fn build(
+        spec: &TableSpec,
+        extent: &ShardExtent,
+        opt: &SparseOptimizer,
+        tier: Option<&FileTier>,
+    ) -> Result<Self, TableError> {
+        match tier {
+            Some(t) => Self::in_file(spec, extent, opt, t),
+            None => Ok(Self::of_table(spec, extent, opt)),
+        }
+    }
+
     /// The freshly initialised part `extent` of the table `spec`.
     pub fn of_table(spec: &TableSpec, extent: &ShardExtent, opt: &SparseOptimizer) -> Self {
         Self::new(&spec.name, spec.dim, extent, &spec.init, opt)
+    }
+
+    /// The part `extent` of the table `spec` in the file tier: a new sparse file under
+    /// `tier.dir` (rows read as their initial values until written) behind a cache of
+    /// `tier.cache_rows` rows. Nothing the size of the shard is allocated.
+    pub fn in_file(
+        spec: &TableSpec,
+        extent: &ShardExtent,
+        opt: &SparseOptimizer,
+        tier: &FileTier,
+    ) -> Result<Self, TableError> {
+        let width = extent.cols.len();
+        let n = (extent.rows.end - extent.rows.start) as usize;
+        let sw = opt.state_width(width);
+        let name: String = spec
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = tier.dir.join(format!(
+            "{name}.rows{}-{}.cols{}-{}.p{}.rows",
+            extent.rows.start,
+            extent.rows.end,
+            extent.cols.start,
+            extent.cols.end,
+            std::process::id()
+        ));
+        let rows = FileRows::create(
+            &path,
+            n,
+            width,
+            sw,
+            tier.cache_rows(width + sw),
+            &spec.init,
+            (extent.rows.start, extent.cols.clone(), spec.dim),
+            opt.initial_state(),
+        )?;
+        Ok(Self {
+            table: spec.name.clone(),
+            rows: extent.rows.clone(),
+            cols: extent.cols.clone(),
+            dim: spec.dim,
+            held: Rows::File(Box::new(rows)),
+            state_width: sw,
+            steps: 0,
+        })
+    }
+
+    /// What the file tier holds and did, for a shard in it.
+    pub fn tier_report(&self) -> Option<TierReport> {
+        match &self.held {
+            Rows::File(f) => {
+                let (ram_bytes, file_bytes) = f.bytes();
+                Some(TierReport {
+                    cache_rows: f.cache_rows(),
+                    ram_bytes,
+                    file_bytes,
+                    stats: f.stats(),
+                })
+            }
+            _ => None,
+        }
     }
 
     /// Moves the rows and state to a device (freeing the host copy); a shard already
@@ -136,6 +215,7 @@ impl TableShard {
         match &self.held {
             Rows::Host { weights, .. } => Ok(Cow::Borrowed(weights.as_slice())),
             Rows::Device(d) => d.weights().map(Cow::Owned),
+            Rows::File(f) => self.columns_in_file(f, 0..self.width()).map(Cow::Owned),
         }
     }
 
@@ -144,7 +224,23 @@ impl TableShard {
         match &self.held {
             Rows::Host { state, .. } => Ok(Cow::Borrowed(state.as_slice())),
             Rows::Device(d) => d.state().map(Cow::Owned),
+            Rows::File(f) => self
+                .columns_in_file(f, self.width()..self.width() + self.state_width)
+                .map(Cow::Owned),
         }
+    }
+
+    /// Columns `part` of every record of a file-tier shard (a copy).
+    fn columns_in_file(&self, f: &FileRows, part: Range<usize>) -> Result<Vec<f32>, TableError> {
+        let record = self.width() + self.state_width;
+        let mut out = Vec::with_capacity(self.num_rows() * part.len());
+        f.for_each_chunk(|_, recs| {
+            for rec in recs.chunks(record) {
+                out.extend_from_slice(&rec[part.clone()]);
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     fn check_len(&self, what: &str, expected: usize, got: usize) -> Result<(), TableError> {
@@ -167,6 +263,7 @@ impl TableShard {
                 Ok(())
             }
             Rows::Device(d) => d.set_weights(v),
+            Rows::File(f) => f.overwrite(true, v),
         }
     }
 
@@ -183,6 +280,7 @@ impl TableShard {
                 Ok(())
             }
             Rows::Device(d) => d.set_state(v),
+            Rows::File(f) => f.overwrite(false, v),
         }
     }
 
@@ -238,6 +336,11 @@ impl TableShard {
                 put(&mut s);
                 d.set_state(&s)
             }
+            Rows::File(_) => {
+                let mut s = self.state()?.into_owned();
+                put(&mut s);
+                self.set_state(&s)
+            }
         }
     }
 
@@ -255,6 +358,12 @@ impl TableShard {
         match &self.held {
             Rows::Host { weights, state } => (weights.bytes(), state.bytes()),
             Rows::Device(d) => d.bytes(),
+            // the RAM it holds, split as the record is
+            Rows::File(f) => {
+                let ram = f.bytes().0;
+                let w = ram * self.width() / (self.width() + self.state_width).max(1);
+                (w, ram - w)
+            }
         }
     }
 
@@ -276,6 +385,7 @@ impl TableShard {
                 }
                 return d.gather(local_rows);
             }
+            Rows::File(f) => return f.gather(local_rows),
         };
         // one pass: bounds check, prefetch ahead, copy
         let mut out = Vec::with_capacity(local_rows.len() * w);
@@ -321,6 +431,7 @@ impl TableShard {
                 }
                 d.apply(opt, self.steps, local_rows, grads)
             }
+            Rows::File(f) => f.apply(opt, self.steps, local_rows, grads),
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::optimizer::{OptimizerKind, SparseOptimizer};
 use crate::row_ops::{assemble_output, reduce_row_gradients, sum_in_source_order};
 use crate::shard::TableShard;
 use crate::sharding::{Bucketized, ShardingKind, ShardingPlan};
-use crate::{KeyedJaggedIds, TableError};
+use crate::{FileTier, KeyedJaggedIds, TableError};
 
 /// Time spent waiting in the exchanges, summed over steps.
 #[derive(Debug, Default)]
@@ -85,6 +85,17 @@ impl ShardedEmbeddings {
         optimizer: SparseOptimizer,
         rank: usize,
     ) -> Result<Self, TableError> {
+        Self::with_tiers(layout, plan, optimizer, rank, &[])
+    }
+
+    /// As [`Self::new`], with table `t` in the file tier `tiers[t]` where one is given.
+    pub fn with_tiers(
+        layout: CollectionLayout,
+        plan: ShardingPlan,
+        optimizer: SparseOptimizer,
+        rank: usize,
+        tiers: &[Option<FileTier>],
+    ) -> Result<Self, TableError> {
         plan.validate(&layout)?;
         if rank >= plan.world_size {
             return Err(TableError::BadPlan(format!(
@@ -115,9 +126,17 @@ impl ShardedEmbeddings {
                     .extents(spec.rows, spec.dim)
                     .iter()
                     .find(|e| e.rank == rank)
-                    .map(|e| TableShard::of_table(spec, e, &optimizer))
+                    .map(|e| {
+                        TableShard::build(
+                            spec,
+                            e,
+                            &optimizer,
+                            tiers.get(t).and_then(Option::as_ref),
+                        )
+                    })
+                    .transpose()
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             layout,
             plan,

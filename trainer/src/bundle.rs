@@ -128,6 +128,9 @@ pub struct BundleSpec<'a> {
     /// How the tables are sharded over the ranks (`None`: one process holds them).
     pub plans: Option<&'a CollectionPlans>,
     pub layer: Option<&'a dyn EmbeddingLayerSpec>,
+    /// Where the main tables' rows live (`embedding.storage`; None: RAM). First-order
+    /// tables (one float a row) stay in RAM.
+    pub storage: Option<&'a crate::config::EmbeddingConfig>,
 }
 
 impl BundleSpec<'_> {
@@ -154,12 +157,18 @@ impl BundleSpec<'_> {
             feature_widths,
         };
         let (optimizer, plans) = (self.optimizer, self.plans);
-        let mut tables =
-            EmbeddingEngine::new(self.main, optimizer, ex, plans.map(|p| p.main.clone()))?;
+        let mut tables = EmbeddingEngine::new(
+            self.main,
+            optimizer,
+            ex,
+            plans.map(|p| p.main.clone()),
+            self.storage,
+        )?;
         let mut first_order = self
             .first_order
             .map(|l| {
-                EmbeddingEngine::new(l, optimizer, ex, plans.and_then(|p| p.first_order.clone()))
+                let plan = plans.and_then(|p| p.first_order.clone());
+                EmbeddingEngine::new(l, optimizer, ex, plan, None)
             })
             .transpose()?;
         if self.table_device != Device::Cpu {

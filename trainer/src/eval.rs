@@ -126,6 +126,8 @@ fn eval_inner(
         layer: compact
             .as_ref()
             .map(|c| c as &dyn crate::bundle::EmbeddingLayerSpec),
+        // this config's tiers: a model trained in RAM evaluates from a file, and back
+        storage: Some(&cfg.embedding),
     }
     .init(cluster)?;
     fill_saved(model_dir, &saved, &mut bundle)?;

@@ -255,6 +255,46 @@ impl Default for SparseOptimizerConfig {
     }
 }
 
+/// Which tier holds a table's rows and optimizer state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageKind {
+    /// Every row in RAM.
+    #[default]
+    Ram,
+    /// Rows in a file under `dir`, the hot ones in a cache of `cache_bytes` in RAM.
+    File,
+}
+
+/// `embedding.storage` (every table) or a table's own `storage`: the file tier
+/// (FBGEMM's SSD tables, TorchRec's UVM caching) for tables larger than RAM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default)]
+    pub kind: StorageKind,
+    /// The folder of the tables' files (on a real disk: SSD for speed); created if absent.
+    #[serde(default)]
+    pub dir: Option<std::path::PathBuf>,
+    /// The cache of hot rows, per rank: in `embedding.storage`, shared by the rank's
+    /// file tables in proportion to their rows; in a table's own entry, that table's.
+    #[serde(default)]
+    pub cache_bytes: u64,
+}
+
+impl StorageConfig {
+    /// The file tier it describes, for a cache of `cache_bytes` (None: RAM).
+    pub fn init(&self, cache_bytes: u64) -> Option<shardrec_tables::FileTier> {
+        match (self.kind, &self.dir) {
+            (StorageKind::File, Some(dir)) => Some(shardrec_tables::FileTier {
+                dir: dir.clone(),
+                cache_bytes,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// A table serving one or more features, overriding the `[embedding]` defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -267,6 +307,9 @@ pub struct TableConfig {
     pub dim: Option<usize>,
     #[serde(default)]
     pub buckets: Option<u64>,
+    /// This table's tier, instead of `embedding.storage`.
+    #[serde(default)]
+    pub storage: Option<StorageConfig>,
 }
 
 fn default_dim() -> usize {
@@ -308,12 +351,16 @@ pub struct EmbeddingConfig {
     /// sparse updates then run.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Where the tables' rows live: RAM (the default) or the file tier.
+    #[serde(default)]
+    pub storage: StorageConfig,
 }
 
 impl Default for EmbeddingConfig {
     fn default() -> Self {
         Self {
             device: default_device(),
+            storage: StorageConfig::default(),
             plain_below: 0,
             unified: UnifiedConfig::default(),
             qr: QrConfig::default(),

@@ -5,7 +5,7 @@
 use shardrec_data::config::{check_range, violation, Violation};
 use shardrec_models::MAX_DROPOUT;
 
-use super::schema::{ExperimentConfig, TableKindConfig};
+use super::schema::{ExperimentConfig, StorageConfig, StorageKind, TableKindConfig};
 
 /// Every violation, in key order of the file's sections.
 pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
@@ -43,6 +43,21 @@ fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
     }
     if let Some(s) = e.init.scale {
         check_range(v, "embedding.init.scale", s, f32::MIN_POSITIVE, 10.0);
+    }
+    storage_violations("embedding.storage", &e.storage, v);
+    let file_tier = e.storage.kind == StorageKind::File
+        || e.tables.iter().any(|t| {
+            t.storage
+                .as_ref()
+                .is_some_and(|s| s.kind == StorageKind::File)
+        });
+    if file_tier && e.device != "cpu" {
+        violation(
+            v,
+            "embedding.device",
+            &e.device,
+            "must be cpu with the file tier (its cache is in host memory)",
+        );
     }
     let o = &e.optimizer;
     check_range(v, "embedding.optimizer.lr", o.lr, f32::MIN_POSITIVE, 1000.0);
@@ -86,6 +101,13 @@ fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
         if let Some(b) = t.buckets {
             check_range(v, "embedding.tables.buckets", b, 1, 1 << 40);
         }
+        if let Some(s) = &t.storage {
+            storage_violations(
+                &format!("embedding.tables.storage (table `{}`)", t.name),
+                s,
+                v,
+            );
+        }
         if t.kind.unwrap_or(e.kind) == TableKindConfig::Hashed
             && t.buckets.unwrap_or(e.buckets) == 0
         {
@@ -97,6 +119,28 @@ fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
             );
         }
     }
+}
+
+/// A file tier needs its folder and a cache of at least one set of rows.
+fn storage_violations(key: &str, s: &StorageConfig, v: &mut Vec<Violation>) {
+    if s.kind == StorageKind::Ram {
+        return;
+    }
+    if s.dir.is_none() {
+        violation(
+            v,
+            &format!("{key}.dir"),
+            "none",
+            "a file tier needs its folder",
+        );
+    }
+    check_range(
+        v,
+        &format!("{key}.cache_bytes"),
+        s.cache_bytes,
+        4096,
+        u64::MAX,
+    );
 }
 
 /// `[model]`: layer widths, dropout, sequence lengths.

@@ -4,9 +4,11 @@
 //! backward are collective all-to-all exchanges).
 
 use shardrec_tables::{
-    CollectionLayout, Exchange, LocalEmbeddings, ShardedEmbeddings, ShardingKind, ShardingPlan,
-    SparseOptimizer, TableError, TableShard,
+    CollectionLayout, Exchange, FileTier, LocalEmbeddings, ShardedEmbeddings, ShardingKind,
+    ShardingPlan, SparseOptimizer, TableError, TableShard,
 };
+
+use crate::config::{EmbeddingConfig, StorageKind};
 
 #[derive(Debug)]
 pub enum EmbeddingEngine {
@@ -14,18 +16,66 @@ pub enum EmbeddingEngine {
     Sharded(ShardedEmbeddings),
 }
 
+/// Which tier holds each table's rows on this rank: the file tier for the tables whose
+/// own `storage` or `embedding.storage` says `file`, each with its cache. A table's own
+/// entry brings its own cache; the others share `embedding.storage.cache_bytes` in
+/// proportion to the rows this rank holds of them.
+pub fn file_tiers(
+    cfg: &EmbeddingConfig,
+    layout: &CollectionLayout,
+    held_rows: impl Fn(usize) -> u64,
+) -> Result<Vec<Option<FileTier>>, TableError> {
+    let tables = &layout.spec().tables;
+    let own = |name: &str| {
+        cfg.tables
+            .iter()
+            .find(|t| t.name == name)
+            .and_then(|t| t.storage.as_ref())
+    };
+    let shared = |t: usize| own(&tables[t].name).is_none() && cfg.storage.kind == StorageKind::File;
+    let shared_rows: u64 = (0..tables.len())
+        .filter(|&t| shared(t))
+        .map(&held_rows)
+        .sum();
+    let tiers: Vec<Option<FileTier>> = (0..tables.len())
+        .map(|t| match own(&tables[t].name) {
+            Some(s) => s.init(s.cache_bytes),
+            None if shared(t) => {
+                let share = cfg.storage.cache_bytes as u128 * held_rows(t) as u128
+                    / shared_rows.max(1) as u128;
+                cfg.storage.init(share as u64)
+            }
+            None => None,
+        })
+        .collect();
+    for tier in tiers.iter().flatten() {
+        std::fs::create_dir_all(&tier.dir).map_err(|e| TableError::Storage {
+            path: tier.dir.display().to_string(),
+            reason: format!("cannot create the file tier's folder: {e}"),
+        })?;
+    }
+    Ok(tiers)
+}
+
 impl EmbeddingEngine {
     /// One process: every table here. Several ranks: this rank's shards under `plan`.
+    /// Tables go to the file tier as `storage` says (None: all in RAM).
     pub fn new(
         layout: CollectionLayout,
         optimizer: SparseOptimizer,
         ex: &dyn Exchange,
         plan: Option<ShardingPlan>,
+        storage: Option<&EmbeddingConfig>,
     ) -> Result<Self, TableError> {
         let n = ex.world_size();
         if n == 1 {
-            return Ok(Self::Local(LocalEmbeddings::single_process(
-                layout, optimizer,
+            let tiers = match storage {
+                Some(cfg) => file_tiers(cfg, &layout, |t| layout.spec().tables[t].rows)?,
+                None => vec![],
+            };
+            let plan = ShardingPlan::single_process(&layout);
+            return Ok(Self::Local(LocalEmbeddings::with_tiers(
+                layout, plan, optimizer, &tiers,
             )?));
         }
         let plan = plan.ok_or_else(|| {
@@ -37,11 +87,21 @@ impl EmbeddingEngine {
                 plan.world_size
             )));
         }
-        Ok(Self::Sharded(ShardedEmbeddings::new(
-            layout,
-            plan,
-            optimizer,
-            ex.rank(),
+        let rank = ex.rank();
+        let tiers = match storage {
+            Some(cfg) => file_tiers(cfg, &layout, |t| {
+                let spec = &layout.spec().tables[t];
+                plan.placement(t)
+                    .extents(spec.rows, spec.dim)
+                    .iter()
+                    .filter(|e| e.rank == rank)
+                    .map(|e| e.rows.end - e.rows.start)
+                    .sum()
+            })?,
+            None => vec![],
+        };
+        Ok(Self::Sharded(ShardedEmbeddings::with_tiers(
+            layout, plan, optimizer, rank, &tiers,
         )?))
     }
 
@@ -106,6 +166,32 @@ impl EmbeddingEngine {
                 .collect(),
             Self::Sharded(e) => e.held_mut().collect(),
         }
+    }
+
+    /// What each file-tier shard held here holds and did (empty with every table in RAM).
+    pub fn tier_reports(&self, rank: usize) -> Vec<serde_json::Value> {
+        let names = &self.layout().spec().tables;
+        // every shard held, replicas of data-parallel tables included: each has its file
+        let held: Vec<(usize, &TableShard)> = match self {
+            Self::Local(_) => self.shards_to_save(),
+            Self::Sharded(e) => e.held().collect(),
+        };
+        held.into_iter()
+            .filter_map(|(t, s)| {
+                let r = s.tier_report()?;
+                let accesses = (r.stats.hits + r.stats.misses).max(1);
+                let mut v = serde_json::to_value(r).ok()?;
+                let o = v.as_object_mut()?;
+                o.insert("table".into(), names[t].name.clone().into());
+                o.insert("rank".into(), rank.into());
+                o.insert("rows".into(), s.num_rows().into());
+                o.insert(
+                    "hit_rate".into(),
+                    (r.stats.hits as f64 / accesses as f64).into(),
+                );
+                Some(v)
+            })
+            .collect()
     }
 
     /// Moves every shard held here to `device`'s memory (gathers and sparse updates then

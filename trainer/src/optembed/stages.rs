@@ -333,6 +333,7 @@ fn search(
         table_device,
         plans: Some(&plans),
         layer: Some(&setup),
+        storage: Some(&cfg.embedding),
     }
     .init(cluster)?;
     fill_saved(&model_dir, &SavedFolder::read(&model_dir)?, &mut bundle)?;
@@ -562,6 +563,7 @@ fn export(
         table_device: tch::Device::Cpu,
         plans: None,
         layer: Some(&setup),
+        storage: None,
     }
     .init(&solo)?;
     cb.tables = EmbeddingEngine::Local(compact);

@@ -158,6 +158,7 @@ fn fuzz_checkpoint_manifest() {
                 table_device: tch::Device::Cpu,
                 plans: Some(&job.plans),
                 layer: None,
+                storage: None,
             }
             .init(&cluster)
             .unwrap();

@@ -69,6 +69,7 @@ pub fn sequence_embedding_config(cfg: &EmbeddingConfig, model: &ModelConfig) -> 
             kind: time.then_some(TableKindConfig::Plain),
             dim: if attention { model.attention_dim } else { None },
             buckets: None,
+            storage: None,
         });
     }
     out

@@ -1,0 +1,619 @@
+//! The file tier: a shard's rows and optimizer state in a file on disk, with the hot
+//! rows in a set-associative LRU cache in RAM in front of it. This is the layout of
+//! FBGEMM's SSD tables (a 32-way set-associative LRU cache before RocksDB) and TorchRec's
+//! UVM caching, without the GPU level.
+//!
+//! - A row's record is its weights and then its optimizer state, `width + state_width`
+//!   floats, at `row * record` in the file. The file is sparse: a row never written
+//!   reads as its initial values, which are a pure function of its global coordinates
+//!   ([`RowInit`]), so creating a table of any size costs nothing and the disk holds only
+//!   rows that were evicted dirty.
+//! - The cache holds whole records in anonymous memory; a cached row never touches the
+//!   file. A miss takes the least recently used way of the row's set, writing the evicted
+//!   record back if it changed. Rows used since the current step began are not evicted;
+//!   when a set has none to give, the row is read and updated in the file directly
+//!   (FBGEMM's fallback to UVM for rows the cache cannot take).
+//! - Resident memory is the cache plus 17 bytes a slot and one bit a row, whatever the
+//!   table's size; reads and writes are explicit (`pread`/`pwrite`), so the page cache
+//!   is the kernel's, not ours.
+//!
+//! The updates are the RAM path's own ([`SparseOptimizer::update_row`]), so a table
+//! trains to the same bits whatever the cache size.
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hashing::mix64;
+use crate::init::RowInit;
+use crate::optimizer::{check_rows, SparseOptimizer};
+use crate::storage::{InMemoryRows, RowStorage};
+use crate::TableError;
+
+/// Ways of a cache set (FBGEMM uses 32 on GPUs; 16 keeps a set's tags in two cache lines).
+pub const WAYS: usize = 16;
+const EMPTY: u64 = u64::MAX;
+/// Rows read or written per system call when a whole table is streamed.
+const CHUNK_ROWS: usize = 4096;
+
+/// What a file-tier shard did, for the run summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierStats {
+    /// Row accesses served by the cache.
+    pub hits: u64,
+    /// Row accesses that read the file (or the row's initial values).
+    pub misses: u64,
+    /// Misses the cache could not take (every way of the set in use by the step).
+    pub uncached: u64,
+    pub evictions: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+/// A file-tier shard's sizes and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierReport {
+    pub cache_rows: usize,
+    /// RAM held: the cache's records and bookkeeping, and the written-rows bitmap.
+    pub ram_bytes: usize,
+    /// The file's size (sparse: the disk holds only rows written back).
+    pub file_bytes: u64,
+    #[serde(flatten)]
+    pub stats: TierStats,
+}
+
+/// Where a file-tier shard's rows go: the folder of its file and the RAM its cache takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileTier {
+    pub dir: PathBuf,
+    pub cache_bytes: u64,
+}
+
+impl FileTier {
+    /// Rows a cache of `cache_bytes` holds for records of `record` floats (each slot also
+    /// keeps 17 bytes of bookkeeping).
+    pub fn cache_rows(&self, record: usize) -> usize {
+        (self.cache_bytes / (record as u64 * 4 + 17)) as usize
+    }
+}
+
+/// How a row that was never written reads.
+#[derive(Debug, Clone)]
+struct Initial {
+    init: RowInit,
+    first_row: u64,
+    cols: Range<usize>,
+    dim: usize,
+    state: f32,
+}
+
+/// The file: records of `width + state_width` floats.
+#[derive(Debug)]
+struct RecordFile {
+    path: PathBuf,
+    file: File,
+    width: usize,
+    record: usize,
+    initial: Initial,
+}
+
+/// The cache: `sets x WAYS` slots of one record each, and what each holds.
+#[derive(Debug)]
+struct Cache {
+    sets: usize,
+    records: InMemoryRows,
+    tags: Vec<u64>,
+    last_used: Vec<u64>,
+    dirty: Vec<bool>,
+    /// One bit a row: its record is in the file (else it reads as initial values).
+    written: Vec<u64>,
+    clock: u64,
+    /// Slots used at or after this clock belong to the current step.
+    step_began: u64,
+    stats: TierStats,
+}
+
+enum Place {
+    Slot(usize),
+    /// Read (and written) in the file: no way of its set was free for it.
+    Uncached,
+}
+
+/// A shard's rows and state in a file behind a cache.
+#[derive(Debug)]
+pub struct FileRows {
+    rows: usize,
+    file: RecordFile,
+    cache: Mutex<Cache>,
+}
+
+fn storage_error(path: &Path, e: impl std::fmt::Display) -> TableError {
+    TableError::Storage {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// `v` as bytes. f32 has no padding and no invalid bit patterns, so both views are sound.
+fn as_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: the byte view covers exactly the floats' memory, lives as long as the
+    // borrow, and u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
+fn as_bytes_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: as for `as_bytes`, and any bytes written are a valid f32.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
+impl RecordFile {
+    fn offset(&self, row: usize) -> u64 {
+        (row * self.record * 4) as u64
+    }
+
+    /// The initial record of local row `row`.
+    fn initial(&self, row: usize, out: &mut [f32]) {
+        let i = &self.initial;
+        let (w, s) = out.split_at_mut(self.width);
+        for (j, v) in w.iter_mut().enumerate() {
+            *v = i
+                .init
+                .value(i.first_row + row as u64, i.cols.start + j, i.dim);
+        }
+        s.fill(i.state);
+    }
+
+    fn read(&self, row: usize, out: &mut [f32], stats: &mut TierStats) -> Result<(), TableError> {
+        self.file
+            .read_exact_at(as_bytes_mut(out), self.offset(row))
+            .map_err(|e| storage_error(&self.path, e))?;
+        stats.bytes_read += (out.len() * 4) as u64;
+        Ok(())
+    }
+
+    fn write(&self, row: usize, v: &[f32], stats: &mut TierStats) -> Result<(), TableError> {
+        self.file
+            .write_all_at(as_bytes(v), self.offset(row))
+            .map_err(|e| storage_error(&self.path, e))?;
+        stats.bytes_written += (v.len() * 4) as u64;
+        Ok(())
+    }
+}
+
+impl Cache {
+    fn is_written(&self, row: usize) -> bool {
+        self.written[row / 64] & (1 << (row % 64)) != 0
+    }
+
+    fn mark_written(&mut self, row: usize) {
+        self.written[row / 64] |= 1 << (row % 64);
+    }
+
+    fn slot(&mut self, s: usize, record: usize) -> &mut [f32] {
+        &mut self.records.as_mut_slice()[s * record..][..record]
+    }
+
+    /// The slot holding `row`, if cached.
+    fn find(&self, row: usize) -> Option<usize> {
+        let base = (mix64(row as u64) % self.sets as u64) as usize * WAYS;
+        (base..base + WAYS).find(|&s| self.tags[s] == row as u64)
+    }
+
+    /// The record of `row` into `out`: from the file when written, else its initial values.
+    fn load(&mut self, f: &RecordFile, row: usize, out: &mut [f32]) -> Result<(), TableError> {
+        if self.is_written(row) {
+            f.read(row, out, &mut self.stats)
+        } else {
+            f.initial(row, out);
+            Ok(())
+        }
+    }
+
+    /// Finds or brings `row` into the cache (evicting its set's least recently used row
+    /// not used by this step).
+    fn locate(&mut self, f: &RecordFile, row: usize) -> Result<Place, TableError> {
+        self.clock += 1;
+        if let Some(s) = self.find(row) {
+            self.last_used[s] = self.clock;
+            self.stats.hits += 1;
+            return Ok(Place::Slot(s));
+        }
+        self.stats.misses += 1;
+        let base = (mix64(row as u64) % self.sets as u64) as usize * WAYS;
+        let victim = (base..base + WAYS)
+            .filter(|&s| self.tags[s] == EMPTY || self.last_used[s] < self.step_began)
+            .min_by_key(|&s| (self.tags[s] != EMPTY, self.last_used[s]));
+        let Some(s) = victim else {
+            self.stats.uncached += 1;
+            return Ok(Place::Uncached);
+        };
+        let record = f.record;
+        if self.tags[s] != EMPTY && self.dirty[s] {
+            let old = self.tags[s] as usize;
+            let mut stats = self.stats;
+            f.write(old, self.slot(s, record), &mut stats)?;
+            self.stats = stats;
+            self.mark_written(old);
+            self.stats.evictions += 1;
+        }
+        let mut buf = vec![0f32; record];
+        self.load(f, row, &mut buf)?;
+        self.slot(s, record).copy_from_slice(&buf);
+        self.tags[s] = row as u64;
+        self.last_used[s] = self.clock;
+        self.dirty[s] = false;
+        Ok(Place::Slot(s))
+    }
+
+    /// Writes every changed cached record to the file and empties the cache.
+    fn flush_and_clear(&mut self, f: &RecordFile) -> Result<(), TableError> {
+        for s in 0..self.tags.len() {
+            if self.tags[s] != EMPTY && self.dirty[s] {
+                let row = self.tags[s] as usize;
+                let mut stats = self.stats;
+                f.write(row, self.slot(s, f.record), &mut stats)?;
+                self.stats = stats;
+                self.mark_written(row);
+            }
+            self.tags[s] = EMPTY;
+            self.dirty[s] = false;
+        }
+        Ok(())
+    }
+}
+
+impl FileRows {
+    /// A shard of `rows` rows, `width` weights and `state_width` state floats each, in a
+    /// new file `path` (replacing any file there: a file tier is rebuilt from the
+    /// checkpoint on resume, never trusted), with a cache of about `cache_rows` rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        path: &Path,
+        rows: usize,
+        width: usize,
+        state_width: usize,
+        cache_rows: usize,
+        init: &RowInit,
+        extent: (u64, Range<usize>, usize),
+        initial_state: f32,
+    ) -> Result<Self, TableError> {
+        let record = width + state_width;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| storage_error(path, e))?;
+        file.set_len((rows * record * 4) as u64)
+            .map_err(|e| storage_error(path, e))?;
+        let sets = cache_rows.min(rows).div_ceil(WAYS).max(1);
+        let slots = sets * WAYS;
+        let (first_row, cols, dim) = extent;
+        Ok(Self {
+            rows,
+            file: RecordFile {
+                path: path.to_path_buf(),
+                file,
+                width,
+                record,
+                initial: Initial {
+                    init: init.clone(),
+                    first_row,
+                    cols,
+                    dim,
+                    state: initial_state,
+                },
+            },
+            cache: Mutex::new(Cache {
+                sets,
+                records: InMemoryRows::zeros(slots * record),
+                tags: vec![EMPTY; slots],
+                last_used: vec![0; slots],
+                dirty: vec![false; slots],
+                written: vec![0; rows.div_ceil(64)],
+                clock: 0,
+                step_began: 0,
+                stats: TierStats::default(),
+            }),
+        })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // a panic while holding the lock leaves the cache as consistent as any error
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn outside(&self, r: u64) -> TableError {
+        TableError::BadBatch(format!(
+            "local row {r} outside the shard's {} rows ({})",
+            self.rows,
+            self.file.path.display()
+        ))
+    }
+
+    /// Copies of the given local rows' weights, `rows.len() x width`. Begins a step: the
+    /// rows it touches stay cached until the next gather.
+    pub fn gather(&self, local_rows: &[u64]) -> Result<Vec<f32>, TableError> {
+        let (f, w) = (&self.file, self.file.width);
+        let mut c = self.cache();
+        c.step_began = c.clock + 1;
+        let mut out = Vec::with_capacity(local_rows.len() * w);
+        let mut buf = vec![0f32; f.record];
+        for &r in local_rows {
+            if r >= self.rows as u64 {
+                return Err(self.outside(r));
+            }
+            match c.locate(f, r as usize)? {
+                Place::Slot(s) => out.extend_from_slice(&c.slot(s, f.record)[..w]),
+                Place::Uncached => {
+                    c.load(f, r as usize, &mut buf)?;
+                    out.extend_from_slice(&buf[..w]);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One optimizer step (`step`: the 1-based update count) on the given local rows
+    /// (strictly ascending), with the RAM path's arithmetic.
+    pub fn apply(
+        &mut self,
+        opt: &SparseOptimizer,
+        step: u64,
+        local_rows: &[u64],
+        grads: &[f32],
+    ) -> Result<(), TableError> {
+        check_rows(local_rows, self.rows)?;
+        let (f, w) = (&self.file, self.file.width);
+        if grads.len() != local_rows.len() * w {
+            return Err(TableError::SizeMismatch {
+                what: "row gradients".into(),
+                expected: local_rows.len() * w,
+                got: grads.len(),
+            });
+        }
+        let (bc1, bc2) = opt.bias_corrections(step);
+        let c = self.cache.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut buf = vec![0f32; f.record];
+        for (i, &r) in local_rows.iter().enumerate() {
+            let g = &grads[i * w..][..w];
+            match c.locate(f, r as usize)? {
+                Place::Slot(s) => {
+                    let (weights, state) = c.slot(s, f.record).split_at_mut(w);
+                    opt.update_row(weights, state, g, bc1, bc2);
+                    c.dirty[s] = true;
+                }
+                Place::Uncached => {
+                    c.load(f, r as usize, &mut buf)?;
+                    let (weights, state) = buf.split_at_mut(w);
+                    opt.update_row(weights, state, g, bc1, bc2);
+                    f.write(r as usize, &buf, &mut c.stats)?;
+                    c.mark_written(r as usize);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every record in row order, `CHUNK_ROWS` at a time: `visit(first row, records)`.
+    /// Cached rows come from the cache, the others from the file or their initial values.
+    pub fn for_each_chunk(
+        &self,
+        mut visit: impl FnMut(usize, &[f32]) -> Result<(), TableError>,
+    ) -> Result<(), TableError> {
+        let f = &self.file;
+        let mut c = self.cache();
+        let mut chunk = vec![0f32; CHUNK_ROWS * f.record];
+        for start in (0..self.rows).step_by(CHUNK_ROWS) {
+            let n = CHUNK_ROWS.min(self.rows - start);
+            let part = &mut chunk[..n * f.record];
+            f.read(start, part, &mut c.stats)?;
+            for (i, rec) in part.chunks_mut(f.record).enumerate() {
+                let row = start + i;
+                if let Some(s) = c.find(row) {
+                    rec.copy_from_slice(&c.slot(s, f.record)[..]);
+                } else if !c.is_written(row) {
+                    f.initial(row, rec);
+                }
+            }
+            visit(start, part)?;
+        }
+        Ok(())
+    }
+
+    /// Overwrites the weights (`Some(weights)`: `rows x width`) or the state (`rows x
+    /// state_width`) of every row, keeping the other part; the cache starts empty.
+    pub fn overwrite(&mut self, weights: bool, v: &[f32]) -> Result<(), TableError> {
+        let f = &self.file;
+        let c = self.cache.get_mut().unwrap_or_else(|e| e.into_inner());
+        c.flush_and_clear(f)?;
+        let (at, n) = if weights {
+            (0, f.width)
+        } else {
+            (f.width, f.record - f.width)
+        };
+        if v.len() != self.rows * n {
+            return Err(TableError::SizeMismatch {
+                what: format!("rows of {}", f.path.display()),
+                expected: self.rows * n,
+                got: v.len(),
+            });
+        }
+        let mut chunk = vec![0f32; CHUNK_ROWS * f.record];
+        for start in (0..self.rows).step_by(CHUNK_ROWS) {
+            let rows = CHUNK_ROWS.min(self.rows - start);
+            let part = &mut chunk[..rows * f.record];
+            f.read(start, part, &mut c.stats)?;
+            for (i, rec) in part.chunks_mut(f.record).enumerate() {
+                if !c.is_written(start + i) {
+                    f.initial(start + i, rec);
+                }
+                rec[at..at + n].copy_from_slice(&v[(start + i) * n..][..n]);
+                c.mark_written(start + i);
+            }
+            f.write(start, part, &mut c.stats)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of RAM held (cache records, tags, the written-rows bitmap) and the file's
+    /// logical size.
+    pub fn bytes(&self) -> (usize, u64) {
+        let c = self.cache();
+        let ram = c.records.bytes() + c.tags.len() * 17 + c.written.len() * 8;
+        (ram, (self.rows * self.file.record * 4) as u64)
+    }
+
+    pub fn stats(&self) -> TierStats {
+        self.cache().stats
+    }
+
+    /// Rows the cache can hold.
+    pub fn cache_rows(&self) -> usize {
+        self.cache().tags.len()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+}
+
+impl Drop for FileRows {
+    fn drop(&mut self) {
+        // the file is this process's scratch space: a resumed run rebuilds it
+        let _ = std::fs::remove_file(&self.file.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optimizer::OptimizerKind;
+
+    fn init() -> RowInit {
+        RowInit::Uniform {
+            bound: 0.5,
+            seed: 9,
+        }
+    }
+
+    /// The same updates on RAM rows and on a file with a tiny cache give the same bits.
+    fn same_bits(kind: OptimizerKind, cache_rows: usize) {
+        let (n, dim) = (500usize, 4usize);
+        let opt = SparseOptimizer::new(kind, 0.1);
+        let sw = opt.state_width(dim);
+        let mut ram_w = vec![0f32; n * dim];
+        init().fill(&mut ram_w, 100..100 + n as u64, 0..dim, dim);
+        let mut ram_s = vec![opt.initial_state(); n * sw];
+        let dir = tempfile_dir();
+        let mut file = FileRows::create(
+            &dir.join("t.f32"),
+            n,
+            dim,
+            sw,
+            cache_rows,
+            &init(),
+            (100, 0..dim, dim),
+            opt.initial_state(),
+        )
+        .unwrap();
+        let mut x = 7u64;
+        for step in 1..=40u64 {
+            let mut rows: Vec<u64> = (0..60)
+                .map(|_| {
+                    x = mix64(x);
+                    // a skewed draw: low rows are hot
+                    (x % n as u64) * (x % 3 + 1) / 3
+                })
+                .collect();
+            rows.sort_unstable();
+            rows.dedup();
+            let grads: Vec<f32> = (0..rows.len() * dim)
+                .map(|i| ((i as u64 * 31 + step) % 17) as f32 / 17.0 - 0.5)
+                .collect();
+            assert_eq!(
+                file.gather(&rows).unwrap(),
+                rows.iter()
+                    .flat_map(|&r| ram_w[r as usize * dim..][..dim].to_vec())
+                    .collect::<Vec<_>>()
+            );
+            opt.apply(step, &mut ram_w, &mut ram_s, dim, &rows, &grads)
+                .unwrap();
+            file.apply(&opt, step, &rows, &grads).unwrap();
+        }
+        let mut all = Vec::new();
+        file.for_each_chunk(|_, recs| {
+            all.extend_from_slice(recs);
+            Ok(())
+        })
+        .unwrap();
+        for r in 0..n {
+            assert_eq!(
+                &all[r * (dim + sw)..][..dim],
+                &ram_w[r * dim..][..dim],
+                "row {r}"
+            );
+            assert_eq!(&all[r * (dim + sw) + dim..][..sw], &ram_s[r * sw..][..sw]);
+        }
+        let s = file.stats();
+        assert!(s.misses > 0 && s.hits > 0, "{s:?}");
+        if cache_rows < 100 {
+            assert!(s.evictions > 0 && s.bytes_written > 0, "{s:?}");
+        }
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "shardrec-file-rows-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_file_table_trains_to_the_same_bits_as_ram_for_every_optimizer() {
+        for kind in [
+            OptimizerKind::Sgd,
+            OptimizerKind::Adagrad,
+            OptimizerKind::RowwiseAdagrad,
+            OptimizerKind::Adam,
+        ] {
+            // 1% of the rows (one set), a tenth, and all of them
+            for cache in [5, 50, 500] {
+                same_bits(kind, cache);
+            }
+        }
+    }
+
+    #[test]
+    fn overwrite_replaces_one_part_and_keeps_the_other() {
+        let opt = SparseOptimizer::new(OptimizerKind::Adagrad, 0.1);
+        let dir = tempfile_dir();
+        let mut f =
+            FileRows::create(&dir.join("o.f32"), 10, 2, 2, 3, &init(), (0, 0..2, 2), 0.5).unwrap();
+        f.apply(&opt, 1, &[3], &[1.0, 1.0]).unwrap();
+        let w: Vec<f32> = (0..20).map(|i| i as f32).collect();
+        f.overwrite(true, &w).unwrap();
+        assert_eq!(f.gather(&[0, 9]).unwrap(), vec![0., 1., 18., 19.]);
+        let mut recs = Vec::new();
+        f.for_each_chunk(|_, r| {
+            recs.extend_from_slice(r);
+            Ok(())
+        })
+        .unwrap();
+        // row 3's state was updated (0.5 + 1), the others kept the initial 0.5
+        assert_eq!(&recs[3 * 4 + 2..3 * 4 + 4], &[1.5, 1.5]);
+        assert_eq!(&recs[4 * 4 + 2..4 * 4 + 4], &[0.5, 0.5]);
+        assert!(f.overwrite(false, &[0.0; 3]).is_err());
+        let path = f.path().to_path_buf();
+        drop(f);
+        assert!(!path.exists(), "the scratch file is removed");
+    }
+}

@@ -1,0 +1,171 @@
+//! The file tier (`embedding.storage = { kind = "file" }`): rows in a file behind a cache
+//! of about 1% of them train to the RAM result to the last digit, for every sparse
+//! optimizer, in one process and under mpirun with every sharding kind; a model moves
+//! between tiers through eval and resume; a bad storage section names its key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::*;
+
+/// Test AUC and logloss, which must agree exactly.
+fn metrics(s: &serde_json::Value) -> (f64, f64) {
+    (s["auc"].as_f64().unwrap(), s["logloss"].as_f64().unwrap())
+}
+
+/// `--set` of a file tier under `dir/tier` with a cache of `cache_bytes` per rank.
+fn file_storage(dir: &Path, cache_bytes: u64) -> String {
+    format!(
+        "embedding.storage={{kind=\"file\", dir=\"{}\", cache_bytes={cache_bytes}}}",
+        dir.join("tier").display()
+    )
+}
+
+/// `--set` of the run folder `dir/name` (each run needs its own).
+fn run_dir(dir: &Path, name: &str) -> String {
+    format!("train.run_dir=\"{}\"", dir.join(name).display())
+}
+
+fn optimizer(kind: &str) -> String {
+    format!("embedding.optimizer={{kind=\"{kind}\", lr=0.05}}")
+}
+
+/// Every figure of the file tier's report sums over tables: (misses, evictions).
+fn tier_misses_and_evictions(s: &serde_json::Value) -> (u64, u64) {
+    let tiers = s["file_tier"].as_array().expect("a file_tier report");
+    let sum = |k: &str| tiers.iter().map(|t| t[k].as_u64().unwrap()).sum();
+    (sum("misses"), sum("evictions"))
+}
+
+#[test]
+fn a_file_table_trains_to_the_ram_result_for_every_optimizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 8000, 2000);
+    let cfg = criteo_config(dir.path(), &data, "dlrm", "epochs = 1\nlog_every = 1000");
+    // about 1% of the ~40,000 rows of the 26 tables (records of 8 weights + state)
+    let storage = file_storage(dir.path(), 40_000);
+    for kind in ["sgd", "adagrad", "rowwise_adagrad", "adam"] {
+        let opt = optimizer(kind);
+        let ram_dir = run_dir(dir.path(), &format!("{kind}-ram"));
+        let file_dir = run_dir(dir.path(), &format!("{kind}-file"));
+        let ram = train_summary(dir.path(), &cfg, &[&opt, &ram_dir]);
+        let file = train_summary(dir.path(), &cfg, &[&opt, &storage, &file_dir]);
+        assert_eq!(metrics(&file), metrics(&ram), "{kind}");
+        assert!(ram.get("file_tier").is_none());
+        let (misses, evictions) = tier_misses_and_evictions(&file);
+        assert!(
+            misses > 0 && evictions > 0,
+            "{kind}: the cache was exercised: {file}"
+        );
+    }
+    // the scratch files go with the run
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("tier"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn under_mpirun_every_sharding_kind_trains_to_the_ram_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 6000, 1000);
+    let cfg = criteo_config(dir.path(), &data, "dlrm", "epochs = 1\nlog_every = 1000");
+    let cfg = cfg.to_str().unwrap();
+    let storage = file_storage(dir.path(), 20_000);
+    let run = |strategy: &str, extra: &[&str]| {
+        let mut args = vec!["train", cfg, "--set"];
+        let strategy = format!("sharding.strategy=\"{strategy}\"");
+        args.push(&strategy);
+        for e in extra {
+            args.extend(["--set", e]);
+        }
+        summary(&run_mpi(dir.path(), 2, &args, Duration::from_secs(300)))
+    };
+    for strategy in ["row_wise", "table_wise", "column_wise", "data_parallel"] {
+        let opt = optimizer("adagrad");
+        let ram_dir = run_dir(dir.path(), &format!("{strategy}-ram"));
+        let file_dir = run_dir(dir.path(), &format!("{strategy}-file"));
+        let ram = run(strategy, &[&opt, &ram_dir]);
+        let file = run(strategy, &[&opt, &storage, &file_dir]);
+        assert_eq!(metrics(&file), metrics(&ram), "{strategy}");
+        let ranks: Vec<u64> = file["file_tier"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["rank"].as_u64().unwrap())
+            .collect();
+        assert!(
+            ranks.contains(&0) && ranks.contains(&1),
+            "{strategy}: {ranks:?}"
+        );
+    }
+}
+
+#[test]
+fn models_and_checkpoints_move_between_ram_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 6000, 1000);
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "deepfm",
+        "epochs = 2\nlog_every = 1000\ncheckpoint_every = 10\ncheckpoint_keep = 0",
+    );
+    let c = cfg.to_str().unwrap();
+    let storage = file_storage(dir.path(), 20_000);
+    // trained in RAM, evaluated from the file tier
+    let ram = train_summary(dir.path(), &cfg, &[]);
+    let model = dir.path().join("run/model");
+    let m = model.to_str().unwrap();
+    let eval = summary(&run(
+        dir.path(),
+        &["eval", c, "--model", m, "--set", &storage],
+    ));
+    assert_eq!(metrics(&eval), metrics(&ram));
+    // trained in the file tier from a RAM checkpoint, to the uninterrupted RAM result
+    let first = dir.path().join("run/checkpoints/step-00000020");
+    assert!(first.is_dir());
+    let resumed_run = format!("train.run_dir=\"{}\"", dir.path().join("resumed").display());
+    let args = [
+        "train",
+        c,
+        "--set",
+        &resumed_run,
+        "--set",
+        &storage,
+        "--resume",
+        first.to_str().unwrap(),
+    ];
+    let resumed = summary(&run(dir.path(), &args));
+    assert_eq!(metrics(&resumed), metrics(&ram));
+    // and its model, written from the file, evaluates in RAM
+    let model = dir.path().join("resumed/model");
+    let eval = summary(&run(
+        dir.path(),
+        &["eval", c, "--model", model.to_str().unwrap()],
+    ));
+    assert_eq!(metrics(&eval), metrics(&ram));
+}
+
+#[test]
+fn a_file_tier_without_its_folder_or_cache_is_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 500, 50);
+    let cfg = criteo_config(dir.path(), &data, "dlrm", "");
+    let refused = |storage: &str, key: &str| {
+        let o = run(
+            dir.path(),
+            &["train", cfg.to_str().unwrap(), "--set", storage],
+        );
+        let err = stderr(&o);
+        assert!(!o.status.success() && err.contains(key), "{key}: {err}");
+    };
+    refused(
+        "embedding.storage={kind=\"file\", cache_bytes=100000}",
+        "embedding.storage.dir",
+    );
+    refused(
+        "embedding.storage={kind=\"file\", dir=\"t\", cache_bytes=10}",
+        "embedding.storage.cache_bytes",
+    );
+}
