@@ -36,3 +36,10 @@ pub enum TableError {
         got: usize,
     },
 }
+
+/// For writers that stream a table into a file: a table error is the write's error.
+impl From<TableError> for std::io::Error {
+    fn from(e: TableError) -> Self {
+        std::io::Error::other(e)
+    }
+}

@@ -240,27 +240,34 @@ impl Cache {
             self.mark_written(old);
             self.stats.evictions += 1;
         }
-        let mut buf = vec![0f32; record];
-        self.load(f, row, &mut buf)?;
-        self.slot(s, record).copy_from_slice(&buf);
+        // straight into the slot (a failed read leaves it empty, not holding another row)
+        self.tags[s] = EMPTY;
+        let written = self.is_written(row);
+        let mut stats = self.stats;
+        let slot = &mut self.records.as_mut_slice()[s * record..][..record];
+        if written {
+            f.read(row, slot, &mut stats)?;
+        } else {
+            f.initial(row, slot);
+        }
+        self.stats = stats;
         self.tags[s] = row as u64;
         self.last_used[s] = self.clock;
         self.dirty[s] = false;
         Ok(Place::Slot(s))
     }
 
-    /// Writes every changed cached record to the file and empties the cache.
-    fn flush_and_clear(&mut self, f: &RecordFile) -> Result<(), TableError> {
-        for s in 0..self.tags.len() {
-            if self.tags[s] != EMPTY && self.dirty[s] {
-                let row = self.tags[s] as usize;
-                let mut stats = self.stats;
-                f.write(row, self.slot(s, f.record), &mut stats)?;
-                self.stats = stats;
-                self.mark_written(row);
+    /// The current records of rows `start..` into `out` (whole records): cached rows from
+    /// the cache, written ones from the file, the others as initial values.
+    fn current(&mut self, f: &RecordFile, start: usize, out: &mut [f32]) -> Result<(), TableError> {
+        f.read(start, out, &mut self.stats)?;
+        for (i, rec) in out.chunks_mut(f.record).enumerate() {
+            let row = start + i;
+            if let Some(s) = self.find(row) {
+                rec.copy_from_slice(self.slot(s, f.record));
+            } else if !self.is_written(row) {
+                f.initial(row, rec);
             }
-            self.tags[s] = EMPTY;
-            self.dirty[s] = false;
         }
         Ok(())
     }
@@ -402,63 +409,62 @@ impl FileRows {
 
     /// Every record in row order, `CHUNK_ROWS` at a time: `visit(first row, records)`.
     /// Cached rows come from the cache, the others from the file or their initial values.
-    pub fn for_each_chunk(
+    pub fn for_each_chunk<E: From<TableError>>(
         &self,
-        mut visit: impl FnMut(usize, &[f32]) -> Result<(), TableError>,
-    ) -> Result<(), TableError> {
+        mut visit: impl FnMut(usize, &[f32]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let f = &self.file;
         let mut c = self.cache();
         let mut chunk = vec![0f32; CHUNK_ROWS * f.record];
         for start in (0..self.rows).step_by(CHUNK_ROWS) {
             let n = CHUNK_ROWS.min(self.rows - start);
             let part = &mut chunk[..n * f.record];
-            f.read(start, part, &mut c.stats)?;
-            for (i, rec) in part.chunks_mut(f.record).enumerate() {
-                let row = start + i;
-                if let Some(s) = c.find(row) {
-                    rec.copy_from_slice(&c.slot(s, f.record)[..]);
-                } else if !c.is_written(row) {
-                    f.initial(row, rec);
-                }
-            }
+            c.current(f, start, part)?;
             visit(start, part)?;
         }
         Ok(())
     }
 
-    /// Overwrites the weights (`Some(weights)`: `rows x width`) or the state (`rows x
-    /// state_width`) of every row, keeping the other part; the cache starts empty.
-    pub fn overwrite(&mut self, weights: bool, v: &[f32]) -> Result<(), TableError> {
+    /// Overwrites columns `part` of the records of rows `first..` (`v`: `part.len()`
+    /// floats a row), keeping the rest of each record; cached copies follow.
+    pub fn overwrite_rows(
+        &mut self,
+        part: Range<usize>,
+        first: usize,
+        v: &[f32],
+    ) -> Result<(), TableError> {
         let f = &self.file;
-        let c = self.cache.get_mut().unwrap_or_else(|e| e.into_inner());
-        c.flush_and_clear(f)?;
-        let (at, n) = if weights {
-            (0, f.width)
-        } else {
-            (f.width, f.record - f.width)
-        };
-        if v.len() != self.rows * n {
+        let n = part.len();
+        let rows = if n == 0 { 0 } else { v.len() / n };
+        if part.end > f.record || rows * n != v.len() || first + rows > self.rows {
             return Err(TableError::SizeMismatch {
-                what: format!("rows of {}", f.path.display()),
-                expected: self.rows * n,
+                what: format!("rows {first}.. columns {part:?} of {}", f.path.display()),
+                expected: n * self.rows.saturating_sub(first),
                 got: v.len(),
             });
         }
+        let c = self.cache.get_mut().unwrap_or_else(|e| e.into_inner());
         let mut chunk = vec![0f32; CHUNK_ROWS * f.record];
-        for start in (0..self.rows).step_by(CHUNK_ROWS) {
-            let rows = CHUNK_ROWS.min(self.rows - start);
-            let part = &mut chunk[..rows * f.record];
-            f.read(start, part, &mut c.stats)?;
-            for (i, rec) in part.chunks_mut(f.record).enumerate() {
-                if !c.is_written(start + i) {
-                    f.initial(start + i, rec);
+        for start in (first..first + rows).step_by(CHUNK_ROWS) {
+            let m = CHUNK_ROWS.min(first + rows - start);
+            let recs = &mut chunk[..m * f.record];
+            c.current(f, start, recs)?;
+            for (i, rec) in recs.chunks_mut(f.record).enumerate() {
+                let row = start + i;
+                rec[part.clone()].copy_from_slice(&v[(row - first) * n..][..n]);
+                if let Some(s) = c.find(row) {
+                    c.slot(s, f.record).copy_from_slice(rec);
                 }
-                rec[at..at + n].copy_from_slice(&v[(start + i) * n..][..n]);
-                c.mark_written(start + i);
+                c.mark_written(row);
             }
-            f.write(start, part, &mut c.stats)?;
+            f.write(start, recs, &mut c.stats)?;
         }
         Ok(())
+    }
+
+    /// Floats of a record: weights, then optimizer state.
+    pub fn record(&self) -> usize {
+        self.file.record
     }
 
     /// Bytes of RAM held (cache records, tags, the written-rows bitmap) and the file's
@@ -547,7 +553,7 @@ mod tests {
             file.apply(&opt, step, &rows, &grads).unwrap();
         }
         let mut all = Vec::new();
-        file.for_each_chunk(|_, recs| {
+        file.for_each_chunk::<TableError>(|_, recs| {
             all.extend_from_slice(recs);
             Ok(())
         })
@@ -600,10 +606,10 @@ mod tests {
             FileRows::create(&dir.join("o.f32"), 10, 2, 2, 3, &init(), (0, 0..2, 2), 0.5).unwrap();
         f.apply(&opt, 1, &[3], &[1.0, 1.0]).unwrap();
         let w: Vec<f32> = (0..20).map(|i| i as f32).collect();
-        f.overwrite(true, &w).unwrap();
+        f.overwrite_rows(0..2, 0, &w).unwrap();
         assert_eq!(f.gather(&[0, 9]).unwrap(), vec![0., 1., 18., 19.]);
         let mut recs = Vec::new();
-        f.for_each_chunk(|_, r| {
+        f.for_each_chunk::<TableError>(|_, r| {
             recs.extend_from_slice(r);
             Ok(())
         })
@@ -611,7 +617,7 @@ mod tests {
         // row 3's state was updated (0.5 + 1), the others kept the initial 0.5
         assert_eq!(&recs[3 * 4 + 2..3 * 4 + 4], &[1.5, 1.5]);
         assert_eq!(&recs[4 * 4 + 2..4 * 4 + 4], &[0.5, 0.5]);
-        assert!(f.overwrite(false, &[0.0; 3]).is_err());
+        assert!(f.overwrite_rows(2..4, 0, &[0.0; 3]).is_err());
         let path = f.path().to_path_buf();
         drop(f);
         assert!(!path.exists(), "the scratch file is removed");

@@ -263,7 +263,7 @@ impl TableShard {
                 Ok(())
             }
             Rows::Device(d) => d.set_weights(v),
-            Rows::File(f) => f.overwrite(true, v),
+            Rows::File(f) => f.overwrite_rows(0..self.cols.len(), 0, v),
         }
     }
 
@@ -280,7 +280,10 @@ impl TableShard {
                 Ok(())
             }
             Rows::Device(d) => d.set_state(v),
-            Rows::File(f) => f.overwrite(false, v),
+            Rows::File(f) => {
+                let w = self.cols.len();
+                f.overwrite_rows(w..w + self.state_width, 0, v)
+            }
         }
     }
 
@@ -336,11 +339,104 @@ impl TableShard {
                 put(&mut s);
                 d.set_state(&s)
             }
-            Rows::File(_) => {
-                let mut s = self.state()?.into_owned();
-                put(&mut s);
-                self.set_state(&s)
+            Rows::File(f) => f.overwrite_rows(w + p * per_row..w + (p + 1) * per_row, 0, values),
+        }
+    }
+
+    /// Whether the rows are in the file tier.
+    pub fn in_file_tier(&self) -> bool {
+        matches!(self.held, Rows::File(_))
+    }
+
+    /// The weights in row order, a block at a time (`rows x width` floats each): the file
+    /// tier's `CHUNK_ROWS` rows at a time, so a checkpoint of a table larger than RAM
+    /// needs no copy of it; the others as one block.
+    pub fn stream_weights<E: From<TableError>>(
+        &self,
+        mut out: impl FnMut(&[f32]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match &self.held {
+            Rows::File(f) => {
+                let (w, record) = (self.width(), f.record());
+                let mut block = Vec::new();
+                f.for_each_chunk(|_, recs| {
+                    block.clear();
+                    recs.chunks(record)
+                        .for_each(|r| block.extend_from_slice(&r[..w]));
+                    out(&block)
+                })
             }
+            _ => out(&self.weights()?),
+        }
+    }
+
+    /// Plane `p` of the optimizer state in row order, a block at a time, as
+    /// [`Self::stream_weights`] (the layout of [`Self::state_plane`]).
+    pub fn stream_state_plane<E: From<TableError>>(
+        &self,
+        layout: StateLayout,
+        p: usize,
+        mut out: impl FnMut(&[f32]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match &self.held {
+            Rows::File(f) => {
+                let (w, record) = (self.width(), f.record());
+                let per_row = match layout {
+                    StateLayout::PerRow => 1,
+                    StateLayout::PerColumn { .. } => w,
+                };
+                let cols = w + p * per_row..w + (p + 1) * per_row;
+                let mut block = Vec::new();
+                f.for_each_chunk(|_, recs| {
+                    block.clear();
+                    recs.chunks(record)
+                        .for_each(|r| block.extend_from_slice(&r[cols.clone()]));
+                    out(&block)
+                })
+            }
+            _ => out(&self.state_plane(layout, p)?),
+        }
+    }
+
+    /// Overwrites the weights of local rows `first..` (`v`: whole rows), for loading a
+    /// file-tier shard a block at a time; a RAM shard takes them in place too.
+    pub fn set_weights_rows(&mut self, first: usize, v: &[f32]) -> Result<(), TableError> {
+        let w = self.width();
+        match &mut self.held {
+            Rows::File(f) => f.overwrite_rows(0..w, first, v),
+            Rows::Host { weights, .. } if (first * w + v.len()) <= weights.as_slice().len() => {
+                weights.as_mut_slice()[first * w..][..v.len()].copy_from_slice(v);
+                Ok(())
+            }
+            _ => Err(TableError::BadBatch(format!(
+                "table `{}`: rows from {first} cannot be set in place",
+                self.table
+            ))),
+        }
+    }
+
+    /// Overwrites plane `p` of the state of file-tier rows `first..` (see
+    /// [`Self::set_state_plane`]).
+    pub fn set_state_plane_rows(
+        &mut self,
+        layout: StateLayout,
+        p: usize,
+        first: usize,
+        values: &[f32],
+    ) -> Result<(), TableError> {
+        let w = self.width();
+        let per_row = match layout {
+            StateLayout::PerRow => 1,
+            StateLayout::PerColumn { .. } => w,
+        };
+        match &mut self.held {
+            Rows::File(f) => {
+                f.overwrite_rows(w + p * per_row..w + (p + 1) * per_row, first, values)
+            }
+            _ => Err(TableError::BadBatch(format!(
+                "table `{}`: state rows can be set in place only in the file tier",
+                self.table
+            ))),
         }
     }
 

@@ -53,8 +53,29 @@ pub fn file_tiers(
             path: tier.dir.display().to_string(),
             reason: format!("cannot create the file tier's folder: {e}"),
         })?;
+        remove_stale_scratch(&tier.dir);
     }
     Ok(tiers)
+}
+
+/// Removes the table files a killed process left in `dir` (`<table>...p<pid>.rows` of a
+/// pid no longer running on this host): a file tier is scratch space, rebuilt on resume.
+fn remove_stale_scratch(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_suffix(".rows")
+            .and_then(|n| n.rsplit_once(".p"))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 impl EmbeddingEngine {

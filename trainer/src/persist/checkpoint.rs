@@ -25,7 +25,8 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use shardrec_models::{DenseOptimizer, DenseOptimizerKind, ModelConfig};
 use shardrec_tables::{
-    fill_from_pieces, Exchange, Piece, ShardExtent, SparseOptimizer, StateLayout,
+    fill_from_pieces, Exchange, Piece, ShardExtent, SparseOptimizer, StateLayout, TableError,
+    TableShard,
 };
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
@@ -222,15 +223,14 @@ fn write_pieces(
                 });
                 Ok(rel)
             };
-            let held = shard.weights()?;
-            let weights = write(format!("{stem}.weights.f32"), &mut |w| w.write_f32s(&held))?;
+            // streamed: a file-tier shard is not copied into RAM whole
+            let weights = write(format!("{stem}.weights.f32"), &mut |w| {
+                shard.stream_weights(|block| w.write_f32s(block))
+            })?;
             let state = if with_state && layout.planes() > 0 {
                 Some(write(format!("{stem}.state.f32"), &mut |w| {
                     (0..layout.planes()).try_for_each(|p| {
-                        let plane = shard
-                            .state_plane(layout, p)
-                            .map_err(std::io::Error::other)?;
-                        w.write_f32s(&plane)
+                        shard.stream_state_plane(layout, p, |block| w.write_f32s(block))
                     })
                 })?)
             } else {
@@ -744,9 +744,15 @@ impl<'a> SavedTables<'a> {
                     values: floats(&p.weights)?,
                 });
             }
-            let mut rows = vec![0f32; shard.num_rows() * shard.width()];
-            fill_from_pieces(&name, &target, &pieces, 1, &mut rows)?;
-            shard.set_weights(&rows)?;
+            let width = shard.width();
+            for_blocks(shard, &target, |shard, block, first| {
+                let mut rows = vec![0f32; block.rows.clone().count() * width];
+                fill_from_pieces(&name, block, &pieces, 1, &mut rows)?;
+                match first {
+                    None => shard.set_weights(&rows),
+                    Some(first) => shard.set_weights_rows(first, &rows),
+                }
+            })?;
             shard.set_steps(overlapping.iter().map(|p| p.updates).max().unwrap_or(0));
             if !with_state || layout.planes() == 0 {
                 continue;
@@ -760,8 +766,6 @@ impl<'a> SavedTables<'a> {
             };
             let target = narrow(&target);
             let saved: Vec<ShardExtent> = extents.iter().map(narrow).collect();
-            let rows = (target.rows.end - target.rows.start) as usize;
-            let mut plane = vec![0f32; rows * target.cols.len()];
             for k in 0..layout.planes() {
                 let mut pieces = Vec::new();
                 for (p, e) in overlapping.iter().zip(&saved) {
@@ -779,12 +783,46 @@ impl<'a> SavedTables<'a> {
                     })?;
                     pieces.push(Piece { extent: e, values });
                 }
-                fill_from_pieces(&name, &target, &pieces, 1, &mut plane)?;
-                shard.set_state_plane(layout, k, &plane)?;
+                for_blocks(shard, &target, |shard, block, first| {
+                    let mut plane = vec![0f32; block.rows.clone().count() * block.cols.len()];
+                    fill_from_pieces(&name, block, &pieces, 1, &mut plane)?;
+                    match first {
+                        None => shard.set_state_plane(layout, k, &plane),
+                        Some(first) => shard.set_state_plane_rows(layout, k, first, &plane),
+                    }
+                })?;
             }
         }
         Ok(())
     }
+}
+
+/// Rows of a file-tier shard filled from a checkpoint at a time: the shard may be larger
+/// than RAM, so it is filled a block at a time.
+const FILL_BLOCK_ROWS: u64 = 1 << 16;
+
+/// Calls `fill(shard, block, first)` for the whole `target` (first: None) or, in the
+/// file tier, for blocks of its rows (first: the block's first local row).
+fn for_blocks(
+    shard: &mut TableShard,
+    target: &ShardExtent,
+    mut fill: impl FnMut(&mut TableShard, &ShardExtent, Option<usize>) -> Result<(), TableError>,
+) -> Result<(), TrainError> {
+    if !shard.in_file_tier() {
+        return Ok(fill(shard, target, None)?);
+    }
+    let mut start = target.rows.start;
+    while start < target.rows.end {
+        let end = (start + FILL_BLOCK_ROWS).min(target.rows.end);
+        let block = ShardExtent {
+            rank: target.rank,
+            rows: start..end,
+            cols: target.cols.clone(),
+        };
+        fill(shard, &block, Some((start - target.rows.start) as usize))?;
+        start = end;
+    }
+    Ok(())
 }
 
 /// Loads the dense parameters (and the dense optimizer's state and steps when given).

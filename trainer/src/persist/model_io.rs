@@ -79,7 +79,7 @@ fn write_table(w: &mut CrcWriter, tables: &LocalEmbeddings, t: usize) -> std::io
             if s.rows.start < next {
                 continue; // a replica of rows already written
             }
-            w.write_f32s(&s.weights().map_err(std::io::Error::other)?)?;
+            s.stream_weights(|block| w.write_f32s(block))?;
             next = s.rows.end;
         }
     } else {

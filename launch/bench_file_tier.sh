@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The file tier at equal size (issue 18): DLRM on generated Zipf(1.1) data, tables in
+# RAM against the same tables in the file tier with a cache of 10% and of 1% of their
+# rows, runs alternated (RAM, 10%, 1%, RAM, ...). Prints samples/s, the ratio to the RAM
+# run of the same round, the cache hit rate, peak RSS and the test AUC (which must agree
+# to the last digit). Not a test: prints figures.
+#
+#   launch/bench_file_tier.sh [ROWS] [ROUNDS] [TIER_DIR]   (defaults 500000 2 data/bench/tier)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+ROWS=${1:-500000}
+ROUNDS=${2:-2}
+TIER=${3:-data/bench/tier}
+source launch/env.sh
+BIN=target/release/shardrec
+[ -x "$BIN" ] || bash launch/setup.sh
+DIR=data/bench
+DATA=$DIR/zipf-$ROWS.tsv
+CFG=$DIR/bench_file_tier.toml
+mkdir -p "$DIR" "$TIER"
+[ -f "$DATA.json" ] || "$BIN" synth --rows "$ROWS" --cardinality 1000000 --zipf 1.1 --out "$DATA" > /dev/null
+cat > "$CFG" <<TOML
+seed = 2024
+[data]
+format = "criteo"
+train = "$DATA"
+split = { kind = "tail", test = 0.2 }
+cache_dir = "$DIR/prepared"
+[embedding]
+dim = 16
+optimizer = { kind = "adagrad", lr = 0.01, eps = 1e-8 }
+[model]
+kind = "dlrm"
+bottom = [512, 256]
+top = [512, 256]
+[optimizer]
+kind = "adam"
+lr = 0.001
+[train]
+epochs = 1
+batch_size = 2048
+threads = 1
+save_model = false
+log_every = 100000
+TOML
+"$BIN" prepare "$CFG" > /dev/null
+RUNS=$DIR/runs/file-tier
+rm -rf "$RUNS"
+run() { # name, extra --set...
+  local name=$1
+  shift
+  "$BIN" train "$CFG" --set train.run_dir="\"$RUNS/$name\"" "$@" 2>/dev/null | tail -n 1
+}
+summary_of() {
+  python3 -c '
+import json, sys
+s = json.loads(sys.stdin.read())
+tiers = s.get("file_tier") or []
+hits = sum(t["hits"] for t in tiers); misses = sum(t["misses"] for t in tiers)
+rate = f"{hits / max(1, hits + misses):.3f}" if tiers else "-"
+print(s["train_samples_per_s"], s["auc"], s["peak_rss_bytes"], s["embedding_params"], rate)'
+}
+echo "round  storage        samples/s  ratio  hit_rate  peak_rss_MB  auc"
+for round in $(seq 1 "$ROUNDS"); do
+  read -r ram_sps ram_auc ram_rss params _ < <(run "ram-$round" | summary_of)
+  printf "%5s  %-13s %10.0f  %5s  %8s  %11.0f  %s\n" "$round" ram "$ram_sps" 1.00 - "$((ram_rss / 1000000))" "$ram_auc"
+  rows=$((params / 16))
+  for pct in 10 1; do
+    # a cached row: 16 weights + 16 Adagrad floats, and 17 bytes of bookkeeping
+    cache=$((rows * pct / 100 * (32 * 4 + 17)))
+    storage="embedding.storage={kind=\"file\", dir=\"$TIER\", cache_bytes=$cache}"
+    read -r sps auc rss _ rate < <(run "file$pct-$round" --set "$storage" | summary_of)
+    ratio=$(python3 -c "print(f'{$sps / $ram_sps:.2f}')")
+    printf "%5s  %-13s %10.0f  %5s  %8s  %11.0f  %s\n" "$round" "file $pct%" "$sps" "$ratio" "$rate" "$((rss / 1000000))" "$auc"
+  done
+done
+echo "tables: $rows rows of dim 16 with Adagrad state ($((rows * 128 / 1000000)) MB)"
