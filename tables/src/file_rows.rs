@@ -435,7 +435,7 @@ impl FileRows {
     ) -> Result<(), TableError> {
         let f = &self.file;
         let n = part.len();
-        let rows = if n == 0 { 0 } else { v.len() / n };
+        let rows = v.len().checked_div(n).unwrap_or(0);
         if part.end > f.record || rows * n != v.len() || first + rows > self.rows {
             return Err(TableError::SizeMismatch {
                 what: format!("rows {first}.. columns {part:?} of {}", f.path.display()),
