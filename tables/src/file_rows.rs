@@ -43,9 +43,9 @@ const CHUNK_ROWS: usize = 4096;
 /// What a file-tier shard did, for the run summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TierStats {
-    /// Row accesses served by the cache.
+    /// Row lookups (a forward's reads of its distinct rows) served by the cache.
     pub hits: u64,
-    /// Row accesses that read the file (or the row's initial values).
+    /// Row lookups that read the file (or the row's initial values).
     pub misses: u64,
     /// Misses the cache could not take (every way of the set in use by the step).
     pub uncached: u64,
@@ -215,14 +215,16 @@ impl Cache {
 
     /// Finds or brings `row` into the cache (evicting its set's least recently used row
     /// not used by this step).
-    fn locate(&mut self, f: &RecordFile, row: usize) -> Result<Place, TableError> {
+    /// `lookup`: a forward's read of the row (counted as a hit or a miss), not the update
+    /// that follows it.
+    fn locate(&mut self, f: &RecordFile, row: usize, lookup: bool) -> Result<Place, TableError> {
         self.clock += 1;
         if let Some(s) = self.find(row) {
             self.last_used[s] = self.clock;
-            self.stats.hits += 1;
+            self.stats.hits += u64::from(lookup);
             return Ok(Place::Slot(s));
         }
-        self.stats.misses += 1;
+        self.stats.misses += u64::from(lookup);
         let base = (mix64(row as u64) % self.sets as u64) as usize * WAYS;
         let victim = (base..base + WAYS)
             .filter(|&s| self.tags[s] == EMPTY || self.last_used[s] < self.step_began)
@@ -355,7 +357,7 @@ impl FileRows {
             if r >= self.rows as u64 {
                 return Err(self.outside(r));
             }
-            match c.locate(f, r as usize)? {
+            match c.locate(f, r as usize, true)? {
                 Place::Slot(s) => out.extend_from_slice(&c.slot(s, f.record)[..w]),
                 Place::Uncached => {
                     c.load(f, r as usize, &mut buf)?;
@@ -389,7 +391,7 @@ impl FileRows {
         let mut buf = vec![0f32; f.record];
         for (i, &r) in local_rows.iter().enumerate() {
             let g = &grads[i * w..][..w];
-            match c.locate(f, r as usize)? {
+            match c.locate(f, r as usize, false)? {
                 Place::Slot(s) => {
                     let (weights, state) = c.slot(s, f.record).split_at_mut(w);
                     opt.update_row(weights, state, g, bc1, bc2);
