@@ -7,7 +7,8 @@ Three loops, all on generated Criteo-format data:
 1. `mpirun -np 2`: SIGKILL rank 1 when the run's metrics log reaches each of --kills
    random steps; mpirun then ends the job; `--resume <run folder>` goes on from the
    newest complete checkpoint (every 20 steps).
-2. the same under mpirun with the tables in the file tier (`embedding.storage`);
+2. the same under mpirun with the tables in the file tier (`embedding.storage`), and in
+   one process (where the file tier also reads a step ahead on another thread);
 3. one process with a checkpoint every step and large tables, so most of its time is
    spent writing checkpoints: SIGKILL at --kills random steps (counting the kills that
    left an unfinished checkpoint behind), resume each time.
@@ -195,6 +196,8 @@ def main():
     # rows in the files after the checkpoint are not trusted; resume rebuilds them
     tier = f'storage = {{ kind = "file", dir = "{work / "tier"}", cache_bytes = 200000 }}'
     ok &= loop("np2-file-tier", 2, 20, a.kills, rng, work, tier)
+    # one process: the file tier with its prefetch thread reading a step ahead
+    ok &= loop("np1-file-tier", 1, 20, a.kills, rng, work, tier)
     # big tables and a checkpoint every step: kills land mostly inside checkpoint writes
     hashed = 'kind = "hashed"\nbuckets = 20000'
     ok &= loop("np1-writes", 1, 1, a.kills, rng, work, hashed, epochs=1)

@@ -57,6 +57,15 @@ fn a_file_table_trains_to_the_ram_result_for_every_optimizer() {
             misses > 0 && evictions > 0,
             "{kind}: the cache was exercised: {file}"
         );
+        if kind == "adagrad" {
+            // a cache that has room beside a step's rows: the next step's are read ahead
+            let big = file_storage(dir.path(), 4_000_000);
+            let ahead_dir = run_dir(dir.path(), "adagrad-read-ahead");
+            let ahead = train_summary(dir.path(), &cfg, &[&opt, &big, &ahead_dir]);
+            assert_eq!(metrics(&ahead), metrics(&ram));
+            let read = ahead["file_tier_prefetched_rows"].as_u64().unwrap();
+            assert!(read > 1000, "{ahead}");
+        }
     }
     // the scratch files go with the run
     let left: Vec<_> = std::fs::read_dir(dir.path().join("tier"))

@@ -47,9 +47,11 @@ pub struct TierStats {
     pub hits: u64,
     /// Row lookups that read the file (or the row's initial values).
     pub misses: u64,
-    /// Misses the cache could not take (every way of the set in use by the step).
+    /// Lookup misses the cache could not take (every way of the set in use by the step).
     pub uncached: u64,
     pub evictions: u64,
+    /// Rows read into the cache ahead of the step that looks them up.
+    pub prefetched: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
 }
@@ -230,7 +232,7 @@ impl Cache {
             .filter(|&s| self.tags[s] == EMPTY || self.last_used[s] < self.step_began)
             .min_by_key(|&s| (self.tags[s] != EMPTY, self.last_used[s]));
         let Some(s) = victim else {
-            self.stats.uncached += 1;
+            self.stats.uncached += u64::from(lookup);
             return Ok(Place::Uncached);
         };
         let record = f.record;
@@ -371,7 +373,7 @@ impl FileRows {
     /// One optimizer step (`step`: the 1-based update count) on the given local rows
     /// (strictly ascending), with the RAM path's arithmetic.
     pub fn apply(
-        &mut self,
+        &self,
         opt: &SparseOptimizer,
         step: u64,
         local_rows: &[u64],
@@ -387,7 +389,7 @@ impl FileRows {
             });
         }
         let (bc1, bc2) = opt.bias_corrections(step);
-        let c = self.cache.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.cache();
         let mut buf = vec![0f32; f.record];
         for (i, &r) in local_rows.iter().enumerate() {
             let g = &grads[i * w..][..w];
@@ -430,7 +432,7 @@ impl FileRows {
     /// Overwrites columns `part` of the records of rows `first..` (`v`: `part.len()`
     /// floats a row), keeping the rest of each record; cached copies follow.
     pub fn overwrite_rows(
-        &mut self,
+        &self,
         part: Range<usize>,
         first: usize,
         v: &[f32],
@@ -445,7 +447,7 @@ impl FileRows {
                 got: v.len(),
             });
         }
-        let c = self.cache.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.cache();
         let mut chunk = vec![0f32; CHUNK_ROWS * f.record];
         for start in (first..first + rows).step_by(CHUNK_ROWS) {
             let m = CHUNK_ROWS.min(first + rows - start);
@@ -462,6 +464,29 @@ impl FileRows {
             f.write(start, recs, &mut c.stats)?;
         }
         Ok(())
+    }
+
+    /// Reads the given local rows into the cache ahead of the step that will look them up
+    /// (FBGEMM's prefetch): run on another thread while the current step computes. The
+    /// lock is taken a few rows at a time, so the step's own lookups and updates go on;
+    /// rows the current step uses are not evicted. Returns the rows it read.
+    pub fn prefetch(&self, local_rows: &[u64]) -> Result<u64, TableError> {
+        let f = &self.file;
+        let mut total = 0;
+        for rows in local_rows.chunks(64) {
+            let mut c = self.cache();
+            let mut read = 0;
+            for &r in rows {
+                if r < self.rows as u64 && c.find(r as usize).is_none() {
+                    if let Place::Slot(_) = c.locate(f, r as usize, false)? {
+                        read += 1;
+                    }
+                }
+            }
+            c.stats.prefetched += read;
+            total += read;
+        }
+        Ok(total)
     }
 
     /// Floats of a record: weights, then optimizer state.
@@ -519,7 +544,7 @@ mod tests {
         init().fill(&mut ram_w, 100..100 + n as u64, 0..dim, dim);
         let mut ram_s = vec![opt.initial_state(); n * sw];
         let dir = tempfile_dir();
-        let mut file = FileRows::create(
+        let file = FileRows::create(
             &dir.join("t.f32"),
             n,
             dim,
@@ -604,7 +629,7 @@ mod tests {
     fn overwrite_replaces_one_part_and_keeps_the_other() {
         let opt = SparseOptimizer::new(OptimizerKind::Adagrad, 0.1);
         let dir = tempfile_dir();
-        let mut f =
+        let f =
             FileRows::create(&dir.join("o.f32"), 10, 2, 2, 3, &init(), (0, 0..2, 2), 0.5).unwrap();
         f.apply(&opt, 1, &[3], &[1.0, 1.0]).unwrap();
         let w: Vec<f32> = (0..20).map(|i| i as f32).collect();

@@ -52,7 +52,7 @@ pub use file_rows::{FileRows, FileTier, TierReport, TierStats};
 pub use hashing::{hash_id, mix64, unit_f32};
 pub use init::RowInit;
 pub use jagged::KeyedJaggedIds;
-pub use local::{LocalEmbeddings, SliceGradient};
+pub use local::{FilePrefetcher, LocalEmbeddings, SliceGradient};
 pub use lookup_plan::{LookupPlan, Request, TableRequests};
 pub use optimizer::{OptimizerKind, SparseOptimizer, StateLayout};
 pub use planner::{plan_collection, rank_loads, table_bytes, PlanRequest, PlanStrategy};

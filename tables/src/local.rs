@@ -10,7 +10,7 @@ use crate::optimizer::SparseOptimizer;
 use crate::row_ops::{assemble_output, reduce_row_gradients, sum_in_source_order};
 use crate::shard::TableShard;
 use crate::sharding::ShardingPlan;
-use crate::{FileTier, KeyedJaggedIds, TableError};
+use crate::{FileRows, FileTier, KeyedJaggedIds, TableError};
 
 /// One slice of a step trained in slices: its lookup plan, the rows its forward fetched
 /// and the gradient of its output.
@@ -29,6 +29,33 @@ pub struct LocalEmbeddings {
     /// Shards of table t, in the order of `plan.tables[t].extents(..)`.
     shards: Vec<Vec<TableShard>>,
     dims: Vec<usize>,
+}
+
+/// Reads the file-tier rows a batch will look up into the tables' caches (FBGEMM's
+/// prefetch), from another thread than the step's.
+#[derive(Debug, Clone)]
+pub struct FilePrefetcher {
+    layout: CollectionLayout,
+    /// Each file-tier shard: its table, its global rows, its file.
+    shards: Vec<(usize, std::ops::Range<u64>, std::sync::Arc<FileRows>)>,
+}
+
+impl FilePrefetcher {
+    /// Plans `batch`'s lookups and reads the rows not cached; returns the rows read.
+    pub fn prefetch(&self, batch: &KeyedJaggedIds) -> Result<u64, TableError> {
+        let plan = LookupPlan::build(&self.layout, batch)?;
+        let mut read = 0;
+        for (t, rows, file) in &self.shards {
+            let local: Vec<u64> = plan.tables[*t]
+                .unique_rows
+                .iter()
+                .filter(|r| rows.contains(r))
+                .map(|r| r - rows.start)
+                .collect();
+            read += file.prefetch(&local)?;
+        }
+        Ok(read)
+    }
 }
 
 impl LocalEmbeddings {
@@ -118,6 +145,22 @@ impl LocalEmbeddings {
     /// Plans a batch's lookups.
     pub fn plan(&self, batch: &KeyedJaggedIds) -> Result<LookupPlan, TableError> {
         LookupPlan::build(&self.layout, batch)
+    }
+
+    /// What reading a batch's file-tier rows ahead needs, detached from the tables so it
+    /// runs on another thread (None with no file-tier table).
+    pub fn file_prefetcher(&self) -> Option<FilePrefetcher> {
+        let shards: Vec<_> = self
+            .shards
+            .iter()
+            .enumerate()
+            .flat_map(|(t, s)| s.iter().map(move |s| (t, s)))
+            .filter_map(|(t, s)| Some((t, s.rows.clone(), s.file_rows()?)))
+            .collect();
+        (!shards.is_empty()).then(|| FilePrefetcher {
+            layout: self.layout.clone(),
+            shards,
+        })
     }
 
     /// Fetches every table's distinct rows of the plan (the forward exchange).

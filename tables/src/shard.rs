@@ -51,7 +51,8 @@ enum Rows {
     },
     Device(Box<dyn DeviceRows>),
     /// The file tier: rows and state in a file behind a cache of hot rows.
-    File(Box<FileRows>),
+    /// Shared with the thread that reads the next step's rows ahead.
+    File(std::sync::Arc<FileRows>),
 }
 
 #[derive(Debug)]
@@ -159,7 +160,7 @@ impl TableShard {
             rows: extent.rows.clone(),
             cols: extent.cols.clone(),
             dim: spec.dim,
-            held: Rows::File(Box::new(rows)),
+            held: Rows::File(std::sync::Arc::new(rows)),
             state_width: sw,
             steps: 0,
         })
@@ -340,6 +341,14 @@ impl TableShard {
                 d.set_state(&s)
             }
             Rows::File(f) => f.overwrite_rows(w + p * per_row..w + (p + 1) * per_row, 0, values),
+        }
+    }
+
+    /// The file tier's rows, for reading ahead on another thread.
+    pub fn file_rows(&self) -> Option<std::sync::Arc<FileRows>> {
+        match &self.held {
+            Rows::File(f) => Some(f.clone()),
+            _ => None,
         }
     }
 

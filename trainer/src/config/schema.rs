@@ -356,6 +356,18 @@ pub struct EmbeddingConfig {
     pub storage: StorageConfig,
 }
 
+impl EmbeddingConfig {
+    /// Whether any table's rows go to the file tier.
+    pub fn uses_file_tier(&self) -> bool {
+        self.storage.kind == StorageKind::File
+            || self.tables.iter().any(|t| {
+                t.storage
+                    .as_ref()
+                    .is_some_and(|s| s.kind == StorageKind::File)
+            })
+    }
+}
+
 impl Default for EmbeddingConfig {
     fn default() -> Self {
         Self {

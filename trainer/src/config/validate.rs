@@ -45,13 +45,7 @@ fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
         check_range(v, "embedding.init.scale", s, f32::MIN_POSITIVE, 10.0);
     }
     storage_violations("embedding.storage", &e.storage, v);
-    let file_tier = e.storage.kind == StorageKind::File
-        || e.tables.iter().any(|t| {
-            t.storage
-                .as_ref()
-                .is_some_and(|s| s.kind == StorageKind::File)
-        });
-    if file_tier && e.device != "cpu" {
+    if e.uses_file_tier() && e.device != "cpu" {
         violation(
             v,
             "embedding.device",

@@ -189,6 +189,15 @@ impl EmbeddingEngine {
         }
     }
 
+    /// The reader of this process's file-tier rows a step ahead. One process only: under
+    /// mpirun a rank learns which of its rows are wanted only in the step's exchange.
+    pub fn file_prefetcher(&self) -> Option<shardrec_tables::FilePrefetcher> {
+        match self {
+            Self::Local(e) => e.file_prefetcher(),
+            Self::Sharded(_) => None,
+        }
+    }
+
     /// What each file-tier shard held here holds and did (empty with every table in RAM).
     pub fn tier_reports(&self, rank: usize) -> Vec<serde_json::Value> {
         let names = &self.layout().spec().tables;

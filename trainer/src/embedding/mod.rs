@@ -6,9 +6,11 @@ mod budget;
 mod builder;
 mod device_rows;
 mod engine;
+mod prefetch;
 mod tensor_bridge;
 
 pub use builder::{build_collections, Collections, TableConfigError};
 pub use device_rows::TensorRows;
 pub use engine::EmbeddingEngine;
+pub use prefetch::FileTierPrefetch;
 pub use tensor_bridge::{apply_gradient, apply_gradient_slices, lookup, Activation};

@@ -22,6 +22,16 @@ pub trait TrainHook: Send {
         Ok(())
     }
 
+    /// The batch the step after this one trains on (None when this step is the epoch's
+    /// last), told before this step runs: a hook can start reading what it will need.
+    fn next_batch(
+        &mut self,
+        _bundle: &ModelBundle,
+        _next: Option<&crate::data::Batch>,
+    ) -> Result<(), TrainError> {
+        Ok(())
+    }
+
     /// The layer between the tables and the dense model the run's bundle is built with.
     fn embedding_layer(&self) -> Option<&dyn EmbeddingLayerSpec> {
         None

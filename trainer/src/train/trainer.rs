@@ -227,7 +227,12 @@ impl<'j, 'h> Trainer<'j, 'h> {
             }
             let stream = spawn_loader(self.job.train.clone(), self.loader_options(epoch));
             let features = self.job.data.meta.schema.categorical.len();
-            for step in LockstepBatches::new(stream, cluster, features, false) {
+            let mut steps = LockstepBatches::new(stream, cluster, features, false).peekable();
+            while let Some(step) = steps.next() {
+                let next = steps.peek().map(|s| &s.batch);
+                for hook in &mut self.hooks {
+                    hook.next_batch(&self.bundle, next)?;
+                }
                 self.step(step, epoch)?;
                 match self.after_step(epoch)? {
                     Flow::Continue => {}
