@@ -20,36 +20,14 @@ source launch/env.sh
 BIN=target/release/shardrec
 [ -x "$BIN" ] || bash launch/setup.sh
 DIR=data/bench
+# shellcheck source=launch/dlrm_config.sh
+source "$(dirname "${BASH_SOURCE[0]}")/dlrm_config.sh"
 DATA=$DIR/zipf-$ROWS.tsv
 CFG=$DIR/bench_file_tier_huge.toml
 mkdir -p "$DIR" "$TIER"
 [ -f "$DATA.json" ] || "$BIN" synth --rows "$ROWS" --cardinality 10000000 --zipf 1.1 --out "$DATA" > /dev/null
-cat > "$CFG" <<TOML
-seed = 2024
-[data]
-format = "criteo"
-train = "$DATA"
-split = { kind = "tail", test = 0.2 }
-cache_dir = "$DIR/prepared"
-[embedding]
-dim = 16
-kind = "hashed"
-buckets = $RAM_BUCKETS
-optimizer = { kind = "adagrad", lr = 0.01, eps = 1e-8 }
-[model]
-kind = "dlrm"
-bottom = [512, 256]
-top = [512, 256]
-[optimizer]
-kind = "adam"
-lr = 0.001
-[train]
-epochs = 1
-batch_size = 2048
-threads = 1
-save_model = false
-log_every = 100000
-TOML
+dlrm_config "$CFG" "$DATA" 1 "kind = \"hashed\"
+buckets = $RAM_BUCKETS" "log_every = 100000"
 "$BIN" prepare "$CFG" > /dev/null
 RUNS=$DIR/runs/file-tier-huge
 rm -rf "$RUNS"
