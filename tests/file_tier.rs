@@ -178,3 +178,24 @@ fn a_file_tier_without_its_folder_or_cache_is_refused_by_key() {
         "embedding.storage.cache_bytes",
     );
 }
+
+#[test]
+fn qr_and_unified_tables_train_to_the_ram_result_in_the_file_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 6000, 1000);
+    let cfg = criteo_config(dir.path(), &data, "dlrm", "epochs = 1\nlog_every = 1000");
+    let storage = file_storage(dir.path(), 40_000);
+    for (kind, extra) in [
+        ("qr", "embedding.kind=\"qr\""),
+        ("unified", "embedding.unified.buckets=20000"),
+    ] {
+        let kind_set = format!("embedding.kind=\"{kind}\"");
+        let ram_dir = run_dir(dir.path(), &format!("{kind}-ram"));
+        let file_dir = run_dir(dir.path(), &format!("{kind}-file"));
+        let ram = train_summary(dir.path(), &cfg, &[&kind_set, extra, &ram_dir]);
+        let file = train_summary(dir.path(), &cfg, &[&kind_set, extra, &storage, &file_dir]);
+        assert_eq!(metrics(&file), metrics(&ram), "{kind}");
+        let (misses, _) = tier_misses_and_evictions(&file);
+        assert!(misses > 0, "{kind}: {file}");
+    }
+}
