@@ -169,20 +169,30 @@ impl RecordFile {
         s.fill(i.state);
     }
 
-    fn read(&self, row: usize, out: &mut [f32], stats: &mut TierStats) -> Result<(), TableError> {
+    /// Reads the records of rows `row..` into `out`; returns the bytes read.
+    fn read(&self, row: usize, out: &mut [f32]) -> Result<u64, TableError> {
         self.file
             .read_exact_at(as_bytes_mut(out), self.offset(row))
             .map_err(|e| storage_error(&self.path, e))?;
-        stats.bytes_read += (out.len() * 4) as u64;
-        Ok(())
+        Ok((out.len() * 4) as u64)
     }
 
-    fn write(&self, row: usize, v: &[f32], stats: &mut TierStats) -> Result<(), TableError> {
+    /// Writes `v` as the records of rows `row..`; returns the bytes written.
+    fn write(&self, row: usize, v: &[f32]) -> Result<u64, TableError> {
         self.file
             .write_all_at(as_bytes(v), self.offset(row))
             .map_err(|e| storage_error(&self.path, e))?;
-        stats.bytes_written += (v.len() * 4) as u64;
-        Ok(())
+        Ok((v.len() * 4) as u64)
+    }
+
+    /// The record of `row` into `out`: from the file when `written`, else its initial
+    /// values; returns the bytes read.
+    fn load(&self, row: usize, written: bool, out: &mut [f32]) -> Result<u64, TableError> {
+        if written {
+            return self.read(row, out);
+        }
+        self.initial(row, out);
+        Ok(0)
     }
 }
 
@@ -199,20 +209,21 @@ impl Cache {
         &mut self.records.as_mut_slice()[s * record..][..record]
     }
 
-    /// The slot holding `row`, if cached.
-    fn find(&self, row: usize) -> Option<usize> {
+    /// The slots of `row`'s set.
+    fn set_of(&self, row: usize) -> Range<usize> {
         let base = (mix64(row as u64) % self.sets as u64) as usize * WAYS;
-        (base..base + WAYS).find(|&s| self.tags[s] == row as u64)
+        base..base + WAYS
     }
 
-    /// The record of `row` into `out`: from the file when written, else its initial values.
+    /// The slot holding `row`, if cached.
+    fn find(&self, row: usize) -> Option<usize> {
+        self.set_of(row).find(|&s| self.tags[s] == row as u64)
+    }
+
+    /// The record of `row` into `out` (a buffer outside the cache).
     fn load(&mut self, f: &RecordFile, row: usize, out: &mut [f32]) -> Result<(), TableError> {
-        if self.is_written(row) {
-            f.read(row, out, &mut self.stats)
-        } else {
-            f.initial(row, out);
-            Ok(())
-        }
+        self.stats.bytes_read += f.load(row, self.is_written(row), out)?;
+        Ok(())
     }
 
     /// Finds or brings `row` into the cache (evicting its set's least recently used row
@@ -227,8 +238,8 @@ impl Cache {
             return Ok(Place::Slot(s));
         }
         self.stats.misses += u64::from(lookup);
-        let base = (mix64(row as u64) % self.sets as u64) as usize * WAYS;
-        let victim = (base..base + WAYS)
+        let victim = self
+            .set_of(row)
             .filter(|&s| self.tags[s] == EMPTY || self.last_used[s] < self.step_began)
             .min_by_key(|&s| (self.tags[s] != EMPTY, self.last_used[s]));
         let Some(s) = victim else {
@@ -238,23 +249,16 @@ impl Cache {
         let record = f.record;
         if self.tags[s] != EMPTY && self.dirty[s] {
             let old = self.tags[s] as usize;
-            let mut stats = self.stats;
-            f.write(old, self.slot(s, record), &mut stats)?;
-            self.stats = stats;
+            let written = f.write(old, self.slot(s, record))?;
+            self.stats.bytes_written += written;
             self.mark_written(old);
             self.stats.evictions += 1;
         }
         // straight into the slot (a failed read leaves it empty, not holding another row)
         self.tags[s] = EMPTY;
         let written = self.is_written(row);
-        let mut stats = self.stats;
-        let slot = &mut self.records.as_mut_slice()[s * record..][..record];
-        if written {
-            f.read(row, slot, &mut stats)?;
-        } else {
-            f.initial(row, slot);
-        }
-        self.stats = stats;
+        let read = f.load(row, written, self.slot(s, record))?;
+        self.stats.bytes_read += read;
         self.tags[s] = row as u64;
         self.last_used[s] = self.clock;
         self.dirty[s] = false;
@@ -264,7 +268,7 @@ impl Cache {
     /// The current records of rows `start..` into `out` (whole records): cached rows from
     /// the cache, written ones from the file, the others as initial values.
     fn current(&mut self, f: &RecordFile, start: usize, out: &mut [f32]) -> Result<(), TableError> {
-        f.read(start, out, &mut self.stats)?;
+        self.stats.bytes_read += f.read(start, out)?;
         for (i, rec) in out.chunks_mut(f.record).enumerate() {
             let row = start + i;
             if let Some(s) = self.find(row) {
@@ -403,7 +407,7 @@ impl FileRows {
                     c.load(f, r as usize, &mut buf)?;
                     let (weights, state) = buf.split_at_mut(w);
                     opt.update_row(weights, state, g, bc1, bc2);
-                    f.write(r as usize, &buf, &mut c.stats)?;
+                    c.stats.bytes_written += f.write(r as usize, &buf)?;
                     c.mark_written(r as usize);
                 }
             }
@@ -461,7 +465,7 @@ impl FileRows {
                 }
                 c.mark_written(row);
             }
-            f.write(start, recs, &mut c.stats)?;
+            c.stats.bytes_written += f.write(start, recs)?;
         }
         Ok(())
     }

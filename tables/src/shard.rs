@@ -122,7 +122,7 @@ impl TableShard {
 
     /// The part `extent` of the table `spec` in the file tier: a new sparse file under
     /// `tier.dir` (rows read as their initial values until written) behind a cache of
-    /// `tier.cache_rows` rows. Nothing the size of the shard is allocated.
+    /// `tier.cache_bytes`. Nothing the size of the shard is allocated.
     pub fn in_file(
         spec: &TableSpec,
         extent: &ShardExtent,
@@ -216,7 +216,7 @@ impl TableShard {
         match &self.held {
             Rows::Host { weights, .. } => Ok(Cow::Borrowed(weights.as_slice())),
             Rows::Device(d) => d.weights().map(Cow::Owned),
-            Rows::File(f) => self.columns_in_file(f, 0..self.width()).map(Cow::Owned),
+            Rows::File(f) => self.file_columns(f, 0..self.width()).map(Cow::Owned),
         }
     }
 
@@ -226,22 +226,29 @@ impl TableShard {
             Rows::Host { state, .. } => Ok(Cow::Borrowed(state.as_slice())),
             Rows::Device(d) => d.state().map(Cow::Owned),
             Rows::File(f) => self
-                .columns_in_file(f, self.width()..self.width() + self.state_width)
+                .file_columns(f, self.width()..self.width() + self.state_width)
                 .map(Cow::Owned),
         }
     }
 
     /// Columns `part` of every record of a file-tier shard (a copy).
-    fn columns_in_file(&self, f: &FileRows, part: Range<usize>) -> Result<Vec<f32>, TableError> {
-        let record = self.width() + self.state_width;
+    fn file_columns(&self, f: &FileRows, part: Range<usize>) -> Result<Vec<f32>, TableError> {
         let mut out = Vec::with_capacity(self.num_rows() * part.len());
-        f.for_each_chunk(|_, recs| {
-            for rec in recs.chunks(record) {
-                out.extend_from_slice(&rec[part.clone()]);
-            }
-            Ok(())
+        stream_file_columns(f, part, |block| {
+            out.extend_from_slice(block);
+            Ok::<_, TableError>(())
         })?;
         Ok(out)
+    }
+
+    /// The columns of a record (weights, then state) that hold plane `p` of the state.
+    fn plane_columns(&self, layout: StateLayout, p: usize) -> Range<usize> {
+        let w = self.width();
+        let per_row = match layout {
+            StateLayout::PerRow => 1,
+            StateLayout::PerColumn { .. } => w,
+        };
+        w + p * per_row..w + (p + 1) * per_row
     }
 
     fn check_len(&self, what: &str, expected: usize, got: usize) -> Result<(), TableError> {
@@ -313,11 +320,9 @@ impl TableShard {
         values: &[f32],
     ) -> Result<(), TableError> {
         let (n, w, sw) = (self.num_rows(), self.width(), self.state_width);
-        let per_row = match layout {
-            StateLayout::PerRow => 1,
-            StateLayout::PerColumn { .. } => w,
-        };
-        if values.len() != n * per_row || (p + 1) * per_row > sw {
+        let columns = self.plane_columns(layout, p);
+        let per_row = columns.len();
+        if values.len() != n * per_row || columns.end > w + sw {
             return Err(TableError::SizeMismatch {
                 what: format!("table `{}`: optimizer state plane {p}", self.table),
                 expected: n * per_row,
@@ -340,7 +345,7 @@ impl TableShard {
                 put(&mut s);
                 d.set_state(&s)
             }
-            Rows::File(f) => f.overwrite_rows(w + p * per_row..w + (p + 1) * per_row, 0, values),
+            Rows::File(f) => f.overwrite_rows(columns, 0, values),
         }
     }
 
@@ -365,16 +370,7 @@ impl TableShard {
         mut out: impl FnMut(&[f32]) -> Result<(), E>,
     ) -> Result<(), E> {
         match &self.held {
-            Rows::File(f) => {
-                let (w, record) = (self.width(), f.record());
-                let mut block = Vec::new();
-                f.for_each_chunk(|_, recs| {
-                    block.clear();
-                    recs.chunks(record)
-                        .for_each(|r| block.extend_from_slice(&r[..w]));
-                    out(&block)
-                })
-            }
+            Rows::File(f) => stream_file_columns(f, 0..self.width(), out),
             _ => out(&self.weights()?),
         }
     }
@@ -388,40 +384,16 @@ impl TableShard {
         mut out: impl FnMut(&[f32]) -> Result<(), E>,
     ) -> Result<(), E> {
         match &self.held {
-            Rows::File(f) => {
-                let (w, record) = (self.width(), f.record());
-                let per_row = match layout {
-                    StateLayout::PerRow => 1,
-                    StateLayout::PerColumn { .. } => w,
-                };
-                let cols = w + p * per_row..w + (p + 1) * per_row;
-                let mut block = Vec::new();
-                f.for_each_chunk(|_, recs| {
-                    block.clear();
-                    recs.chunks(record)
-                        .for_each(|r| block.extend_from_slice(&r[cols.clone()]));
-                    out(&block)
-                })
-            }
+            Rows::File(f) => stream_file_columns(f, self.plane_columns(layout, p), out),
             _ => out(&self.state_plane(layout, p)?),
         }
     }
 
-    /// Overwrites the weights of local rows `first..` (`v`: whole rows), for loading a
-    /// file-tier shard a block at a time; a RAM shard takes them in place too.
+    /// Overwrites the weights of file-tier rows `first..` (`v`: whole rows), for loading
+    /// a shard larger than RAM a block at a time.
     pub fn set_weights_rows(&mut self, first: usize, v: &[f32]) -> Result<(), TableError> {
-        let w = self.width();
-        match &mut self.held {
-            Rows::File(f) => f.overwrite_rows(0..w, first, v),
-            Rows::Host { weights, .. } if (first * w + v.len()) <= weights.as_slice().len() => {
-                weights.as_mut_slice()[first * w..][..v.len()].copy_from_slice(v);
-                Ok(())
-            }
-            _ => Err(TableError::BadBatch(format!(
-                "table `{}`: rows from {first} cannot be set in place",
-                self.table
-            ))),
-        }
+        let columns = 0..self.width();
+        self.set_file_rows(columns, first, v)
     }
 
     /// Overwrites plane `p` of the state of file-tier rows `first..` (see
@@ -433,17 +405,20 @@ impl TableShard {
         first: usize,
         values: &[f32],
     ) -> Result<(), TableError> {
-        let w = self.width();
-        let per_row = match layout {
-            StateLayout::PerRow => 1,
-            StateLayout::PerColumn { .. } => w,
-        };
-        match &mut self.held {
-            Rows::File(f) => {
-                f.overwrite_rows(w + p * per_row..w + (p + 1) * per_row, first, values)
-            }
+        let columns = self.plane_columns(layout, p);
+        self.set_file_rows(columns, first, values)
+    }
+
+    fn set_file_rows(
+        &mut self,
+        columns: Range<usize>,
+        first: usize,
+        v: &[f32],
+    ) -> Result<(), TableError> {
+        match &self.held {
+            Rows::File(f) => f.overwrite_rows(columns, first, v),
             _ => Err(TableError::BadBatch(format!(
-                "table `{}`: state rows can be set in place only in the file tier",
+                "table `{}`: rows can be set a block at a time only in the file tier",
                 self.table
             ))),
         }
@@ -539,6 +514,23 @@ impl TableShard {
             Rows::File(f) => f.apply(opt, self.steps, local_rows, grads),
         }
     }
+}
+
+/// Columns `part` of every record of a file-tier shard, in row order, a block of rows
+/// at a time.
+fn stream_file_columns<E: From<TableError>>(
+    f: &FileRows,
+    part: Range<usize>,
+    mut out: impl FnMut(&[f32]) -> Result<(), E>,
+) -> Result<(), E> {
+    let record = f.record();
+    let mut block = Vec::new();
+    f.for_each_chunk(|_, recs| {
+        block.clear();
+        recs.chunks(record)
+            .for_each(|r| block.extend_from_slice(&r[part.clone()]));
+        out(&block)
+    })
 }
 
 #[cfg(test)]

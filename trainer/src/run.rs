@@ -6,9 +6,8 @@ use std::path::Path;
 
 use crate::cluster::Cluster;
 use crate::config::ExperimentConfig;
-use crate::embedding::FileTierPrefetch;
 use crate::sequence::SequenceHook;
-use crate::train::{train_with_hooks, TrainHook};
+use crate::train::train_with_hooks;
 use crate::TrainError;
 
 /// Trains as configured on the ranks of `cluster`; returns the summary. See
@@ -23,10 +22,5 @@ pub fn train(
         return crate::optembed::run_stages(cfg, name, cluster, resume, None);
     }
     let mut sequence = SequenceHook::new(cfg);
-    let mut prefetch = FileTierPrefetch::default();
-    let mut hooks: Vec<&mut dyn TrainHook> = vec![&mut sequence];
-    if cfg.embedding.uses_file_tier() {
-        hooks.push(&mut prefetch);
-    }
-    train_with_hooks(cfg, name, cluster, resume, hooks)
+    train_with_hooks(cfg, name, cluster, resume, vec![&mut sequence])
 }

@@ -12,5 +12,5 @@ mod tensor_bridge;
 pub use builder::{build_collections, Collections, TableConfigError};
 pub use device_rows::TensorRows;
 pub use engine::EmbeddingEngine;
-pub use prefetch::FileTierPrefetch;
+pub use prefetch::FileTierHook;
 pub use tensor_bridge::{apply_gradient, apply_gradient_slices, lookup, Activation};

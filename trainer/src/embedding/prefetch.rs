@@ -1,7 +1,9 @@
-//! Reading the file tier ahead (FBGEMM's prefetch pipeline): while step k computes, a
-//! thread reads the rows step k+1 will look up into the tables' caches, so the step's
-//! own lookups hit. It plugs into the training loop as a [`TrainHook`] told the next
-//! batch before each step; the next step waits for it only if it is not done.
+//! The file tier's part in a training run, as a [`TrainHook`]: reading ahead (FBGEMM's
+//! prefetch pipeline), and its figures in the summary.
+//!
+//! While step k computes, a thread reads the rows step k+1 will look up into the
+//! tables' caches, so the step's own lookups hit. The hook is told the next batch before
+//! each step; the next step waits for the thread only if it is not done.
 //!
 //! The result does not depend on it: the cache holds the same values as the file, and
 //! rows the current step uses are never evicted for a prefetch.
@@ -10,16 +12,18 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use shardrec_tables::{FilePrefetcher, TableError};
+use shardrec_tables::{Exchange, FilePrefetcher, TableError};
 
 use crate::bundle::ModelBundle;
+use crate::cluster::Cluster;
 use crate::data::Batch;
 use crate::train::TrainHook;
 use crate::TrainError;
 
-/// The prefetch of the file tier's rows, a step ahead.
-#[derive(Default)]
-pub struct FileTierPrefetch {
+/// The file tier's hook: the prefetch of its rows a step ahead, and the summary's
+/// `file_tier` figures of every rank.
+pub struct FileTierHook<'c> {
+    cluster: &'c Cluster,
     /// Made from the bundle at the first step (None before, or with no file tables).
     reader: Option<Option<Arc<FilePrefetcher>>>,
     pending: Option<JoinHandle<Result<u64, TableError>>>,
@@ -28,7 +32,17 @@ pub struct FileTierPrefetch {
     rows: u64,
 }
 
-impl FileTierPrefetch {
+impl<'c> FileTierHook<'c> {
+    pub fn new(cluster: &'c Cluster) -> Self {
+        Self {
+            cluster,
+            reader: None,
+            pending: None,
+            waited: Duration::ZERO,
+            rows: 0,
+        }
+    }
+
     /// Waits for the prefetch under way, if any.
     fn finish(&mut self) -> Result<(), TrainError> {
         if let Some(h) = self.pending.take() {
@@ -46,7 +60,7 @@ impl FileTierPrefetch {
     }
 }
 
-impl TrainHook for FileTierPrefetch {
+impl TrainHook for FileTierHook<'_> {
     fn next_batch(&mut self, bundle: &ModelBundle, next: Option<&Batch>) -> Result<(), TrainError> {
         self.finish()?;
         // a sequence model's lookups take the newest behaviours only: not planned here
@@ -67,13 +81,25 @@ impl TrainHook for FileTierPrefetch {
 
     fn after_training(
         &mut self,
-        _bundle: &ModelBundle,
+        bundle: &ModelBundle,
         _data: &crate::data::PreparedDataset,
         _run: &std::path::Path,
         summary: &mut serde_json::Value,
     ) -> Result<(), TrainError> {
         self.finish()?;
+        let mine = bundle.tables.tier_reports(self.cluster.rank());
+        let all = self
+            .cluster
+            .all_gather_bytes(&serde_json::to_vec(&mine).unwrap_or_default())?;
+        let tiers: Vec<serde_json::Value> = all
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<Vec<serde_json::Value>>(b).ok())
+            .flatten()
+            .collect();
         if let Some(o) = summary.as_object_mut() {
+            if !tiers.is_empty() {
+                o.insert("file_tier".into(), tiers.into());
+            }
             o.insert(
                 "file_tier_prefetch_wait_s".into(),
                 self.waited.as_secs_f64().into(),

@@ -57,12 +57,11 @@ fn config(dir: &Path) -> ExperimentConfig {
         let (u, i) = (r * 7 % 23, r * 13 % 31);
         data.push_str(&format!(
             "{}\tu{u}\ti{i}\tg{}|h{}\n",
-            (u + i) % 3 == 0,
+            u8::from((u + i) % 3 == 0),
             i % 5,
             u % 4
         ));
     }
-    let data = data.replace("true", "1").replace("false", "0");
     std::fs::write(dir.join("d.tsv"), data).unwrap();
     let text = format!(
         r#"seed = 3

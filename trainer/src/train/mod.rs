@@ -44,6 +44,13 @@ pub fn train_with_hooks(
         // before the data is prepared, which may take long
         crate::persist::checkpoint::find_checkpoint(path)?;
     }
+    // the file tier plugs in like any feature, whichever stage trains
+    let mut file_tier = crate::embedding::FileTierHook::new(cluster);
+    let mut hooks: Vec<&mut dyn TrainHook> =
+        hooks.into_iter().map(|h| h as &mut dyn TrainHook).collect();
+    if cfg.embedding.uses_file_tier() {
+        hooks.push(&mut file_tier);
+    }
     with_threads(cfg, cluster.local_size(), |threads| {
         let (job, colls) = TrainJob::set_up(cfg, name, threads, cluster)?;
         let mut trainer = Trainer::set_up(&job, colls, resume, hooks)?;

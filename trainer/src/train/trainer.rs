@@ -641,17 +641,6 @@ impl<'j, 'h> Trainer<'j, 'h> {
                 .as_ref()
                 .map_or(0, |f| f.layout().parameters());
         let data = &job.data;
-        let mut extra = extra;
-        let tiers = bundle.tables.tier_reports(cluster.rank());
-        let tiers = cluster.all_gather_bytes(&serde_json::to_vec(&tiers).unwrap_or_default())?;
-        let tiers: Vec<serde_json::Value> = tiers
-            .iter()
-            .filter_map(|b| serde_json::from_slice::<Vec<serde_json::Value>>(b).ok())
-            .flatten()
-            .collect();
-        if !tiers.is_empty() {
-            extra.insert("file_tier".into(), tiers.into());
-        }
         Ok(RunSummary {
             auc: test.as_ref().and_then(|r| r.auc),
             logloss: test.as_ref().map(|r| r.logloss),
