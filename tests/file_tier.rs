@@ -199,3 +199,85 @@ fn qr_and_unified_tables_train_to_the_ram_result_in_the_file_tier() {
         assert!(misses > 0, "{kind}: {file}");
     }
 }
+
+/// The earliest checkpoint of a run folder.
+fn first_checkpoint(run: &Path) -> std::path::PathBuf {
+    let mut all: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("manifest.json").is_file())
+        .collect();
+    all.sort();
+    all.into_iter().next().expect("a checkpoint")
+}
+
+#[test]
+fn sixteen_bit_rows_train_alike_in_both_tiers_resume_exactly_and_halve_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 8000, 2000);
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "dlrm",
+        "epochs = 2\nlog_every = 1000\ncheckpoint_every = 10\ncheckpoint_keep = 0",
+    );
+    let c = cfg.to_str().unwrap();
+    let full = train_summary(dir.path(), &cfg, &[&run_dir(dir.path(), "f32")]);
+    let storage = file_storage(dir.path(), 40_000);
+    for dtype in ["f16", "bf16"] {
+        let set = format!("embedding.row_dtype=\"{dtype}\"");
+        let ram_dir = run_dir(dir.path(), &format!("{dtype}-ram"));
+        let file_dir = run_dir(dir.path(), &format!("{dtype}-file"));
+        let ram = train_summary(dir.path(), &cfg, &[&set, &ram_dir]);
+        let file = train_summary(dir.path(), &cfg, &[&set, &storage, &file_dir]);
+        // stochastic rounding draws from (table, step, row, column): the tiers agree
+        assert_eq!(metrics(&file), metrics(&ram), "{dtype}");
+        let (auc, auc32) = (metrics(&ram).0, metrics(&full).0);
+        assert!((auc - auc32).abs() < 0.01, "{dtype}: {auc} vs f32 {auc32}");
+        assert_ne!(metrics(&ram), metrics(&full), "{dtype} rows are rounded");
+        let bytes = |s: &serde_json::Value| s["embedding_bytes_this_rank"].as_u64().unwrap();
+        assert_eq!(2 * bytes(&ram), bytes(&full), "{dtype}: half the bytes");
+        // a checkpoint resumes to the uninterrupted result, in the same precision only
+        let first = first_checkpoint(&dir.path().join(format!("{dtype}-ram")));
+        let resumed_dir = run_dir(dir.path(), &format!("{dtype}-resumed"));
+        let f = first.to_str().unwrap();
+        let args = [
+            "train",
+            c,
+            "--set",
+            &set,
+            "--set",
+            &resumed_dir,
+            "--resume",
+            f,
+        ];
+        assert_eq!(metrics(&summary(&run(dir.path(), &args))), metrics(&ram));
+        let other_dir = run_dir(dir.path(), &format!("{dtype}-as-f32"));
+        let o = run(
+            dir.path(),
+            &["train", c, "--set", &other_dir, "--resume", f],
+        );
+        let err = stderr(&o);
+        assert!(
+            !o.status.success() && err.contains("embedding.row_dtype"),
+            "{err}"
+        );
+    }
+    let o = run(
+        dir.path(),
+        &[
+            "train",
+            c,
+            "--set",
+            "embedding.row_dtype=\"f16\"",
+            "--set",
+            "embedding.device=\"cuda\"",
+        ],
+    );
+    let err = stderr(&o);
+    assert!(
+        !o.status.success() && err.contains("embedding.row_dtype"),
+        "{err}"
+    );
+}

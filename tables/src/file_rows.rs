@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::hashing::mix64;
 use crate::init::RowInit;
 use crate::optimizer::{check_rows, SparseOptimizer};
+use crate::row_dtype::{Rounding, RowDtype};
 use crate::storage::{InMemoryRows, RowStorage};
 use crate::TableError;
 
@@ -83,6 +84,17 @@ impl FileTier {
     }
 }
 
+/// The shape of a shard's records.
+#[derive(Debug, Clone, Copy)]
+pub struct Records {
+    pub rows: usize,
+    /// Weights a row (stored as `dtype`, in `dtype.words(width)` words).
+    pub width: usize,
+    /// Optimizer state floats a row.
+    pub state_width: usize,
+    pub dtype: RowDtype,
+}
+
 /// How a row that was never written reads.
 #[derive(Debug, Clone)]
 struct Initial {
@@ -93,14 +105,21 @@ struct Initial {
     state: f32,
 }
 
-/// The file: records of `width + state_width` floats.
+/// The file: records of the weights' words, then `state_width` floats.
 #[derive(Debug)]
 struct RecordFile {
     path: PathBuf,
     file: File,
+    /// Weights a row.
     width: usize,
+    dtype: RowDtype,
+    /// Words of a row's stored weights.
+    words: usize,
+    /// Words of a record.
     record: usize,
     initial: Initial,
+    /// The table's stochastic-rounding stream.
+    salt: u64,
 }
 
 /// The cache: `sets x WAYS` slots of one record each, and what each holds.
@@ -160,11 +179,16 @@ impl RecordFile {
     /// The initial record of local row `row`.
     fn initial(&self, row: usize, out: &mut [f32]) {
         let i = &self.initial;
-        let (w, s) = out.split_at_mut(self.width);
-        for (j, v) in w.iter_mut().enumerate() {
-            *v = i
-                .init
-                .value(i.first_row + row as u64, i.cols.start + j, i.dim);
+        let (w, s) = out.split_at_mut(self.words);
+        let value = |j: usize| {
+            i.init
+                .value(i.first_row + row as u64, i.cols.start + j, i.dim)
+        };
+        if self.dtype == RowDtype::F32 {
+            w.iter_mut().enumerate().for_each(|(j, v)| *v = value(j));
+        } else {
+            let values: Vec<f32> = (0..self.width).map(value).collect();
+            self.dtype.encode(&values, w, Rounding::Nearest);
         }
         s.fill(i.state);
     }
@@ -285,18 +309,24 @@ impl FileRows {
     /// A shard of `rows` rows, `width` weights and `state_width` state floats each, in a
     /// new file `path` (replacing any file there: a file tier is rebuilt from the
     /// checkpoint on resume, never trusted), with a cache of about `cache_rows` rows.
-    #[allow(clippy::too_many_arguments)]
+    /// `extent`: the global first row, the columns and the table's width, for initial
+    /// values; `salt`: the table's stochastic-rounding stream ([`RowDtype::salt`]).
     pub fn create(
         path: &Path,
-        rows: usize,
-        width: usize,
-        state_width: usize,
+        shape: Records,
         cache_rows: usize,
         init: &RowInit,
         extent: (u64, Range<usize>, usize),
-        initial_state: f32,
+        (initial_state, salt): (f32, u64),
     ) -> Result<Self, TableError> {
-        let record = width + state_width;
+        let Records {
+            rows,
+            width,
+            state_width,
+            dtype,
+        } = shape;
+        let words = dtype.words(width);
+        let record = words + state_width;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -315,6 +345,8 @@ impl FileRows {
                 path: path.to_path_buf(),
                 file,
                 width,
+                dtype,
+                words,
                 record,
                 initial: Initial {
                     init: init.clone(),
@@ -323,6 +355,7 @@ impl FileRows {
                     dim,
                     state: initial_state,
                 },
+                salt,
             },
             cache: Mutex::new(Cache {
                 sets,
@@ -357,19 +390,20 @@ impl FileRows {
         let (f, w) = (&self.file, self.file.width);
         let mut c = self.cache();
         c.step_began = c.clock + 1;
-        let mut out = Vec::with_capacity(local_rows.len() * w);
+        let mut out = vec![0f32; local_rows.len() * w];
         let mut buf = vec![0f32; f.record];
-        for &r in local_rows {
+        for (i, &r) in local_rows.iter().enumerate() {
             if r >= self.rows as u64 {
                 return Err(self.outside(r));
             }
-            match c.locate(f, r as usize, true)? {
-                Place::Slot(s) => out.extend_from_slice(&c.slot(s, f.record)[..w]),
+            let stored = match c.locate(f, r as usize, true)? {
+                Place::Slot(s) => &c.slot(s, f.record)[..f.words],
                 Place::Uncached => {
                     c.load(f, r as usize, &mut buf)?;
-                    out.extend_from_slice(&buf[..w]);
+                    &buf[..f.words]
                 }
-            }
+            };
+            f.dtype.decode(stored, &mut out[i * w..][..w]);
         }
         Ok(out)
     }
@@ -392,21 +426,33 @@ impl FileRows {
                 got: grads.len(),
             });
         }
-        let (bc1, bc2) = opt.bias_corrections(step);
+        let bc = opt.bias_corrections(step);
         let mut c = self.cache();
-        let mut buf = vec![0f32; f.record];
+        let (mut buf, mut scratch) = (vec![0f32; f.record], Vec::new());
+        let first_col = f.initial.cols.start;
         for (i, &r) in local_rows.iter().enumerate() {
             let g = &grads[i * w..][..w];
+            let key = RowDtype::rounding_key(f.salt, step, f.initial.first_row + r);
+            let mut update = |record: &mut [f32]| {
+                let (weights, state) = record.split_at_mut(f.words);
+                opt.update_stored_row(
+                    f.dtype,
+                    weights,
+                    state,
+                    g,
+                    bc,
+                    (key, first_col),
+                    &mut scratch,
+                );
+            };
             match c.locate(f, r as usize, false)? {
                 Place::Slot(s) => {
-                    let (weights, state) = c.slot(s, f.record).split_at_mut(w);
-                    opt.update_row(weights, state, g, bc1, bc2);
+                    update(c.slot(s, f.record));
                     c.dirty[s] = true;
                 }
                 Place::Uncached => {
                     c.load(f, r as usize, &mut buf)?;
-                    let (weights, state) = buf.split_at_mut(w);
-                    opt.update_row(weights, state, g, bc1, bc2);
+                    update(&mut buf);
                     c.stats.bytes_written += f.write(r as usize, &buf)?;
                     c.mark_written(r as usize);
                 }
@@ -493,7 +539,7 @@ impl FileRows {
         Ok(total)
     }
 
-    /// Floats of a record: weights, then optimizer state.
+    /// Words of a record: the stored weights, then optimizer state.
     pub fn record(&self) -> usize {
         self.file.record
     }
@@ -539,26 +585,37 @@ mod tests {
         }
     }
 
-    /// The same updates on RAM rows and on a file with a tiny cache give the same bits.
-    fn same_bits(kind: OptimizerKind, cache_rows: usize) {
+    /// The same updates on RAM rows and on a file with a tiny cache give the same bits,
+    /// for rows of every precision.
+    fn same_bits(kind: OptimizerKind, cache_rows: usize, dtype: RowDtype) {
+        use crate::shard::{TableShard, TableStorage};
+        use crate::sharding::ShardExtent;
+        use crate::spec::TableSpec;
         let (n, dim) = (500usize, 4usize);
         let opt = SparseOptimizer::new(kind, 0.1);
-        let sw = opt.state_width(dim);
-        let mut ram_w = vec![0f32; n * dim];
-        init().fill(&mut ram_w, 100..100 + n as u64, 0..dim, dim);
-        let mut ram_s = vec![opt.initial_state(); n * sw];
-        let dir = tempfile_dir();
-        let file = FileRows::create(
-            &dir.join("t.f32"),
-            n,
+        let spec = TableSpec {
+            name: "t".into(),
+            rows: 700,
             dim,
-            sw,
-            cache_rows,
-            &init(),
-            (100, 0..dim, dim),
-            opt.initial_state(),
-        )
-        .unwrap();
+            init: init(),
+        };
+        let extent = ShardExtent {
+            rank: 0,
+            rows: 100..100 + n as u64,
+            cols: 0..dim,
+        };
+        let record = dtype.words(dim) + opt.state_width(dim);
+        let tier = FileTier {
+            dir: tempfile_dir(),
+            cache_bytes: (cache_rows * (record * 4 + 17)) as u64,
+        };
+        let in_ram = TableStorage { file: None, dtype };
+        let in_file = TableStorage {
+            file: Some(tier),
+            dtype,
+        };
+        let mut ram = TableShard::build(&spec, &extent, &opt, &in_ram).unwrap();
+        let mut file = TableShard::build(&spec, &extent, &opt, &in_file).unwrap();
         let mut x = 7u64;
         for step in 1..=40u64 {
             let mut rows: Vec<u64> = (0..60)
@@ -573,31 +630,13 @@ mod tests {
             let grads: Vec<f32> = (0..rows.len() * dim)
                 .map(|i| ((i as u64 * 31 + step) % 17) as f32 / 17.0 - 0.5)
                 .collect();
-            assert_eq!(
-                file.gather(&rows).unwrap(),
-                rows.iter()
-                    .flat_map(|&r| ram_w[r as usize * dim..][..dim].to_vec())
-                    .collect::<Vec<_>>()
-            );
-            opt.apply(step, &mut ram_w, &mut ram_s, dim, &rows, &grads)
-                .unwrap();
-            file.apply(&opt, step, &rows, &grads).unwrap();
+            assert_eq!(file.gather(&rows).unwrap(), ram.gather(&rows).unwrap());
+            ram.apply(&opt, &rows, &grads).unwrap();
+            file.apply(&opt, &rows, &grads).unwrap();
         }
-        let mut all = Vec::new();
-        file.for_each_chunk::<TableError>(|_, recs| {
-            all.extend_from_slice(recs);
-            Ok(())
-        })
-        .unwrap();
-        for r in 0..n {
-            assert_eq!(
-                &all[r * (dim + sw)..][..dim],
-                &ram_w[r * dim..][..dim],
-                "row {r}"
-            );
-            assert_eq!(&all[r * (dim + sw) + dim..][..sw], &ram_s[r * sw..][..sw]);
-        }
-        let s = file.stats();
+        assert_eq!(file.weights().unwrap(), ram.weights().unwrap(), "{dtype:?}");
+        assert_eq!(file.state().unwrap(), ram.state().unwrap(), "{dtype:?}");
+        let s = file.tier_report().unwrap().stats;
         assert!(s.misses > 0 && s.hits > 0, "{s:?}");
         if cache_rows < 100 {
             assert!(s.evictions > 0 && s.bytes_written > 0, "{s:?}");
@@ -624,7 +663,10 @@ mod tests {
         ] {
             // 1% of the rows (one set), a tenth, and all of them
             for cache in [5, 50, 500] {
-                same_bits(kind, cache);
+                same_bits(kind, cache, RowDtype::F32);
+            }
+            for dtype in [RowDtype::F16, RowDtype::Bf16] {
+                same_bits(kind, 5, dtype);
             }
         }
     }
@@ -633,8 +675,21 @@ mod tests {
     fn overwrite_replaces_one_part_and_keeps_the_other() {
         let opt = SparseOptimizer::new(OptimizerKind::Adagrad, 0.1);
         let dir = tempfile_dir();
-        let f =
-            FileRows::create(&dir.join("o.f32"), 10, 2, 2, 3, &init(), (0, 0..2, 2), 0.5).unwrap();
+        let shape = Records {
+            rows: 10,
+            width: 2,
+            state_width: 2,
+            dtype: RowDtype::F32,
+        };
+        let f = FileRows::create(
+            &dir.join("o.f32"),
+            shape,
+            3,
+            &init(),
+            (0, 0..2, 2),
+            (0.5, 1),
+        )
+        .unwrap();
         f.apply(&opt, 1, &[3], &[1.0, 1.0]).unwrap();
         let w: Vec<f32> = (0..20).map(|i| i as f32).collect();
         f.overwrite_rows(0..2, 0, &w).unwrap();

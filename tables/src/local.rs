@@ -8,9 +8,9 @@ use crate::collection::CollectionLayout;
 use crate::lookup_plan::LookupPlan;
 use crate::optimizer::SparseOptimizer;
 use crate::row_ops::{assemble_output, reduce_row_gradients, sum_in_source_order};
-use crate::shard::TableShard;
+use crate::shard::{TableShard, TableStorage};
 use crate::sharding::ShardingPlan;
-use crate::{FileRows, FileTier, KeyedJaggedIds, TableError};
+use crate::{FileRows, KeyedJaggedIds, TableError};
 
 /// One slice of a step trained in slices: its lookup plan, the rows its forward fetched
 /// and the gradient of its output.
@@ -65,15 +65,16 @@ impl LocalEmbeddings {
         plan: ShardingPlan,
         optimizer: SparseOptimizer,
     ) -> Result<Self, TableError> {
-        Self::with_tiers(layout, plan, optimizer, &[])
+        Self::with_storage(layout, plan, optimizer, &[])
     }
 
-    /// As [`Self::new`], with table `t` in the file tier `tiers[t]` where one is given.
-    pub fn with_tiers(
+    /// As [`Self::new`], with table `t` held as `storage[t]` says (RAM and f32 where
+    /// none is given).
+    pub fn with_storage(
         layout: CollectionLayout,
         plan: ShardingPlan,
         optimizer: SparseOptimizer,
-        tiers: &[Option<FileTier>],
+        storage: &[TableStorage],
     ) -> Result<Self, TableError> {
         plan.validate(&layout)?;
         let dims = layout.table_dims();
@@ -98,7 +99,7 @@ impl LocalEmbeddings {
                             spec,
                             e,
                             &optimizer,
-                            tiers.get(t).and_then(Option::as_ref),
+                            storage.get(t).unwrap_or(&TableStorage::default()),
                         )
                     })
                     .collect::<Result<Vec<_>, _>>()

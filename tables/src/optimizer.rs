@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::prefetch::{prefetch, DISTANCE};
+use crate::row_dtype::{Rounding, RowDtype};
 use crate::TableError;
 
 /// Which update rule.
@@ -115,6 +116,28 @@ impl SparseOptimizer {
         rows: &[u64],
         grads: &[f32],
     ) -> Result<(), TableError> {
+        let opt = *self;
+        let (bc1, bc2) = self.bias_corrections(step);
+        self.apply_rows(weights, dim, state, dim, rows, grads, |_, w, s, g, _| {
+            opt.update_row(w, s, g, bc1, bc2)
+        })
+    }
+
+    /// One update of the given rows of stored rows of `words` floats each (`weights`:
+    /// `n x words`, `state`: `n x state_width(dim)`), `f(i, row, state, grad, scratch)`
+    /// updating the `i`-th; checks shapes and rows (strictly increasing, in range) and
+    /// runs chunks of rows in parallel, each with its own scratch buffer.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn apply_rows(
+        &self,
+        weights: &mut [f32],
+        words: usize,
+        state: &mut [f32],
+        dim: usize,
+        rows: &[u64],
+        grads: &[f32],
+        f: impl Fn(usize, &mut [f32], &mut [f32], &[f32], &mut Vec<f32>) + Sync,
+    ) -> Result<(), TableError> {
         let sw = self.state_width(dim);
         if grads.len() != rows.len() * dim {
             return Err(TableError::SizeMismatch {
@@ -123,7 +146,7 @@ impl SparseOptimizer {
                 got: grads.len(),
             });
         }
-        let n = weights.len() / dim.max(1);
+        let n = weights.len() / words.max(1);
         if state.len() != n * sw {
             return Err(TableError::SizeMismatch {
                 what: "optimizer state".into(),
@@ -131,24 +154,22 @@ impl SparseOptimizer {
                 got: state.len(),
             });
         }
-        let w_rows = split_rows(weights, dim, rows, n)?;
-        let s_rows: Vec<&mut [f32]> = if sw == 0 {
+        let mut w_rows = split_rows(weights, words, rows, n)?;
+        let mut s_rows: Vec<&mut [f32]> = if sw == 0 {
             (0..rows.len()).map(|_| <&mut [f32]>::default()).collect()
         } else {
             split_rows(state, sw, rows, n)?
         };
-        let opt = *self;
-        let (bc1, bc2) = self.bias_corrections(step);
         // Chunks of rows in parallel; inside a chunk, rows a few places ahead are
         // prefetched so the random reads of weights and state overlap.
         const CHUNK: usize = 256;
-        let mut w_rows = w_rows;
-        let mut s_rows = s_rows;
         w_rows
             .par_chunks_mut(CHUNK)
             .zip(s_rows.par_chunks_mut(CHUNK))
             .zip(grads.par_chunks(CHUNK * dim.max(1)))
-            .for_each(|((ws, ss), gs)| {
+            .enumerate()
+            .for_each(|(c, ((ws, ss), gs))| {
+                let mut scratch = Vec::new();
                 for j in 0..ws.len() {
                     if let Some(ahead) = ws.get(j + DISTANCE) {
                         prefetch(ahead.as_ptr());
@@ -156,10 +177,39 @@ impl SparseOptimizer {
                             prefetch(sa.as_ptr());
                         }
                     }
-                    opt.update_row(ws[j], ss[j], &gs[j * dim..][..dim], bc1, bc2);
+                    f(
+                        c * CHUNK + j,
+                        ws[j],
+                        ss[j],
+                        &gs[j * dim..][..dim],
+                        &mut scratch,
+                    );
                 }
             });
         Ok(())
+    }
+
+    /// One update of a stored row (`words` of `dtype`): widened into `scratch`, updated
+    /// in f32, and rounded back stochastically under `key` (see [`RowDtype`]); an f32 row
+    /// is updated in place.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn update_stored_row(
+        &self,
+        dtype: RowDtype,
+        words: &mut [f32],
+        s: &mut [f32],
+        g: &[f32],
+        (bc1, bc2): (f32, f32),
+        (key, first_col): (u64, usize),
+        scratch: &mut Vec<f32>,
+    ) {
+        if dtype == RowDtype::F32 {
+            return self.update_row(words, s, g, bc1, bc2);
+        }
+        scratch.resize(g.len(), 0.0);
+        dtype.decode(words, scratch);
+        self.update_row(scratch, s, g, bc1, bc2);
+        dtype.encode(scratch, words, Rounding::Stochastic { key, first_col });
     }
 
     /// Adam's bias corrections for the `step`-th update (1 for the other kinds).

@@ -9,9 +9,10 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use crate::file_rows::{FileRows, FileTier, TierReport};
+use crate::file_rows::{FileRows, FileTier, Records, TierReport};
 use crate::init::RowInit;
 use crate::optimizer::{SparseOptimizer, StateLayout};
+use crate::row_dtype::{Rounding, RowDtype};
 use crate::sharding::ShardExtent;
 use crate::spec::TableSpec;
 use crate::storage::{InMemoryRows, RowStorage};
@@ -66,10 +67,21 @@ pub struct TableShard {
     held: Rows,
     state_width: usize,
     steps: u64,
+    /// Precision of the stored weights.
+    dtype: RowDtype,
+    /// The table's stochastic-rounding stream ([`RowDtype::salt`]).
+    salt: u64,
+}
+
+/// Where and how one table's rows are held: RAM or the file tier, f32 or 16-bit.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TableStorage {
+    pub file: Option<FileTier>,
+    pub dtype: RowDtype,
 }
 
 impl TableShard {
-    /// A freshly initialised shard in RAM.
+    /// A freshly initialised shard of f32 rows in RAM.
     pub fn new(
         table: &str,
         dim: usize,
@@ -77,15 +89,22 @@ impl TableShard {
         init: &RowInit,
         opt: &SparseOptimizer,
     ) -> Self {
+        Self::in_ram(table, dim, extent, init, opt, RowDtype::F32)
+    }
+
+    /// A freshly initialised shard in RAM, its rows stored as `dtype`.
+    pub fn in_ram(
+        table: &str,
+        dim: usize,
+        extent: &ShardExtent,
+        init: &RowInit,
+        opt: &SparseOptimizer,
+        dtype: RowDtype,
+    ) -> Self {
         let width = extent.cols.len();
         let n = (extent.rows.end - extent.rows.start) as usize;
-        let mut w = InMemoryRows::zeros(n * width);
-        init.fill(
-            w.as_mut_slice(),
-            extent.rows.clone(),
-            extent.cols.clone(),
-            dim,
-        );
+        let mut w = InMemoryRows::zeros(n * dtype.words(width));
+        fill_stored(init, dtype, w.as_mut_slice(), extent, dim);
         let sw = opt.state_width(width);
         Self {
             table: table.to_string(),
@@ -98,20 +117,28 @@ impl TableShard {
             },
             state_width: sw,
             steps: 0,
+            dtype,
+            salt: RowDtype::salt(table),
         }
     }
 
-    /// The freshly initialised part `extent` of the table `spec`: in RAM, or in the file
-    /// tier when `tier` is given.
+    /// The freshly initialised part `extent` of the table `spec`, held as `storage` says.
     pub fn build(
         spec: &TableSpec,
         extent: &ShardExtent,
         opt: &SparseOptimizer,
-        tier: Option<&FileTier>,
+        storage: &TableStorage,
     ) -> Result<Self, TableError> {
-        match tier {
-            Some(t) => Self::in_file(spec, extent, opt, t),
-            None => Ok(Self::of_table(spec, extent, opt)),
+        match &storage.file {
+            Some(t) => Self::in_file(spec, extent, opt, t, storage.dtype),
+            None => Ok(Self::in_ram(
+                &spec.name,
+                spec.dim,
+                extent,
+                &spec.init,
+                opt,
+                storage.dtype,
+            )),
         }
     }
 
@@ -128,6 +155,7 @@ impl TableShard {
         extent: &ShardExtent,
         opt: &SparseOptimizer,
         tier: &FileTier,
+        dtype: RowDtype,
     ) -> Result<Self, TableError> {
         let width = extent.cols.len();
         let n = (extent.rows.end - extent.rows.start) as usize;
@@ -145,15 +173,19 @@ impl TableShard {
             extent.cols.end,
             std::process::id()
         ));
+        let salt = RowDtype::salt(&spec.name);
         let rows = FileRows::create(
             &path,
-            n,
-            width,
-            sw,
-            tier.cache_rows(width + sw),
+            Records {
+                rows: n,
+                width,
+                state_width: sw,
+                dtype,
+            },
+            tier.cache_rows(dtype.words(width) + sw),
             &spec.init,
             (extent.rows.start, extent.cols.clone(), spec.dim),
-            opt.initial_state(),
+            (opt.initial_state(), salt),
         )?;
         Ok(Self {
             table: spec.name.clone(),
@@ -163,6 +195,8 @@ impl TableShard {
             held: Rows::File(std::sync::Arc::new(rows)),
             state_width: sw,
             steps: 0,
+            dtype,
+            salt,
         })
     }
 
@@ -185,6 +219,15 @@ impl TableShard {
     /// Moves the rows and state to a device (freeing the host copy); a shard already
     /// there stays.
     pub fn move_to_device(&mut self, upload: &Upload) -> Result<(), TableError> {
+        if self.dtype != RowDtype::F32 {
+            return Err(TableError::InvalidTable {
+                table: self.table.clone(),
+                reason: format!(
+                    "{:?} rows are held in RAM or the file tier only; a device table keeps f32 rows",
+                    self.dtype
+                ),
+            });
+        }
         if let Rows::Host { weights, state } = &self.held {
             let d = upload(
                 weights.as_slice(),
@@ -214,10 +257,44 @@ impl TableShard {
     /// The weights (`rows x width`; a copy when they sit on a device).
     pub fn weights(&self) -> Result<Cow<'_, [f32]>, TableError> {
         match &self.held {
-            Rows::Host { weights, .. } => Ok(Cow::Borrowed(weights.as_slice())),
+            Rows::Host { weights, .. } if self.dtype == RowDtype::F32 => {
+                Ok(Cow::Borrowed(weights.as_slice()))
+            }
+            Rows::Host { weights, .. } => Ok(Cow::Owned(self.decode(weights.as_slice()))),
             Rows::Device(d) => d.weights().map(Cow::Owned),
-            Rows::File(f) => self.file_columns(f, 0..self.width()).map(Cow::Owned),
+            Rows::File(f) => {
+                let words = self.file_columns(f, 0..self.words())?;
+                Ok(Cow::Owned(self.decode(&words)))
+            }
         }
+    }
+
+    /// Words of a stored row of weights.
+    fn words(&self) -> usize {
+        self.dtype.words(self.width())
+    }
+
+    /// The values of stored rows (`rows x words`).
+    fn decode(&self, words: &[f32]) -> Vec<f32> {
+        let w = self.width();
+        let mut out = vec![0f32; words.len() / self.words().max(1) * w];
+        for (o, r) in out
+            .chunks_mut(w.max(1))
+            .zip(words.chunks(self.words().max(1)))
+        {
+            self.dtype.decode(r, o);
+        }
+        out
+    }
+
+    /// Rows of values (`rows x width`) as stored rows, rounded to nearest.
+    fn encode(&self, values: &[f32]) -> Vec<f32> {
+        let (w, words) = (self.width().max(1), self.words());
+        let mut out = vec![0f32; values.len() / w * words];
+        for (o, r) in out.chunks_mut(words.max(1)).zip(values.chunks(w)) {
+            self.dtype.encode(r, o, Rounding::Nearest);
+        }
+        out
     }
 
     /// The optimizer state (`rows x state_width`; a copy when on a device).
@@ -226,12 +303,12 @@ impl TableShard {
             Rows::Host { state, .. } => Ok(Cow::Borrowed(state.as_slice())),
             Rows::Device(d) => d.state().map(Cow::Owned),
             Rows::File(f) => self
-                .file_columns(f, self.width()..self.width() + self.state_width)
+                .file_columns(f, self.words()..self.words() + self.state_width)
                 .map(Cow::Owned),
         }
     }
 
-    /// Columns `part` of every record of a file-tier shard (a copy).
+    /// Words `part` of every record of a file-tier shard (a copy).
     fn file_columns(&self, f: &FileRows, part: Range<usize>) -> Result<Vec<f32>, TableError> {
         let mut out = Vec::with_capacity(self.num_rows() * part.len());
         stream_file_columns(f, part, |block| {
@@ -241,14 +318,14 @@ impl TableShard {
         Ok(out)
     }
 
-    /// The columns of a record (weights, then state) that hold plane `p` of the state.
+    /// The words of a record (weights, then state) that hold plane `p` of the state.
     fn plane_columns(&self, layout: StateLayout, p: usize) -> Range<usize> {
-        let w = self.width();
+        let (w, words) = (self.width(), self.words());
         let per_row = match layout {
             StateLayout::PerRow => 1,
             StateLayout::PerColumn { .. } => w,
         };
-        w + p * per_row..w + (p + 1) * per_row
+        words + p * per_row..words + (p + 1) * per_row
     }
 
     fn check_len(&self, what: &str, expected: usize, got: usize) -> Result<(), TableError> {
@@ -265,13 +342,18 @@ impl TableShard {
     /// Overwrites the weights.
     pub fn set_weights(&mut self, v: &[f32]) -> Result<(), TableError> {
         self.check_len("weights", self.num_rows() * self.width(), v.len())?;
+        let stored = match self.dtype {
+            RowDtype::F32 => Cow::Borrowed(v),
+            _ => Cow::Owned(self.encode(v)),
+        };
+        let words = self.words();
         match &mut self.held {
             Rows::Host { weights, .. } => {
-                weights.as_mut_slice().copy_from_slice(v);
+                weights.as_mut_slice().copy_from_slice(&stored);
                 Ok(())
             }
             Rows::Device(d) => d.set_weights(v),
-            Rows::File(f) => f.overwrite_rows(0..self.cols.len(), 0, v),
+            Rows::File(f) => f.overwrite_rows(0..words, 0, &stored),
         }
     }
 
@@ -289,7 +371,7 @@ impl TableShard {
             }
             Rows::Device(d) => d.set_state(v),
             Rows::File(f) => {
-                let w = self.cols.len();
+                let w = self.dtype.words(self.cols.len());
                 f.overwrite_rows(w..w + self.state_width, 0, v)
             }
         }
@@ -370,7 +452,12 @@ impl TableShard {
         mut out: impl FnMut(&[f32]) -> Result<(), E>,
     ) -> Result<(), E> {
         match &self.held {
-            Rows::File(f) => stream_file_columns(f, 0..self.width(), out),
+            Rows::File(f) if self.dtype == RowDtype::F32 => {
+                stream_file_columns(f, 0..self.width(), out)
+            }
+            Rows::File(f) => {
+                stream_file_columns(f, 0..self.words(), |words| out(&self.decode(words)))
+            }
             _ => out(&self.weights()?),
         }
     }
@@ -392,8 +479,11 @@ impl TableShard {
     /// Overwrites the weights of file-tier rows `first..` (`v`: whole rows), for loading
     /// a shard larger than RAM a block at a time.
     pub fn set_weights_rows(&mut self, first: usize, v: &[f32]) -> Result<(), TableError> {
-        let columns = 0..self.width();
-        self.set_file_rows(columns, first, v)
+        let columns = 0..self.words();
+        match self.dtype {
+            RowDtype::F32 => self.set_file_rows(columns, first, v),
+            _ => self.set_file_rows(columns, first, &self.encode(v)),
+        }
     }
 
     /// Overwrites plane `p` of the state of file-tier rows `first..` (see
@@ -467,16 +557,18 @@ impl TableShard {
             }
             Rows::File(f) => return f.gather(local_rows),
         };
-        // one pass: bounds check, prefetch ahead, copy
-        let mut out = Vec::with_capacity(local_rows.len() * w);
+        // one pass: bounds check, prefetch ahead, copy (widening 16-bit rows)
+        let words = self.words();
+        let mut out = vec![0f32; local_rows.len() * w];
         for (i, &r) in local_rows.iter().enumerate() {
             if r >= n {
                 return Err(outside(r));
             }
             if let Some(&ahead) = local_rows.get(i + crate::prefetch::DISTANCE) {
-                crate::prefetch::prefetch(data.as_ptr().wrapping_add(ahead as usize * w));
+                crate::prefetch::prefetch(data.as_ptr().wrapping_add(ahead as usize * words));
             }
-            out.extend_from_slice(&data[r as usize * w..][..w]);
+            self.dtype
+                .decode(&data[r as usize * words..][..words], &mut out[i * w..][..w]);
         }
         Ok(out)
     }
@@ -490,15 +582,32 @@ impl TableShard {
     ) -> Result<(), TableError> {
         self.steps += 1;
         let w = self.width();
+        let (dtype, words, step) = (self.dtype, self.words(), self.steps);
+        let (salt, first_row, first_col) = (self.salt, self.rows.start, self.cols.start);
         match &mut self.held {
-            Rows::Host { weights, state } => opt.apply(
-                self.steps,
+            Rows::Host { weights, state } if dtype == RowDtype::F32 => opt.apply(
+                step,
                 weights.as_mut_slice(),
                 state.as_mut_slice(),
                 w,
                 local_rows,
                 grads,
             ),
+            Rows::Host { weights, state } => {
+                let bc = opt.bias_corrections(step);
+                opt.apply_rows(
+                    weights.as_mut_slice(),
+                    words,
+                    state.as_mut_slice(),
+                    w,
+                    local_rows,
+                    grads,
+                    |i, row, s, g, scratch| {
+                        let key = RowDtype::rounding_key(salt, step, first_row + local_rows[i]);
+                        opt.update_stored_row(dtype, row, s, g, bc, (key, first_col), scratch);
+                    },
+                )
+            }
             Rows::Device(d) => {
                 let n = (self.rows.end - self.rows.start) as usize;
                 crate::optimizer::check_rows(local_rows, n)?;
@@ -511,7 +620,7 @@ impl TableShard {
                 }
                 d.apply(opt, self.steps, local_rows, grads)
             }
-            Rows::File(f) => f.apply(opt, self.steps, local_rows, grads),
+            Rows::File(f) => f.apply(opt, step, local_rows, grads),
         }
     }
 }
@@ -531,6 +640,28 @@ fn stream_file_columns<E: From<TableError>>(
             .for_each(|r| block.extend_from_slice(&r[part.clone()]));
         out(&block)
     })
+}
+
+/// Fills `out` (stored rows of `dtype`) with the initial values of `extent`.
+fn fill_stored(init: &RowInit, dtype: RowDtype, out: &mut [f32], extent: &ShardExtent, dim: usize) {
+    if dtype == RowDtype::F32 {
+        return init.fill(out, extent.rows.clone(), extent.cols.clone(), dim);
+    }
+    use rayon::prelude::*;
+    let (width, words) = (extent.cols.len(), dtype.words(extent.cols.len()));
+    if words == 0 {
+        return;
+    }
+    out.par_chunks_mut(words).enumerate().for_each_init(
+        || vec![0f32; width],
+        |values, (i, row)| {
+            let r = extent.rows.start + i as u64;
+            for (j, v) in values.iter_mut().enumerate() {
+                *v = init.value(r, extent.cols.start + j, dim);
+            }
+            dtype.encode(values, row, Rounding::Nearest);
+        },
+    );
 }
 
 #[cfg(test)]

@@ -22,9 +22,9 @@ use crate::exchange::Exchange;
 use crate::lookup_plan::LookupPlan;
 use crate::optimizer::{OptimizerKind, SparseOptimizer};
 use crate::row_ops::{assemble_output, reduce_row_gradients, sum_in_source_order};
-use crate::shard::TableShard;
+use crate::shard::{TableShard, TableStorage};
 use crate::sharding::{Bucketized, ShardingKind, ShardingPlan};
-use crate::{FileTier, KeyedJaggedIds, TableError};
+use crate::{KeyedJaggedIds, TableError};
 
 /// Time spent waiting in the exchanges, summed over steps.
 #[derive(Debug, Default)]
@@ -85,16 +85,17 @@ impl ShardedEmbeddings {
         optimizer: SparseOptimizer,
         rank: usize,
     ) -> Result<Self, TableError> {
-        Self::with_tiers(layout, plan, optimizer, rank, &[])
+        Self::with_storage(layout, plan, optimizer, rank, &[])
     }
 
-    /// As [`Self::new`], with table `t` in the file tier `tiers[t]` where one is given.
-    pub fn with_tiers(
+    /// As [`Self::new`], with table `t` held as `storage[t]` says (RAM and f32 where
+    /// none is given).
+    pub fn with_storage(
         layout: CollectionLayout,
         plan: ShardingPlan,
         optimizer: SparseOptimizer,
         rank: usize,
-        tiers: &[Option<FileTier>],
+        storage: &[TableStorage],
     ) -> Result<Self, TableError> {
         plan.validate(&layout)?;
         if rank >= plan.world_size {
@@ -131,7 +132,7 @@ impl ShardedEmbeddings {
                             spec,
                             e,
                             &optimizer,
-                            tiers.get(t).and_then(Option::as_ref),
+                            storage.get(t).unwrap_or(&TableStorage::default()),
                         )
                     })
                     .transpose()

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use shardrec_data::config::DataConfig;
 use shardrec_models::{DenseOptimizerConfig, ModelConfig};
-use shardrec_tables::{OptimizerKind, PlanStrategy, Pooling, ShardingKind};
+use shardrec_tables::{OptimizerKind, PlanStrategy, Pooling, RowDtype, ShardingKind};
 
 fn default_seed() -> u64 {
     2024
@@ -354,6 +354,11 @@ pub struct EmbeddingConfig {
     /// Where the tables' rows live: RAM (the default) or the file tier.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Precision of the stored rows (`f32`, `f16` or `bf16`; optimizer state stays f32):
+    /// 16-bit rows halve a table's bytes in RAM, in the cache and on file, and are updated
+    /// with stochastic rounding (FBGEMM's fp16 weights).
+    #[serde(default)]
+    pub row_dtype: RowDtype,
 }
 
 impl EmbeddingConfig {
@@ -373,6 +378,7 @@ impl Default for EmbeddingConfig {
         Self {
             device: default_device(),
             storage: StorageConfig::default(),
+            row_dtype: RowDtype::F32,
             plain_below: 0,
             unified: UnifiedConfig::default(),
             qr: QrConfig::default(),

@@ -4,6 +4,7 @@
 
 use shardrec_data::config::{check_range, violation, Violation};
 use shardrec_models::MAX_DROPOUT;
+use shardrec_tables::RowDtype;
 
 use super::schema::{ExperimentConfig, StorageConfig, StorageKind, TableKindConfig};
 
@@ -51,6 +52,14 @@ fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
             "embedding.device",
             &e.device,
             "must be cpu with the file tier (its cache is in host memory)",
+        );
+    }
+    if e.row_dtype != RowDtype::F32 && e.device != "cpu" {
+        violation(
+            v,
+            "embedding.device",
+            &e.device,
+            "must be cpu with 16-bit rows (embedding.row_dtype): a device table keeps f32 rows",
         );
     }
     let o = &e.optimizer;

@@ -5,7 +5,7 @@
 
 use shardrec_tables::{
     CollectionLayout, Exchange, FileTier, LocalEmbeddings, ShardedEmbeddings, ShardingKind,
-    ShardingPlan, SparseOptimizer, TableError, TableShard,
+    ShardingPlan, SparseOptimizer, TableError, TableShard, TableStorage,
 };
 
 use crate::config::{EmbeddingConfig, StorageKind};
@@ -16,11 +16,27 @@ pub enum EmbeddingEngine {
     Sharded(ShardedEmbeddings),
 }
 
-/// Which tier holds each table's rows on this rank: the file tier for the tables whose
-/// own `storage` or `embedding.storage` says `file`, each with its cache. A table's own
-/// entry brings its own cache; the others share `embedding.storage.cache_bytes` in
-/// proportion to the rows this rank holds of them.
-pub fn file_tiers(
+/// How each table's rows are held on this rank: as `embedding.row_dtype`, in the file
+/// tier for the tables whose own `storage` or `embedding.storage` says `file` (each with
+/// its cache), else in RAM.
+pub fn table_storage(
+    cfg: &EmbeddingConfig,
+    layout: &CollectionLayout,
+    held_rows: impl Fn(usize) -> u64,
+) -> Result<Vec<TableStorage>, TableError> {
+    Ok(file_tiers(cfg, layout, held_rows)?
+        .into_iter()
+        .map(|file| TableStorage {
+            file,
+            dtype: cfg.row_dtype,
+        })
+        .collect())
+}
+
+/// Which tables are in the file tier, each with its cache: a table's own entry brings its
+/// own cache; the others share `embedding.storage.cache_bytes` in proportion to the rows
+/// this rank holds of them.
+fn file_tiers(
     cfg: &EmbeddingConfig,
     layout: &CollectionLayout,
     held_rows: impl Fn(usize) -> u64,
@@ -90,13 +106,13 @@ impl EmbeddingEngine {
     ) -> Result<Self, TableError> {
         let n = ex.world_size();
         if n == 1 {
-            let tiers = match storage {
-                Some(cfg) => file_tiers(cfg, &layout, |t| layout.spec().tables[t].rows)?,
+            let storage = match storage {
+                Some(cfg) => table_storage(cfg, &layout, |t| layout.spec().tables[t].rows)?,
                 None => vec![],
             };
             let plan = ShardingPlan::single_process(&layout);
-            return Ok(Self::Local(LocalEmbeddings::with_tiers(
-                layout, plan, optimizer, &tiers,
+            return Ok(Self::Local(LocalEmbeddings::with_storage(
+                layout, plan, optimizer, &storage,
             )?));
         }
         let plan = plan.ok_or_else(|| {
@@ -109,8 +125,8 @@ impl EmbeddingEngine {
             )));
         }
         let rank = ex.rank();
-        let tiers = match storage {
-            Some(cfg) => file_tiers(cfg, &layout, |t| {
+        let storage = match storage {
+            Some(cfg) => table_storage(cfg, &layout, |t| {
                 let spec = &layout.spec().tables[t];
                 plan.placement(t)
                     .extents(spec.rows, spec.dim)
@@ -121,8 +137,8 @@ impl EmbeddingEngine {
             })?,
             None => vec![],
         };
-        Ok(Self::Sharded(ShardedEmbeddings::with_tiers(
-            layout, plan, optimizer, rank, &tiers,
+        Ok(Self::Sharded(ShardedEmbeddings::with_storage(
+            layout, plan, optimizer, rank, &storage,
         )?))
     }
 

@@ -25,8 +25,8 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use shardrec_models::{DenseOptimizer, DenseOptimizerKind, ModelConfig};
 use shardrec_tables::{
-    fill_from_pieces, Exchange, Piece, ShardExtent, SparseOptimizer, StateLayout, TableError,
-    TableShard,
+    fill_from_pieces, Exchange, Piece, RowDtype, ShardExtent, SparseOptimizer, StateLayout,
+    TableError, TableShard,
 };
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
@@ -131,6 +131,10 @@ pub struct CheckpointManifest {
     /// The `[data]` options that change what the model sees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preprocessing: Option<Preprocessing>,
+    /// Precision the tables' rows were trained in (absent: f32). The files hold f32
+    /// values either way; resuming in another precision would train differently.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub row_dtype: RowDtype,
     pub plans: CollectionPlans,
     pub collections: Vec<SavedCollection>,
     pub pieces: Vec<SavedPiece>,
@@ -160,6 +164,11 @@ pub struct CheckpointSource<'a> {
     /// Rows of the job's step.
     pub batch_size: usize,
     pub preprocessing: &'a Preprocessing,
+    pub row_dtype: RowDtype,
+}
+
+fn is_f32(d: &RowDtype) -> bool {
+    *d == RowDtype::F32
 }
 
 /// How libtorch's generator is restored: it is seeded before every step.
@@ -392,6 +401,7 @@ fn commit(
         dense_optimizer: src.dense_optimizer.map(DenseOptimizer::kind),
         batch_size: Some(src.batch_size),
         preprocessing: Some(src.preprocessing.clone()),
+        row_dtype: src.row_dtype,
         plans: src.plans.clone(),
         collections: collections(src.bundle)
             .into_iter()

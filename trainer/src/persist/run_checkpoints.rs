@@ -91,6 +91,7 @@ impl<'a> RunCheckpoints<'a> {
             plans: self.plans,
             batch_size: self.batch_size,
             preprocessing: &self.preprocessing,
+            row_dtype: self.cfg.embedding.row_dtype,
         }
     }
 

@@ -167,6 +167,12 @@ fn check_resumable(
     if m.sparse_optimizer.kind != bundle.tables.optimizer().kind {
         return Err(differs("sparse optimizer"));
     }
+    if m.row_dtype != cfg.embedding.row_dtype {
+        return Err(differs(&format!(
+            "embedding.row_dtype ({:?} then, {:?} now)",
+            m.row_dtype, cfg.embedding.row_dtype
+        )));
+    }
     Ok(())
 }
 
