@@ -281,3 +281,49 @@ fn sixteen_bit_rows_train_alike_in_both_tiers_resume_exactly_and_halve_the_bytes
         "{err}"
     );
 }
+
+#[test]
+fn under_a_memory_limit_auto_moves_the_biggest_tables_to_the_file_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 6000, 2000);
+    let cfg = criteo_config(dir.path(), &data, "dlrm", "epochs = 1\nlog_every = 1000");
+    let c = cfg.to_str().unwrap();
+    let ram = train_summary(dir.path(), &cfg, &[&run_dir(dir.path(), "ram")]);
+    let held = |s: &serde_json::Value| {
+        s["embedding_bytes_this_rank"].as_u64().unwrap()
+            + s["optimizer_state_bytes_this_rank"].as_u64().unwrap()
+    };
+    let limit = format!("sharding.memory_limit_per_rank={}", held(&ram) / 2);
+    let spill_dir = format!(
+        "embedding.storage={{kind=\"ram\", dir=\"{}\", cache_bytes=100000}}",
+        dir.path().join("tier").display()
+    );
+    let moved_dir = run_dir(dir.path(), "moved");
+    let args = [
+        "train", c, "--set", &limit, "--set", &spill_dir, "--set", &moved_dir,
+    ];
+    let o = run(dir.path(), &args);
+    let moved = summary(&o);
+    assert_eq!(metrics(&moved), metrics(&ram));
+    assert!(held(&moved) <= held(&ram) / 2, "{moved}");
+    let err = stderr(&o);
+    assert!(err.contains("moved to the file tier"), "{err}");
+    let plan = std::fs::read_to_string(dir.path().join("moved/sharding_plan.toml")).unwrap();
+    let in_file = plan.matches("in_file_tier = true").count();
+    let reported = moved["file_tier"].as_array().unwrap().len();
+    assert!(
+        in_file > 0 && in_file == reported,
+        "{in_file} vs {reported}: {plan}"
+    );
+    // without a folder to move them to, the limit is an error naming it
+    let refused_dir = run_dir(dir.path(), "refused");
+    let o = run(
+        dir.path(),
+        &["train", c, "--set", &limit, "--set", &refused_dir],
+    );
+    let err = stderr(&o);
+    assert!(
+        !o.status.success() && err.contains("memory_limit_per_rank"),
+        "{err}"
+    );
+}

@@ -140,6 +140,7 @@ pub fn conformance_plan(n: usize, kinds: [ShardingKind; 3]) -> ShardingPlan {
                     _ => (0..n).collect(),
                 },
                 column_starts: vec![],
+                in_file_tier: false,
             })
             .collect(),
     }

@@ -65,6 +65,8 @@ pub struct TierReport {
     pub ram_bytes: usize,
     /// The file's size (sparse: the disk holds only rows written back).
     pub file_bytes: u64,
+    /// What the disk holds of it (its allocated blocks).
+    pub disk_bytes: u64,
     #[serde(flatten)]
     pub stats: TierStats,
 }
@@ -336,7 +338,8 @@ impl FileRows {
             .map_err(|e| storage_error(path, e))?;
         file.set_len((rows * record * 4) as u64)
             .map_err(|e| storage_error(path, e))?;
-        let sets = cache_rows.min(rows).div_ceil(WAYS).max(1);
+        // whole sets within the share (one at least), so caches stay within their bytes
+        let sets = (cache_rows.min(rows.next_multiple_of(WAYS)) / WAYS).max(1);
         let slots = sets * WAYS;
         let (first_row, cols, dim) = extent;
         Ok(Self {
@@ -546,6 +549,12 @@ impl FileRows {
 
     /// Bytes of RAM held (cache records, tags, the written-rows bitmap) and the file's
     /// logical size.
+    /// Bytes the disk holds of the file (allocated blocks; 0 if it cannot be told).
+    pub fn disk_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.file.file.metadata().map_or(0, |m| m.blocks() * 512)
+    }
+
     pub fn bytes(&self) -> (usize, u64) {
         let c = self.cache();
         let ram = c.records.bytes() + c.tags.len() * 17 + c.written.len() * 8;

@@ -56,7 +56,9 @@ pub use jagged::KeyedJaggedIds;
 pub use local::{FilePrefetcher, LocalEmbeddings, SliceGradient};
 pub use lookup_plan::{LookupPlan, Request, TableRequests};
 pub use optimizer::{OptimizerKind, SparseOptimizer, StateLayout};
-pub use planner::{plan_collection, rank_loads, table_bytes, PlanRequest, PlanStrategy};
+pub use planner::{
+    plan_collection, rank_loads, stored_bytes, table_bytes, PlanRequest, PlanStrategy, TierRequest,
+};
 pub use reshard::{fill_from_pieces, Piece};
 pub use row_dtype::{Rounding, RowDtype};
 pub use row_ops::{assemble_output, reduce_row_gradients, sum_in_source_order};

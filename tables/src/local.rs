@@ -331,6 +331,7 @@ mod tests {
                         kind,
                         ranks: (0..n).collect(),
                         column_starts: vec![],
+                        in_file_tier: false,
                     })
                     .collect(),
             };

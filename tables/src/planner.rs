@@ -5,12 +5,13 @@
 //! choices override it, and a per-rank memory limit is enforced with an error naming the
 //! table, the bytes it needs and the bytes available.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::collection::CollectionLayout;
 use crate::optimizer::SparseOptimizer;
+use crate::row_dtype::RowDtype;
 use crate::sharding::{ShardExtent, ShardingKind, ShardingPlan, TablePlacement};
 use crate::TableError;
 
@@ -32,14 +33,40 @@ pub struct PlanRequest {
     pub strategy: PlanStrategy,
     /// Per-table kind, by table name.
     pub tables: BTreeMap<String, ShardingKind>,
-    /// Bytes of rows + optimizer state one rank may hold (None: no limit).
+    /// Bytes of RAM one rank may hold for its tables (None: no limit): rows and optimizer
+    /// state in RAM; for the file tier, its cache and one bit a row.
     pub memory_limit_per_rank: Option<u64>,
+    pub tiers: TierRequest,
 }
 
-/// Bytes of table `t`'s rows and optimizer state, all ranks together.
+/// What the planner knows of where and how rows are held.
+#[derive(Debug, Clone, Default)]
+pub struct TierRequest {
+    /// Precision of the stored rows (optimizer state is f32).
+    pub row_dtype: RowDtype,
+    /// Tables the config puts in the file tier.
+    pub file_tables: BTreeSet<String>,
+    /// RAM a rank spends on the file tier's caches once it holds any file table.
+    pub cache_bytes: u64,
+    /// With `auto` and a memory limit, the biggest tables may move to the file tier (it
+    /// has a folder) rather than the plan failing.
+    pub may_spill: bool,
+}
+
+/// Bytes of table `t`'s rows (f32) and optimizer state, all ranks together.
 pub fn table_bytes(layout: &CollectionLayout, t: usize, opt: &SparseOptimizer) -> u64 {
+    stored_bytes(layout, t, opt, RowDtype::F32)
+}
+
+/// Bytes of table `t`'s rows stored as `dtype` and its optimizer state.
+pub fn stored_bytes(
+    layout: &CollectionLayout,
+    t: usize,
+    opt: &SparseOptimizer,
+    dtype: RowDtype,
+) -> u64 {
     let dim = layout.table_dim(t);
-    layout.table_rows(t) * (dim + opt.state_width(dim)) as u64 * 4
+    layout.table_rows(t) * (dtype.words(dim) + opt.state_width(dim)) as u64 * 4
 }
 
 /// Bytes of the part `e` of a table of `dim` columns whose rows take `row_bytes` each.
@@ -47,10 +74,45 @@ fn extent_bytes(e: &ShardExtent, row_bytes: u64, dim: usize) -> u64 {
     (e.rows.end - e.rows.start) * row_bytes * e.cols.len() as u64 / dim.max(1) as u64
 }
 
+/// RAM per rank under a placement: rows and state of RAM tables; for file tables the
+/// written-rows bitmap, and the cache once on every rank holding one.
+struct RamLoad<'a> {
+    load: Vec<u64>,
+    holds_file_rows: Vec<bool>,
+    tiers: &'a TierRequest,
+}
+
+impl<'a> RamLoad<'a> {
+    fn new(world: usize, tiers: &'a TierRequest) -> Self {
+        Self {
+            load: vec![0; world],
+            holds_file_rows: vec![false; world],
+            tiers,
+        }
+    }
+
+    /// Adds the part `e` of a table of `dim` columns whose stored rows take `row_bytes`.
+    fn add(&mut self, e: &ShardExtent, row_bytes: u64, dim: usize, in_file: bool) {
+        let r = e.rank;
+        if !in_file {
+            self.load[r] += extent_bytes(e, row_bytes, dim);
+            return;
+        }
+        // the written-rows bitmap, and the one set of the cache a shard has at least
+        let rows = e.rows.end - e.rows.start;
+        let record = row_bytes * e.cols.len() as u64 / dim.max(1) as u64;
+        self.load[r] += rows.div_ceil(64) * 8 + crate::file_rows::WAYS as u64 * (record + 17);
+        if !std::mem::replace(&mut self.holds_file_rows[r], true) {
+            self.load[r] += self.tiers.cache_bytes;
+        }
+    }
+}
+
 /// A table's share of a rank's fair load below which `auto` keeps it whole on one rank.
 const WHOLE_TABLE_SHARE: u64 = 4;
 
-/// Plans `layout` over `world` ranks.
+/// Plans `layout` over `world` ranks. Under `auto` with a memory limit RAM cannot meet,
+/// and a file tier to go to, the biggest tables move there one by one until it fits.
 pub fn plan_collection(
     layout: &CollectionLayout,
     world: usize,
@@ -69,12 +131,58 @@ pub fn plan_collection(
             names.join(", ")
         )));
     }
-    let bytes: Vec<u64> = (0..names.len())
-        .map(|t| table_bytes(layout, t, opt))
+    let mut in_file: Vec<bool> = names
+        .iter()
+        .map(|n| req.tiers.file_tables.contains(*n))
         .collect();
-    let total: u64 = bytes.iter().sum();
-    let fair = total / world as u64;
-    let mut load = vec![0u64; world];
+    let spill = req.tiers.may_spill && req.strategy == PlanStrategy::Auto;
+    loop {
+        match place(layout, world, opt, req, &in_file) {
+            Ok(plan) => {
+                plan.validate(layout)?;
+                return Ok(plan);
+            }
+            Err(Unplaced::OverLimit(e)) if spill => {
+                let bytes = |t: usize| stored_bytes(layout, t, opt, req.tiers.row_dtype);
+                let biggest_in_ram = (0..names.len())
+                    .filter(|&t| !in_file[t])
+                    .max_by_key(|&t| (bytes(t), std::cmp::Reverse(t)));
+                match biggest_in_ram {
+                    Some(t) => in_file[t] = true,
+                    None => return Err(e),
+                }
+            }
+            Err(Unplaced::OverLimit(e) | Unplaced::Invalid(e)) => return Err(e),
+        }
+    }
+}
+
+/// Why [`place`] found no plan.
+enum Unplaced {
+    /// A rank would hold more than the memory limit.
+    OverLimit(TableError),
+    Invalid(TableError),
+}
+
+/// One placement of every table, biggest first, `in_file[t]` saying where `t`'s rows live.
+fn place(
+    layout: &CollectionLayout,
+    world: usize,
+    opt: &SparseOptimizer,
+    req: &PlanRequest,
+    in_file: &[bool],
+) -> Result<ShardingPlan, Unplaced> {
+    let names: Vec<&str> = layout
+        .spec()
+        .tables
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    let bytes: Vec<u64> = (0..names.len())
+        .map(|t| stored_bytes(layout, t, opt, req.tiers.row_dtype))
+        .collect();
+    let fair = bytes.iter().sum::<u64>() / world as u64;
+    let mut ram = RamLoad::new(world, &req.tiers);
     let mut placements: Vec<Option<TablePlacement>> = vec![None; names.len()];
     // biggest first, so the small tables fill in the gaps
     let mut order: Vec<usize> = (0..names.len()).collect();
@@ -98,7 +206,7 @@ pub fn plan_collection(
                 }
             },
         };
-        let least_loaded = (0..world).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+        let least_loaded = (0..world).min_by_key(|&r| (ram.load[r], r)).unwrap_or(0);
         let ranks: Vec<usize> = match kind {
             ShardingKind::TableWise => vec![least_loaded],
             ShardingKind::ColumnWise => (0..world.min(dim)).collect(),
@@ -109,18 +217,22 @@ pub fn plan_collection(
             kind,
             ranks,
             column_starts: vec![],
+            in_file_tier: in_file[t],
         };
         // what each rank gains
         let row_bytes = bytes[t] / rows.max(1);
         for e in placement.extents(rows, dim) {
-            load[e.rank] += extent_bytes(&e, row_bytes, dim);
-            if let Some(limit) = req.memory_limit_per_rank {
-                if load[e.rank] > limit {
-                    return Err(TableError::BadPlan(format!(
-                        "table `{}` ({kind:?}, {} bytes of rows and optimizer state) does not fit: rank {} would hold {} bytes, above the limit of {limit} bytes per rank (sharding.memory_limit_per_rank); use more ranks, row_wise, a smaller table or a lighter optimizer",
-                        names[t], bytes[t], e.rank, load[e.rank]
-                    )));
+            ram.add(&e, row_bytes, dim, in_file[t]);
+            let held = ram.load[e.rank];
+            match req.memory_limit_per_rank {
+                Some(limit) if held > limit => {
+                    let tier = if in_file[t] { "in the file tier, " } else { "" };
+                    return Err(Unplaced::OverLimit(TableError::BadPlan(format!(
+                        "table `{}` ({kind:?}, {tier}{} bytes of rows and optimizer state) does not fit: rank {} would hold {held} bytes of RAM, above the limit of {limit} bytes per rank (sharding.memory_limit_per_rank); use more ranks, row_wise, a smaller table, a lighter optimizer, 16-bit rows (embedding.row_dtype) or the file tier (embedding.storage)",
+                        names[t], bytes[t], e.rank
+                    ))));
                 }
+                _ => {}
             }
         }
         placements[t] = Some(placement);
@@ -129,25 +241,30 @@ pub fn plan_collection(
         world_size: world,
         tables: placements.into_iter().flatten().collect(),
     };
-    plan.validate(layout)?;
+    if plan.tables.len() != names.len() {
+        return Err(Unplaced::Invalid(TableError::BadPlan(
+            "a table was not placed".into(),
+        )));
+    }
     Ok(plan)
 }
 
-/// Bytes of rows + optimizer state each rank holds under `plan`.
+/// Bytes of RAM each rank holds for its tables under `plan` (see [`PlanRequest`]).
 pub fn rank_loads(
     plan: &ShardingPlan,
     layout: &CollectionLayout,
     opt: &SparseOptimizer,
+    tiers: &TierRequest,
 ) -> Vec<u64> {
-    let mut load = vec![0u64; plan.world_size];
+    let mut ram = RamLoad::new(plan.world_size, tiers);
     for (t, p) in plan.tables.iter().enumerate() {
         let (rows, dim) = (layout.table_rows(t), layout.table_dim(t));
-        let row_bytes = table_bytes(layout, t, opt) / rows.max(1);
+        let row_bytes = stored_bytes(layout, t, opt, tiers.row_dtype) / rows.max(1);
         for e in p.extents(rows, dim) {
-            load[e.rank] += extent_bytes(&e, row_bytes, dim);
+            ram.add(&e, row_bytes, dim, p.in_file_tier);
         }
     }
-    load
+    ram.load
 }
 
 #[cfg(test)]
@@ -178,7 +295,7 @@ mod tests {
         let mut small: Vec<usize> = (2..6).map(|t| p.tables[t].ranks[0]).collect();
         small.sort_unstable();
         assert_eq!(small, vec![0, 1, 2, 3]);
-        let loads = rank_loads(&p, &l, &adagrad());
+        let loads = rank_loads(&p, &l, &adagrad(), &TierRequest::default());
         let (lo, hi) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
         assert!(*hi as f64 <= *lo as f64 * 1.01 + 10_000.0, "{loads:?}");
     }
@@ -189,7 +306,7 @@ mod tests {
         let p = plan_collection(&l, 2, &adagrad(), &PlanRequest::default()).unwrap();
         // each table is 1/26 of the total, under a quarter of a rank's fair share
         assert!(p.tables.iter().all(|t| t.kind == ShardingKind::TableWise));
-        let loads = rank_loads(&p, &l, &adagrad());
+        let loads = rank_loads(&p, &l, &adagrad(), &TierRequest::default());
         assert_eq!(loads[0], loads[1]);
     }
 
@@ -199,7 +316,7 @@ mod tests {
         let req = PlanRequest {
             strategy: PlanStrategy::ColumnWise,
             tables: [("t1".to_string(), ShardingKind::DataParallel)].into(),
-            memory_limit_per_rank: None,
+            ..PlanRequest::default()
         };
         let p = plan_collection(&l, 3, &adagrad(), &req).unwrap();
         assert_eq!(p.tables[0].kind, ShardingKind::ColumnWise);
@@ -236,5 +353,67 @@ mod tests {
             e.contains("table `t0`") && e.contains("128000000 bytes") && e.contains("60000000"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_file_tier_counts_its_cache_and_takes_the_biggest_tables_when_ram_cannot() {
+        // t0: 128 MB, t1: 12.8 MB, t2: 1.28 KB of f32 rows and Adagrad state
+        let l = layout(&[1_000_000, 100_000, 10]);
+        let tiers = TierRequest {
+            cache_bytes: 4_000_000,
+            may_spill: true,
+            ..TierRequest::default()
+        };
+        let req = PlanRequest {
+            memory_limit_per_rank: Some(20_000_000),
+            tiers: tiers.clone(),
+            ..PlanRequest::default()
+        };
+        let p = plan_collection(&l, 1, &adagrad(), &req).unwrap();
+        let moved: Vec<bool> = p.tables.iter().map(|t| t.in_file_tier).collect();
+        assert_eq!(moved, vec![true, false, false], "only the biggest moves");
+        // RAM: t1 and t2 whole; for t0 the cache, one bit a row and one set at least
+        let loads = rank_loads(&p, &l, &adagrad(), &tiers);
+        assert_eq!(
+            loads,
+            vec![12_800_000 + 1280 + 4_000_000 + 125_000 + 16 * (128 + 17)]
+        );
+        // a limit below even that moves the next one too, then fails naming the cache
+        let tighter = PlanRequest {
+            memory_limit_per_rank: Some(5_000_000),
+            ..req.clone()
+        };
+        let p = plan_collection(&l, 1, &adagrad(), &tighter).unwrap();
+        assert!(p.tables[0].in_file_tier && p.tables[1].in_file_tier);
+        let hopeless = PlanRequest {
+            memory_limit_per_rank: Some(1_000_000),
+            ..req.clone()
+        };
+        let e = plan_collection(&l, 1, &adagrad(), &hopeless)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("file tier") && e.contains("1000000"), "{e}");
+        // no folder for the tier, or another strategy: the limit fails as before
+        for no_spill in [
+            PlanRequest {
+                tiers: TierRequest::default(),
+                ..req.clone()
+            },
+            PlanRequest {
+                strategy: PlanStrategy::RowWise,
+                ..req.clone()
+            },
+        ] {
+            assert!(plan_collection(&l, 1, &adagrad(), &no_spill).is_err());
+        }
+        // 16-bit rows: t0 is 96 MB (8 words + 16 state floats a row)
+        let half = TierRequest {
+            row_dtype: RowDtype::F16,
+            ..TierRequest::default()
+        };
+        assert_eq!(stored_bytes(&l, 0, &adagrad(), RowDtype::F16), 96_000_000);
+        let p = plan_collection(&l, 2, &adagrad(), &PlanRequest::default()).unwrap();
+        let loads = rank_loads(&p, &l, &adagrad(), &half);
+        assert_eq!(loads.iter().sum::<u64>(), (96_000_000 + 9_600_000 + 960));
     }
 }

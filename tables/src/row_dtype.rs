@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::hashing::{mix64, unit_f32};
+use crate::hashing::mix64;
 
 /// How stored rows are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -99,8 +99,13 @@ impl RowDtype {
     }
 
     fn widen(self, bits: u16) -> f32 {
+        let b = u32::from(bits);
         match self {
-            Self::Bf16 => f32::from_bits(u32::from(bits) << 16),
+            Self::Bf16 => f32::from_bits(b << 16),
+            // a normal half: rebias the exponent (15 -> 127) and widen the mantissa
+            _ if (0x0400..0x7C00).contains(&(b & 0x7FFF)) => {
+                f32::from_bits(((b & 0x8000) << 16) | (((b & 0x7FFF) + (112 << 10)) << 13))
+            }
             _ => half::f16::from_bits(bits).to_f32(),
         }
     }
@@ -115,10 +120,31 @@ impl RowDtype {
     /// `v` as 16 bits: the nearest, or one of the two values around it, the upper with
     /// probability (v - below) / (above - below).
     fn narrow(self, v: f32, rounding: Rounding, index: usize) -> u16 {
-        let near = self.nearest(v);
         let Rounding::Stochastic { key, first_col } = rounding else {
-            return near;
+            return self.nearest(v);
         };
+        // 16 random bits a value, four from each draw of the column's stream
+        let col = first_col + index;
+        let random = (mix64(key ^ (col / 4) as u64) >> (16 * (col % 4))) as u32 & 0xFFFF;
+        let (bits, magnitude) = (v.to_bits(), v.to_bits() & 0x7FFF_FFFF);
+        match self {
+            // adding random bits below the kept ones carries into them with probability
+            // equal to the dropped fraction; then truncate (magnitudes round away from
+            // zero, as the sign is apart)
+            Self::Bf16 if magnitude < 0x7F7F_0000 => (bits.wrapping_add(random) >> 16) as u16,
+            // a normal half, below its largest value: 13 dropped mantissa bits
+            Self::F16 if (0x3880_0000..0x477F_E000).contains(&magnitude) => {
+                let m = (magnitude + (random >> 3)) >> 13;
+                ((bits >> 16) & 0x8000) as u16 | (m - (112 << 10)) as u16
+            }
+            _ => self.narrow_slowly(v, random),
+        }
+    }
+
+    /// Stochastic rounding of values outside the fast paths (half subnormals, values
+    /// near the largest, infinities), from the two 16-bit values around `v`.
+    fn narrow_slowly(self, v: f32, random: u32) -> u16 {
+        let near = self.nearest(v);
         let got = self.widen(near);
         if got == v || !v.is_finite() {
             return near;
@@ -132,8 +158,7 @@ impl RowDtype {
         };
         let (lo, hi) = (self.widen(below).abs(), self.widen(above).abs());
         let p = (v.abs() - lo) / (hi - lo);
-        let u = unit_f32(mix64(key ^ (first_col + index) as u64));
-        if u < p {
+        if (random as f32) * (1.0 / 65536.0) < p {
             above
         } else {
             below

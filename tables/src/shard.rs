@@ -209,6 +209,7 @@ impl TableShard {
                     cache_rows: f.cache_rows(),
                     ram_bytes,
                     file_bytes,
+                    disk_bytes: f.disk_bytes(),
                     stats: f.stats(),
                 })
             }

@@ -38,6 +38,14 @@ pub struct TablePlacement {
     /// `column_wise` only: first column of each rank's slice; empty means an even split.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub column_starts: Vec<usize>,
+    /// The rows live in the file tier (the config put them there, or the planner moved
+    /// them to meet `memory_limit_per_rank`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub in_file_tier: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 /// The part of a table one rank holds.
@@ -147,6 +155,7 @@ impl ShardingPlan {
                     kind: ShardingKind::TableWise,
                     ranks: vec![0],
                     column_starts: vec![],
+                    in_file_tier: false,
                 })
                 .collect(),
         }
@@ -341,6 +350,7 @@ pub(crate) fn test_placement(kind: ShardingKind, n: usize) -> TablePlacement {
         kind,
         ranks: (0..n).collect(),
         column_starts: vec![],
+        in_file_tier: false,
     }
 }
 
@@ -443,6 +453,7 @@ mod tests {
             kind: ShardingKind::ColumnWise,
             ranks: vec![0],
             column_starts: vec![1],
+            in_file_tier: false,
         };
         assert!(p.validate(&layout).is_err());
     }

@@ -98,6 +98,7 @@ fn eval_inner(
     let table_optimizer = cfg.embedding.optimizer.init();
     let plans = resolve_plans(
         &cfg.sharding,
+        &cfg.embedding,
         &main,
         first.as_ref(),
         cluster.world_size(),

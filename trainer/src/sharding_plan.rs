@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use shardrec_tables::{
     plan_collection, rank_loads, CollectionLayout, PlanRequest, PlanStrategy, ShardingPlan,
-    SparseOptimizer, TableError,
+    SparseOptimizer, TableError, TierRequest,
 };
 
-use crate::config::ShardingConfig;
+use crate::config::{EmbeddingConfig, ShardingConfig};
 use crate::TrainError;
 
 /// Plans of the main collection and of the first-order weights (LR, FM, DeepFM).
@@ -42,7 +42,7 @@ pub enum PlanError {
     OtherCollections { path: PathBuf, collection: String },
     #[error("[sharding]: {0}")]
     Planner(TableError),
-    #[error("[sharding]: rank {rank} would hold {load} bytes of rows and optimizer state (tables plus first-order weights), above sharding.memory_limit_per_rank = {limit}")]
+    #[error("[sharding]: rank {rank} would hold {load} bytes of RAM for its tables (rows and optimizer state in RAM, file-tier caches; tables plus first-order weights), above sharding.memory_limit_per_rank = {limit}")]
     OverMemoryLimit { rank: usize, load: u64, limit: u64 },
     #[error("{path}: not a sharding plan: {message}")]
     NotAPlan { path: PathBuf, message: String },
@@ -50,9 +50,11 @@ pub enum PlanError {
     Write(#[from] toml::ser::Error),
 }
 
-/// The plans for `world` ranks as `[sharding]` says.
+/// The plans for `world` ranks as `[sharding]` says, for tables held as `[embedding]`
+/// says (first-order weights: f32 in RAM).
 pub fn resolve_plans(
     cfg: &ShardingConfig,
+    embedding: &EmbeddingConfig,
     main: &CollectionLayout,
     first_order: Option<&CollectionLayout>,
     world: usize,
@@ -108,23 +110,27 @@ pub fn resolve_plans(
         strategy: cfg.strategy,
         tables,
         memory_limit_per_rank: cfg.memory_limit_per_rank,
+        tiers: embedding.tier_request(main),
     };
     let named = PlanError::Planner;
     let main_plan = plan_collection(main, world, opt, &req).map_err(named)?;
+    // the per-table choices name main tables; first-order tables follow the strategy,
+    // and stay f32 in RAM
+    let first_req = PlanRequest {
+        tables: Default::default(),
+        tiers: TierRequest::default(),
+        ..req.clone()
+    };
     let first_plan = first_order
-        .map(|l| {
-            // the per-table choices name main tables; first-order tables follow the strategy
-            let req = PlanRequest {
-                tables: Default::default(),
-                ..req.clone()
-            };
-            plan_collection(l, world, opt, &req).map_err(named)
-        })
+        .map(|l| plan_collection(l, world, opt, &first_req).map_err(named))
         .transpose()?;
     if let Some(limit) = cfg.memory_limit_per_rank {
-        let mut loads = rank_loads(&main_plan, main, opt);
+        let mut loads = rank_loads(&main_plan, main, opt, &req.tiers);
         if let (Some(p), Some(l)) = (&first_plan, first_order) {
-            for (a, b) in loads.iter_mut().zip(rank_loads(p, l, opt)) {
+            for (a, b) in loads
+                .iter_mut()
+                .zip(rank_loads(p, l, opt, &first_req.tiers))
+            {
                 *a += b;
             }
         }

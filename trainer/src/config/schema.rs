@@ -274,6 +274,8 @@ pub struct StorageConfig {
     #[serde(default)]
     pub kind: StorageKind,
     /// The folder of the tables' files (on a real disk: SSD for speed); created if absent.
+    /// With `kind = "ram"`, where tables go when `sharding.strategy = "auto"` cannot meet
+    /// `sharding.memory_limit_per_rank` in RAM.
     #[serde(default)]
     pub dir: Option<std::path::PathBuf>,
     /// The cache of hot rows, per rank: in `embedding.storage`, shared by the rank's
@@ -285,13 +287,19 @@ pub struct StorageConfig {
 impl StorageConfig {
     /// The file tier it describes, for a cache of `cache_bytes` (None: RAM).
     pub fn init(&self, cache_bytes: u64) -> Option<shardrec_tables::FileTier> {
-        match (self.kind, &self.dir) {
-            (StorageKind::File, Some(dir)) => Some(shardrec_tables::FileTier {
-                dir: dir.clone(),
-                cache_bytes,
-            }),
-            _ => None,
+        match self.kind {
+            StorageKind::File => self.spill(cache_bytes),
+            StorageKind::Ram => None,
         }
+    }
+
+    /// The file tier under `dir` whatever `kind` says (for tables the planner moved there
+    /// to meet `sharding.memory_limit_per_rank`); None without a folder.
+    pub fn spill(&self, cache_bytes: u64) -> Option<shardrec_tables::FileTier> {
+        self.dir.as_ref().map(|dir| shardrec_tables::FileTier {
+            dir: dir.clone(),
+            cache_bytes,
+        })
     }
 }
 
@@ -362,7 +370,63 @@ pub struct EmbeddingConfig {
 }
 
 impl EmbeddingConfig {
-    /// Whether any table's rows go to the file tier.
+    /// The storage a table's own `[[embedding.tables]]` entry gives it.
+    pub fn own_storage(&self, table: &str) -> Option<&StorageConfig> {
+        self.tables
+            .iter()
+            .find(|t| t.name == table)
+            .and_then(|t| t.storage.as_ref())
+    }
+
+    /// Whether the table `name` of a collection is in the file tier by this config (the
+    /// planner may move more there).
+    pub fn puts_in_file(&self, table: &str) -> bool {
+        match self.own_storage(table) {
+            Some(s) => s.kind == StorageKind::File,
+            None => self.storage.kind == StorageKind::File,
+        }
+    }
+
+    /// What the planner is told of the tiers for the tables of `layout`: their precision,
+    /// which are in the file tier, the RAM the tier's caches take on a rank, and whether
+    /// tables may move to it (`embedding.storage.dir` is set).
+    pub fn tier_request(
+        &self,
+        layout: &shardrec_tables::CollectionLayout,
+    ) -> shardrec_tables::TierRequest {
+        let file_tables: std::collections::BTreeSet<String> = layout
+            .spec()
+            .tables
+            .iter()
+            .map(|t| t.name.clone())
+            .filter(|n| self.puts_in_file(n))
+            .collect();
+        let may_spill = self.storage.dir.is_some();
+        let shared = if may_spill || self.storage.kind == StorageKind::File {
+            self.storage.cache_bytes
+        } else {
+            0
+        };
+        let own: u64 = file_tables
+            .iter()
+            .filter_map(|n| self.own_storage(n))
+            .map(|s| s.cache_bytes)
+            .sum();
+        shardrec_tables::TierRequest {
+            row_dtype: self.row_dtype,
+            file_tables,
+            cache_bytes: shared + own,
+            may_spill,
+        }
+    }
+
+    /// Whether tables may end in the file tier: the config puts some there, or gives the
+    /// planner a folder to move them to.
+    pub fn may_use_file_tier(&self) -> bool {
+        self.uses_file_tier() || self.storage.dir.is_some()
+    }
+
+    /// Whether the config puts any table's rows in the file tier.
     pub fn uses_file_tier(&self) -> bool {
         self.storage.kind == StorageKind::File
             || self.tables.iter().any(|t| {

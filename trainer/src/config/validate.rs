@@ -126,7 +126,7 @@ fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
 
 /// A file tier needs its folder and a cache of at least one set of rows.
 fn storage_violations(key: &str, s: &StorageConfig, v: &mut Vec<Violation>) {
-    if s.kind == StorageKind::Ram {
+    if s.kind == StorageKind::Ram && s.dir.is_none() {
         return;
     }
     if s.dir.is_none() {

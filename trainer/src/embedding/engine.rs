@@ -8,7 +8,7 @@ use shardrec_tables::{
     ShardingPlan, SparseOptimizer, TableError, TableShard, TableStorage,
 };
 
-use crate::config::{EmbeddingConfig, StorageKind};
+use crate::config::EmbeddingConfig;
 
 #[derive(Debug)]
 pub enum EmbeddingEngine {
@@ -17,14 +17,19 @@ pub enum EmbeddingEngine {
 }
 
 /// How each table's rows are held on this rank: as `embedding.row_dtype`, in the file
-/// tier for the tables whose own `storage` or `embedding.storage` says `file` (each with
-/// its cache), else in RAM.
+/// tier for the tables whose own `storage` or `embedding.storage` says `file` or that the
+/// plan moved there (each with its cache), else in RAM.
 pub fn table_storage(
     cfg: &EmbeddingConfig,
     layout: &CollectionLayout,
+    plan: Option<&ShardingPlan>,
     held_rows: impl Fn(usize) -> u64,
 ) -> Result<Vec<TableStorage>, TableError> {
-    Ok(file_tiers(cfg, layout, held_rows)?
+    let moved = |t: usize| {
+        plan.and_then(|p| p.tables.get(t))
+            .is_some_and(|p| p.in_file_tier)
+    };
+    Ok(file_tiers(cfg, layout, moved, held_rows)?
         .into_iter()
         .map(|file| TableStorage {
             file,
@@ -33,37 +38,45 @@ pub fn table_storage(
         .collect())
 }
 
-/// Which tables are in the file tier, each with its cache: a table's own entry brings its
-/// own cache; the others share `embedding.storage.cache_bytes` in proportion to the rows
-/// this rank holds of them.
+/// Which tables are in the file tier, each with its cache: a table's own `file` entry
+/// brings its own cache; the others there (by `embedding.storage`, or `moved` there by the
+/// planner) share `embedding.storage.cache_bytes` in proportion to the rows this rank
+/// holds of them.
 fn file_tiers(
     cfg: &EmbeddingConfig,
     layout: &CollectionLayout,
+    moved: impl Fn(usize) -> bool,
     held_rows: impl Fn(usize) -> u64,
 ) -> Result<Vec<Option<FileTier>>, TableError> {
     let tables = &layout.spec().tables;
-    let own = |name: &str| {
-        cfg.tables
-            .iter()
-            .find(|t| t.name == name)
-            .and_then(|t| t.storage.as_ref())
+    let own_file = |t: usize| {
+        cfg.own_storage(&tables[t].name)
+            .and_then(|s| s.init(s.cache_bytes))
     };
-    let shared = |t: usize| own(&tables[t].name).is_none() && cfg.storage.kind == StorageKind::File;
+    let shared =
+        |t: usize| own_file(t).is_none() && (moved(t) || (cfg.puts_in_file(&tables[t].name)));
     let shared_rows: u64 = (0..tables.len())
         .filter(|&t| shared(t))
         .map(&held_rows)
         .sum();
-    let tiers: Vec<Option<FileTier>> = (0..tables.len())
-        .map(|t| match own(&tables[t].name) {
-            Some(s) => s.init(s.cache_bytes),
-            None if shared(t) => {
-                let share = cfg.storage.cache_bytes as u128 * held_rows(t) as u128
-                    / shared_rows.max(1) as u128;
-                cfg.storage.init(share as u64)
+    let tier_of = |t: usize| match own_file(t) {
+        Some(tier) => Ok(Some(tier)),
+        None if shared(t) => {
+            let share =
+                cfg.storage.cache_bytes as u128 * held_rows(t) as u128 / shared_rows.max(1) as u128;
+            match cfg.storage.spill(share as u64) {
+                Some(tier) => Ok(Some(tier)),
+                None => Err(TableError::InvalidTable {
+                    table: tables[t].name.clone(),
+                    reason: "the sharding plan puts it in the file tier, but embedding.storage.dir is not set".into(),
+                }),
             }
-            None => None,
-        })
-        .collect();
+        }
+        None => Ok(None),
+    };
+    let tiers = (0..tables.len())
+        .map(tier_of)
+        .collect::<Result<Vec<_>, _>>()?;
     for tier in tiers.iter().flatten() {
         std::fs::create_dir_all(&tier.dir).map_err(|e| TableError::Storage {
             path: tier.dir.display().to_string(),
@@ -107,7 +120,9 @@ impl EmbeddingEngine {
         let n = ex.world_size();
         if n == 1 {
             let storage = match storage {
-                Some(cfg) => table_storage(cfg, &layout, |t| layout.spec().tables[t].rows)?,
+                Some(cfg) => table_storage(cfg, &layout, plan.as_ref(), |t| {
+                    layout.spec().tables[t].rows
+                })?,
                 None => vec![],
             };
             let plan = ShardingPlan::single_process(&layout);
@@ -126,7 +141,7 @@ impl EmbeddingEngine {
         }
         let rank = ex.rank();
         let storage = match storage {
-            Some(cfg) => table_storage(cfg, &layout, |t| {
+            Some(cfg) => table_storage(cfg, &layout, Some(&plan), |t| {
                 let spec = &layout.spec().tables[t];
                 plan.placement(t)
                     .extents(spec.rows, spec.dim)

@@ -311,6 +311,7 @@ fn search(
     let opt = cfg.embedding.optimizer.init();
     let plans = resolve_plans(
         &cfg.sharding,
+        &cfg.embedding,
         &colls.main,
         colls.first_order.as_ref(),
         cluster.world_size(),

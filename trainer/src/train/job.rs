@@ -102,11 +102,15 @@ impl<'a> TrainJob<'a> {
         check_relevant_positions(cfg)?;
         let plans = resolve_plans(
             &cfg.sharding,
+            &cfg.embedding,
             &colls.main,
             colls.first_order.as_ref(),
             world,
             &cfg.embedding.optimizer.init(),
         )?;
+        if cluster.rank() == 0 {
+            log_moved_tables(cfg, &colls.main, &plans);
+        }
         let job = Self {
             cfg,
             name,
@@ -168,4 +172,29 @@ fn check_relevant_positions(cfg: &ExperimentConfig) -> Result<(), TrainError> {
         },
     }
     .into())
+}
+
+/// Says which tables the planner moved to the file tier to meet the memory limit.
+fn log_moved_tables(
+    cfg: &ExperimentConfig,
+    main: &shardrec_tables::CollectionLayout,
+    plans: &CollectionPlans,
+) {
+    let configured = cfg.embedding.tier_request(main).file_tables;
+    let moved: Vec<&str> = plans
+        .main
+        .tables
+        .iter()
+        .filter(|p| p.in_file_tier && !configured.contains(&p.table))
+        .map(|p| p.table.as_str())
+        .collect();
+    if let (false, Some(dir)) = (moved.is_empty(), &cfg.embedding.storage.dir) {
+        log(&format!(
+            "sharding: {} table(s) moved to the file tier under {} to fit sharding.memory_limit_per_rank = {} bytes of RAM: {}",
+            moved.len(),
+            dir.display(),
+            cfg.sharding.memory_limit_per_rank.unwrap_or(0),
+            moved.join(", ")
+        ));
+    }
 }

@@ -48,7 +48,7 @@ pub fn train_with_hooks(
     let mut file_tier = crate::embedding::FileTierHook::new(cluster);
     let mut hooks: Vec<&mut dyn TrainHook> =
         hooks.into_iter().map(|h| h as &mut dyn TrainHook).collect();
-    if cfg.embedding.uses_file_tier() {
+    if cfg.embedding.may_use_file_tier() {
         hooks.push(&mut file_tier);
     }
     with_threads(cfg, cluster.local_size(), |threads| {
