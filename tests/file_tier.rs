@@ -327,3 +327,91 @@ fn under_a_memory_limit_auto_moves_the_biggest_tables_to_the_file_tier() {
         "{err}"
     );
 }
+
+#[test]
+fn optembed_and_sequence_tables_train_to_the_ram_result_in_the_file_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = file_storage(dir.path(), 40_000);
+    // OptEmbed's three stages: supernet, search, retrain with the row mask
+    let (data, _) = synth(dir.path(), 10_000, 1_000);
+    let cfg = crate::optembed::optembed_config(dir.path(), &data);
+    let oe = |name: &str, extra: &[&str]| {
+        let mut sets = vec![run_dir(dir.path(), name)];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        train_summary(dir.path(), &cfg, &sets)
+    };
+    let ram = oe("oe-ram", &[]);
+    let file = oe("oe-file", &[&storage]);
+    for key in ["auc", "logloss", "kept_rows", "widths"] {
+        assert!(!ram[key].is_null(), "{key}: {ram}");
+        assert_eq!(file[key], ram[key], "{key}");
+    }
+    let (misses, _) = tier_misses_and_evictions(&file);
+    assert!(misses > 0, "{file}");
+    // DARE: attention and representation tables, sequences of 100 behaviours
+    let (train, test, _) = crate::sequence::sequences(dir.path());
+    let cfg = crate::sequence::sequence_config(dir.path(), "dare", &train, &test, None);
+    let seq = |name: &str, extra: &[&str]| {
+        let mut sets = vec![run_dir(dir.path(), name), "train.epochs=1".into()];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        train_summary(dir.path(), &cfg, &sets)
+    };
+    let ram = seq("dare-ram", &[]);
+    let file = seq("dare-file", &[&storage]);
+    assert_eq!(metrics(&file), metrics(&ram));
+    assert_eq!(file["gauc"], ram["gauc"]);
+    let (misses, _) = tier_misses_and_evictions(&file);
+    assert!(misses > 0, "{file}");
+}
+
+#[test]
+fn a_two_rank_file_tier_checkpoint_reshards_into_one_process_in_either_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 6000, 1000);
+    let cfg = criteo_config(
+        dir.path(),
+        &data,
+        "dlrm",
+        "epochs = 2\nlog_every = 1000\ncheckpoint_every = 10\ncheckpoint_keep = 0",
+    );
+    let c = cfg.to_str().unwrap();
+    let storage = file_storage(dir.path(), 20_000);
+    let two_dir = run_dir(dir.path(), "np2");
+    let args = [
+        "train",
+        c,
+        "--set",
+        "sharding.strategy=\"row_wise\"",
+        "--set",
+        &storage,
+        "--set",
+        &two_dir,
+    ];
+    let two = summary(&run_mpi(dir.path(), 2, &args, Duration::from_secs(300)));
+    assert_eq!(two["world_size"], 2);
+    let ckpt = first_checkpoint(&dir.path().join("np2"));
+    let k = ckpt.to_str().unwrap();
+    // the checkpoint's two row blocks load into one file table and into one RAM table
+    let eval_ram = summary(&run(dir.path(), &["eval", c, "--model", k]));
+    let eval_file = summary(&run(
+        dir.path(),
+        &["eval", c, "--model", k, "--set", &storage],
+    ));
+    assert_eq!(metrics(&eval_file), metrics(&eval_ram));
+    // and training goes on from it in one process, in either tier, to the same result
+    let resumed = |name: &str, extra: &[&str]| {
+        let d = run_dir(dir.path(), name);
+        let mut args = vec!["train", c, "--set", &d, "--resume", k];
+        for e in extra {
+            args.extend(["--set", e]);
+        }
+        summary(&run(dir.path(), &args))
+    };
+    let ram = resumed("np1-ram", &[]);
+    let file = resumed("np1-file", &[&storage]);
+    assert!(ram["resumed_from"].as_str().is_some(), "{ram}");
+    assert_eq!(metrics(&file), metrics(&ram));
+    assert_eq!(file["steps"], two["steps"]);
+}

@@ -11,7 +11,7 @@ use crate::common::{criteo_config, run, run_mpi, stderr, summary, synth};
 
 /// DeepFM on `data` with a small search; row pruning forced by a threshold above the
 /// initial norm of rarely updated rows.
-fn optembed_config(dir: &Path, data: &Path) -> PathBuf {
+pub(crate) fn optembed_config(dir: &Path, data: &Path) -> PathBuf {
     let cfg = criteo_config(
         dir,
         data,

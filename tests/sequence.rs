@@ -11,7 +11,7 @@ use crate::common::{
 };
 
 /// Generated sequences in `dir`: (train, test, relevant).
-fn sequences(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn sequences(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let out = dir.join("seq");
     let s = summary(&run(
         dir,
@@ -47,7 +47,7 @@ fn sequences(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-fn sequence_config(
+pub(crate) fn sequence_config(
     dir: &Path,
     model: &str,
     train: &Path,
