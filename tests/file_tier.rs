@@ -107,6 +107,15 @@ fn under_mpirun_every_sharding_kind_trains_to_the_ram_result() {
             ranks.contains(&0) && ranks.contains(&1),
             "{strategy}: {ranks:?}"
         );
+        if strategy == "row_wise" {
+            // with room beside a step's rows, owners read the next step's rows ahead
+            let big = file_storage(dir.path(), 2_000_000).replace('}', ", prefetch=true}");
+            let ahead_dir = run_dir(dir.path(), "row_wise-read-ahead");
+            let ahead = run(strategy, &[&opt, &big, &ahead_dir]);
+            assert_eq!(metrics(&ahead), metrics(&ram));
+            let read = ahead["file_tier_prefetched_rows"].as_u64().unwrap();
+            assert!(read > 500, "{ahead}");
+        }
     }
 }
 

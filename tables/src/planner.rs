@@ -164,6 +164,30 @@ enum Unplaced {
     Invalid(TableError),
 }
 
+/// The kind `strategy` gives a table of `rows` rows and `bytes` bytes, against a rank's
+/// fair share `fair` of all tables' bytes.
+fn strategy_kind(
+    strategy: PlanStrategy,
+    world: usize,
+    rows: u64,
+    bytes: u64,
+    fair: u64,
+) -> ShardingKind {
+    match strategy {
+        PlanStrategy::RowWise => ShardingKind::RowWise,
+        PlanStrategy::TableWise => ShardingKind::TableWise,
+        PlanStrategy::ColumnWise => ShardingKind::ColumnWise,
+        PlanStrategy::DataParallel => ShardingKind::DataParallel,
+        PlanStrategy::Auto => {
+            if world == 1 || bytes * WHOLE_TABLE_SHARE <= fair || rows < world as u64 {
+                ShardingKind::TableWise
+            } else {
+                ShardingKind::RowWise
+            }
+        }
+    }
+}
+
 /// One placement of every table, biggest first, `in_file[t]` saying where `t`'s rows live.
 fn place(
     layout: &CollectionLayout,
@@ -192,19 +216,7 @@ fn place(
         let dim = layout.table_dim(t);
         let kind = match req.tables.get(names[t]) {
             Some(&k) => k,
-            None => match req.strategy {
-                PlanStrategy::RowWise => ShardingKind::RowWise,
-                PlanStrategy::TableWise => ShardingKind::TableWise,
-                PlanStrategy::ColumnWise => ShardingKind::ColumnWise,
-                PlanStrategy::DataParallel => ShardingKind::DataParallel,
-                PlanStrategy::Auto => {
-                    if world == 1 || bytes[t] * WHOLE_TABLE_SHARE <= fair || rows < world as u64 {
-                        ShardingKind::TableWise
-                    } else {
-                        ShardingKind::RowWise
-                    }
-                }
-            },
+            None => strategy_kind(req.strategy, world, rows, bytes[t], fair),
         };
         let least_loaded = (0..world).min_by_key(|&r| (ram.load[r], r)).unwrap_or(0);
         let ranks: Vec<usize> = match kind {

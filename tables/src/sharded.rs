@@ -26,6 +26,9 @@ use crate::shard::{TableShard, TableStorage};
 use crate::sharding::{Bucketized, ShardingKind, ShardingPlan};
 use crate::{KeyedJaggedIds, TableError};
 
+/// File-tier shards held here and the local rows of each to read ahead.
+pub type FileRowsWanted = Vec<(std::sync::Arc<crate::FileRows>, Vec<u64>)>;
+
 /// Time spent waiting in the exchanges, summed over steps.
 #[derive(Debug, Default)]
 struct ExchangeClock {
@@ -294,6 +297,55 @@ impl ShardedEmbeddings {
             buckets,
             served,
         })
+    }
+
+    /// Reading ahead under several ranks (FBGEMM's prefetch): plans this rank's `batch`
+    /// (the next step's), tells each owner of a file-tier table which of its rows that
+    /// batch will ask for, and returns, for each file-tier shard held here, the distinct
+    /// local rows every rank's next batch looks up. Collective: every rank calls it once
+    /// per step (with an empty batch when it has none), or none does.
+    pub fn file_rows_wanted(
+        &self,
+        ex: &dyn Exchange,
+        batch: &KeyedJaggedIds,
+    ) -> Result<FileRowsWanted, TableError> {
+        self.check_world(ex)?;
+        let tables = self.layout.num_tables();
+        let plan = LookupPlan::build(&self.layout, batch)?;
+        let mut send: Vec<Vec<u64>> = vec![vec![0; tables]; ex.world_size()];
+        for t in (0..tables).filter(|&t| self.plan.placement(t).in_file_tier) {
+            let rows = &plan.tables[t].unique_rows;
+            let b =
+                self.plan
+                    .bucketize(t, self.layout.table_rows(t), self.dims[t], rows, self.rank);
+            for d in &b.dests {
+                send[d.rank][t] = d.local_rows.len() as u64;
+                send[d.rank].extend_from_slice(&d.local_rows);
+            }
+        }
+        let asked = ex.all_to_all_u64(send)?;
+        let mut wanted: Vec<Vec<u64>> = vec![Vec::new(); tables];
+        for (src, msg) in asked.iter().enumerate() {
+            for (t, rows) in self.sections(src, msg)?.into_iter().enumerate() {
+                wanted[t].extend_from_slice(rows);
+            }
+        }
+        Ok(wanted
+            .into_iter()
+            .enumerate()
+            .filter_map(|(t, mut rows)| {
+                let file = self.shards[t].as_ref()?.file_rows()?;
+                rows.sort_unstable();
+                rows.dedup();
+                Some((file, rows))
+            })
+            .collect())
+    }
+
+    /// Whether any table is in the file tier on some rank (then every rank takes part in
+    /// [`Self::file_rows_wanted`]).
+    pub fn has_file_tier(&self) -> bool {
+        self.plan.tables.iter().any(|p| p.in_file_tier)
     }
 
     /// Splits a forward request from `src` into (table, local rows) sections.

@@ -282,6 +282,13 @@ pub struct StorageConfig {
     /// file tables in proportion to their rows; in a table's own entry, that table's.
     #[serde(default)]
     pub cache_bytes: u64,
+    /// Read the next step's rows into the cache while a step computes (FBGEMM's
+    /// prefetch pipeline); `embedding.storage`'s setting holds for every table. Unset:
+    /// on in one process, off under mpirun, where the ranks must first exchange the next
+    /// batch's ids on the step's thread (on 2 cores it cost more than it saved: see
+    /// docs/benchmarks.md section 14).
+    #[serde(default)]
+    pub prefetch: Option<bool>,
 }
 
 impl StorageConfig {

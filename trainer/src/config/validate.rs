@@ -6,7 +6,9 @@ use shardrec_data::config::{check_range, violation, Violation};
 use shardrec_models::MAX_DROPOUT;
 use shardrec_tables::RowDtype;
 
-use super::schema::{ExperimentConfig, StorageConfig, StorageKind, TableKindConfig};
+use super::schema::{
+    EmbeddingConfig, ExperimentConfig, StorageConfig, StorageKind, TableKindConfig,
+};
 
 /// Every violation, in key order of the file's sections.
 pub fn validate(c: &ExperimentConfig) -> Vec<Violation> {
@@ -46,22 +48,7 @@ fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
         check_range(v, "embedding.init.scale", s, f32::MIN_POSITIVE, 10.0);
     }
     storage_violations("embedding.storage", &e.storage, v);
-    if e.uses_file_tier() && e.device != "cpu" {
-        violation(
-            v,
-            "embedding.device",
-            &e.device,
-            "must be cpu with the file tier (its cache is in host memory)",
-        );
-    }
-    if e.row_dtype != RowDtype::F32 && e.device != "cpu" {
-        violation(
-            v,
-            "embedding.device",
-            &e.device,
-            "must be cpu with 16-bit rows (embedding.row_dtype): a device table keeps f32 rows",
-        );
-    }
+    host_only_violations(e, v);
     let o = &e.optimizer;
     check_range(v, "embedding.optimizer.lr", o.lr, f32::MIN_POSITIVE, 1000.0);
     check_range(
@@ -121,6 +108,29 @@ fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
                 "a hashed table needs buckets >= 1",
             );
         }
+    }
+}
+
+/// The file tier and 16-bit rows are host features: tables on a device refuse them.
+fn host_only_violations(e: &EmbeddingConfig, v: &mut Vec<Violation>) {
+    if e.device == "cpu" {
+        return;
+    }
+    if e.uses_file_tier() {
+        violation(
+            v,
+            "embedding.device",
+            &e.device,
+            "must be cpu with the file tier (its cache is in host memory)",
+        );
+    }
+    if e.row_dtype != RowDtype::F32 {
+        violation(
+            v,
+            "embedding.device",
+            &e.device,
+            "must be cpu with 16-bit rows (embedding.row_dtype): a device table keeps f32 rows",
+        );
     }
 }
 

@@ -220,12 +220,25 @@ impl EmbeddingEngine {
         }
     }
 
-    /// The reader of this process's file-tier rows a step ahead. One process only: under
-    /// mpirun a rank learns which of its rows are wanted only in the step's exchange.
+    /// The reader of this process's file-tier rows a step ahead, in one process.
     pub fn file_prefetcher(&self) -> Option<shardrec_tables::FilePrefetcher> {
         match self {
             Self::Local(e) => e.file_prefetcher(),
             Self::Sharded(_) => None,
+        }
+    }
+
+    /// Under several ranks with file tables: the file rows held here that the ranks'
+    /// next batches (this rank's is `next`) look up, from an exchange of their ids.
+    /// Collective; None in one process or with every table in RAM (no exchange).
+    pub fn file_rows_wanted(
+        &self,
+        ex: &dyn Exchange,
+        next: &shardrec_tables::KeyedJaggedIds,
+    ) -> Result<Option<shardrec_tables::FileRowsWanted>, TableError> {
+        match self {
+            Self::Sharded(e) if e.has_file_tier() => e.file_rows_wanted(ex, next).map(Some),
+            _ => Ok(None),
         }
     }
 

@@ -3,7 +3,10 @@
 //!
 //! While step k computes, a thread reads the rows step k+1 will look up into the
 //! tables' caches, so the step's own lookups hit. The hook is told the next batch before
-//! each step; the next step waits for the thread only if it is not done.
+//! each step; the next step waits for the thread only if it is not done. In one process
+//! the thread plans the batch itself; under several ranks the ranks first exchange the
+//! next batch's ids (one small all-to-all on the step's thread), so each owner reads the
+//! rows every rank will ask it for.
 //!
 //! The result does not depend on it: the cache holds the same values as the file, and
 //! rows the current step uses are never evicted for a prefetch.
@@ -24,6 +27,8 @@ use crate::TrainError;
 /// `file_tier` figures of every rank.
 pub struct FileTierHook<'c> {
     cluster: &'c Cluster,
+    /// Whether to read ahead (`embedding.storage.prefetch`).
+    read_ahead: bool,
     /// Made from the bundle at the first step (None before, or with no file tables).
     reader: Option<Option<Arc<FilePrefetcher>>>,
     pending: Option<JoinHandle<Result<u64, TableError>>>,
@@ -33,9 +38,10 @@ pub struct FileTierHook<'c> {
 }
 
 impl<'c> FileTierHook<'c> {
-    pub fn new(cluster: &'c Cluster) -> Self {
+    pub fn new(cluster: &'c Cluster, read_ahead: bool) -> Self {
         Self {
             cluster,
+            read_ahead,
             reader: None,
             pending: None,
             waited: Duration::ZERO,
@@ -64,9 +70,18 @@ impl TrainHook for FileTierHook<'_> {
     fn next_batch(&mut self, bundle: &ModelBundle, next: Option<&Batch>) -> Result<(), TrainError> {
         self.finish()?;
         // a sequence model's lookups take the newest behaviours only: not planned here
-        let Some(next) = next.filter(|_| bundle.sequence.is_none()) else {
+        let Some(next) = next.filter(|_| self.read_ahead && bundle.sequence.is_none()) else {
             return Ok(());
         };
+        // under several ranks the owners learn their rows from an exchange of the ids
+        if let Some(wanted) = bundle.tables.file_rows_wanted(self.cluster, &next.sparse)? {
+            self.pending = Some(std::thread::spawn(move || {
+                wanted
+                    .iter()
+                    .try_fold(0, |n, (file, rows)| Ok(n + file.prefetch(rows)?))
+            }));
+            return Ok(());
+        }
         let reader = self
             .reader
             .get_or_insert_with(|| bundle.tables.file_prefetcher().map(Arc::new));

@@ -45,7 +45,12 @@ pub fn train_with_hooks(
         crate::persist::checkpoint::find_checkpoint(path)?;
     }
     // the file tier plugs in like any feature, whichever stage trains
-    let mut file_tier = crate::embedding::FileTierHook::new(cluster);
+    let read_ahead = cfg
+        .embedding
+        .storage
+        .prefetch
+        .unwrap_or(shardrec_tables::Exchange::world_size(cluster) == 1);
+    let mut file_tier = crate::embedding::FileTierHook::new(cluster, read_ahead);
     let mut hooks: Vec<&mut dyn TrainHook> =
         hooks.into_iter().map(|h| h as &mut dyn TrainHook).collect();
     if cfg.embedding.may_use_file_tier() {
