@@ -4,8 +4,9 @@
 # rows (with and without the prefetch at 10%), runs alternated (RAM, 10%, 10% without
 # prefetch, 1%, RAM, ...). Prints samples/s, the ratio to the RAM run of the same round,
 # the cache hit rate, peak RSS and the test AUC (which must agree to the last digit).
-# With NP > 1 every run is `mpirun -np NP` (tables row-wise, the cache per rank). Not a
-# test: prints figures.
+# With NP > 1 every run is `mpirun -np NP` (tables row-wise, the cache per rank); with
+# POLICY=lfu in the environment the caches are LFU (default lru). Not a test: prints
+# figures.
 #
 #   launch/bench_file_tier.sh [ROWS] [ROUNDS] [TIER_DIR] [NP]   (defaults 500000 2 data/bench/tier 1)
 set -euo pipefail
@@ -15,6 +16,7 @@ ROWS=${1:-500000}
 ROUNDS=${2:-2}
 TIER=${3:-data/bench/tier}
 NP=${4:-1}
+POLICY=${POLICY:-lru}
 source launch/env.sh
 BIN=target/release/shardrec
 [ -x "$BIN" ] || bash launch/setup.sh
@@ -55,9 +57,12 @@ for round in $(seq 1 "$ROUNDS"); do
     pct=${variant%%-*}
     prefetch=true
     [ "$variant" = 10-no-prefetch ] && prefetch=false
-    # a cached row: 16 weights + 16 Adagrad floats, and 17 bytes of bookkeeping; per rank
-    cache=$((rows * pct / 100 / NP * (32 * 4 + 17)))
-    storage="embedding.storage={kind=\"file\", dir=\"$TIER\", cache_bytes=$cache, prefetch=$prefetch}"
+    # a cached row: 16 weights + 16 Adagrad floats, and 17 bytes of bookkeeping (LFU: 21);
+    # per rank
+    overhead=17
+    [ "$POLICY" = lfu ] && overhead=21
+    cache=$((rows * pct / 100 / NP * (32 * 4 + overhead)))
+    storage="embedding.storage={kind=\"file\", dir=\"$TIER\", cache_bytes=$cache, prefetch=$prefetch, policy=\"$POLICY\"}"
     read -r sps auc rss _ rate < <(run "file$variant-$round" --set "$storage" | summary_of)
     ratio=$(python3 -c "print(f'{$sps / $ram_sps:.2f}')")
     label="file $pct%"

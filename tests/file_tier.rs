@@ -57,6 +57,20 @@ fn a_file_table_trains_to_the_ram_result_for_every_optimizer() {
             misses > 0 && evictions > 0,
             "{kind}: the cache was exercised: {file}"
         );
+        // evicted rows were written back: the disk holds part of the sparse files
+        let tiers = file["file_tier"].as_array().unwrap();
+        let disk: u64 = tiers
+            .iter()
+            .map(|t| t["disk_bytes"].as_u64().unwrap())
+            .sum();
+        let logical: u64 = tiers
+            .iter()
+            .map(|t| t["file_bytes"].as_u64().unwrap())
+            .sum();
+        assert!(
+            disk > 0 && disk <= logical + 4096 * tiers.len() as u64,
+            "{file}"
+        );
         if kind == "adagrad" {
             // a cache that has room beside a step's rows: the next step's are read ahead
             let big = file_storage(dir.path(), 4_000_000);
@@ -65,6 +79,17 @@ fn a_file_table_trains_to_the_ram_result_for_every_optimizer() {
             assert_eq!(metrics(&ahead), metrics(&ram));
             let read = ahead["file_tier_prefetched_rows"].as_u64().unwrap();
             assert!(read > 1000, "{ahead}");
+            assert!(
+                ahead["file_tier"][0]["rank_prefetch_wait_s"].is_f64(),
+                "{ahead}"
+            );
+            // an LFU cache keeps other rows, with the same arithmetic
+            let lfu = storage.replace('}', ", policy=\"lfu\"}");
+            let lfu_dir = run_dir(dir.path(), "adagrad-lfu");
+            let by_use = train_summary(dir.path(), &cfg, &[&opt, &lfu, &lfu_dir]);
+            assert_eq!(metrics(&by_use), metrics(&ram));
+            let (lfu_misses, _) = tier_misses_and_evictions(&by_use);
+            assert_ne!(lfu_misses, misses, "another policy, other misses");
         }
     }
     // the scratch files go with the run

@@ -71,18 +71,44 @@ pub struct TierReport {
     pub stats: TierStats,
 }
 
-/// Where a file-tier shard's rows go: the folder of its file and the RAM its cache takes.
+/// Which row of a full set the cache gives up for a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CachePolicy {
+    /// The least recently used (FBGEMM's SSD tables, TorchRec's default).
+    #[default]
+    Lru,
+    /// The least frequently used since it came in, ties to the least recent; counts
+    /// halve every `AGE_EVERY` lookups a slot, so old popularity fades (TinyLFU's reset,
+    /// Einziger et al. 2017). TorchRec's UVM caching offers LFU too.
+    Lfu,
+}
+
+/// Accesses per cache slot between two halvings of the LFU counts.
+const AGE_EVERY: u64 = 8;
+
+/// Where a file-tier shard's rows go: the folder of its file, the RAM its cache takes and
+/// how the cache chooses what to keep.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileTier {
     pub dir: PathBuf,
     pub cache_bytes: u64,
+    pub policy: CachePolicy,
 }
 
 impl FileTier {
-    /// Rows a cache of `cache_bytes` holds for records of `record` floats (each slot also
-    /// keeps 17 bytes of bookkeeping).
+    /// Rows a cache of `cache_bytes` holds for records of `record` words (each slot also
+    /// keeps 17 bytes of bookkeeping, 21 with LFU counts).
     pub fn cache_rows(&self, record: usize) -> usize {
-        (self.cache_bytes / (record as u64 * 4 + 17)) as usize
+        (self.cache_bytes / (record as u64 * 4 + slot_overhead(self.policy))) as usize
+    }
+}
+
+/// Bytes of bookkeeping a cache slot takes besides its record.
+fn slot_overhead(policy: CachePolicy) -> u64 {
+    match policy {
+        CachePolicy::Lru => 17,
+        CachePolicy::Lfu => 21,
     }
 }
 
@@ -131,6 +157,9 @@ struct Cache {
     records: InMemoryRows,
     tags: Vec<u64>,
     last_used: Vec<u64>,
+    /// LFU only: uses of each slot's row since it came in (halved now and then).
+    uses: Vec<u32>,
+    policy: CachePolicy,
     dirty: Vec<bool>,
     /// One bit a row: its record is in the file (else it reads as initial values).
     written: Vec<u64>,
@@ -258,16 +287,28 @@ impl Cache {
     /// that follows it.
     fn locate(&mut self, f: &RecordFile, row: usize, lookup: bool) -> Result<Place, TableError> {
         self.clock += 1;
+        let lfu = self.policy == CachePolicy::Lfu;
+        if lfu
+            && self
+                .clock
+                .is_multiple_of(AGE_EVERY * self.tags.len() as u64)
+        {
+            self.uses.iter_mut().for_each(|u| *u >>= 1);
+        }
         if let Some(s) = self.find(row) {
             self.last_used[s] = self.clock;
+            if lfu {
+                self.uses[s] = self.uses[s].saturating_add(1);
+            }
             self.stats.hits += u64::from(lookup);
             return Ok(Place::Slot(s));
         }
         self.stats.misses += u64::from(lookup);
+        let uses = |s: usize| if lfu { self.uses[s] } else { 0 };
         let victim = self
             .set_of(row)
             .filter(|&s| self.tags[s] == EMPTY || self.last_used[s] < self.step_began)
-            .min_by_key(|&s| (self.tags[s] != EMPTY, self.last_used[s]));
+            .min_by_key(|&s| (self.tags[s] != EMPTY, uses(s), self.last_used[s]));
         let Some(s) = victim else {
             self.stats.uncached += u64::from(lookup);
             return Ok(Place::Uncached);
@@ -287,6 +328,9 @@ impl Cache {
         self.stats.bytes_read += read;
         self.tags[s] = row as u64;
         self.last_used[s] = self.clock;
+        if lfu {
+            self.uses[s] = 1;
+        }
         self.dirty[s] = false;
         Ok(Place::Slot(s))
     }
@@ -316,7 +360,7 @@ impl FileRows {
     pub fn create(
         path: &Path,
         shape: Records,
-        cache_rows: usize,
+        (cache_rows, policy): (usize, CachePolicy),
         init: &RowInit,
         extent: (u64, Range<usize>, usize),
         (initial_state, salt): (f32, u64),
@@ -365,6 +409,11 @@ impl FileRows {
                 records: InMemoryRows::zeros(slots * record),
                 tags: vec![EMPTY; slots],
                 last_used: vec![0; slots],
+                uses: match policy {
+                    CachePolicy::Lru => Vec::new(),
+                    CachePolicy::Lfu => vec![0; slots],
+                },
+                policy,
                 dirty: vec![false; slots],
                 written: vec![0; rows.div_ceil(64)],
                 clock: 0,
@@ -557,7 +606,7 @@ impl FileRows {
 
     pub fn bytes(&self) -> (usize, u64) {
         let c = self.cache();
-        let ram = c.records.bytes() + c.tags.len() * 17 + c.written.len() * 8;
+        let ram = c.records.bytes() + c.tags.len() * 17 + c.uses.len() * 4 + c.written.len() * 8;
         (ram, (self.rows * self.file.record * 4) as u64)
     }
 
@@ -596,7 +645,7 @@ mod tests {
 
     /// The same updates on RAM rows and on a file with a tiny cache give the same bits,
     /// for rows of every precision.
-    fn same_bits(kind: OptimizerKind, cache_rows: usize, dtype: RowDtype) {
+    fn same_bits(kind: OptimizerKind, cache_rows: usize, dtype: RowDtype, policy: CachePolicy) {
         use crate::shard::{TableShard, TableStorage};
         use crate::sharding::ShardExtent;
         use crate::spec::TableSpec;
@@ -616,7 +665,8 @@ mod tests {
         let record = dtype.words(dim) + opt.state_width(dim);
         let tier = FileTier {
             dir: tempfile_dir(),
-            cache_bytes: (cache_rows * (record * 4 + 17)) as u64,
+            cache_bytes: cache_rows as u64 * (record as u64 * 4 + slot_overhead(policy)),
+            policy,
         };
         let in_ram = TableStorage { file: None, dtype };
         let in_file = TableStorage {
@@ -672,10 +722,11 @@ mod tests {
         ] {
             // 1% of the rows (one set), a tenth, and all of them
             for cache in [5, 50, 500] {
-                same_bits(kind, cache, RowDtype::F32);
+                same_bits(kind, cache, RowDtype::F32, CachePolicy::Lru);
+                same_bits(kind, cache, RowDtype::F32, CachePolicy::Lfu);
             }
             for dtype in [RowDtype::F16, RowDtype::Bf16] {
-                same_bits(kind, 5, dtype);
+                same_bits(kind, 5, dtype, CachePolicy::Lru);
             }
         }
     }
@@ -693,7 +744,7 @@ mod tests {
         let f = FileRows::create(
             &dir.join("o.f32"),
             shape,
-            3,
+            (3, CachePolicy::Lru),
             &init(),
             (0, 0..2, 2),
             (0.5, 1),

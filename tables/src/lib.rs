@@ -49,7 +49,7 @@ pub use conformance::{
 };
 pub use error::TableError;
 pub use exchange::{Exchange, SoloExchange, ThreadExchange};
-pub use file_rows::{FileRows, FileTier, Records, TierReport, TierStats};
+pub use file_rows::{CachePolicy, FileRows, FileTier, Records, TierReport, TierStats};
 pub use hashing::{hash_id, mix64, unit_f32};
 pub use init::RowInit;
 pub use jagged::KeyedJaggedIds;

@@ -98,10 +98,11 @@ impl<'a> RamLoad<'a> {
             self.load[r] += extent_bytes(e, row_bytes, dim);
             return;
         }
-        // the written-rows bitmap, and the one set of the cache a shard has at least
+        // the written-rows bitmap, and the one set of the cache a shard has at least (with
+        // the bookkeeping of LFU, the larger)
         let rows = e.rows.end - e.rows.start;
         let record = row_bytes * e.cols.len() as u64 / dim.max(1) as u64;
-        self.load[r] += rows.div_ceil(64) * 8 + crate::file_rows::WAYS as u64 * (record + 17);
+        self.load[r] += rows.div_ceil(64) * 8 + crate::file_rows::WAYS as u64 * (record + 21);
         if !std::mem::replace(&mut self.holds_file_rows[r], true) {
             self.load[r] += self.tiers.cache_bytes;
         }
@@ -388,7 +389,7 @@ mod tests {
         let loads = rank_loads(&p, &l, &adagrad(), &tiers);
         assert_eq!(
             loads,
-            vec![12_800_000 + 1280 + 4_000_000 + 125_000 + 16 * (128 + 17)]
+            vec![12_800_000 + 1280 + 4_000_000 + 125_000 + 16 * (128 + 21)]
         );
         // a limit below even that moves the next one too, then fails naming the cache
         let tighter = PlanRequest {

@@ -182,7 +182,7 @@ impl TableShard {
                 state_width: sw,
                 dtype,
             },
-            tier.cache_rows(dtype.words(width) + sw),
+            (tier.cache_rows(dtype.words(width) + sw), tier.policy),
             &spec.init,
             (extent.rows.start, extent.cols.clone(), spec.dim),
             (opt.initial_state(), salt),

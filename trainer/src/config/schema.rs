@@ -289,6 +289,9 @@ pub struct StorageConfig {
     /// docs/benchmarks.md section 14).
     #[serde(default)]
     pub prefetch: Option<bool>,
+    /// Which row of a full cache set gives way: "lru" (the default) or "lfu".
+    #[serde(default)]
+    pub policy: shardrec_tables::CachePolicy,
 }
 
 impl StorageConfig {
@@ -306,6 +309,7 @@ impl StorageConfig {
         self.dir.as_ref().map(|dir| shardrec_tables::FileTier {
             dir: dir.clone(),
             cache_bytes,
+            policy: self.policy,
         })
     }
 }

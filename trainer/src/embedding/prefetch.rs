@@ -102,7 +102,14 @@ impl TrainHook for FileTierHook<'_> {
         summary: &mut serde_json::Value,
     ) -> Result<(), TrainError> {
         self.finish()?;
-        let mine = bundle.tables.tier_reports(self.cluster.rank());
+        let mut mine = bundle.tables.tier_reports(self.cluster.rank());
+        // the read-ahead serves all of a rank's tables at once: its wait is the rank's
+        for entry in mine.iter_mut().filter_map(|e| e.as_object_mut()) {
+            entry.insert(
+                "rank_prefetch_wait_s".into(),
+                self.waited.as_secs_f64().into(),
+            );
+        }
         let all = self
             .cluster
             .all_gather_bytes(&serde_json::to_vec(&mine).unwrap_or_default())?;
