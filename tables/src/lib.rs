@@ -22,6 +22,7 @@
 
 mod collection;
 mod conformance;
+mod dynamic;
 mod error;
 mod exchange;
 mod file_rows;
@@ -47,6 +48,7 @@ pub use conformance::{
     check_against_one_process, conformance_cases, conformance_plan, ConformanceReport,
     ConformanceVerdict, CONFORMANCE_TABLES,
 };
+pub use dynamic::{Admission, CountMinSketch, Eviction, KeyLookup, KeyRowStats, KeyRows};
 pub use error::TableError;
 pub use exchange::{Exchange, SoloExchange, ThreadExchange};
 pub use file_rows::{CachePolicy, FileRows, FileTier, Records, TierReport, TierStats};

@@ -1,0 +1,464 @@
+//! Ids without a vocabulary: a map from a feature's raw 64-bit keys to the rows of a
+//! table of bounded capacity, filled while training. This is the core of Monolith's
+//! collisionless hash table (occurrence threshold, expiry), DeepRec's EmbeddingVariable
+//! (counter or counting-Bloom-filter admission, `steps_to_live`) and TorchRec's
+//! managed-collision modules (LRU and LFU eviction):
+//!
+//! - **Admission.** A key gets a row only once it is admitted: always, after it was
+//!   seen `min_count` times (counted in a count-min sketch of fixed bytes, Cormode and
+//!   Muthukrishnan 2005, with conservative update), or with a probability per sighting.
+//!   Until then its lookups read the table's default row and its updates are dropped.
+//! - **Eviction.** When every row is taken, a new key takes the row of the least
+//!   recently used key (`lru`), the least used one (`lfu`, ties to the least recent), or
+//!   the one idle longest (`ttl_steps`, which also frees rows idle for that many steps
+//!   whether or not the table is full). An evicted key starts again at admission.
+//! - **Determinism.** Everything is a function of the keys in the order they are looked
+//!   up, the step, and the seed: ties break by row number, the sketch and the
+//!   probability draws hash with fixed seeds. So a rank's map is the same on every run,
+//!   and a checkpoint of it restores the same future.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::hashing::{hash_id, unit_f32};
+
+/// When a key gets a row.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Admission {
+    /// At first sight.
+    #[default]
+    Always,
+    /// After `min_count` sightings, counted in a count-min sketch of `sketch_bytes`.
+    MinCount { min_count: u32, sketch_bytes: u64 },
+    /// With probability `p` at each sighting (DeepRec's probability filter).
+    Probability { p: f32 },
+}
+
+/// Which key gives up its row when the table is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Eviction {
+    /// The least recently used.
+    #[default]
+    Lru,
+    /// The least used since it came in (ties: the least recent).
+    Lfu,
+    /// The one idle longest; rows idle `steps` steps are freed at each step's start.
+    TtlSteps { steps: u64 },
+}
+
+/// Sketch rows (independent hash functions) of the count-min sketch.
+const SKETCH_DEPTH: usize = 4;
+
+/// Counts of keys in fixed memory, never under the true count (Cormode and
+/// Muthukrishnan's count-min sketch; conservative update raises only the smallest
+/// counters, which keeps overestimates small).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountMinSketch {
+    width: usize,
+    counts: Vec<u32>,
+    seed: u64,
+}
+
+impl CountMinSketch {
+    /// A sketch of about `bytes` bytes (at least one counter a row).
+    pub fn new(bytes: u64, seed: u64) -> Self {
+        let width = ((bytes / 4) as usize / SKETCH_DEPTH).max(1);
+        Self {
+            width,
+            counts: vec![0; width * SKETCH_DEPTH],
+            seed,
+        }
+    }
+
+    fn cells(&self, key: u64) -> [usize; SKETCH_DEPTH] {
+        std::array::from_fn(|d| {
+            d * self.width + (hash_id(self.seed ^ d as u64, key) % self.width as u64) as usize
+        })
+    }
+
+    /// Counts one more sighting of `key`; returns its estimated count.
+    pub fn add(&mut self, key: u64) -> u32 {
+        let cells = self.cells(key);
+        let estimate = cells.iter().map(|&c| self.counts[c]).min().unwrap_or(0) + 1;
+        for c in cells {
+            self.counts[c] = self.counts[c].max(estimate);
+        }
+        estimate
+    }
+
+    /// The estimated count of `key` (at least the true one).
+    pub fn estimate(&self, key: u64) -> u32 {
+        self.cells(key)
+            .iter()
+            .map(|&c| self.counts[c])
+            .min()
+            .unwrap_or(0)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.counts.len() * 4
+    }
+}
+
+/// What a key-to-row map did, for the run summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRowStats {
+    /// Keys given a row.
+    pub admitted: u64,
+    /// Sightings of keys not (yet) admitted: they read the default row.
+    pub refused: u64,
+    /// Keys that lost their row to a new one or to their time to live.
+    pub evicted: u64,
+}
+
+/// The rows a batch's keys reached, and the rows that changed hands.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeyLookup {
+    /// The row of each key, in order; None: not admitted (read the default row).
+    pub rows: Vec<Option<u32>>,
+    /// Rows given to a new key in this lookup: their values and optimizer state must be
+    /// set to a fresh row's before use.
+    pub fresh: Vec<u32>,
+}
+
+/// A table's map from keys to its `capacity` rows, with admission and eviction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRows {
+    capacity: u32,
+    admission: Admission,
+    eviction: Eviction,
+    seed: u64,
+    rows: HashMap<u64, u32>,
+    /// Key of each row (None: free).
+    keys: Vec<Option<u64>>,
+    /// The step each row was last used at.
+    last_step: Vec<u64>,
+    /// When each row was last used, counting every touch (recency within a step too).
+    last_tick: Vec<u64>,
+    tick: u64,
+    uses: Vec<u32>,
+    /// Rows in eviction order: (uses or 0, last tick, row).
+    order: BTreeSet<(u32, u64, u32)>,
+    /// Free rows, the lowest first out.
+    free: BTreeSet<u32>,
+    sketch: Option<CountMinSketch>,
+    stats: KeyRowStats,
+}
+
+impl KeyRows {
+    /// An empty map of `capacity` rows (at least one).
+    pub fn new(capacity: u32, admission: Admission, eviction: Eviction, seed: u64) -> Self {
+        let capacity = capacity.max(1);
+        let sketch = match admission {
+            Admission::MinCount { sketch_bytes, .. } => {
+                Some(CountMinSketch::new(sketch_bytes, seed ^ 0x5EED_C0DE))
+            }
+            _ => None,
+        };
+        Self {
+            capacity,
+            admission,
+            eviction,
+            seed,
+            rows: HashMap::new(),
+            keys: vec![None; capacity as usize],
+            last_step: vec![0; capacity as usize],
+            last_tick: vec![0; capacity as usize],
+            tick: 0,
+            uses: vec![0; capacity as usize],
+            order: BTreeSet::new(),
+            free: (0..capacity).collect(),
+            sketch,
+            stats: KeyRowStats::default(),
+        }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Keys holding a row.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn stats(&self) -> KeyRowStats {
+        self.stats
+    }
+
+    /// Bytes of the admission sketch.
+    pub fn sketch_bytes(&self) -> usize {
+        self.sketch.as_ref().map_or(0, CountMinSketch::bytes)
+    }
+
+    /// The row of `key`, if it holds one (no side effects: for evaluation).
+    pub fn row_of(&self, key: u64) -> Option<u32> {
+        self.rows.get(&key).copied()
+    }
+
+    /// The live keys and their rows, by row.
+    pub fn live(&self) -> Vec<(u64, u32)> {
+        (0..self.capacity)
+            .filter_map(|r| self.keys[r as usize].map(|k| (k, r)))
+            .collect()
+    }
+
+    fn order_key(&self, row: u32) -> (u32, u64, u32) {
+        let r = row as usize;
+        let uses = match self.eviction {
+            Eviction::Lfu => self.uses[r],
+            _ => 0,
+        };
+        (uses, self.last_tick[r], row)
+    }
+
+    /// Frees the rows idle `steps` steps or more (`ttl_steps` only), at the start of
+    /// `step`.
+    pub fn expire(&mut self, step: u64) {
+        let Eviction::TtlSteps { steps } = self.eviction else {
+            return;
+        };
+        // in recency order, so the idle rows come first
+        while let Some(&(u, tick, row)) = self.order.first() {
+            if step.saturating_sub(self.last_step[row as usize]) < steps {
+                break;
+            }
+            self.order.remove(&(u, tick, row));
+            self.release(row);
+        }
+    }
+
+    fn release(&mut self, row: u32) {
+        if let Some(key) = self.keys[row as usize].take() {
+            self.rows.remove(&key);
+            self.stats.evicted += 1;
+        }
+        self.free.insert(row);
+    }
+
+    /// Whether `key`, not holding a row, is admitted at this sighting.
+    fn admits(&mut self, key: u64, step: u64) -> bool {
+        match self.admission {
+            Admission::Always => true,
+            Admission::MinCount { min_count, .. } => self
+                .sketch
+                .as_mut()
+                .is_some_and(|s| s.add(key) >= min_count),
+            Admission::Probability { p } => {
+                unit_f32(hash_id(self.seed ^ step.wrapping_mul(0x9E37_79B9), key)) < p
+            }
+        }
+    }
+
+    /// The rows of `keys` looked up at `step` while training: held keys are touched,
+    /// admitted new keys take a free row or evict one not used at this step. Duplicates
+    /// in `keys` reach the same row. Steps must not go backwards.
+    pub fn lookup(&mut self, keys: &[u64], step: u64) -> KeyLookup {
+        let mut out = KeyLookup {
+            rows: Vec::with_capacity(keys.len()),
+            fresh: Vec::new(),
+        };
+        for &key in keys {
+            let row = match self.rows.get(&key).copied() {
+                Some(row) => Some(self.touch(row, step)),
+                None if self.admits(key, step) => {
+                    let Some(row) = self.take_row(step) else {
+                        // every row serves this step already: the default row this time
+                        self.stats.refused += 1;
+                        out.rows.push(None);
+                        continue;
+                    };
+                    self.keys[row as usize] = Some(key);
+                    self.rows.insert(key, row);
+                    self.uses[row as usize] = 0;
+                    self.stats.admitted += 1;
+                    out.fresh.push(row);
+                    Some(self.touch_new(row, step))
+                }
+                None => {
+                    self.stats.refused += 1;
+                    None
+                }
+            };
+            out.rows.push(row);
+        }
+        out
+    }
+
+    /// A free row, or the row of the key eviction chooses among those not used at
+    /// `step` (a batch never loses a row it already reached); None if there is none.
+    fn take_row(&mut self, step: u64) -> Option<u32> {
+        if let Some(row) = self.free.pop_first() {
+            return Some(row);
+        }
+        let last_step = &self.last_step;
+        let victim = *self
+            .order
+            .iter()
+            .find(|&&(_, _, row)| last_step[row as usize] < step)?;
+        self.order.remove(&victim);
+        let row = victim.2;
+        self.release(row);
+        self.free.remove(&row);
+        Some(row)
+    }
+
+    fn touch(&mut self, row: u32, step: u64) -> u32 {
+        self.order.remove(&self.order_key(row));
+        self.touch_new(row, step)
+    }
+
+    fn touch_new(&mut self, row: u32, step: u64) -> u32 {
+        let r = row as usize;
+        self.tick += 1;
+        (self.last_step[r], self.last_tick[r]) = (step, self.tick);
+        self.uses[r] = self.uses[r].saturating_add(1);
+        self.order.insert(self.order_key(row));
+        row
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(l: &KeyLookup) -> Vec<Option<u32>> {
+        l.rows.clone()
+    }
+
+    #[test]
+    fn lru_evicts_the_least_recently_used_and_reuses_its_row() {
+        let mut m = KeyRows::new(3, Admission::Always, Eviction::Lru, 1);
+        let a = m.lookup(&[10, 11, 12], 1);
+        assert_eq!(rows(&a), vec![Some(0), Some(1), Some(2)]);
+        assert_eq!(a.fresh, vec![0, 1, 2]);
+        m.lookup(&[10, 12], 2); // 11 is now the least recent
+        let b = m.lookup(&[13], 3);
+        assert_eq!(rows(&b), vec![Some(1)]);
+        assert_eq!(b.fresh, vec![1]);
+        assert_eq!(m.row_of(11), None);
+        assert_eq!(m.row_of(13), Some(1));
+        assert_eq!(m.stats().evicted, 1);
+        // duplicates reach one row; the evicted key starts again
+        let c = m.lookup(&[11, 11], 4);
+        assert_eq!(c.rows[0], c.rows[1]);
+        assert_eq!(c.fresh.len(), 1);
+    }
+
+    #[test]
+    fn a_batch_never_loses_a_row_it_reached() {
+        let mut m = KeyRows::new(2, Admission::Always, Eviction::Lru, 1);
+        let l = m.lookup(&[1, 2, 3, 1], 1);
+        assert_eq!(l.rows, vec![Some(0), Some(1), None, Some(0)]);
+        assert_eq!(m.stats().refused, 1);
+        // at the next step key 3 takes the least recent row (key 2's: key 1 came again)
+        assert_eq!(m.lookup(&[3], 2).rows, vec![Some(1)]);
+        assert_eq!(m.row_of(2), None);
+    }
+
+    #[test]
+    fn lfu_keeps_the_most_used_and_breaks_ties_by_recency() {
+        let mut m = KeyRows::new(2, Admission::Always, Eviction::Lfu, 1);
+        m.lookup(&[1, 2], 1);
+        m.lookup(&[1], 2);
+        m.lookup(&[1], 3);
+        m.lookup(&[2], 4); // 1 used 3 times, 2 twice but more recently
+        m.lookup(&[3], 5);
+        assert_eq!(m.row_of(2), None, "the less used goes");
+        assert!(m.row_of(1).is_some() && m.row_of(3).is_some());
+    }
+
+    #[test]
+    fn ttl_frees_idle_rows_at_the_step_start() {
+        let mut m = KeyRows::new(4, Admission::Always, Eviction::TtlSteps { steps: 3 }, 1);
+        m.lookup(&[1, 2], 1);
+        m.lookup(&[2], 3);
+        m.expire(4); // 1 idle for 3 steps
+        assert_eq!(m.row_of(1), None);
+        assert!(m.row_of(2).is_some());
+        assert_eq!(m.len(), 1);
+        // its row is the first free one again
+        assert_eq!(m.lookup(&[5], 4).rows, vec![Some(0)]);
+    }
+
+    #[test]
+    fn min_count_admission_counts_sightings_in_the_sketch() {
+        let adm = Admission::MinCount {
+            min_count: 3,
+            sketch_bytes: 4096,
+        };
+        let mut m = KeyRows::new(10, adm, Eviction::Lru, 1);
+        assert_eq!(m.sketch_bytes(), 4096);
+        assert_eq!(m.lookup(&[7, 7], 1).rows, vec![None, None]);
+        assert_eq!(m.lookup(&[7], 2).rows, vec![Some(0)]);
+        assert_eq!(m.stats().refused, 2);
+        assert_eq!(m.stats().admitted, 1);
+    }
+
+    #[test]
+    fn the_sketch_never_undercounts() {
+        let mut s = CountMinSketch::new(256, 3);
+        let mut truth: HashMap<u64, u32> = HashMap::new();
+        let mut x = 1u64;
+        for _ in 0..5000 {
+            x = crate::hashing::mix64(x);
+            let key = x % 300;
+            s.add(key);
+            *truth.entry(key).or_default() += 1;
+        }
+        for (k, &c) in &truth {
+            assert!(s.estimate(*k) >= c, "{k}: {} < {c}", s.estimate(*k));
+        }
+    }
+
+    #[test]
+    fn probability_admission_admits_about_p_and_is_repeatable() {
+        let run = || {
+            let mut m = KeyRows::new(
+                100_000,
+                Admission::Probability { p: 0.25 },
+                Eviction::Lru,
+                9,
+            );
+            let keys: Vec<u64> = (0..20_000).collect();
+            m.lookup(&keys, 1)
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(a, b);
+        let admitted = a.rows.iter().flatten().count() as f64 / 20_000.0;
+        assert!((admitted - 0.25).abs() < 0.02, "{admitted}");
+    }
+
+    proptest::proptest! {
+        /// Against a plain model of LRU: a vector of keys ordered by last use.
+        #[test]
+        fn lru_matches_a_reference_model(
+            cap in 1u32..8,
+            keys in proptest::collection::vec(0u64..20, 1..200),
+        ) {
+            let mut m = KeyRows::new(cap, Admission::Always, Eviction::Lru, 1);
+            let mut model: Vec<u64> = Vec::new(); // least recent first
+            for (step, &k) in keys.iter().enumerate() {
+                m.lookup(&[k], step as u64 + 1);
+                if let Some(i) = model.iter().position(|&x| x == k) {
+                    model.remove(i);
+                } else if model.len() == cap as usize {
+                    model.remove(0);
+                }
+                model.push(k);
+                let mut live: Vec<u64> = m.live().into_iter().map(|(k, _)| k).collect();
+                live.sort_unstable();
+                let mut want = model.clone();
+                want.sort_unstable();
+                proptest::prop_assert_eq!(live, want);
+            }
+        }
+    }
+}
