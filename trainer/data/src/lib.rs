@@ -22,6 +22,7 @@ mod prepared;
 mod raw_format;
 pub mod sequence_format;
 pub mod synth;
+pub mod synth_days;
 pub mod synth_sequence;
 mod vocab;
 mod zipf;

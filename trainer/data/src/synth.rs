@@ -39,6 +39,14 @@ pub struct SynthOptions {
     pub first_order_std: f64,
     pub pairwise_std: f64,
     pub dense_std: f64,
+    /// Days the rows are spread over (1: one file, as before); see [`crate::synth_days`].
+    pub days: u64,
+    /// Each day, the fraction of each field's popularity ranks whose id dies and is
+    /// replaced by a newborn id (which takes the rank's popularity and a fresh effect).
+    pub turnover: f64,
+    /// Radians a day by which the first-order click effects rotate towards independent
+    /// ones (their spread is kept): yesterday's effects grow stale.
+    pub effect_drift: f64,
 }
 
 impl SynthOptions {
@@ -57,6 +65,9 @@ impl SynthOptions {
             first_order_std: 0.8,
             pairwise_std: 0.9,
             dense_std: 0.5,
+            days: 1,
+            turnover: 0.0,
+            effect_drift: 0.0,
         }
     }
 }
@@ -75,7 +86,7 @@ pub struct SynthSummary {
     pub bayes_logloss: f64,
 }
 
-struct Teacher {
+pub(crate) struct Teacher {
     o: SynthOptions,
     zipf: Vec<Zipf>,
     w_scale: f64,
@@ -108,15 +119,15 @@ fn permute32(x: u32, key: u32) -> u32 {
 /// One chunk of rows: their TSV text, their probability lines, (label, probability).
 type Chunk = (String, String, Vec<(bool, f64)>);
 
-struct Row {
+pub(crate) struct Row {
     values: Vec<Option<u64>>,
     dense: Vec<Option<u64>>,
-    prob: f64,
-    label: bool,
+    pub(crate) prob: f64,
+    pub(crate) label: bool,
 }
 
 impl Teacher {
-    fn new(o: SynthOptions) -> Self {
+    pub(crate) fn new(o: SynthOptions) -> Self {
         let f = o.cardinalities.len() as f64;
         let pairs = (f * (f - 1.0) / 2.0).max(1.0);
         let k = o.latent_dim.max(1) as f64;
@@ -144,6 +155,39 @@ impl Teacher {
         t
     }
 
+    /// The day of row `r` (rows split evenly over the days, in order).
+    pub(crate) fn day_of(&self, r: u64) -> u64 {
+        let per_day = self.o.rows.div_ceil(self.o.days.max(1)).max(1);
+        (r / per_day).min(self.o.days.max(1) - 1)
+    }
+
+    /// The id at popularity rank `rank` of field `f` on `day`: the rank's original id
+    /// until its first turnover, then a newborn one (`rank + generation x cardinality`,
+    /// so ids never collide).
+    fn id_on(&self, f: usize, rank: u64, day: u64) -> u64 {
+        if self.o.turnover <= 0.0 {
+            return rank;
+        }
+        let s = self.o.seed ^ 0x99;
+        let lineage = ((f as u64) << 40) | rank;
+        let generation = (1..=day)
+            .filter(|&d| uni(s, lineage, d) < self.o.turnover)
+            .count() as u64;
+        rank + generation * self.o.cardinalities[f]
+    }
+
+    /// The first-order effect of `key` on `day`, rotated by `effect_drift` a day towards
+    /// an independent effect of the same spread.
+    fn first_order(&self, key: u64, day: u64) -> f64 {
+        let s = self.o.seed;
+        let base = normal(s ^ 0x11, key, 0);
+        if self.o.effect_drift == 0.0 {
+            return self.w_scale * base;
+        }
+        let angle = self.o.effect_drift * day as f64;
+        self.w_scale * (angle.cos() * base + angle.sin() * normal(s ^ 0x13, key, 0))
+    }
+
     /// Row r's features and logit (without bias).
     fn draw(&self, r: u64) -> (Vec<Option<u64>>, Vec<Option<u64>>, f64) {
         let s = self.o.seed;
@@ -153,22 +197,22 @@ impl Teacher {
         let mut logit = 0.0;
         let mut sum_u = vec![0.0; k];
         let mut sum_sq = 0.0;
+        let day = self.day_of(r);
         for f in 0..nf {
             let missing = uni(s, r, f as u64) < self.o.missing_rate;
             let mut counter = 0u64;
             let v = if missing {
                 None
             } else {
-                Some(
-                    self.zipf[f].sample(|| {
-                        counter += 1;
-                        uni(s ^ 0x21, mix64(r) ^ f as u64, counter)
-                    }) - 1,
-                )
+                let rank = self.zipf[f].sample(|| {
+                    counter += 1;
+                    uni(s ^ 0x21, mix64(r) ^ f as u64, counter)
+                }) - 1;
+                Some(self.id_on(f, rank, day))
             };
             // the blank value has its own effect, like any value
             let key = v.map_or(u64::MAX, |v| v) ^ ((f as u64) << 56);
-            logit += self.w_scale * normal(s ^ 0x11, key, 0);
+            logit += self.first_order(key, day);
             for (j, acc) in sum_u.iter_mut().enumerate() {
                 let u = self.u_scale * normal(s ^ 0x33, key, j as u64 + 1);
                 *acc += u;
@@ -191,6 +235,11 @@ impl Teacher {
             dense.push(Some(x));
         }
         (values, dense, logit)
+    }
+
+    /// The logit's bias, calibrated to the click rate.
+    pub(crate) fn bias(&self) -> f64 {
+        self.bias
     }
 
     fn calibrate_bias(&self) -> f64 {
@@ -217,7 +266,7 @@ impl Teacher {
         0.5 * (lo + hi)
     }
 
-    fn row(&self, r: u64) -> Row {
+    pub(crate) fn row(&self, r: u64) -> Row {
         let (values, dense, logit) = self.draw(r);
         let prob = 1.0 / (1.0 + (-(logit + self.bias)).exp());
         let label = uni(self.o.seed ^ 0x77, r, 0) < prob;
@@ -229,7 +278,7 @@ impl Teacher {
         }
     }
 
-    fn format(&self, row: &Row, out: &mut String) {
+    pub(crate) fn format(&self, row: &Row, out: &mut String) {
         use std::fmt::Write as _;
         out.push(if row.label { '1' } else { '0' });
         for d in &row.dense {
@@ -270,6 +319,54 @@ impl SynthError {
             source,
         }
     }
+}
+
+/// Draws rows `rows` of `teacher` in parallel chunks and writes them in order to
+/// `data` (TSV) and `probs` (one true probability a line), whose paths are `paths`;
+/// returns each row's (label, probability). `progress` gets the rows written so far.
+pub(crate) fn write_rows(
+    teacher: &Teacher,
+    rows: std::ops::Range<u64>,
+    (data, probs): (&mut impl Write, &mut impl Write),
+    (data_path, prob_path): (&Path, &Path),
+    progress: &dyn Fn(u64),
+) -> Result<Vec<(bool, f64)>, SynthError> {
+    let chunk = 1u64 << 16;
+    let mut drawn = Vec::with_capacity((rows.end - rows.start) as usize);
+    let mut start = rows.start;
+    while start < rows.end {
+        let end = (start + chunk * 8).min(rows.end);
+        let parts: Vec<Chunk> = (start..end)
+            .step_by(chunk as usize)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|a| {
+                let b = (a + chunk).min(end);
+                let mut text = String::with_capacity((b - a) as usize * 180);
+                let mut ptext = String::with_capacity((b - a) as usize * 10);
+                let mut lp = Vec::with_capacity((b - a) as usize);
+                for r in a..b {
+                    let row = teacher.row(r);
+                    teacher.format(&row, &mut text);
+                    use std::fmt::Write as _;
+                    let _ = writeln!(ptext, "{:.6}", row.prob);
+                    lp.push((row.label, row.prob));
+                }
+                (text, ptext, lp)
+            })
+            .collect();
+        for (text, ptext, lp) in parts {
+            data.write_all(text.as_bytes())
+                .map_err(SynthError::io(data_path))?;
+            probs
+                .write_all(ptext.as_bytes())
+                .map_err(SynthError::io(prob_path))?;
+            drawn.extend(lp);
+        }
+        start = end;
+        progress(start);
+    }
+    Ok(drawn)
 }
 
 /// Generates the data; `progress` is called with rows written so far.
@@ -317,43 +414,20 @@ pub fn generate(opts: SynthOptions, progress: &dyn Fn(u64)) -> Result<SynthSumma
     let mut test_labels = Vec::new();
     let mut test_probs = Vec::new();
     let mut clicks = 0u64;
-    let chunk = 1u64 << 16;
-    let mut start = 0u64;
-    while start < opts.rows {
-        let end = (start + chunk * 8).min(opts.rows);
-        let parts: Vec<Chunk> = (start..end)
-            .step_by(chunk as usize)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|a| {
-                let b = (a + chunk).min(end);
-                let mut text = String::with_capacity((b - a) as usize * 180);
-                let mut ptext = String::with_capacity((b - a) as usize * 10);
-                let mut lp = Vec::with_capacity((b - a) as usize);
-                for r in a..b {
-                    let row = teacher.row(r);
-                    teacher.format(&row, &mut text);
-                    use std::fmt::Write as _;
-                    let _ = writeln!(ptext, "{:.6}", row.prob);
-                    lp.push((row.label, row.prob));
-                }
-                (text, ptext, lp)
-            })
-            .collect();
-        for (i, (text, ptext, lp)) in parts.into_iter().enumerate() {
-            data.write_all(text.as_bytes()).map_err(io(&out))?;
-            probs.write_all(ptext.as_bytes()).map_err(io(&prob_path))?;
-            let first = start + i as u64 * chunk;
-            for (k, (label, p)) in lp.into_iter().enumerate() {
-                clicks += u64::from(label);
-                if first + k as u64 >= train_rows {
-                    test_labels.push(if label { 1.0f32 } else { 0.0 });
-                    test_probs.push(p as f32);
-                }
-            }
+    let paths = (out.as_path(), prob_path.as_path());
+    let drawn = write_rows(
+        &teacher,
+        0..opts.rows,
+        (&mut data, &mut probs),
+        paths,
+        progress,
+    )?;
+    for (r, (label, p)) in drawn.into_iter().enumerate() {
+        clicks += u64::from(label);
+        if r as u64 >= train_rows {
+            test_labels.push(if label { 1.0f32 } else { 0.0 });
+            test_probs.push(p as f32);
         }
-        start = end;
-        progress(start);
     }
     data.flush().map_err(io(&out))?;
     probs.flush().map_err(io(&prob_path))?;

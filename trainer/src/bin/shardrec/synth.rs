@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use shardrec_data::synth::{generate, SynthOptions};
+use shardrec_data::synth_days::generate_days;
 use shardrec_data::synth_sequence::{generate_sequences, SequenceSynthOptions};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -72,6 +73,17 @@ pub struct Args {
     missing_rate: f64,
     #[arg(long, default_value_t = 0.25)]
     ctr: f64,
+    /// Spread the rows over this many days, one file a day (`<out stem>-dayNN.tsv`), with
+    /// ids born and dying (--turnover) and click effects that drift (--effect-drift).
+    #[arg(long, default_value_t = 1)]
+    days: u64,
+    /// Days only: the fraction of each field's popularity ranks whose id is replaced by
+    /// a newborn one each day.
+    #[arg(long, default_value_t = 0.05)]
+    turnover: f64,
+    /// Days only: radians a day by which the first-order click effects rotate.
+    #[arg(long, default_value_t = 0.1)]
+    effect_drift: f64,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -131,6 +143,9 @@ fn criteo(a: Args) -> anyhow::Result<()> {
     o.test_fraction = a.test_fraction;
     o.missing_rate = a.missing_rate;
     o.ctr = a.ctr;
+    if a.days > 1 {
+        return days(o, a.days, a.turnover, a.effect_drift);
+    }
     let step = (rows / 10).max(1);
     let s = generate(o, &|done| {
         if done % step < (1 << 19) || done == rows {
@@ -146,6 +161,26 @@ fn criteo(a: Args) -> anyhow::Result<()> {
         s.bayes_auc,
         s.bayes_logloss
     );
+    println!("{}", serde_json::to_string(&s)?);
+    Ok(())
+}
+
+/// `--days N`: one file a day with drift, and the Bayes ceiling of each.
+fn days(mut o: SynthOptions, days: u64, turnover: f64, effect_drift: f64) -> anyhow::Result<()> {
+    (o.days, o.turnover, o.effect_drift) = (days, turnover, effect_drift);
+    let s = generate_days(o, &|_| {})?;
+    for d in &s.days {
+        eprintln!(
+            "[synth] day {}: {} ({} rows, {} new ids of {}, click rate {:.4}); Bayes AUC {:.5}",
+            d.day,
+            d.data_file.display(),
+            d.rows,
+            d.new_ids,
+            d.distinct_ids,
+            d.click_rate,
+            d.bayes_auc
+        );
+    }
     println!("{}", serde_json::to_string(&s)?);
     Ok(())
 }
