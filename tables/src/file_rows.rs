@@ -568,6 +568,31 @@ impl FileRows {
         Ok(())
     }
 
+    /// Replaces the whole record of local row `row` (a cached copy follows and is marked
+    /// changed; otherwise the file takes it).
+    pub fn set_record(&self, row: usize, record: &[f32]) -> Result<(), TableError> {
+        let f = &self.file;
+        if row >= self.rows || record.len() != f.record {
+            return Err(TableError::SizeMismatch {
+                what: format!("record of row {row} of {}", f.path.display()),
+                expected: f.record,
+                got: record.len(),
+            });
+        }
+        let mut c = self.cache();
+        match c.find(row) {
+            Some(s) => {
+                c.slot(s, f.record).copy_from_slice(record);
+                c.dirty[s] = true;
+            }
+            None => {
+                c.stats.bytes_written += f.write(row, record)?;
+                c.mark_written(row);
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the given local rows into the cache ahead of the step that will look them up
     /// (FBGEMM's prefetch): run on another thread while the current step computes. The
     /// lock is taken a few rows at a time, so the step's own lookups and updates go on;

@@ -515,6 +515,52 @@ impl TableShard {
         }
     }
 
+    /// Starts the given local rows afresh for new owners (a table without a vocabulary
+    /// reuses the rows of evicted keys): row `local_rows[i]` takes the initial values
+    /// `init` gives global row `seeds[i]` (a function of the key, so a key starts alike
+    /// whichever row or rank it lands on), and the optimizer's initial state.
+    pub fn reset_rows(
+        &mut self,
+        local_rows: &[u64],
+        seeds: &[u64],
+        init: &RowInit,
+        opt: &SparseOptimizer,
+    ) -> Result<(), TableError> {
+        let (w, words, sw) = (self.width(), self.words(), self.state_width);
+        self.check_len("seeds of reset rows", local_rows.len(), seeds.len())?;
+        if let Some(&r) = local_rows.iter().find(|&&r| r >= self.num_rows() as u64) {
+            return Err(TableError::BadBatch(format!(
+                "table `{}`: local row {r} outside the shard's {} rows",
+                self.table,
+                self.num_rows()
+            )));
+        }
+        let mut values = vec![0f32; w];
+        let mut record = vec![opt.initial_state(); words + sw];
+        for (&row, &seed) in local_rows.iter().zip(seeds) {
+            for (j, v) in values.iter_mut().enumerate() {
+                *v = init.value(seed, self.cols.start + j, self.dim);
+            }
+            self.dtype
+                .encode(&values, &mut record[..words], Rounding::Nearest);
+            let r = row as usize;
+            match &mut self.held {
+                Rows::Host { weights, state } => {
+                    weights.as_mut_slice()[r * words..][..words].copy_from_slice(&record[..words]);
+                    state.as_mut_slice()[r * sw..][..sw].fill(opt.initial_state());
+                }
+                Rows::File(f) => f.set_record(r, &record)?,
+                Rows::Device(_) => {
+                    return Err(TableError::InvalidTable {
+                        table: self.table.clone(),
+                        reason: "rows of a device table cannot be reset one by one yet".into(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Updates applied so far.
     pub fn steps(&self) -> u64 {
         self.steps
@@ -705,6 +751,68 @@ mod tests {
         );
         assert!(s.set_state_plane(layout, 2, &m).is_err());
         assert!(s.set_state_plane(layout, 0, &m[..5]).is_err());
+    }
+
+    /// Reset rows read as a key's initial values and state, the same in RAM, with
+    /// 16-bit rows and in the file tier; the other rows keep theirs.
+    #[test]
+    fn reset_rows_start_afresh_from_their_keys_in_every_storage() {
+        let opt = SparseOptimizer::new(OptimizerKind::Adagrad, 0.1);
+        let init = RowInit::Uniform {
+            bound: 0.5,
+            seed: 4,
+        };
+        let spec = TableSpec {
+            name: "keys".into(),
+            rows: 50,
+            dim: 4,
+            init: init.clone(),
+        };
+        let extent = ShardExtent {
+            rank: 0,
+            rows: 0..50,
+            cols: 0..4,
+        };
+        let dir = std::env::temp_dir().join(format!("shardrec-reset-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = crate::FileTier {
+            dir: dir.clone(),
+            cache_bytes: 16 * 100,
+            policy: crate::CachePolicy::Lru,
+        };
+        let mut results = Vec::new();
+        for (tier, dtype) in [
+            (None, RowDtype::F32),
+            (Some(file.clone()), RowDtype::F32),
+            (None, RowDtype::Bf16),
+        ] {
+            let storage = TableStorage { file: tier, dtype };
+            let mut s = TableShard::build(&spec, &extent, &opt, &storage).unwrap();
+            let rows: Vec<u64> = (0..50).collect();
+            s.apply(&opt, &rows, &vec![1.0; 200]).unwrap();
+            s.reset_rows(&[3, 40], &[1_000_007, 9], &init, &opt)
+                .unwrap();
+            let w = s.weights().unwrap().into_owned();
+            let st = s.state().unwrap().into_owned();
+            let key_row = |seed: u64| -> Vec<f32> {
+                let v: Vec<f32> = (0..4).map(|c| init.value(seed, c, 4)).collect();
+                let mut words = vec![0f32; dtype.words(4)];
+                dtype.encode(&v, &mut words, Rounding::Nearest);
+                let mut back = vec![0f32; 4];
+                dtype.decode(&words, &mut back);
+                back
+            };
+            assert_eq!(&w[12..16], &key_row(1_000_007)[..], "{dtype:?}");
+            assert_eq!(&w[160..164], &key_row(9)[..]);
+            assert_eq!(&st[12..16], &[0.0; 4], "fresh state");
+            assert_eq!(&st[16..20], &[1.0; 4], "row 4 keeps its state");
+            assert!(s.reset_rows(&[50], &[1], &init, &opt).is_err());
+            if dtype == RowDtype::F32 {
+                results.push((w, st));
+            }
+        }
+        assert_eq!(results[0], results[1], "RAM and file agree");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
