@@ -65,3 +65,67 @@ fn dlrm_on_generated_data_approaches_the_bayes_auc_and_cache_is_reused() {
     assert_ne!(p["prepared"], q["prepared"]);
     assert!(q["vocab_sizes"][0].as_u64() < p["vocab_sizes"][0].as_u64());
 }
+
+#[test]
+fn synth_days_writes_a_file_a_day_with_newborn_ids_and_each_days_ceiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("stream.tsv");
+    let o = out.to_str().unwrap();
+    let args = [
+        "synth",
+        "--rows",
+        "30000",
+        "--cardinality",
+        "300",
+        "--fields",
+        "4",
+        "--days",
+        "3",
+        "--turnover",
+        "0.2",
+        "--out",
+        o,
+    ];
+    let s = summary(&run(dir.path(), &args));
+    let days = s["days"].as_array().unwrap();
+    assert_eq!(days.len(), 3);
+    for (d, day) in days.iter().enumerate() {
+        let file = dir.path().join(format!("stream-day{d:02}.tsv"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text.lines().count() as u64, day["rows"].as_u64().unwrap());
+        assert!(text.lines().all(|l| l.split('\t').count() == 18));
+        let bayes = day["bayes_auc"].as_f64().unwrap();
+        assert!((0.7..0.95).contains(&bayes), "{day}");
+        if d > 0 {
+            // 10,000 rows a day over 300 ids a field: the new ids are the newborn ones
+            let new = day["new_ids"].as_u64().unwrap();
+            assert!(
+                (100..600).contains(&new),
+                "about 0.2 x 300 x 4 = 240: {day}"
+            );
+        }
+    }
+    let o2 = dir.path().join("again.tsv");
+    let mut again = args;
+    again[12] = o2.to_str().unwrap();
+    run(dir.path(), &again);
+    assert_eq!(
+        std::fs::read(dir.path().join("stream-day02.tsv")).unwrap(),
+        std::fs::read(dir.path().join("again-day02.tsv")).unwrap()
+    );
+    let bad = run(
+        dir.path(),
+        &[
+            "synth",
+            "--rows",
+            "10",
+            "--days",
+            "2",
+            "--turnover",
+            "2",
+            "--out",
+            o,
+        ],
+    );
+    assert!(!bad.status.success() && stderr(&bad).contains("--turnover"));
+}
