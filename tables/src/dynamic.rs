@@ -437,6 +437,52 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Against a plain model of LFU: (uses since admission, last use) per live key,
+        /// the smallest pair evicted.
+        #[test]
+        fn lfu_matches_a_reference_model(
+            cap in 1u32..6,
+            keys in proptest::collection::vec(0u64..12, 1..200),
+        ) {
+            let mut m = KeyRows::new(cap, Admission::Always, Eviction::Lfu, 1);
+            let mut model: HashMap<u64, (u32, usize)> = HashMap::new();
+            for (t, &k) in keys.iter().enumerate() {
+                m.lookup(&[k], t as u64 + 1);
+                if let Some(e) = model.get_mut(&k) {
+                    *e = (e.0 + 1, t);
+                } else {
+                    if model.len() == cap as usize {
+                        let (&victim, _) = model.iter().min_by_key(|(_, &v)| v).unwrap();
+                        model.remove(&victim);
+                    }
+                    model.insert(k, (1, t));
+                }
+                let mut live: Vec<u64> = m.live().into_iter().map(|(k, _)| k).collect();
+                live.sort_unstable();
+                let mut want: Vec<u64> = model.keys().copied().collect();
+                want.sort_unstable();
+                proptest::prop_assert_eq!(live, want);
+            }
+        }
+
+        /// With a sketch far larger than the keys, a key is admitted exactly at its
+        /// `min_count`-th sighting (a smaller sketch may only admit earlier).
+        #[test]
+        fn min_count_admits_at_the_nth_sighting(
+            n in 1u32..5,
+            keys in proptest::collection::vec(0u64..20, 1..150),
+        ) {
+            let adm = Admission::MinCount { min_count: n, sketch_bytes: 1 << 16 };
+            let mut m = KeyRows::new(64, adm, Eviction::Lru, 3);
+            let mut seen: HashMap<u64, u32> = HashMap::new();
+            for (t, &k) in keys.iter().enumerate() {
+                let c = seen.entry(k).or_default();
+                *c += 1;
+                let got = m.lookup(&[k], t as u64 + 1).rows[0];
+                proptest::prop_assert_eq!(got.is_some(), *c >= n, "key {} sighting {}", k, c);
+            }
+        }
+
         /// Against a plain model of LRU: a vector of keys ordered by last use.
         #[test]
         fn lru_matches_a_reference_model(
