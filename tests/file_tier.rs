@@ -132,15 +132,13 @@ fn under_mpirun_every_sharding_kind_trains_to_the_ram_result() {
             ranks.contains(&0) && ranks.contains(&1),
             "{strategy}: {ranks:?}"
         );
-        if strategy == "row_wise" {
-            // with room beside a step's rows, owners read the next step's rows ahead
-            let big = file_storage(dir.path(), 2_000_000).replace('}', ", prefetch=true}");
-            let ahead_dir = run_dir(dir.path(), "row_wise-read-ahead");
-            let ahead = run(strategy, &[&opt, &big, &ahead_dir]);
-            assert_eq!(metrics(&ahead), metrics(&ram));
-            let read = ahead["file_tier_prefetched_rows"].as_u64().unwrap();
-            assert!(read > 500, "{ahead}");
-        }
+        // with room beside a step's rows, owners read the next step's rows ahead
+        let big = file_storage(dir.path(), 2_000_000).replace('}', ", prefetch=true}");
+        let ahead_dir = run_dir(dir.path(), &format!("{strategy}-read-ahead"));
+        let ahead = run(strategy, &[&opt, &big, &ahead_dir]);
+        assert_eq!(metrics(&ahead), metrics(&ram), "{strategy}");
+        let read = ahead["file_tier_prefetched_rows"].as_u64().unwrap();
+        assert!(read > 500, "{strategy}: {ahead}");
     }
 }
 
@@ -296,6 +294,23 @@ fn sixteen_bit_rows_train_alike_in_both_tiers_resume_exactly_and_halve_the_bytes
         assert!(
             !o.status.success() && err.contains("embedding.row_dtype"),
             "{err}"
+        );
+        // split by columns over two ranks, each half of a row rounds as in the whole row
+        let np2 = |name: &str, extra: &[&str]| {
+            let d = run_dir(dir.path(), &format!("{dtype}-{name}"));
+            let mut args = vec!["train", c, "--set", &set, "--set", &d];
+            args.extend(["--set", "sharding.strategy=\"column_wise\""]);
+            for e in extra {
+                args.extend(["--set", e]);
+            }
+            summary(&run_mpi(dir.path(), 2, &args, Duration::from_secs(300)))
+        };
+        let cols_ram = np2("np2-ram", &[]);
+        let cols_file = np2("np2-file", &[&storage]);
+        assert_eq!(
+            metrics(&cols_file),
+            metrics(&cols_ram),
+            "{dtype} column_wise"
         );
     }
     let o = run(
