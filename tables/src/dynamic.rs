@@ -22,6 +22,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::hashing::{hash_id, unit_f32};
+use crate::TableError;
 
 /// When a key gets a row.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
@@ -325,6 +326,190 @@ impl KeyRows {
     }
 }
 
+/// The start of a [`KeyRows`] in bytes, and its layout's version.
+const MAGIC: &[u8; 4] = b"SRKR";
+const VERSION: u32 = 1;
+
+/// Reads little-endian fields off a byte slice, naming what it read in its errors.
+struct Fields<'a> {
+    bytes: &'a [u8],
+    what: &'a str,
+}
+
+impl Fields<'_> {
+    fn bad(&self, reason: String) -> TableError {
+        TableError::Storage {
+            path: self.what.to_string(),
+            reason,
+        }
+    }
+
+    fn take<const N: usize>(&mut self, field: &str) -> Result<[u8; N], TableError> {
+        let Some((head, rest)) = self.bytes.split_first_chunk::<N>() else {
+            return Err(self.bad(format!("ends inside {field}")));
+        };
+        self.bytes = rest;
+        Ok(*head)
+    }
+
+    fn u8(&mut self, field: &str) -> Result<u8, TableError> {
+        Ok(self.take::<1>(field)?[0])
+    }
+
+    fn u32(&mut self, field: &str) -> Result<u32, TableError> {
+        self.take(field).map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self, field: &str) -> Result<u64, TableError> {
+        self.take(field).map(u64::from_le_bytes)
+    }
+}
+
+impl KeyRows {
+    /// The map as bytes for a checkpoint (little-endian, fields in the order written here):
+    /// its settings, counters, every row's key and recency, and the sketch, so a map read
+    /// back admits and evicts exactly as this one would.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64 + self.keys.len() * 29 + self.sketch_bytes());
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&self.capacity.to_le_bytes());
+        b.extend_from_slice(&self.seed.to_le_bytes());
+        b.extend_from_slice(&self.tick.to_le_bytes());
+        let (tag, min_count, sketch_bytes, p) = match self.admission {
+            Admission::Always => (0u8, 0, 0, 0.0),
+            Admission::MinCount {
+                min_count,
+                sketch_bytes,
+            } => (1, min_count, sketch_bytes, 0.0),
+            Admission::Probability { p } => (2, 0, 0, p),
+        };
+        b.push(tag);
+        b.extend_from_slice(&min_count.to_le_bytes());
+        b.extend_from_slice(&sketch_bytes.to_le_bytes());
+        b.extend_from_slice(&p.to_le_bytes());
+        let (tag, steps) = match self.eviction {
+            Eviction::Lru => (0u8, 0u64),
+            Eviction::Lfu => (1, 0),
+            Eviction::TtlSteps { steps } => (2, steps),
+        };
+        b.push(tag);
+        b.extend_from_slice(&steps.to_le_bytes());
+        for n in [self.stats.admitted, self.stats.refused, self.stats.evicted] {
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        for r in 0..self.keys.len() {
+            b.push(u8::from(self.keys[r].is_some()));
+            b.extend_from_slice(&self.keys[r].unwrap_or(0).to_le_bytes());
+            b.extend_from_slice(&self.last_step[r].to_le_bytes());
+            b.extend_from_slice(&self.last_tick[r].to_le_bytes());
+            b.extend_from_slice(&self.uses[r].to_le_bytes());
+        }
+        if let Some(sketch) = &self.sketch {
+            b.extend(sketch.counts.iter().flat_map(|c| c.to_le_bytes()));
+        }
+        b
+    }
+
+    /// A map from [`Self::to_bytes`]; `what` (a file name) is named in its errors.
+    pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Self, TableError> {
+        let mut f = Fields { bytes, what };
+        if &f.take::<4>("the magic number")? != MAGIC {
+            return Err(f.bad("not a key-to-row map".into()));
+        }
+        let version = f.u32("the version")?;
+        if version != VERSION {
+            return Err(f.bad(format!(
+                "layout version {version}, this build reads {VERSION}"
+            )));
+        }
+        let capacity = f.u32("the capacity")?;
+        let (seed, tick) = (f.u64("the seed")?, f.u64("the clock")?);
+        let admission = match (
+            f.u8("the admission")?,
+            f.u32("min_count")?,
+            f.u64("sketch bytes")?,
+        ) {
+            (0, ..) => Admission::Always,
+            (1, min_count, sketch_bytes) => Admission::MinCount {
+                min_count,
+                sketch_bytes,
+            },
+            (2, ..) => Admission::Probability {
+                p: f32::from_le_bytes(f.take("p")?),
+            },
+            (t, ..) => return Err(f.bad(format!("unknown admission {t}"))),
+        };
+        if !matches!(admission, Admission::Probability { .. }) {
+            f.take::<4>("p")?;
+        }
+        let eviction = match (f.u8("the eviction")?, f.u64("ttl steps")?) {
+            (0, _) => Eviction::Lru,
+            (1, _) => Eviction::Lfu,
+            (2, steps) => Eviction::TtlSteps { steps },
+            (t, _) => return Err(f.bad(format!("unknown eviction {t}"))),
+        };
+        if capacity == 0 || capacity as usize > bytes.len() / 29 {
+            return Err(f.bad(format!(
+                "capacity {capacity} does not fit its {} bytes",
+                bytes.len()
+            )));
+        }
+        if let Admission::MinCount { sketch_bytes, .. } = admission {
+            // the sketch's counters follow the rows: no more than the bytes there are
+            if sketch_bytes > bytes.len() as u64 {
+                let n = bytes.len();
+                return Err(f.bad(format!("a sketch of {sketch_bytes} bytes in {n} bytes")));
+            }
+        }
+        let mut m = Self::new(capacity, admission, eviction, seed);
+        m.tick = tick;
+        m.stats = KeyRowStats {
+            admitted: f.u64("counters")?,
+            refused: f.u64("counters")?,
+            evicted: f.u64("counters")?,
+        };
+        m.free.clear();
+        for row in 0..capacity {
+            m.read_row(&mut f, row)?;
+        }
+        if let Some(sketch) = m.sketch.as_mut() {
+            for c in sketch.counts.iter_mut() {
+                *c = f.u32("the sketch")?;
+            }
+        }
+        if !f.bytes.is_empty() {
+            return Err(f.bad(format!("{} bytes after the map", f.bytes.len())));
+        }
+        Ok(m)
+    }
+
+    /// Row `row`'s key and recency from `f`.
+    fn read_row(&mut self, f: &mut Fields, row: u32) -> Result<(), TableError> {
+        let held = f.u8("a row")?;
+        let key = f.u64("a row's key")?;
+        let r = row as usize;
+        (self.last_step[r], self.last_tick[r]) = (f.u64("a row")?, f.u64("a row")?);
+        self.uses[r] = f.u32("a row")?;
+        match held {
+            0 => {
+                self.free.insert(row);
+            }
+            1 => {
+                if self.last_tick[r] > self.tick || self.rows.insert(key, row).is_some() {
+                    return Err(f.bad(format!(
+                        "row {row}: key {key} held twice, or used after the clock"
+                    )));
+                }
+                self.keys[r] = Some(key);
+                self.order.insert(self.order_key(row));
+            }
+            t => return Err(f.bad(format!("row {row}: flag {t}"))),
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,7 +621,71 @@ mod tests {
         assert!((admitted - 0.25).abs() < 0.02, "{admitted}");
     }
 
+    /// A map read back from its bytes admits and evicts as the original would.
+    #[test]
+    fn a_map_read_back_from_bytes_goes_on_exactly_as_the_original() {
+        for (admission, eviction) in [
+            (Admission::Always, Eviction::Lru),
+            (
+                Admission::MinCount {
+                    min_count: 2,
+                    sketch_bytes: 512,
+                },
+                Eviction::Lfu,
+            ),
+            (
+                Admission::Probability { p: 0.5 },
+                Eviction::TtlSteps { steps: 3 },
+            ),
+        ] {
+            let mut a = KeyRows::new(16, admission, eviction, 5);
+            let mut x = 3u64;
+            let mut batch = |step: u64| -> Vec<u64> {
+                (0..12)
+                    .map(|_| {
+                        x = crate::hashing::mix64(x + step);
+                        x % 40
+                    })
+                    .collect()
+            };
+            for step in 1..30 {
+                a.expire(step);
+                a.lookup(&batch(step), step);
+            }
+            let mut b = KeyRows::from_bytes(&a.to_bytes(), "map").unwrap();
+            assert_eq!(b, a, "{admission:?} {eviction:?}");
+            for step in 30..60 {
+                let keys = batch(step);
+                a.expire(step);
+                b.expire(step);
+                assert_eq!(a.lookup(&keys, step), b.lookup(&keys, step));
+            }
+        }
+    }
+
     proptest::proptest! {
+        /// Cut or altered bytes are an error naming the file, never a panic.
+        #[test]
+        fn damaged_bytes_are_refused_without_a_panic(
+            cut in 0usize..400,
+            flip in 0usize..400,
+            bit in 0u8..8,
+        ) {
+            let mut m = KeyRows::new(8, Admission::MinCount { min_count: 2, sketch_bytes: 64 }, Eviction::Lru, 1);
+            m.lookup(&[1, 2, 2, 3, 3, 4], 1);
+            let bytes = m.to_bytes();
+            let cut = cut % bytes.len();
+            if let Err(e) = KeyRows::from_bytes(&bytes[..cut], "keys.bin") {
+                proptest::prop_assert!(e.to_string().contains("keys.bin"));
+            } else {
+                proptest::prop_assert!(false, "a map cut at {} read", cut);
+            }
+            let mut altered = bytes.clone();
+            altered[flip % bytes.len()] ^= 1 << bit;
+            // an altered byte may still read (a key, a count): it must not panic
+            let _ = KeyRows::from_bytes(&altered, "keys.bin");
+        }
+
         /// Against a plain model of LFU: (uses since admission, last use) per live key,
         /// the smallest pair evicted.
         #[test]
