@@ -326,6 +326,102 @@ impl KeyRows {
     }
 }
 
+/// The rank that holds `key`'s row among `world` ranks (row-wise by key hash).
+pub fn key_owner(key: u64, world: usize) -> usize {
+    (hash_id(0x0D1E_5EED, key) % world.max(1) as u64) as usize
+}
+
+/// A live key's row moving in a reshard: from (old rank, row) to (new rank, row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowMove {
+    pub key: u64,
+    pub from: (usize, u32),
+    pub to: (usize, u32),
+}
+
+impl KeyRows {
+    /// The maps of `world` ranks, of `capacity` rows each, from the maps of another
+    /// number of ranks (`old[r]`: rank r's), and where each kept key's row moves. Every
+    /// live key goes to its owner ([`key_owner`]), the most recently used first (by step,
+    /// then key) until the owner is full; the rest are evicted. Recency and use counts
+    /// carry over; count-min sketches of one shape add up, counter by counter (a sum of
+    /// sketches is the sketch of the summed stream).
+    pub fn reshard(old: &[KeyRows], world: usize, capacity: u32) -> (Vec<KeyRows>, Vec<RowMove>) {
+        let Some(first) = old.first() else {
+            return (Vec::new(), Vec::new());
+        };
+        let (admission, eviction, seed) = (first.admission, first.eviction, first.seed);
+        let mut maps: Vec<KeyRows> = (0..world)
+            .map(|_| KeyRows::new(capacity, admission, eviction, seed))
+            .collect();
+        let mut live: Vec<(u64, u64, usize, u32)> = old
+            .iter()
+            .enumerate()
+            .flat_map(|(rank, m)| {
+                m.live()
+                    .into_iter()
+                    .map(move |(key, row)| (m.last_step[row as usize], key, rank, row))
+            })
+            .collect();
+        // least recent first, so the newest end up the most recent in their new maps
+        live.sort_unstable();
+        let keep_from = |owner: usize| {
+            live.iter()
+                .filter(|l| key_owner(l.1, world) == owner)
+                .count()
+        };
+        let surplus: Vec<usize> = (0..world)
+            .map(|o| keep_from(o).saturating_sub(capacity as usize))
+            .collect();
+        let mut skipped = vec![0usize; world];
+        let mut moves = Vec::new();
+        for (step, key, rank, row) in live {
+            let owner = key_owner(key, world);
+            if skipped[owner] < surplus[owner] {
+                skipped[owner] += 1;
+                maps[owner].stats.evicted += 1;
+                continue;
+            }
+            let to = maps[owner].place(key, step, old[rank].uses[row as usize]);
+            moves.push(RowMove {
+                key,
+                from: (rank, row),
+                to: (owner, to),
+            });
+        }
+        for m in &mut maps {
+            m.sum_sketches(old);
+        }
+        (maps, moves)
+    }
+
+    /// Puts `key` in the next free row as last used at `step`, with `uses` uses.
+    fn place(&mut self, key: u64, step: u64, uses: u32) -> u32 {
+        let row = self.free.pop_first().unwrap_or(0);
+        self.keys[row as usize] = Some(key);
+        self.rows.insert(key, row);
+        self.touch_new(row, step);
+        self.order.remove(&self.order_key(row));
+        self.uses[row as usize] = uses;
+        self.order.insert(self.order_key(row));
+        row
+    }
+
+    /// Adds the counters of `old`'s sketches of this map's shape into this map's.
+    fn sum_sketches(&mut self, old: &[KeyRows]) {
+        let Some(mine) = self.sketch.as_mut() else {
+            return;
+        };
+        for s in old.iter().filter_map(|m| m.sketch.as_ref()) {
+            if s.width == mine.width && s.seed == mine.seed {
+                for (a, b) in mine.counts.iter_mut().zip(&s.counts) {
+                    *a = a.saturating_add(*b);
+                }
+            }
+        }
+    }
+}
+
 /// The start of a [`KeyRows`] in bytes, and its layout's version.
 const MAGIC: &[u8; 4] = b"SRKR";
 const VERSION: u32 = 1;
@@ -661,6 +757,55 @@ mod tests {
                 assert_eq!(a.lookup(&keys, step), b.lookup(&keys, step));
             }
         }
+    }
+
+    #[test]
+    fn maps_reshard_to_the_key_owners_keeping_the_most_recent() {
+        let adm = Admission::MinCount {
+            min_count: 1,
+            sketch_bytes: 256,
+        };
+        let mut two: Vec<KeyRows> = (0..2)
+            .map(|_| KeyRows::new(50, adm, Eviction::Lru, 2))
+            .collect();
+        for step in 1..=40u64 {
+            for key in [step, step + 100, step * 7] {
+                let owner = key_owner(key, 2);
+                two[owner].lookup(&[key], step);
+            }
+        }
+        let live = |ms: &[KeyRows]| ms.iter().map(KeyRows::len).sum::<usize>();
+        let before = live(&two);
+        // 2 -> 1 with room for all: every key, its row moved
+        let (one, moves) = KeyRows::reshard(&two, 1, 200);
+        assert_eq!(one[0].len(), before);
+        assert_eq!(moves.len(), before);
+        for mv in &moves {
+            assert_eq!(two[mv.from.0].row_of(mv.key), Some(mv.from.1));
+            assert_eq!(one[mv.to.0].row_of(mv.key), Some(mv.to.1));
+        }
+        // the sketch of the sum holds every count of the parts
+        for key in 1..=40u64 {
+            let part = two[key_owner(key, 2)]
+                .sketch
+                .as_ref()
+                .unwrap()
+                .estimate(key);
+            assert!(one[0].sketch.as_ref().unwrap().estimate(key) >= part);
+        }
+        // 1 -> 3 with less room: each key at its owner, the most recent kept
+        let (three, _) = KeyRows::reshard(&one, 3, 10);
+        for (rank, m) in three.iter().enumerate() {
+            assert!(m.len() <= 10);
+            for (key, _) in m.live() {
+                assert_eq!(key_owner(key, 3), rank);
+            }
+        }
+        let kept_steps: Vec<u64> = three
+            .iter()
+            .flat_map(|m| m.live().into_iter().map(|(_, r)| m.last_step[r as usize]))
+            .collect();
+        assert!(kept_steps.iter().all(|&s| s >= 25), "{kept_steps:?}");
     }
 
     proptest::proptest! {

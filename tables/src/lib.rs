@@ -48,7 +48,9 @@ pub use conformance::{
     check_against_one_process, conformance_cases, conformance_plan, ConformanceReport,
     ConformanceVerdict, CONFORMANCE_TABLES,
 };
-pub use dynamic::{Admission, CountMinSketch, Eviction, KeyLookup, KeyRowStats, KeyRows};
+pub use dynamic::{
+    key_owner, Admission, CountMinSketch, Eviction, KeyLookup, KeyRowStats, KeyRows, RowMove,
+};
 pub use error::TableError;
 pub use exchange::{Exchange, SoloExchange, ThreadExchange};
 pub use file_rows::{CachePolicy, FileRows, FileTier, Records, TierReport, TierStats};
