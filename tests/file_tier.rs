@@ -212,7 +212,7 @@ fn a_file_tier_without_its_folder_or_cache_is_refused_by_key() {
 }
 
 #[test]
-fn qr_and_unified_tables_train_to_the_ram_result_in_the_file_tier() {
+fn qr_unified_and_hashed_tables_train_to_the_ram_result_in_the_file_tier() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = synth(dir.path(), 6000, 1000);
     let cfg = criteo_config(dir.path(), &data, "dlrm", "epochs = 1\nlog_every = 1000");
@@ -220,6 +220,7 @@ fn qr_and_unified_tables_train_to_the_ram_result_in_the_file_tier() {
     for (kind, extra) in [
         ("qr", "embedding.kind=\"qr\""),
         ("unified", "embedding.unified.buckets=20000"),
+        ("hashed", "embedding.buckets=3000"),
     ] {
         let kind_set = format!("embedding.kind=\"{kind}\"");
         let ram_dir = run_dir(dir.path(), &format!("{kind}-ram"));
