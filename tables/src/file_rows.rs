@@ -1,24 +1,25 @@
 //! The file tier: a shard's rows and optimizer state in a file on disk, with the hot
-//! rows in a set-associative LRU cache in RAM in front of it. This is the layout of
-//! FBGEMM's SSD tables (a 32-way set-associative LRU cache before RocksDB) and TorchRec's
-//! UVM caching, without the GPU level.
+//! rows in a set-associative cache in RAM in front of it (LRU by default, LFU as an
+//! option). This is the layout of FBGEMM's SSD tables (a 32-way set-associative LRU
+//! cache before RocksDB) and TorchRec's UVM caching, without the GPU level.
 //!
-//! - A row's record is its weights and then its optimizer state, `width + state_width`
-//!   floats, at `row * record` in the file. The file is sparse: a row never written
-//!   reads as its initial values, which are a pure function of its global coordinates
-//!   ([`RowInit`]), so creating a table of any size costs nothing and the disk holds only
-//!   rows that were evicted dirty.
+//! - A row's record is its stored weights (f32, or two 16-bit values a word: see
+//!   [`RowDtype`]) and then its f32 optimizer state, at `row * record` words in the
+//!   file. The file is sparse: a row never written reads as its initial values, which
+//!   are a pure function of its global coordinates ([`RowInit`]), so creating a table of
+//!   any size costs nothing and the disk holds only rows that were evicted dirty.
 //! - The cache holds whole records in anonymous memory; a cached row never touches the
-//!   file. A miss takes the least recently used way of the row's set, writing the evicted
-//!   record back if it changed. Rows used since the current step began are not evicted;
-//!   when a set has none to give, the row is read and updated in the file directly
-//!   (FBGEMM's fallback to UVM for rows the cache cannot take).
-//! - Resident memory is the cache plus 17 bytes a slot and one bit a row, whatever the
-//!   table's size; reads and writes are explicit (`pread`/`pwrite`), so the page cache
-//!   is the kernel's, not ours.
+//!   file. A miss takes the way of the row's set that the policy gives up, writing the
+//!   evicted record back if it changed. Rows used since the current step began are not
+//!   evicted; when a set has none to give, the row is read and updated in the file
+//!   directly (FBGEMM's fallback to UVM for rows the cache cannot take).
+//! - Resident memory is the cache plus 17 bytes a slot (21 with LFU) and one bit a row,
+//!   whatever the table's size; reads and writes are explicit (`pread`/`pwrite`, chosen
+//!   over `mmap` by measurement: `benches/file_tier_choices.rs`), so the page cache is
+//!   the kernel's, not ours.
 //!
-//! The updates are the RAM path's own ([`SparseOptimizer::update_row`]), so a table
-//! trains to the same bits whatever the cache size.
+//! The updates are the RAM path's own ([`SparseOptimizer::update_stored_row`]), so a
+//! table trains to the same bits whatever the cache size or policy.
 
 use std::fs::File;
 use std::ops::Range;
