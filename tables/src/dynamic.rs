@@ -276,12 +276,9 @@ impl KeyRows {
                         out.rows.push(None);
                         continue;
                     };
-                    self.keys[row as usize] = Some(key);
-                    self.rows.insert(key, row);
-                    self.uses[row as usize] = 0;
                     self.stats.admitted += 1;
                     out.fresh.push(row);
-                    Some(self.touch_new(row, step))
+                    Some(self.assign(row, key, step, 1))
                 }
                 None => {
                     self.stats.refused += 1;
@@ -317,10 +314,14 @@ impl KeyRows {
     }
 
     fn touch_new(&mut self, row: u32, step: u64) -> u32 {
+        self.mark(row, step, self.uses[row as usize].saturating_add(1))
+    }
+
+    /// Row `row` (out of the eviction order) as used now, at `step`, `uses` times.
+    fn mark(&mut self, row: u32, step: u64, uses: u32) -> u32 {
         let r = row as usize;
         self.tick += 1;
-        (self.last_step[r], self.last_tick[r]) = (step, self.tick);
-        self.uses[r] = self.uses[r].saturating_add(1);
+        (self.last_step[r], self.last_tick[r], self.uses[r]) = (step, self.tick, uses);
         self.order.insert(self.order_key(row));
         row
     }
@@ -382,7 +383,9 @@ impl KeyRows {
                 maps[owner].stats.evicted += 1;
                 continue;
             }
-            let to = maps[owner].place(key, step, old[rank].uses[row as usize]);
+            let new = &mut maps[owner];
+            let free = new.free.pop_first().unwrap_or(0);
+            let to = new.assign(free, key, step, old[rank].uses[row as usize]);
             moves.push(RowMove {
                 key,
                 from: (rank, row),
@@ -395,16 +398,12 @@ impl KeyRows {
         (maps, moves)
     }
 
-    /// Puts `key` in the next free row as last used at `step`, with `uses` uses.
-    fn place(&mut self, key: u64, step: u64, uses: u32) -> u32 {
-        let row = self.free.pop_first().unwrap_or(0);
+    /// Gives `row` (taken out of the free rows) to `key`, as last used at `step`, with
+    /// `uses` uses.
+    fn assign(&mut self, row: u32, key: u64, step: u64, uses: u32) -> u32 {
         self.keys[row as usize] = Some(key);
         self.rows.insert(key, row);
-        self.touch_new(row, step);
-        self.order.remove(&self.order_key(row));
-        self.uses[row as usize] = uses;
-        self.order.insert(self.order_key(row));
-        row
+        self.mark(row, step, uses)
     }
 
     /// Adds the counters of `old`'s sketches of this map's shape into this map's.

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::hashing::mix64;
 use crate::init::RowInit;
 use crate::optimizer::{check_rows, SparseOptimizer};
-use crate::row_dtype::{Rounding, RowDtype};
+use crate::row_dtype::RowDtype;
 use crate::storage::{InMemoryRows, RowStorage};
 use crate::TableError;
 
@@ -212,16 +212,10 @@ impl RecordFile {
     fn initial(&self, row: usize, out: &mut [f32]) {
         let i = &self.initial;
         let (w, s) = out.split_at_mut(self.words);
-        let value = |j: usize| {
-            i.init
-                .value(i.first_row + row as u64, i.cols.start + j, i.dim)
-        };
-        if self.dtype == RowDtype::F32 {
-            w.iter_mut().enumerate().for_each(|(j, v)| *v = value(j));
-        } else {
-            let values: Vec<f32> = (0..self.width).map(value).collect();
-            self.dtype.encode(&values, w, Rounding::Nearest);
-        }
+        let global = i.first_row + row as u64;
+        let stored = (w, &mut Vec::new());
+        i.init
+            .fill_stored_row(global, i.cols.clone(), i.dim, self.dtype, stored);
         s.fill(i.state);
     }
 
@@ -443,9 +437,9 @@ impl FileRows {
         let (f, w) = (&self.file, self.file.width);
         let mut c = self.cache();
         c.step_began = c.clock + 1;
-        let mut out = vec![0f32; local_rows.len() * w];
+        let mut out = Vec::with_capacity(local_rows.len() * w);
         let mut buf = vec![0f32; f.record];
-        for (i, &r) in local_rows.iter().enumerate() {
+        for &r in local_rows {
             if r >= self.rows as u64 {
                 return Err(self.outside(r));
             }
@@ -456,7 +450,7 @@ impl FileRows {
                     &buf[..f.words]
                 }
             };
-            f.dtype.decode(stored, &mut out[i * w..][..w]);
+            f.dtype.widen_into(stored, w, &mut out);
         }
         Ok(out)
     }

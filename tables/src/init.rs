@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::hashing::{hash_id, unit_f32};
+use crate::row_dtype::{Rounding, RowDtype};
 
 /// Distribution of initial row values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +38,31 @@ impl RowInit {
                 let u2 = unit_f32(hash_id(seed, c + 1));
                 std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
             }
+        }
+    }
+
+    /// Row `row`'s initial values in columns `cols` of a table of width `dim`, stored as
+    /// `dtype` into `words` (rounded to nearest; `scratch` holds the values of a 16-bit
+    /// row on the way).
+    pub fn fill_stored_row(
+        &self,
+        row: u64,
+        cols: std::ops::Range<usize>,
+        dim: usize,
+        dtype: RowDtype,
+        (words, scratch): (&mut [f32], &mut Vec<f32>),
+    ) {
+        let values = if dtype == RowDtype::F32 {
+            &mut words[..cols.len()]
+        } else {
+            scratch.resize(cols.len(), 0.0);
+            &mut scratch[..]
+        };
+        for (j, v) in values.iter_mut().enumerate() {
+            *v = self.value(row, cols.start + j, dim);
+        }
+        if dtype != RowDtype::F32 {
+            dtype.encode(scratch, words, Rounding::Nearest);
         }
     }
 

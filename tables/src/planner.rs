@@ -132,22 +132,24 @@ pub fn plan_collection(
             names.join(", ")
         )));
     }
+    let bytes: Vec<u64> = (0..names.len())
+        .map(|t| stored_bytes(layout, t, opt, req.tiers.row_dtype))
+        .collect();
     let mut in_file: Vec<bool> = names
         .iter()
         .map(|n| req.tiers.file_tables.contains(*n))
         .collect();
     let spill = req.tiers.may_spill && req.strategy == PlanStrategy::Auto;
     loop {
-        match place(layout, world, opt, req, &in_file) {
+        match place(layout, world, req, (&names, &bytes), &in_file) {
             Ok(plan) => {
                 plan.validate(layout)?;
                 return Ok(plan);
             }
             Err(Unplaced::OverLimit(e)) if spill => {
-                let bytes = |t: usize| stored_bytes(layout, t, opt, req.tiers.row_dtype);
                 let biggest_in_ram = (0..names.len())
                     .filter(|&t| !in_file[t])
-                    .max_by_key(|&t| (bytes(t), std::cmp::Reverse(t)));
+                    .max_by_key(|&t| (bytes[t], std::cmp::Reverse(t)));
                 match biggest_in_ram {
                     Some(t) => in_file[t] = true,
                     None => return Err(e),
@@ -189,23 +191,15 @@ fn strategy_kind(
     }
 }
 
-/// One placement of every table, biggest first, `in_file[t]` saying where `t`'s rows live.
+/// One placement of every table (`names`, of `bytes` stored), biggest first, `in_file[t]`
+/// saying where `t`'s rows live.
 fn place(
     layout: &CollectionLayout,
     world: usize,
-    opt: &SparseOptimizer,
     req: &PlanRequest,
+    (names, bytes): (&[&str], &[u64]),
     in_file: &[bool],
 ) -> Result<ShardingPlan, Unplaced> {
-    let names: Vec<&str> = layout
-        .spec()
-        .tables
-        .iter()
-        .map(|t| t.name.as_str())
-        .collect();
-    let bytes: Vec<u64> = (0..names.len())
-        .map(|t| stored_bytes(layout, t, opt, req.tiers.row_dtype))
-        .collect();
     let fair = bytes.iter().sum::<u64>() / world as u64;
     let mut ram = RamLoad::new(world, &req.tiers);
     let mut placements: Vec<Option<TablePlacement>> = vec![None; names.len()];

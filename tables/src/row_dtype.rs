@@ -83,6 +83,15 @@ impl RowDtype {
         }
     }
 
+    /// Appends one row's `width` values, from its words, to `out` (an f32 row is copied
+    /// as it is, with no zero-filling first: this is the lookups' path).
+    pub fn widen_into(self, words: &[f32], width: usize, out: &mut Vec<f32>) {
+        match self {
+            Self::F32 => out.extend_from_slice(&words[..width]),
+            Self::F16 | Self::Bf16 => out.extend((0..width).map(|i| self.widen(half_of(words, i)))),
+        }
+    }
+
     /// One row's `values` into its words.
     pub fn encode(self, values: &[f32], words: &mut [f32], rounding: Rounding) {
         if self == Self::F32 {

@@ -277,14 +277,9 @@ impl TableShard {
 
     /// The values of stored rows (`rows x words`).
     fn decode(&self, words: &[f32]) -> Vec<f32> {
-        let w = self.width();
-        let mut out = vec![0f32; words.len() / self.words().max(1) * w];
-        for (o, r) in out
-            .chunks_mut(w.max(1))
-            .zip(words.chunks(self.words().max(1)))
-        {
-            self.dtype.decode(r, o);
-        }
+        let rows = words.chunks(self.words().max(1));
+        let mut out = Vec::with_capacity(rows.len() * self.width());
+        rows.for_each(|r| self.dtype.widen_into(r, self.width(), &mut out));
         out
     }
 
@@ -526,7 +521,7 @@ impl TableShard {
         init: &RowInit,
         opt: &SparseOptimizer,
     ) -> Result<(), TableError> {
-        let (w, words, sw) = (self.width(), self.words(), self.state_width);
+        let (words, sw) = (self.words(), self.state_width);
         self.check_len("seeds of reset rows", local_rows.len(), seeds.len())?;
         if let Some(&r) = local_rows.iter().find(|&&r| r >= self.num_rows() as u64) {
             return Err(TableError::BadBatch(format!(
@@ -535,14 +530,11 @@ impl TableShard {
                 self.num_rows()
             )));
         }
-        let mut values = vec![0f32; w];
+        let mut scratch = Vec::new();
         let mut record = vec![opt.initial_state(); words + sw];
         for (&row, &seed) in local_rows.iter().zip(seeds) {
-            for (j, v) in values.iter_mut().enumerate() {
-                *v = init.value(seed, self.cols.start + j, self.dim);
-            }
-            self.dtype
-                .encode(&values, &mut record[..words], Rounding::Nearest);
+            let stored = (&mut record[..words], &mut scratch);
+            init.fill_stored_row(seed, self.cols.clone(), self.dim, self.dtype, stored);
             let r = row as usize;
             match &mut self.held {
                 Rows::Host { weights, state } => {
@@ -606,7 +598,7 @@ impl TableShard {
         };
         // one pass: bounds check, prefetch ahead, copy (widening 16-bit rows)
         let words = self.words();
-        let mut out = vec![0f32; local_rows.len() * w];
+        let mut out = Vec::with_capacity(local_rows.len() * w);
         for (i, &r) in local_rows.iter().enumerate() {
             if r >= n {
                 return Err(outside(r));
@@ -615,7 +607,7 @@ impl TableShard {
                 crate::prefetch::prefetch(data.as_ptr().wrapping_add(ahead as usize * words));
             }
             self.dtype
-                .decode(&data[r as usize * words..][..words], &mut out[i * w..][..w]);
+                .widen_into(&data[r as usize * words..][..words], w, &mut out);
         }
         Ok(out)
     }
@@ -695,20 +687,16 @@ fn fill_stored(init: &RowInit, dtype: RowDtype, out: &mut [f32], extent: &ShardE
         return init.fill(out, extent.rows.clone(), extent.cols.clone(), dim);
     }
     use rayon::prelude::*;
-    let (width, words) = (extent.cols.len(), dtype.words(extent.cols.len()));
+    let words = dtype.words(extent.cols.len());
     if words == 0 {
         return;
     }
-    out.par_chunks_mut(words).enumerate().for_each_init(
-        || vec![0f32; width],
-        |values, (i, row)| {
+    out.par_chunks_mut(words)
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (i, row)| {
             let r = extent.rows.start + i as u64;
-            for (j, v) in values.iter_mut().enumerate() {
-                *v = init.value(r, extent.cols.start + j, dim);
-            }
-            dtype.encode(values, row, Rounding::Nearest);
-        },
-    );
+            init.fill_stored_row(r, extent.cols.clone(), dim, dtype, (row, scratch));
+        });
 }
 
 #[cfg(test)]
