@@ -3,10 +3,35 @@
 //! optimizer, in one process and under mpirun with every sharding kind; a model moves
 //! between tiers through eval and resume; a bad storage section names its key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::*;
+
+/// `shardrec <args>` with each of `sets` as a `--set`, under `mpirun -np 2`; its summary.
+fn np2_summary(dir: &Path, args: &[&str], sets: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    for s in sets {
+        all.extend(["--set", s]);
+    }
+    summary(&run_mpi(dir, 2, &all, Duration::from_secs(300)))
+}
+
+/// A run of `cfg` in the run folder `dir/name`, with `sets` on top; its summary.
+fn train_in(dir: &Path, cfg: &Path, name: &str, sets: &[&str]) -> serde_json::Value {
+    let folder = run_dir(dir, name);
+    let mut all = vec![folder.as_str()];
+    all.extend_from_slice(sets);
+    train_summary(dir, cfg, &all)
+}
+
+/// `model` on `rows` generated rows (ids over `cardinality` values a field), two epochs
+/// with a checkpoint every 10 steps.
+fn checkpointing_config(dir: &Path, rows: u64, cardinality: u64, model: &str) -> PathBuf {
+    let (data, _) = synth(dir, rows, cardinality);
+    let train = "epochs = 2\nlog_every = 1000\ncheckpoint_every = 10\ncheckpoint_keep = 0";
+    criteo_config(dir, &data, model, train)
+}
 
 /// Test AUC and logloss, which must agree exactly.
 fn metrics(s: &serde_json::Value) -> (f64, f64) {
@@ -83,13 +108,17 @@ fn a_file_table_trains_to_the_ram_result_for_every_optimizer() {
                 ahead["file_tier"][0]["rank_prefetch_wait_s"].is_f64(),
                 "{ahead}"
             );
-            // an LFU cache keeps other rows, with the same arithmetic
-            let lfu = storage.replace('}', ", policy=\"lfu\"}");
-            let lfu_dir = run_dir(dir.path(), "adagrad-lfu");
-            let by_use = train_summary(dir.path(), &cfg, &[&opt, &lfu, &lfu_dir]);
+            // an LFU cache keeps other rows, with the same arithmetic (without the
+            // read-ahead, whose timing moves the counts, so the two policies compare)
+            let policy =
+                |p: &str| storage.replace('}', &format!(", prefetch=false, policy=\"{p}\"}}"));
+            let (lru, lfu) = (policy("lru"), policy("lfu"));
+            let by_time = train_in(dir.path(), &cfg, "adagrad-lru", &[&opt, &lru]);
+            let by_use = train_in(dir.path(), &cfg, "adagrad-lfu", &[&opt, &lfu]);
             assert_eq!(metrics(&by_use), metrics(&ram));
+            let (lru_misses, _) = tier_misses_and_evictions(&by_time);
             let (lfu_misses, _) = tier_misses_and_evictions(&by_use);
-            assert_ne!(lfu_misses, misses, "another policy, other misses");
+            assert_ne!(lfu_misses, lru_misses, "another policy, other misses");
         }
     }
     // the scratch files go with the run
@@ -107,13 +136,8 @@ fn under_mpirun_every_sharding_kind_trains_to_the_ram_result() {
     let cfg = cfg.to_str().unwrap();
     let storage = file_storage(dir.path(), 20_000);
     let run = |strategy: &str, extra: &[&str]| {
-        let mut args = vec!["train", cfg, "--set"];
         let strategy = format!("sharding.strategy=\"{strategy}\"");
-        args.push(&strategy);
-        for e in extra {
-            args.extend(["--set", e]);
-        }
-        summary(&run_mpi(dir.path(), 2, &args, Duration::from_secs(300)))
+        np2_summary(dir.path(), &["train", cfg, "--set", &strategy], extra)
     };
     for strategy in ["row_wise", "table_wise", "column_wise", "data_parallel"] {
         let opt = optimizer("adagrad");
@@ -145,13 +169,7 @@ fn under_mpirun_every_sharding_kind_trains_to_the_ram_result() {
 #[test]
 fn models_and_checkpoints_move_between_ram_and_file() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, _) = synth(dir.path(), 6000, 1000);
-    let cfg = criteo_config(
-        dir.path(),
-        &data,
-        "deepfm",
-        "epochs = 2\nlog_every = 1000\ncheckpoint_every = 10\ncheckpoint_keep = 0",
-    );
+    let cfg = checkpointing_config(dir.path(), 6000, 1000, "deepfm");
     let c = cfg.to_str().unwrap();
     let storage = file_storage(dir.path(), 20_000);
     // trained in RAM, evaluated from the file tier
@@ -248,13 +266,7 @@ fn first_checkpoint(run: &Path) -> std::path::PathBuf {
 #[test]
 fn sixteen_bit_rows_train_alike_in_both_tiers_resume_exactly_and_halve_the_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, _) = synth(dir.path(), 8000, 2000);
-    let cfg = criteo_config(
-        dir.path(),
-        &data,
-        "dlrm",
-        "epochs = 2\nlog_every = 1000\ncheckpoint_every = 10\ncheckpoint_keep = 0",
-    );
+    let cfg = checkpointing_config(dir.path(), 8000, 2000, "dlrm");
     let c = cfg.to_str().unwrap();
     let full = train_summary(dir.path(), &cfg, &[&run_dir(dir.path(), "f32")]);
     let storage = file_storage(dir.path(), 40_000);
@@ -299,12 +311,8 @@ fn sixteen_bit_rows_train_alike_in_both_tiers_resume_exactly_and_halve_the_bytes
         // split by columns over two ranks, each half of a row rounds as in the whole row
         let np2 = |name: &str, extra: &[&str]| {
             let d = run_dir(dir.path(), &format!("{dtype}-{name}"));
-            let mut args = vec!["train", c, "--set", &set, "--set", &d];
-            args.extend(["--set", "sharding.strategy=\"column_wise\""]);
-            for e in extra {
-                args.extend(["--set", e]);
-            }
-            summary(&run_mpi(dir.path(), 2, &args, Duration::from_secs(300)))
+            let sets = [&set, &d, "sharding.strategy=\"column_wise\""];
+            np2_summary(dir.path(), &["train", c], &[&sets[..], extra].concat())
         };
         let cols_ram = np2("np2-ram", &[]);
         let cols_file = np2("np2-file", &[&storage]);
@@ -385,14 +393,8 @@ fn optembed_and_sequence_tables_train_to_the_ram_result_in_the_file_tier() {
     // OptEmbed's three stages: supernet, search, retrain with the row mask
     let (data, _) = synth(dir.path(), 10_000, 1_000);
     let cfg = crate::optembed::optembed_config(dir.path(), &data);
-    let oe = |name: &str, extra: &[&str]| {
-        let mut sets = vec![run_dir(dir.path(), name)];
-        sets.extend(extra.iter().map(|s| s.to_string()));
-        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-        train_summary(dir.path(), &cfg, &sets)
-    };
-    let ram = oe("oe-ram", &[]);
-    let file = oe("oe-file", &[&storage]);
+    let ram = train_in(dir.path(), &cfg, "oe-ram", &[]);
+    let file = train_in(dir.path(), &cfg, "oe-file", &[&storage]);
     for key in ["auc", "logloss", "kept_rows", "widths"] {
         assert!(!ram[key].is_null(), "{key}: {ram}");
         assert_eq!(file[key], ram[key], "{key}");
@@ -402,14 +404,9 @@ fn optembed_and_sequence_tables_train_to_the_ram_result_in_the_file_tier() {
     // DARE: attention and representation tables, sequences of 100 behaviours
     let (train, test, _) = crate::sequence::sequences(dir.path());
     let cfg = crate::sequence::sequence_config(dir.path(), "dare", &train, &test, None);
-    let seq = |name: &str, extra: &[&str]| {
-        let mut sets = vec![run_dir(dir.path(), name), "train.epochs=1".into()];
-        sets.extend(extra.iter().map(|s| s.to_string()));
-        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-        train_summary(dir.path(), &cfg, &sets)
-    };
-    let ram = seq("dare-ram", &[]);
-    let file = seq("dare-file", &[&storage]);
+    let one_epoch = "train.epochs=1";
+    let ram = train_in(dir.path(), &cfg, "dare-ram", &[one_epoch]);
+    let file = train_in(dir.path(), &cfg, "dare-file", &[one_epoch, &storage]);
     assert_eq!(metrics(&file), metrics(&ram));
     assert_eq!(file["gauc"], ram["gauc"]);
     let (misses, _) = tier_misses_and_evictions(&file);
@@ -419,27 +416,12 @@ fn optembed_and_sequence_tables_train_to_the_ram_result_in_the_file_tier() {
 #[test]
 fn a_two_rank_file_tier_checkpoint_reshards_into_one_process_in_either_tier() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, _) = synth(dir.path(), 6000, 1000);
-    let cfg = criteo_config(
-        dir.path(),
-        &data,
-        "dlrm",
-        "epochs = 2\nlog_every = 1000\ncheckpoint_every = 10\ncheckpoint_keep = 0",
-    );
+    let cfg = checkpointing_config(dir.path(), 6000, 1000, "dlrm");
     let c = cfg.to_str().unwrap();
     let storage = file_storage(dir.path(), 20_000);
     let two_dir = run_dir(dir.path(), "np2");
-    let args = [
-        "train",
-        c,
-        "--set",
-        "sharding.strategy=\"row_wise\"",
-        "--set",
-        &storage,
-        "--set",
-        &two_dir,
-    ];
-    let two = summary(&run_mpi(dir.path(), 2, &args, Duration::from_secs(300)));
+    let sets = ["sharding.strategy=\"row_wise\"", &storage, &two_dir];
+    let two = np2_summary(dir.path(), &["train", c], &sets);
     assert_eq!(two["world_size"], 2);
     let ckpt = first_checkpoint(&dir.path().join("np2"));
     let k = ckpt.to_str().unwrap();
