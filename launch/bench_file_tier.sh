@@ -17,16 +17,11 @@ ROUNDS=${2:-2}
 TIER=${3:-data/bench/tier}
 NP=${4:-1}
 POLICY=${POLICY:-lru}
-source launch/env.sh
-BIN=target/release/shardrec
-[ -x "$BIN" ] || bash launch/setup.sh
-DIR=data/bench
 # shellcheck source=launch/dlrm_config.sh
 source "$(dirname "${BASH_SOURCE[0]}")/dlrm_config.sh"
-DATA=$DIR/zipf-$ROWS.tsv
+zipf_data "$ROWS" 1000000
 CFG=$DIR/bench_file_tier.toml
-mkdir -p "$DIR" "$TIER"
-[ -f "$DATA.json" ] || "$BIN" synth --rows "$ROWS" --cardinality 1000000 --zipf 1.1 --out "$DATA" > /dev/null
+mkdir -p "$TIER"
 dlrm_config "$CFG" "$DATA" 1 "" "log_every = 100000"
 "$BIN" prepare "$CFG" > /dev/null
 RUNS=$DIR/runs/file-tier

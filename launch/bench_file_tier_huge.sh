@@ -16,16 +16,11 @@ BUCKETS=${2:-15500000}
 RAM_BUCKETS=${3:-1000000}
 TIER=${4:-data/bench/tier}
 CACHE=$((4 << 30))
-source launch/env.sh
-BIN=target/release/shardrec
-[ -x "$BIN" ] || bash launch/setup.sh
-DIR=data/bench
 # shellcheck source=launch/dlrm_config.sh
 source "$(dirname "${BASH_SOURCE[0]}")/dlrm_config.sh"
-DATA=$DIR/zipf-$ROWS.tsv
+zipf_data "$ROWS" 10000000
 CFG=$DIR/bench_file_tier_huge.toml
-mkdir -p "$DIR" "$TIER"
-[ -f "$DATA.json" ] || "$BIN" synth --rows "$ROWS" --cardinality 10000000 --zipf 1.1 --out "$DATA" > /dev/null
+mkdir -p "$TIER"
 dlrm_config "$CFG" "$DATA" 1 "kind = \"hashed\"
 buckets = $RAM_BUCKETS" "log_every = 100000"
 "$BIN" prepare "$CFG" > /dev/null

@@ -36,3 +36,17 @@ TOML
     [ -n "$train" ] && printf '%s\n' "$train"
   } > "$out"
 }
+
+# zipf_data ROWS CARDINALITY: the file-tier benchmarks' set-up. Sets BIN (building it if
+# missing), DIR (data/bench) and DATA, ROWS generated Criteo rows with Zipf(1.1) ids over
+# CARDINALITY values a field, generated once.
+zipf_data() {
+  local rows=$1 cardinality=$2
+  source launch/env.sh
+  BIN=target/release/shardrec
+  [ -x "$BIN" ] || bash launch/setup.sh
+  DIR=data/bench
+  DATA=$DIR/zipf-$rows.tsv
+  mkdir -p "$DIR"
+  [ -f "$DATA.json" ] || "$BIN" synth --rows "$rows" --cardinality "$cardinality" --zipf 1.1 --out "$DATA" > /dev/null
+}
