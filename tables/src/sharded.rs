@@ -252,14 +252,7 @@ impl ShardedEmbeddings {
                 )
             })
             .collect();
-        // Ids to each owner: per-table counts, then the rows, table by table.
-        let mut send: Vec<Vec<u64>> = vec![vec![0; tables]; n];
-        for (t, b) in buckets.iter().enumerate() {
-            for d in &b.dests {
-                send[d.rank][t] = d.local_rows.len() as u64;
-                send[d.rank].extend_from_slice(&d.local_rows);
-            }
-        }
+        let send = self.requests(n, buckets.iter().enumerate());
         let served = timed(&self.clock.ids_ns, || ex.all_to_all_u64(send))?;
         let answers = served
             .iter()
@@ -312,17 +305,21 @@ impl ShardedEmbeddings {
         self.check_world(ex)?;
         let tables = self.layout.num_tables();
         let plan = LookupPlan::build(&self.layout, batch)?;
-        let mut send: Vec<Vec<u64>> = vec![vec![0; tables]; ex.world_size()];
-        for t in (0..tables).filter(|&t| self.plan.placement(t).in_file_tier) {
-            let rows = &plan.tables[t].unique_rows;
-            let b =
-                self.plan
-                    .bucketize(t, self.layout.table_rows(t), self.dims[t], rows, self.rank);
-            for d in &b.dests {
-                send[d.rank][t] = d.local_rows.len() as u64;
-                send[d.rank].extend_from_slice(&d.local_rows);
-            }
-        }
+        let buckets: Vec<(usize, Bucketized)> = (0..tables)
+            .filter(|&t| self.plan.placement(t).in_file_tier)
+            .map(|t| {
+                let rows = &plan.tables[t].unique_rows;
+                let b = self.plan.bucketize(
+                    t,
+                    self.layout.table_rows(t),
+                    self.dims[t],
+                    rows,
+                    self.rank,
+                );
+                (t, b)
+            })
+            .collect();
+        let send = self.requests(ex.world_size(), buckets.iter().map(|(t, b)| (*t, b)));
         let asked = ex.all_to_all_u64(send)?;
         let mut wanted: Vec<Vec<u64>> = vec![Vec::new(); tables];
         for (src, msg) in asked.iter().enumerate() {
@@ -346,6 +343,24 @@ impl ShardedEmbeddings {
     /// [`Self::file_rows_wanted`]).
     pub fn has_file_tier(&self) -> bool {
         self.plan.tables.iter().any(|p| p.in_file_tier)
+    }
+
+    /// The ids each of `n` owners is asked for (`buckets`: tables in ascending order):
+    /// per-table counts, then the local rows, table by table; [`Self::sections`] splits
+    /// one back.
+    fn requests<'a>(
+        &self,
+        n: usize,
+        buckets: impl Iterator<Item = (usize, &'a Bucketized)>,
+    ) -> Vec<Vec<u64>> {
+        let mut send: Vec<Vec<u64>> = vec![vec![0; self.layout.num_tables()]; n];
+        for (t, b) in buckets {
+            for d in &b.dests {
+                send[d.rank][t] = d.local_rows.len() as u64;
+                send[d.rank].extend_from_slice(&d.local_rows);
+            }
+        }
+        send
     }
 
     /// Splits a forward request from `src` into (table, local rows) sections.
