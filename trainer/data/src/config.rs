@@ -144,6 +144,14 @@ pub struct DataConfig {
     /// Categorical values seen fewer times in the training split share one OOV id.
     #[serde(default = "default_min_count")]
     pub min_count: u64,
+    /// Categorical features kept as raw 64-bit keys ([`crate::key_of`]) instead of
+    /// vocabulary ids: no vocabulary is counted for them (`min_count` does not apply),
+    /// and their batches carry the keys, for tables that map keys to rows themselves.
+    /// The trainer fills it with the features of `embedding.kind = "dynamic"` tables;
+    /// a user may list features here for `shardrec prepare`. Each name must be a
+    /// categorical feature of the data's schema.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyed_features: Vec<String>,
     #[serde(default)]
     pub dense_transform: DenseTransform,
     /// Turn (transformed) dense columns into categorical features, as BARS does.
@@ -376,13 +384,83 @@ impl DataConfig {
     }
 
     /// Parses a TOML text holding a `[data]` section (tests and tools that read data
-    /// without a whole experiment).
+    /// without a whole experiment), normalised as [`Self::normalize_toml`] says.
     pub fn from_toml_section(text: &str) -> Result<Self, toml::de::Error> {
         #[derive(Deserialize)]
         struct Section {
             data: DataConfig,
         }
-        toml::from_str::<Section>(text).map(|s| s.data)
+        let mut root: toml::Table = toml::from_str(text)?;
+        Self::normalize_toml(&mut root).map_err(<toml::de::Error as serde::de::Error>::custom)?;
+        Section::deserialize(toml::Value::Table(root)).map(|s| s.data)
+    }
+
+    /// Rewrites the spellings of `[data]` that are shorthand for others, in a parsed
+    /// experiment file (`root` holds the `data` table) before it is deserialised, so
+    /// that every later step (deserialising, the cache key, the saved config) sees one
+    /// spelling:
+    ///
+    /// - `train = ["day1.tsv", "day2.tsv", ...]` (files read in order, e.g. one per day)
+    ///   becomes `train = "day1.tsv"`, `more_train = ["day2.tsv", ...]`. A list of one
+    ///   file is `train` alone, so it prepares into the same cache as the plain string.
+    ///   An empty list, a list with `more_train` also given, and an item that is not a
+    ///   string are refused, naming `data.train`.
+    ///
+    /// A missing or mistyped `[data]` is left alone for deserialising to report.
+    pub fn normalize_toml(root: &mut toml::Table) -> Result<(), ConfigKeyError> {
+        let Some(toml::Value::Table(data)) = root.get_mut("data") else {
+            return Ok(());
+        };
+        let Some(toml::Value::Array(files)) = data.get("train") else {
+            return Ok(());
+        };
+        let bad = |message: String| ConfigKeyError {
+            key: "data.train".into(),
+            message,
+        };
+        if files.is_empty() {
+            return Err(bad("an empty list: name at least one training file".into()));
+        }
+        if let Some((i, v)) = files.iter().enumerate().find(|(_, v)| !v.is_str()) {
+            return Err(bad(format!(
+                "item {} is of type {}; each item must be a file path (a string)",
+                i + 1,
+                v.type_str()
+            )));
+        }
+        if data.contains_key("more_train") {
+            return Err(bad(
+                "a list of files sets data.more_train (its files after the first); give the further files in one of the two, not both".into(),
+            ));
+        }
+        let mut files = files.clone();
+        let first = files.remove(0);
+        data.insert("train".into(), first);
+        if !files.is_empty() {
+            data.insert("more_train".into(), toml::Value::Array(files));
+        }
+        Ok(())
+    }
+}
+
+/// A `[data]` key whose value is refused outside the range checks (a list of training
+/// files, a feature name checked against the columns the data has): the dotted key, to
+/// find its line, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}`: {message}")]
+pub struct ConfigKeyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl From<Violation> for ConfigKeyError {
+    /// A rule found broken when the data is read (`prepare` checking names against the
+    /// schema it reads).
+    fn from(v: Violation) -> Self {
+        Self {
+            key: v.key,
+            message: format!("{}: {}", v.value, v.range),
+        }
     }
 }
 
@@ -399,6 +477,10 @@ pub struct Preprocessing {
     pub columns: Vec<ColumnConfig>,
     /// Each join's columns, in order.
     pub join_columns: Vec<Vec<ColumnConfig>>,
+    /// Features whose values are raw keys rather than vocabulary ids (absent from what
+    /// was saved before keys existed, which had none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyed_features: Vec<String>,
 }
 
 impl DataConfig {
@@ -410,6 +492,7 @@ impl DataConfig {
             dense_as_categorical: self.dense_as_categorical,
             columns: self.columns.clone(),
             join_columns: self.joins.iter().map(|j| j.columns.clone()).collect(),
+            keyed_features: self.keyed_features.clone(),
         }
     }
 }
@@ -467,5 +550,12 @@ impl Preprocessing {
             })
             .or_else(|| difference("data.columns", &self.columns, &now.columns))
             .or_else(|| difference("data.joins.columns", &self.join_columns, &now.join_columns))
+            .or_else(|| {
+                difference(
+                    "data.keyed_features",
+                    &self.keyed_features,
+                    &now.keyed_features,
+                )
+            })
     }
 }

@@ -9,12 +9,18 @@
 //! (labels, dense values, categorical ids) per split, cached under a key of the inputs and
 //! options. Training reads those files through memmap2, so memory stays bounded for data
 //! larger than RAM, and a loader thread turns rows into batches ahead of the step.
+//! Features listed in `data.keyed_features` skip the vocabulary: their values reach the
+//! batch as raw 64-bit keys ([`key_of`]) for tables without a vocabulary.
 
 mod bad_rows;
 pub mod behaviour_samples;
 pub mod config;
 mod fast_hash;
 pub mod fuzzing;
+mod keyed_flags;
+#[cfg(test)]
+mod keyed_tests;
+mod keys;
 mod loader;
 pub mod metrics;
 mod prepare;
@@ -30,11 +36,13 @@ mod zipf;
 use std::path::PathBuf;
 
 pub use bad_rows::{BadField, BadRow, BadRowCounts, BadRowKind};
+pub use config::ConfigKeyError;
 pub use fast_hash::FastHashBuilder;
+pub use keys::key_of;
 pub use loader::{row_order, spawn_loader, Batch, BatchStream, LoaderOptions};
 pub use prepare::round_half_even;
 pub use prepare::{prepare, prepare_with_vocab};
-pub use prepared::{PreparedDataset, PreparedMeta, PreparedSplit, SplitName};
+pub use prepared::{CatValues, PreparedDataset, PreparedMeta, PreparedSplit, SplitName};
 pub use raw_format::{CategoricalColumn, ParsedRow, RowParser, Schema};
 pub use vocab::{FeatureVocab, Vocab, VocabBuilder};
 
@@ -59,6 +67,12 @@ pub enum DataError {
         rows: u64,
         max: f64,
     },
+    /// A `[data]` key whose value does not fit the data (found when the data is read).
+    #[error(transparent)]
+    ConfigKey(#[from] ConfigKeyError),
+    /// A reader of vocabulary ids was asked for a feature whose values are raw keys.
+    #[error("feature `{feature}` is keyed (data.keyed_features): {message}")]
+    KeyedFeature { feature: String, message: String },
 }
 
 impl DataError {

@@ -175,7 +175,8 @@ pub fn row_order(rows: usize, opts: &LoaderOptions) -> impl Iterator<Item = Vec<
     })
 }
 
-/// Gathers the given rows into a batch.
+/// Gathers the given rows into a batch: per categorical feature, its vocabulary ids
+/// widened to u64, or for a keyed feature its raw keys.
 pub fn gather(split: &PreparedSplit, rows: &[usize], group_feature: Option<usize>) -> Batch {
     let labels_all = split.labels();
     let labels = rows.iter().map(|&r| labels_all[r]).collect();
@@ -192,18 +193,14 @@ pub fn gather(split: &PreparedSplit, rows: &[usize], group_feature: Option<usize
     let mut values = Vec::with_capacity(nc * rows.len());
     for f in 0..nc {
         for &r in rows {
-            let ids = split.cat_ids(f, r);
-            lengths.push(ids.len() as u32);
-            values.extend(ids.iter().map(|&id| u64::from(id)));
+            let row = split.cat_values(f, r);
+            lengths.push(row.len() as u32);
+            row.extend_into(&mut values);
         }
     }
     let sparse = KeyedJaggedIds::from_lengths(nc, rows.len(), &lengths, values)
         .expect("lengths are counted from the values just gathered");
-    let groups = group_feature.map(|f| {
-        rows.iter()
-            .map(|&r| split.cat_ids(f, r).first().map_or(0, |&v| u64::from(v)))
-            .collect()
-    });
+    let groups = group_feature.map(|f| rows.iter().map(|&r| split.first_value(f, r)).collect());
     Batch {
         labels,
         dense,

@@ -17,12 +17,13 @@ use shardrec_tables::{hash_id, unit_f32};
 use super::bad_rows::{BadField, BadRow, BadRowCounts};
 use super::fast_hash::FastHashBuilder;
 use super::prepared::{
-    column_path, PreparedDataset, PreparedMeta, SplitMeta, SplitName, PREPARED_VERSION,
+    cat_file, column_path, PreparedDataset, PreparedMeta, SplitMeta, SplitName, PREPARED_VERSION,
 };
 use super::raw_format::{ParsedRow, RowParser, Schema};
 use super::vocab::{Vocab, VocabBuilder};
 use super::DataError;
-use crate::config::{BadRowPolicy, DataConfig, DataFormat, SplitKind};
+use crate::config::{BadRowPolicy, ConfigKeyError, DataConfig, DataFormat, SplitKind};
+use crate::keyed_flags::keyed_flags;
 
 /// Which split each good row of a file goes to.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -150,7 +151,9 @@ fn prepare_inner(
     log: &dyn Fn(&str),
 ) -> Result<PreparedDataset, DataError> {
     if cfg.format == DataFormat::Prepared {
-        return PreparedDataset::open(&cfg.train);
+        let ds = PreparedDataset::open(&cfg.train)?;
+        check_prepared_keyed(cfg, &ds)?;
+        return Ok(ds);
     }
     let sources = plan_sources(cfg)?;
     let mut stamped = Vec::new();
@@ -200,6 +203,27 @@ fn prepare_inner(
     }
     log(&format!("prepared data written to {}", dir.display()));
     PreparedDataset::open(&dir)
+}
+
+/// Prepared data keys the features it was prepared with (`meta.keyed`). An empty
+/// `data.keyed_features` takes those; a list must name the same ones, or keys would be
+/// read as ids (or ids as keys).
+fn check_prepared_keyed(cfg: &DataConfig, ds: &PreparedDataset) -> Result<(), DataError> {
+    let mut listed = cfg.keyed_features.clone();
+    listed.sort_unstable();
+    let mut prepared = ds.meta.keyed_features();
+    prepared.sort_unstable();
+    if listed.is_empty() || listed == prepared {
+        return Ok(());
+    }
+    Err(ConfigKeyError {
+        key: "data.keyed_features".into(),
+        message: format!(
+            "lists {listed:?}, but {} was prepared with keyed features {prepared:?}: list those, or prepare the raw files again",
+            ds.dir.display()
+        ),
+    }
+    .into())
 }
 
 fn plan_sources(cfg: &DataConfig) -> Result<Vec<(PathBuf, Assign)>, DataError> {
@@ -366,6 +390,8 @@ struct SplitWriter {
     label: BufWriter<File>,
     dense: Vec<BufWriter<File>>,
     cats: Vec<BufWriter<File>>,
+    /// Per categorical feature: written as u64 keys (else u32 ids).
+    keyed: Vec<bool>,
     offsets: Vec<Option<(BufWriter<File>, u64)>>,
     rows: u64,
     positives: u64,
@@ -373,7 +399,12 @@ struct SplitWriter {
 }
 
 impl SplitWriter {
-    fn create(dir: &Path, split: SplitName, schema: &Schema) -> Result<Self, DataError> {
+    fn create(
+        dir: &Path,
+        split: SplitName,
+        schema: &Schema,
+        keyed: &[bool],
+    ) -> Result<Self, DataError> {
         let sdir = dir.join(split.as_str());
         std::fs::create_dir_all(&sdir).map_err(|e| DataError::io(&sdir, e))?;
         let mut paths = Vec::new();
@@ -388,7 +419,7 @@ impl SplitWriter {
             .map(|j| open(format!("dense_{j}.f32")))
             .collect::<Result<_, _>>()?;
         let cats = (0..schema.categorical.len())
-            .map(|f| open(format!("cat_{f}.u32")))
+            .map(|f| open(cat_file(f, keyed[f]).0))
             .collect::<Result<_, _>>()?;
         let mut offsets = Vec::new();
         for (f, c) in schema.categorical.iter().enumerate() {
@@ -405,6 +436,7 @@ impl SplitWriter {
             label,
             dense,
             cats,
+            keyed: keyed.to_vec(),
             offsets,
             rows: 0,
             positives: 0,
@@ -412,17 +444,23 @@ impl SplitWriter {
         })
     }
 
-    /// Writes a row whose categorical values were encoded (ids of all features, in order).
-    fn write(&mut self, row: &ParsedRow, ids: &[u32]) -> std::io::Result<()> {
+    /// Writes a row whose categorical values were encoded ([`Vocab::encode`]: ids or
+    /// keys of all features, in order).
+    fn write(&mut self, row: &ParsedRow, values: &[u64]) -> std::io::Result<()> {
         self.label.write_all(&row.label.to_le_bytes())?;
         for (w, v) in self.dense.iter_mut().zip(&row.dense) {
             w.write_all(&v.to_le_bytes())?;
         }
-        let mut next = ids.iter();
+        let mut next = values.iter();
         for (f, w) in self.cats.iter_mut().enumerate() {
             let n = row.cat(f).count() as u64;
-            for id in next.by_ref().take(n as usize) {
-                w.write_all(&id.to_le_bytes())?;
+            for &v in next.by_ref().take(n as usize) {
+                if self.keyed[f] {
+                    w.write_all(&v.to_le_bytes())?;
+                } else {
+                    // an id: Vocab::encode widened a u32
+                    w.write_all(&(v as u32).to_le_bytes())?;
+                }
             }
             if let Some((ow, total)) = &mut self.offsets[f] {
                 *total += n;
@@ -463,81 +501,155 @@ fn build(
     std::fs::create_dir_all(tmp).map_err(|e| DataError::io(tmp, e))?;
     let train_path = &sources[0].0;
     let sample = read_first_lines(train_path, LAYOUT_SAMPLE_LINES)?;
-    let first_line = sample.first().cloned();
     let parser = RowParser::new(cfg, &sample)
         .map_err(|e| DataError::Config(format!("{}: {e}", train_path.display())))?;
     let schema = parser.schema().clone();
+    // checked here as well as with the config: only now is every format's schema known
+    let keyed = keyed_flags(&cfg.keyed_features, &schema).map_err(ConfigKeyError::from)?;
     let mut sources = sources.to_vec();
-
-    // Pass 0: the tail split needs the number of good rows. Under on_bad_row = "error"
-    // every row is good (or preparation stops later), so counting lines is enough.
     if let Assign::Tail { .. } = sources[0].1 {
-        let n = match cfg.on_bad_row {
-            BadRowPolicy::Error => {
-                count_data_lines(train_path, &parser, first_line.as_deref(), cfg.max_rows)?
-            }
-            BadRowPolicy::Skip => scan(train_path, &parser, cfg, |_, _| Ok(()))?.0,
-        };
-        let valid = if cfg.valid.is_some() {
-            0.0
-        } else {
-            cfg.split.valid
-        };
-        let test = if cfg.test.is_some() {
-            0.0
-        } else {
-            cfg.split.test
-        };
-        let valid_end = round_half_even(n as f64 * (1.0 - test));
-        let train_end = round_half_even(n as f64 * (1.0 - valid - test)).min(valid_end);
-        sources[0].1 = Assign::Tail {
-            train_end,
-            valid_end,
-        };
+        let first_line = sample.first().map(Vec::as_slice);
+        sources[0].1 = tail_assign(cfg, train_path, &parser, first_line)?;
     }
-
-    // Pass 1: vocabulary from the training split.
     let vocab = match fixed_vocab {
-        Some(v) => {
-            if v.features.len() != schema.categorical.len() {
-                return Err(DataError::Config(format!(
-                    "the model's vocabulary has {} features, the data has {}",
-                    v.features.len(),
-                    schema.categorical.len()
-                )));
-            }
-            v
-        }
-        None => {
-            let mut builder = VocabBuilder::new(schema.categorical.len());
-            for (path, assign) in &sources {
-                if matches!(assign, Assign::All(s) if *s != SplitName::Train) {
-                    continue;
-                }
-                log(&format!(
-                    "counting categorical values in {}",
-                    path.display()
-                ));
-                scan(path, &parser, cfg, |first, rows| {
-                    let train: Vec<&ParsedRow> = rows
-                        .iter()
-                        .enumerate()
-                        .filter(|(k, _)| assign.split(first + *k as u64) == SplitName::Train)
-                        .map(|(_, r)| r)
-                        .collect();
-                    builder.add_rows(&train);
-                    Ok(())
-                })?;
-            }
-            if cfg.format == DataFormat::Sequence {
-                builder.finish_shared(cfg.min_count, &super::sequence_format::SHARED_VOCABULARIES)
-            } else {
-                builder.finish(cfg.min_count)
-            }
-        }
+        Some(v) => check_fixed_vocab(v, &schema, &keyed)?,
+        None => count_vocab(cfg, &sources, &parser, keyed.clone(), log)?,
     };
+    let (splits, bad_rows) = encode_splits(cfg, &sources, &parser, &vocab, &keyed, tmp, log)?;
+    vocab.save(&tmp.join("vocab.bin"))?;
+    let meta = PreparedMeta {
+        version: PREPARED_VERSION,
+        key: key.into(),
+        format: format!("{:?}", cfg.format).to_lowercase(),
+        sources: sources
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect(),
+        schema,
+        vocab_sizes: vocab.sizes(),
+        splits,
+        bad_rows,
+        keyed,
+    };
+    let meta_path = tmp.join("meta.json");
+    let text = serde_json::to_string_pretty(&meta).map_err(|e| DataError::Config(e.to_string()))?;
+    std::fs::write(&meta_path, text).map_err(|e| DataError::io(&meta_path, e))?;
+    PreparedDataset::open(tmp)
+}
 
-    // Pass 2: encode every row into its split.
+/// Pass 0: a tail split of the training file needs its number of good rows. Under
+/// on_bad_row = "error" every row is good (or preparation stops later), so counting
+/// lines is enough.
+fn tail_assign(
+    cfg: &DataConfig,
+    train_path: &Path,
+    parser: &RowParser,
+    first_line: Option<&[u8]>,
+) -> Result<Assign, DataError> {
+    let n = match cfg.on_bad_row {
+        BadRowPolicy::Error => count_data_lines(train_path, parser, first_line, cfg.max_rows)?,
+        BadRowPolicy::Skip => scan(train_path, parser, cfg, |_, _| Ok(()))?.0,
+    };
+    let valid = if cfg.valid.is_some() {
+        0.0
+    } else {
+        cfg.split.valid
+    };
+    let test = if cfg.test.is_some() {
+        0.0
+    } else {
+        cfg.split.test
+    };
+    let valid_end = round_half_even(n as f64 * (1.0 - test));
+    let train_end = round_half_even(n as f64 * (1.0 - valid - test)).min(valid_end);
+    Ok(Assign::Tail {
+        train_end,
+        valid_end,
+    })
+}
+
+/// A trained model's vocabulary must have the data's features, keyed where
+/// `data.keyed_features` keys them: ids read as keys (or keys as ids) would be silently
+/// wrong.
+fn check_fixed_vocab(v: Vocab, schema: &Schema, keyed: &[bool]) -> Result<Vocab, DataError> {
+    if v.features.len() != schema.categorical.len() {
+        return Err(DataError::Config(format!(
+            "the model's vocabulary has {} features, the data has {}",
+            v.features.len(),
+            schema.categorical.len()
+        )));
+    }
+    let kinds = v.features.iter().zip(keyed);
+    if let Some(f) = kinds.clone().position(|(fv, &k)| fv.is_keyed() != k) {
+        let (model, now) = if keyed[f] {
+            ("holds a vocabulary for", "lists")
+        } else {
+            ("keys", "does not list")
+        };
+        return Err(ConfigKeyError {
+            key: "data.keyed_features".into(),
+            message: format!(
+                "the model {model} feature `{}`, and data.keyed_features {now} it",
+                schema.categorical[f].name
+            ),
+        }
+        .into());
+    }
+    Ok(v)
+}
+
+/// Pass 1: the vocabulary, from the rows of the training split (keyed features are not
+/// counted).
+fn count_vocab(
+    cfg: &DataConfig,
+    sources: &[(PathBuf, Assign)],
+    parser: &RowParser,
+    keyed: Vec<bool>,
+    log: &dyn Fn(&str),
+) -> Result<Vocab, DataError> {
+    let mut builder = VocabBuilder::with_keyed(keyed);
+    for (path, assign) in sources {
+        if matches!(assign, Assign::All(s) if *s != SplitName::Train) {
+            continue;
+        }
+        log(&format!(
+            "counting categorical values in {}",
+            path.display()
+        ));
+        scan(path, parser, cfg, |first, rows| {
+            let train: Vec<&ParsedRow> = rows
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| assign.split(first + *k as u64) == SplitName::Train)
+                .map(|(_, r)| r)
+                .collect();
+            builder.add_rows(&train);
+            Ok(())
+        })?;
+    }
+    Ok(if cfg.format == DataFormat::Sequence {
+        builder.finish_shared(cfg.min_count, &super::sequence_format::SHARED_VOCABULARIES)
+    } else {
+        builder.finish(cfg.min_count)
+    })
+}
+
+/// The rows and bad-row counts of each split written.
+type Written = (
+    std::collections::BTreeMap<SplitName, SplitMeta>,
+    BadRowCounts,
+);
+
+/// Pass 2: encode every row into its split's files.
+fn encode_splits(
+    cfg: &DataConfig,
+    sources: &[(PathBuf, Assign)],
+    parser: &RowParser,
+    vocab: &Vocab,
+    keyed: &[bool],
+    tmp: &Path,
+    log: &dyn Fn(&str),
+) -> Result<Written, DataError> {
     let mut wanted = vec![SplitName::Train];
     let has = |s: SplitName, frac: f64| {
         sources
@@ -553,23 +665,23 @@ fn build(
     }
     let mut writers = Vec::new();
     for &s in &wanted {
-        writers.push((s, SplitWriter::create(tmp, s, &schema)?));
+        writers.push((s, SplitWriter::create(tmp, s, parser.schema(), keyed)?));
     }
     let mut bad_rows = BadRowCounts::default();
-    for (path, assign) in &sources {
+    for (path, assign) in sources {
         log(&format!("encoding {}", path.display()));
-        let (good, bad) = scan(path, &parser, cfg, |first, rows| {
-            // vocabulary lookups in parallel, writes in order
+        let (good, bad) = scan(path, parser, cfg, |first, rows| {
+            // vocabulary lookups and keys in parallel, writes in order
             use rayon::prelude::*;
-            let ids: Vec<Vec<u32>> = rows
+            let values: Vec<Vec<u64>> = rows
                 .par_iter()
                 .with_min_len(256)
                 .map(|r| vocab.encode(r))
                 .collect();
-            for (k, (row, ids)) in rows.iter().zip(&ids).enumerate() {
+            for (k, (row, values)) in rows.iter().zip(&values).enumerate() {
                 let s = assign.split(first + k as u64);
                 if let Some((_, w)) = writers.iter_mut().find(|(n, _)| *n == s) {
-                    w.write(row, ids).map_err(|e| DataError::io(tmp, e))?;
+                    w.write(row, values).map_err(|e| DataError::io(tmp, e))?;
                 }
             }
             Ok(())
@@ -581,24 +693,7 @@ fn build(
     for (s, w) in writers {
         splits.insert(s, w.finish().map_err(|e| DataError::io(tmp, e))?);
     }
-    vocab.save(&tmp.join("vocab.bin"))?;
-    let meta = PreparedMeta {
-        version: PREPARED_VERSION,
-        key: key.into(),
-        format: format!("{:?}", cfg.format).to_lowercase(),
-        sources: sources
-            .iter()
-            .map(|(p, _)| p.display().to_string())
-            .collect(),
-        schema,
-        vocab_sizes: vocab.sizes(),
-        splits,
-        bad_rows,
-    };
-    let meta_path = tmp.join("meta.json");
-    let text = serde_json::to_string_pretty(&meta).map_err(|e| DataError::Config(e.to_string()))?;
-    std::fs::write(&meta_path, text).map_err(|e| DataError::io(&meta_path, e))?;
-    PreparedDataset::open(tmp)
+    Ok((splits, bad_rows))
 }
 
 /// Lines of a file that are data rows (a header excluded, at most `max_rows` if set).
@@ -735,6 +830,13 @@ mod tests {
         assert_ne!(key(&plain), key(&nan));
         assert_ne!(key(&plain), key(&half));
         assert_ne!(key(&nan), key(&half));
+        let mut keyed = plain.clone();
+        keyed.keyed_features = vec!["c".into()];
+        assert_ne!(
+            key(&plain),
+            key(&keyed),
+            "keyed features are part of the key"
+        );
         let mut moved = plain.clone();
         moved.cache_dir = PathBuf::from("elsewhere");
         assert_eq!(

@@ -1,6 +1,10 @@
 //! Reading a prepared dataset: `meta.json`, `vocab.bin`, and per split one file per
 //! column, memory-mapped. File sizes are checked against the row counts on open, so a
 //! truncated cache is refused with the file's name instead of read past its end.
+//!
+//! Categorical feature `f` of a split: `cat_{f}.u32`, a vocabulary id (u32) per value,
+//! or for a keyed feature `cat_{f}.u64`, a raw key (u64, [`crate::key_of`]) per value;
+//! multi-valued features add `cat_{f}.off`, the n + 1 row offsets (u64) into it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,12 +13,12 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use super::bad_rows::BadRowCounts;
-use super::raw_format::Schema;
+use super::raw_format::{CategoricalColumn, Schema};
 use super::vocab::Vocab;
 use super::DataError;
 
-/// Layout version; bump when the files change meaning.
-pub const PREPARED_VERSION: u32 = 1;
+/// Layout version; bump when the files change meaning (2: keyed features).
+pub const PREPARED_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,9 +54,32 @@ pub struct PreparedMeta {
     pub format: String,
     pub sources: Vec<String>,
     pub schema: Schema,
+    /// Per categorical feature, its number of ids including OOV; 0 means the feature
+    /// is keyed (see `keyed`): it has no vocabulary.
     pub vocab_sizes: Vec<u64>,
     pub splits: BTreeMap<SplitName, SplitMeta>,
     pub bad_rows: BadRowCounts,
+    /// Per categorical feature, whether its values are raw 64-bit keys
+    /// (`data.keyed_features`, file `cat_{f}.u64`) rather than vocabulary ids. An
+    /// absent list means no feature is keyed; [`PreparedDataset::open`] fills it in.
+    #[serde(default)]
+    pub keyed: Vec<bool>,
+}
+
+impl PreparedMeta {
+    /// Whether categorical feature `f` is keyed.
+    pub fn is_keyed(&self, f: usize) -> bool {
+        self.keyed.get(f).copied().unwrap_or(false)
+    }
+
+    /// The names of the keyed features, in order.
+    pub fn keyed_features(&self) -> Vec<String> {
+        let keyed = self.schema.categorical.iter().enumerate();
+        keyed
+            .filter(|(f, _)| self.is_keyed(*f))
+            .map(|(_, c)| c.name.clone())
+            .collect()
+    }
 }
 
 /// A column file's bytes, mapped (or empty).
@@ -102,11 +129,66 @@ impl MappedColumn {
     }
 }
 
-/// One categorical column: an id per value, and per-row offsets when multi-valued.
+/// One categorical column: an id (u32) or, keyed, a key (u64) per value, and per-row
+/// offsets when multi-valued.
 #[derive(Debug)]
 pub(crate) struct CatColumn {
-    pub(crate) ids: MappedColumn,
+    pub(crate) name: String,
+    pub(crate) values: MappedColumn,
     pub(crate) offsets: Option<MappedColumn>,
+    pub(crate) keyed: bool,
+}
+
+impl CatColumn {
+    /// The range of row `r`'s values.
+    #[inline]
+    fn range(&self, r: usize) -> std::ops::Range<usize> {
+        match &self.offsets {
+            None => r..r + 1,
+            Some(o) => {
+                let o = o.slice::<u64>();
+                o[r] as usize..o[r + 1] as usize
+            }
+        }
+    }
+}
+
+/// One row's values of one categorical feature, as the split holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatValues<'a> {
+    /// Vocabulary ids (OOV = 0).
+    Ids(&'a [u32]),
+    /// Raw keys of a keyed feature ([`crate::key_of`]).
+    Keys(&'a [u64]),
+}
+
+impl CatValues<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            CatValues::Ids(v) => v.len(),
+            CatValues::Keys(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The first value widened to u64 (an id or a key), None when the row has none.
+    pub fn first(&self) -> Option<u64> {
+        match self {
+            CatValues::Ids(v) => v.first().map(|&id| u64::from(id)),
+            CatValues::Keys(v) => v.first().copied(),
+        }
+    }
+
+    /// Appends the values, widened to u64, to `out` (the batch's value type).
+    pub fn extend_into(&self, out: &mut Vec<u64>) {
+        match self {
+            CatValues::Ids(v) => out.extend(v.iter().map(|&id| u64::from(id))),
+            CatValues::Keys(v) => out.extend_from_slice(v),
+        }
+    }
 }
 
 /// One split of a prepared dataset.
@@ -155,18 +237,41 @@ impl PreparedSplit {
         self.dense[j].slice()
     }
 
-    /// Ids of categorical feature `f` in row `r`.
+    /// Whether categorical feature `f` holds raw keys rather than vocabulary ids.
+    pub fn is_keyed(&self, f: usize) -> bool {
+        self.cats[f].keyed
+    }
+
+    /// Values (ids, or keys for a keyed feature) of categorical feature `f` in row `r`.
     #[inline]
-    pub fn cat_ids(&self, f: usize, r: usize) -> &[u32] {
+    pub fn cat_values(&self, f: usize, r: usize) -> CatValues<'_> {
         let c = &self.cats[f];
-        let ids = c.ids.slice::<u32>();
-        match &c.offsets {
-            None => &ids[r..r + 1],
-            Some(o) => {
-                let o = o.slice::<u64>();
-                &ids[o[r] as usize..o[r + 1] as usize]
-            }
+        let range = c.range(r);
+        if c.keyed {
+            CatValues::Keys(&c.values.slice::<u64>()[range])
+        } else {
+            CatValues::Ids(&c.values.slice::<u32>()[range])
         }
+    }
+
+    /// Ids of categorical feature `f` in row `r`; an error naming the feature when it
+    /// is keyed (its values are keys: [`Self::cat_values`] reads both kinds).
+    #[inline]
+    pub fn cat_ids(&self, f: usize, r: usize) -> Result<&[u32], DataError> {
+        match self.cat_values(f, r) {
+            CatValues::Ids(ids) => Ok(ids),
+            CatValues::Keys(_) => Err(DataError::KeyedFeature {
+                feature: self.cats[f].name.clone(),
+                message: "its values are 64-bit keys, not vocabulary ids".into(),
+            }),
+        }
+    }
+
+    /// The first value (id or key) of feature `f` in row `r`, 0 when the row has none:
+    /// the key rows are grouped by (GAUC, per-category AUC).
+    #[inline]
+    pub fn first_value(&self, f: usize, r: usize) -> u64 {
+        self.cat_values(f, r).first().unwrap_or(0)
     }
 }
 
@@ -186,40 +291,146 @@ pub(crate) fn column_path(dir: &Path, split: SplitName, file: &str) -> PathBuf {
     dir.join(split.as_str()).join(file)
 }
 
+/// The values file of categorical feature `f` and the bytes of one value in it.
+pub(crate) fn cat_file(f: usize, keyed: bool) -> (String, u64) {
+    if keyed {
+        (format!("cat_{f}.u64"), 8)
+    } else {
+        (format!("cat_{f}.u32"), 4)
+    }
+}
+
+/// `meta.json`, checked: the layout version, one vocabulary size and keyed flag per
+/// categorical feature (size 0 exactly for the keyed ones), row counts in range. An
+/// absent keyed list becomes "none keyed".
+fn read_meta(dir: &Path) -> Result<PreparedMeta, DataError> {
+    let meta_path = dir.join("meta.json");
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| DataError::io(&meta_path, e))?;
+    let mut meta: PreparedMeta = serde_json::from_str(&text).map_err(|e| DataError::Corrupt {
+        path: meta_path.clone(),
+        message: e.to_string(),
+    })?;
+    let corrupt = |message: String| DataError::Corrupt {
+        path: meta_path.clone(),
+        message,
+    };
+    if meta.version != PREPARED_VERSION {
+        return Err(corrupt(format!(
+            "layout version {} (this build reads {PREPARED_VERSION}); prepare again",
+            meta.version
+        )));
+    }
+    let features = meta.schema.categorical.len();
+    if meta.keyed.is_empty() {
+        meta.keyed = vec![false; features];
+    }
+    if meta.vocab_sizes.len() != features || meta.keyed.len() != features {
+        return Err(corrupt(format!(
+            "{} vocabulary sizes and {} keyed flags for {features} categorical features",
+            meta.vocab_sizes.len(),
+            meta.keyed.len(),
+        )));
+    }
+    let sizes = meta.vocab_sizes.iter().zip(&meta.keyed);
+    if let Some(f) = sizes
+        .clone()
+        .position(|(&size, &keyed)| keyed != (size == 0))
+    {
+        return Err(corrupt(format!(
+            "feature `{}` has vocabulary size {} and keyed = {} (size 0 means keyed)",
+            meta.schema.categorical[f].name, meta.vocab_sizes[f], meta.keyed[f]
+        )));
+    }
+    if let Some((name, sm)) = meta.splits.iter().find(|(_, s)| s.rows > MAX_ROWS) {
+        return Err(corrupt(format!(
+            "{} rows in split {}",
+            sm.rows,
+            name.as_str()
+        )));
+    }
+    Ok(meta)
+}
+
+/// Maps split `name` of `n` rows, checking each column's size and that every id is
+/// inside its feature's vocabulary (a cheap scan that keeps lookups safe; keys have no
+/// range to check).
+fn open_split(
+    dir: &Path,
+    meta: &PreparedMeta,
+    name: SplitName,
+    n: u64,
+) -> Result<PreparedSplit, DataError> {
+    let label = MappedColumn::open(&column_path(dir, name, "label.f32"), n * 4)?;
+    let dense = (0..meta.schema.dense.len())
+        .map(|j| MappedColumn::open(&column_path(dir, name, &format!("dense_{j}.f32")), n * 4))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut cats = Vec::new();
+    for (f, c) in meta.schema.categorical.iter().enumerate() {
+        cats.push(open_cat_column(dir, name, f, c, meta.keyed[f], n)?);
+    }
+    for (f, c) in cats.iter().enumerate().filter(|(_, c)| !c.keyed) {
+        let size = meta.vocab_sizes[f];
+        let ids = c.values.slice::<u32>();
+        if let Some(bad) = ids.iter().find(|&&id| u64::from(id) >= size) {
+            return Err(DataError::Corrupt {
+                path: column_path(dir, name, &cat_file(f, false).0),
+                message: format!("id {bad} outside the vocabulary of {size}"),
+            });
+        }
+    }
+    Ok(PreparedSplit {
+        name,
+        rows: n as usize,
+        label,
+        dense,
+        cats,
+    })
+}
+
+/// Maps categorical feature `f` of split `name` (`n` rows): its offsets when
+/// multi-valued (starting at 0, never decreasing), and its values file, whose size is
+/// the value count times 4 (ids) or 8 (keys).
+fn open_cat_column(
+    dir: &Path,
+    name: SplitName,
+    f: usize,
+    column: &CategoricalColumn,
+    keyed: bool,
+    n: u64,
+) -> Result<CatColumn, DataError> {
+    let (file, width) = cat_file(f, keyed);
+    let vpath = column_path(dir, name, &file);
+    let (offsets, count) = if column.multi_valued {
+        let opath = column_path(dir, name, &format!("cat_{f}.off"));
+        let offsets = MappedColumn::open(&opath, (n + 1) * 8)?;
+        let o = offsets.slice::<u64>();
+        if o.first().copied().unwrap_or(0) != 0 || o.windows(2).any(|w| w[0] > w[1]) {
+            return Err(DataError::Corrupt {
+                path: opath,
+                message: "offsets are not increasing".into(),
+            });
+        }
+        let total = o.last().copied().unwrap_or(0);
+        (Some(offsets), total)
+    } else {
+        (None, n)
+    };
+    let bytes = count.checked_mul(width).ok_or_else(|| DataError::Corrupt {
+        path: column_path(dir, name, &format!("cat_{f}.off")),
+        message: format!("last offset {count} is past any file"),
+    })?;
+    Ok(CatColumn {
+        name: column.name.clone(),
+        values: MappedColumn::open(&vpath, bytes)?,
+        offsets,
+        keyed,
+    })
+}
+
 impl PreparedDataset {
     /// Opens a prepared folder, checking the version and every column's size.
     pub fn open(dir: &Path) -> Result<Self, DataError> {
-        let meta_path = dir.join("meta.json");
-        let text = std::fs::read_to_string(&meta_path).map_err(|e| DataError::io(&meta_path, e))?;
-        let meta: PreparedMeta = serde_json::from_str(&text).map_err(|e| DataError::Corrupt {
-            path: meta_path.clone(),
-            message: e.to_string(),
-        })?;
-        if meta.version != PREPARED_VERSION {
-            return Err(DataError::Corrupt {
-                path: meta_path,
-                message: format!(
-                    "layout version {} (this build reads {PREPARED_VERSION}); prepare again",
-                    meta.version
-                ),
-            });
-        }
-        if meta.vocab_sizes.len() != meta.schema.categorical.len() {
-            return Err(DataError::Corrupt {
-                path: meta_path,
-                message: format!(
-                    "{} vocabulary sizes for {} categorical features",
-                    meta.vocab_sizes.len(),
-                    meta.schema.categorical.len()
-                ),
-            });
-        }
-        if let Some((name, sm)) = meta.splits.iter().find(|(_, s)| s.rows > MAX_ROWS) {
-            return Err(DataError::Corrupt {
-                path: meta_path,
-                message: format!("{} rows in split {}", sm.rows, name.as_str()),
-            });
-        }
+        let meta = read_meta(dir)?;
         // The value -> id maps are only needed to encode new raw files (evaluation of a
         // saved model); training needs the sizes in meta.json, so the maps stay on disk.
         let vocab_path = dir.join("vocab.bin");
@@ -231,71 +442,8 @@ impl PreparedDataset {
         }
         let mut splits = BTreeMap::new();
         for (&name, sm) in &meta.splits {
-            let n = sm.rows;
-            let label = MappedColumn::open(&column_path(dir, name, "label.f32"), n * 4)?;
-            let dense = (0..meta.schema.dense.len())
-                .map(|j| {
-                    MappedColumn::open(&column_path(dir, name, &format!("dense_{j}.f32")), n * 4)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut cats = Vec::new();
-            for (f, c) in meta.schema.categorical.iter().enumerate() {
-                if c.multi_valued {
-                    let opath = column_path(dir, name, &format!("cat_{f}.off"));
-                    let offsets = MappedColumn::open(&opath, (n + 1) * 8)?;
-                    let total = offsets.slice::<u64>().last().copied().unwrap_or(0);
-                    let o = offsets.slice::<u64>();
-                    if o.first().copied().unwrap_or(0) != 0 || o.windows(2).any(|w| w[0] > w[1]) {
-                        return Err(DataError::Corrupt {
-                            path: opath,
-                            message: "offsets are not increasing".into(),
-                        });
-                    }
-                    let bytes = total.checked_mul(4).ok_or_else(|| DataError::Corrupt {
-                        path: opath.clone(),
-                        message: format!("last offset {total} is past any file"),
-                    })?;
-                    let ids = MappedColumn::open(
-                        &column_path(dir, name, &format!("cat_{f}.u32")),
-                        bytes,
-                    )?;
-                    cats.push(CatColumn {
-                        ids,
-                        offsets: Some(offsets),
-                    });
-                } else {
-                    let ids = MappedColumn::open(
-                        &column_path(dir, name, &format!("cat_{f}.u32")),
-                        n * 4,
-                    )?;
-                    cats.push(CatColumn { ids, offsets: None });
-                }
-            }
-            // ids must be inside the vocabulary (a cheap scan that keeps lookups safe)
-            for (f, c) in cats.iter().enumerate() {
-                let size = meta.vocab_sizes[f];
-                if let Some(bad) = c
-                    .ids
-                    .slice::<u32>()
-                    .iter()
-                    .find(|&&id| u64::from(id) >= size)
-                {
-                    return Err(DataError::Corrupt {
-                        path: column_path(dir, name, &format!("cat_{f}.u32")),
-                        message: format!("id {bad} outside the vocabulary of {size}"),
-                    });
-                }
-            }
-            splits.insert(
-                name,
-                std::sync::Arc::new(PreparedSplit {
-                    name,
-                    rows: n as usize,
-                    label,
-                    dense,
-                    cats,
-                }),
-            );
+            let split = open_split(dir, &meta, name, sm.rows)?;
+            splits.insert(name, std::sync::Arc::new(split));
         }
         Ok(Self {
             dir: dir.to_path_buf(),

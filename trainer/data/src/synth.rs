@@ -127,6 +127,11 @@ pub(crate) struct Row {
 }
 
 impl Teacher {
+    /// Dense columns of a generated row (they come before the categorical ones).
+    pub(crate) fn num_dense(&self) -> usize {
+        self.o.num_dense
+    }
+
     pub(crate) fn new(o: SynthOptions) -> Self {
         let f = o.cardinalities.len() as f64;
         let pairs = (f * (f - 1.0) / 2.0).max(1.0);

@@ -141,7 +141,7 @@ fn write_day(
     )?;
     data.flush().map_err(SynthError::io(&data_file))?;
     probs.flush().map_err(SynthError::io(&prob_file))?;
-    let (distinct_ids, new_ids) = count_ids(&data_file, seen)?;
+    let (distinct_ids, new_ids) = count_ids(&data_file, 1 + teacher.num_dense(), seen)?;
     let labels: Vec<f32> = drawn.iter().map(|&(l, _)| f32::from(u8::from(l))).collect();
     let ps: Vec<f32> = drawn.iter().map(|&(_, p)| p as f32).collect();
     Ok(DaySummary {
@@ -158,12 +158,16 @@ fn write_day(
 }
 
 /// Distinct (field, id) pairs of a day file, and how many are not in `seen` (then added).
-fn count_ids(file: &Path, seen: &mut HashSet<(usize, String)>) -> Result<(u64, u64), SynthError> {
+/// `first`: the column of the first categorical field (after the label and dense ones).
+fn count_ids(
+    file: &Path,
+    first: usize,
+    seen: &mut HashSet<(usize, String)>,
+) -> Result<(u64, u64), SynthError> {
     let text = std::fs::read_to_string(file).map_err(SynthError::io(file))?;
     let mut today: HashSet<(usize, String)> = HashSet::new();
     for line in text.lines() {
-        // label, 13 dense, then the categorical fields
-        for (f, v) in line.split('\t').skip(14).enumerate() {
+        for (f, v) in line.split('\t').skip(first).enumerate() {
             if !v.is_empty() {
                 today.insert((f, v.to_string()));
             }

@@ -3,8 +3,13 @@
 //! together in memory); every other value, including values first seen in validation or
 //! test data, maps to the feature's OOV id 0.
 //!
-//! Saved as `vocab.bin`: magic, feature count, then per feature its entries (length-
-//! prefixed bytes and training count) in id order, and a CRC32 of everything before it.
+//! Keyed features (`data.keyed_features`) have no vocabulary: nothing is counted for
+//! them, their values are encoded as [`key_of`] keys, and their size is 0.
+//!
+//! Saved as `vocab.bin`: magic, feature count, then per feature its entry count and its
+//! entries (length-prefixed bytes and training count) in id order, and a CRC32 of
+//! everything before it. A keyed feature's entry count is `u64::MAX` and no entries
+//! follow (files written before keys existed have no such count, and read as before).
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -13,10 +18,14 @@ use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 use super::fast_hash::FastHashBuilder;
+use super::keys::key_of;
 use super::raw_format::ParsedRow;
 use super::DataError;
 
 const MAGIC: &[u8; 8] = b"SRVOCAB1";
+
+/// The entry count `vocab.bin` gives a keyed feature.
+const KEYED_MARK: u64 = u64::MAX;
 
 /// A categorical value's bytes; values of up to 23 bytes (hex hashes, numbers, most
 /// names) live inline, so counting tens of millions of values allocates almost nothing.
@@ -67,21 +76,35 @@ impl std::fmt::Debug for Key {
 #[derive(Debug)]
 pub struct VocabBuilder {
     counts: Vec<HashMap<Key, u64, FastHashBuilder>>,
+    /// Per feature: keyed, so not counted (its map stays empty).
+    keyed: Vec<bool>,
 }
 
 impl VocabBuilder {
     pub fn new(features: usize) -> Self {
+        Self::with_keyed(vec![false; features])
+    }
+
+    /// A builder for `keyed.len()` features, of which the keyed ones are not counted
+    /// and get keyed vocabularies ([`FeatureVocab::is_keyed`]).
+    pub fn with_keyed(keyed: Vec<bool>) -> Self {
         Self {
-            counts: (0..features)
+            counts: keyed
+                .iter()
                 .map(|_| HashMap::with_hasher(FastHashBuilder))
                 .collect(),
+            keyed,
         }
     }
 
     /// Counts the values of many rows, features in parallel.
     pub fn add_rows(&mut self, rows: &[&ParsedRow]) {
         use rayon::prelude::*;
+        let keyed = &self.keyed;
         self.counts.par_iter_mut().enumerate().for_each(|(f, map)| {
+            if keyed[f] {
+                return;
+            }
             for row in rows {
                 for v in row.cat(f) {
                     match map.get_mut(v) {
@@ -97,6 +120,9 @@ impl VocabBuilder {
 
     pub fn add(&mut self, row: &ParsedRow) {
         for (f, map) in self.counts.iter_mut().enumerate() {
+            if self.keyed[f] {
+                continue;
+            }
             for v in row.cat(f) {
                 match map.get_mut(v) {
                     Some(c) => *c += 1,
@@ -110,7 +136,9 @@ impl VocabBuilder {
 
     /// Like [`Self::finish`], with each group of features counted as one vocabulary that
     /// every member then uses (sequence data: a target item and a behaviour's item are
-    /// one id space).
+    /// one id space). A group is keyed as a whole or not at all (`data.keyed_features`
+    /// is checked for that), so copying the first member's vocabulary keeps each
+    /// member's kind.
     pub fn finish_shared(mut self, min_count: u64, groups: &[[usize; 2]]) -> Vocab {
         for g in groups {
             let (first, rest) = (g[0], &g[1..]);
@@ -138,7 +166,11 @@ impl VocabBuilder {
         let features = self
             .counts
             .into_par_iter()
-            .map(|map| {
+            .zip(self.keyed)
+            .map(|(map, keyed)| {
+                if keyed {
+                    return FeatureVocab::keyed();
+                }
                 let tie = |k: &Key| FastHashBuilder.hash_one(k.bytes());
                 let mut entries: Vec<(u64, u64, Key)> = map
                     .into_iter()
@@ -157,12 +189,14 @@ impl VocabBuilder {
     }
 }
 
-/// One feature's value -> id map.
+/// One feature's value -> id map (empty for a keyed feature).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureVocab {
     ids: HashMap<Key, u32, FastHashBuilder>,
     /// Training count of id i + 1.
     counts: Vec<u64>,
+    /// The feature's values are keys ([`key_of`]), not ids of this map.
+    keyed: bool,
 }
 
 impl FeatureVocab {
@@ -173,18 +207,52 @@ impl FeatureVocab {
             ids.insert(v, i as u32 + 1);
             counts.push(c);
         }
-        Self { ids, counts }
+        Self {
+            ids,
+            counts,
+            keyed: false,
+        }
     }
 
-    /// Id of a value; 0 when out of vocabulary.
+    /// The vocabulary of a keyed feature: no entries, size 0.
+    pub fn keyed() -> Self {
+        Self {
+            ids: HashMap::with_hasher(FastHashBuilder),
+            counts: Vec::new(),
+            keyed: true,
+        }
+    }
+
+    /// Whether the feature's values are keys rather than ids.
+    pub fn is_keyed(&self) -> bool {
+        self.keyed
+    }
+
+    /// Id of a value; 0 when out of vocabulary (always, for a keyed feature).
     #[inline]
     pub fn id(&self, value: &[u8]) -> u32 {
         self.ids.get(value).copied().unwrap_or(0)
     }
 
-    /// Number of ids including OOV (the rows a plain table needs).
+    /// Number of ids including OOV (the rows a plain table needs); 0 for a keyed
+    /// feature, which has no ids.
     pub fn size(&self) -> u64 {
-        self.counts.len() as u64 + 1
+        if self.keyed {
+            0
+        } else {
+            self.counts.len() as u64 + 1
+        }
+    }
+
+    /// How one value is written to the prepared data: its key for a keyed feature,
+    /// else its id.
+    #[inline]
+    pub fn encode_value(&self, value: &[u8]) -> u64 {
+        if self.keyed {
+            key_of(value)
+        } else {
+            u64::from(self.id(value))
+        }
     }
 
     /// Training counts by id (index 0 = id 1).
@@ -200,13 +268,15 @@ pub struct Vocab {
 }
 
 impl Vocab {
-    /// Ids of a row's categorical values, all features in order (OOV = 0).
-    pub fn encode(&self, row: &ParsedRow) -> Vec<u32> {
-        let mut ids = Vec::with_capacity(self.features.len());
+    /// A row's categorical values as written, all features in order, one per value
+    /// (a multi-valued cell gives one per element, an empty single-valued cell one):
+    /// ids (OOV = 0) of vocabulary features, [`key_of`] keys of keyed ones.
+    pub fn encode(&self, row: &ParsedRow) -> Vec<u64> {
+        let mut values = Vec::with_capacity(self.features.len());
         for (f, fv) in self.features.iter().enumerate() {
-            ids.extend(row.cat(f).map(|v| fv.id(v)));
+            values.extend(row.cat(f).map(|v| fv.encode_value(v)));
         }
-        ids
+        values
     }
 
     pub fn sizes(&self) -> Vec<u64> {
@@ -219,6 +289,10 @@ impl Vocab {
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&(self.features.len() as u64).to_le_bytes());
         for f in &self.features {
+            if f.keyed {
+                buf.extend_from_slice(&KEYED_MARK.to_le_bytes());
+                continue;
+            }
             let mut entries: Vec<(&[u8], u32)> =
                 f.ids.iter().map(|(k, &v)| (k.bytes(), v)).collect();
             entries.sort_unstable_by_key(|e| e.1);
@@ -264,7 +338,12 @@ impl Vocab {
         let nf = u64_at(take(8)?) as usize;
         let mut features = Vec::with_capacity(nf.min(1 << 16));
         for _ in 0..nf {
-            let n = u64_at(take(8)?) as usize;
+            let n = u64_at(take(8)?);
+            if n == KEYED_MARK {
+                features.push(FeatureVocab::keyed());
+                continue;
+            }
+            let n = n as usize;
             let mut entries = Vec::with_capacity(n.min(1 << 24));
             for _ in 0..n {
                 let len = u32::from_le_bytes(take(4)?.try_into().unwrap_or([0; 4])) as usize;
@@ -311,5 +390,29 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let e = Vocab::load(&path).unwrap_err().to_string();
         assert!(e.contains("vocab.bin") && e.contains("checksum"), "{e}");
+    }
+
+    /// Keyed features are not counted, have size 0, encode as keys, and stay keyed
+    /// through `vocab.bin`.
+    #[test]
+    fn keyed_features_have_no_vocabulary() {
+        let text = "[data]\nformat = \"delimited\"\ntrain = \"x\"\ncolumns = [{name = \"y\", role = \"label\"}, {name = \"k\", role = \"categorical\"}, {name = \"c\", role = \"categorical\"}]\n";
+        let cfg = DataConfig::from_toml_section(text).unwrap();
+        let p = RowParser::new(&cfg, &[]).unwrap();
+        let mut b = VocabBuilder::with_keyed(vec![true, false]);
+        let mut row = Default::default();
+        for line in ["1\t42\ta", "0\tzz\tb", "1\t42\ta"] {
+            p.parse(line.as_bytes(), &mut row).unwrap();
+            b.add(&row);
+        }
+        let v = b.finish(1);
+        assert_eq!(v.sizes(), [0, 3]);
+        assert!(v.features[0].is_keyed() && !v.features[1].is_keyed());
+        p.parse(b"1\tzz\tb", &mut row).unwrap();
+        assert_eq!(v.encode(&row), [key_of(b"zz"), 2]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vocab.bin");
+        v.save(&path).unwrap();
+        assert_eq!(Vocab::load(&path).unwrap(), v);
     }
 }

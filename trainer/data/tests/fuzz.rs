@@ -56,7 +56,8 @@ fn row_parsers() {
         });
 }
 
-/// A small prepared dataset (delimited, with a multi-valued column) in `dir`.
+/// A small prepared dataset (delimited, with a multi-valued column whose values are
+/// keys) in `dir`.
 fn prepared(dir: &Path) -> PreparedDataset {
     let mut text = String::from("y\tc\tm\n");
     for i in 0..60 {
@@ -64,7 +65,7 @@ fn prepared(dir: &Path) -> PreparedDataset {
     }
     std::fs::write(dir.join("d.tsv"), text).unwrap();
     let cfg = DataConfig::from_toml_section(&format!(
-        "[data]\nformat = \"delimited\"\nheader = true\ntrain = \"{}\"\ncache_dir = \"{}\"\nsplit = {{ kind = \"tail\", test = 0.2 }}\ncolumns = [{{name = \"y\", role = \"label\"}}, {{name = \"c\", role = \"categorical\"}}, {{name = \"m\", role = \"categorical\", separator = \"|\"}}]\n",
+        "[data]\nformat = \"delimited\"\nheader = true\ntrain = \"{}\"\ncache_dir = \"{}\"\nsplit = {{ kind = \"tail\", test = 0.2 }}\nkeyed_features = [\"m\"]\ncolumns = [{{name = \"y\", role = \"label\"}}, {{name = \"c\", role = \"categorical\"}}, {{name = \"m\", role = \"categorical\", separator = \"|\"}}]\n",
         dir.join("d.tsv").display(),
         dir.join("cache").display()
     ))
@@ -79,7 +80,9 @@ fn read_all(ds: &PreparedDataset) {
         let _ = s.labels().len();
         for f in 0..ds.meta.schema.categorical.len() {
             for r in 0..s.rows {
-                let _ = s.cat_ids(f, r).len();
+                let _ = s.cat_values(f, r).len();
+                let _ = s.cat_ids(f, r).map(<[u32]>::len);
+                let _ = s.first_value(f, r);
             }
         }
     }
