@@ -17,11 +17,11 @@
 //!   probability draws hash with fixed seeds. So a rank's map is the same on every run,
 //!   and a checkpoint of it restores the same future.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hashing::{hash_id, unit_f32};
+use crate::hashing::{hash_id, unit_f32, KeyHashBuilder};
 use crate::TableError;
 
 /// When a key gets a row.
@@ -82,8 +82,18 @@ impl CountMinSketch {
 
     /// Counts one more sighting of `key`; returns its estimated count.
     pub fn add(&mut self, key: u64) -> u32 {
+        self.add_n(key, 1)
+    }
+
+    /// Counts `n` more sightings of `key`; returns its estimated count.
+    pub fn add_n(&mut self, key: u64, n: u32) -> u32 {
         let cells = self.cells(key);
-        let estimate = cells.iter().map(|&c| self.counts[c]).min().unwrap_or(0) + 1;
+        let estimate = cells
+            .iter()
+            .map(|&c| self.counts[c])
+            .min()
+            .unwrap_or(0)
+            .saturating_add(n);
         for c in cells {
             self.counts[c] = self.counts[c].max(estimate);
         }
@@ -126,14 +136,16 @@ pub struct KeyLookup {
 }
 
 /// A table's map from keys to its `capacity` rows, with admission and eviction.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyRows {
     capacity: u32,
     admission: Admission,
     eviction: Eviction,
     seed: u64,
-    rows: HashMap<u64, u32>,
-    /// Key of each row (None: free).
+    rows: HashMap<u64, u32, KeyHashBuilder>,
+    /// Key of each row handed out so far (None: freed again). Rows are handed out lowest
+    /// first, so these per-row vectors grow with the rows in use, not with the capacity:
+    /// a table of a large capacity costs what it holds.
     keys: Vec<Option<u64>>,
     /// The step each row was last used at.
     last_step: Vec<u64>,
@@ -141,9 +153,14 @@ pub struct KeyRows {
     last_tick: Vec<u64>,
     tick: u64,
     uses: Vec<u32>,
-    /// Rows in eviction order: (uses or 0, last tick, row).
+    /// `lfu`: rows in eviction order, (uses, last tick, row).
     order: BTreeSet<(u32, u64, u32)>,
-    /// Free rows, the lowest first out.
+    /// `lru` and `ttl_steps`: (tick, row) of every touch, oldest first. A touch appends
+    /// and leaves the row's older entries behind, skipped when met (an entry is current
+    /// when its tick is the row's last): O(1) a touch, where a sorted set costs two
+    /// O(log n) updates. Compacted when stale entries outnumber the rows.
+    recency: VecDeque<(u64, u32)>,
+    /// Rows freed again (below `keys.len()`), the lowest first out.
     free: BTreeSet<u32>,
     sketch: Option<CountMinSketch>,
     stats: KeyRowStats,
@@ -164,14 +181,15 @@ impl KeyRows {
             admission,
             eviction,
             seed,
-            rows: HashMap::new(),
-            keys: vec![None; capacity as usize],
-            last_step: vec![0; capacity as usize],
-            last_tick: vec![0; capacity as usize],
+            rows: HashMap::default(),
+            keys: Vec::new(),
+            last_step: Vec::new(),
+            last_tick: Vec::new(),
             tick: 0,
-            uses: vec![0; capacity as usize],
+            uses: Vec::new(),
             order: BTreeSet::new(),
-            free: (0..capacity).collect(),
+            recency: VecDeque::new(),
+            free: BTreeSet::new(),
             sketch,
             stats: KeyRowStats::default(),
         }
@@ -204,9 +222,14 @@ impl KeyRows {
         self.rows.get(&key).copied()
     }
 
+    /// The key holding `row`, if any.
+    pub fn key_at(&self, row: u32) -> Option<u64> {
+        self.keys.get(row as usize).copied().flatten()
+    }
+
     /// The live keys and their rows, by row.
     pub fn live(&self) -> Vec<(u64, u32)> {
-        (0..self.capacity)
+        (0..self.keys.len() as u32)
             .filter_map(|r| self.keys[r as usize].map(|k| (k, r)))
             .collect()
     }
@@ -227,12 +250,42 @@ impl KeyRows {
             return;
         };
         // in recency order, so the idle rows come first
-        while let Some(&(u, tick, row)) = self.order.first() {
+        while let Some(row) = self.least_recent() {
             if step.saturating_sub(self.last_step[row as usize]) < steps {
                 break;
             }
-            self.order.remove(&(u, tick, row));
+            self.recency.pop_front();
             self.release(row);
+        }
+    }
+
+    /// `lru`/`ttl_steps`: the least recently used held row (stale entries before it are
+    /// dropped), left at the front.
+    fn least_recent(&mut self) -> Option<u32> {
+        while let Some(&(tick, row)) = self.recency.front() {
+            if self.is_current(tick, row) {
+                return Some(row);
+            }
+            self.recency.pop_front();
+        }
+        None
+    }
+
+    fn is_current(&self, tick: u64, row: u32) -> bool {
+        let r = row as usize;
+        self.keys[r].is_some() && self.last_tick[r] == tick
+    }
+
+    /// Rows in eviction order (the first goes first), for comparing maps.
+    fn eviction_order(&self) -> Vec<u32> {
+        match self.eviction {
+            Eviction::Lfu => self.order.iter().map(|e| e.2).collect(),
+            _ => self
+                .recency
+                .iter()
+                .filter(|&&(t, r)| self.is_current(t, r))
+                .map(|e| e.1)
+                .collect(),
         }
     }
 
@@ -244,16 +297,21 @@ impl KeyRows {
         self.free.insert(row);
     }
 
-    /// Whether `key`, not holding a row, is admitted at this sighting.
-    fn admits(&mut self, key: u64, step: u64) -> bool {
+    /// Whether `key`, not holding a row, is admitted at these `n` sightings (for
+    /// `probability`, when any of the `n` draws would admit it).
+    fn admits(&mut self, key: u64, n: u32, step: u64) -> bool {
         match self.admission {
             Admission::Always => true,
             Admission::MinCount { min_count, .. } => self
                 .sketch
                 .as_mut()
-                .is_some_and(|s| s.add(key) >= min_count),
+                .is_some_and(|s| s.add_n(key, n) >= min_count),
             Admission::Probability { p } => {
-                unit_f32(hash_id(self.seed ^ step.wrapping_mul(0x9E37_79B9), key)) < p
+                let any = 1.0 - (1.0 - f64::from(p)).powi(n.min(1 << 20) as i32);
+                f64::from(unit_f32(hash_id(
+                    self.seed ^ step.wrapping_mul(0x9E37_79B9),
+                    key,
+                ))) < any
             }
         }
     }
@@ -262,14 +320,21 @@ impl KeyRows {
     /// admitted new keys take a free row or evict one not used at this step. Duplicates
     /// in `keys` reach the same row. Steps must not go backwards.
     pub fn lookup(&mut self, keys: &[u64], step: u64) -> KeyLookup {
+        self.lookup_counted(keys, &vec![1; keys.len()], step)
+    }
+
+    /// As [`Self::lookup`], with each key seen `counts[i]` times (a batch's distinct
+    /// keys): admission counts every sighting, and so does `lfu`.
+    pub fn lookup_counted(&mut self, keys: &[u64], counts: &[u64], step: u64) -> KeyLookup {
         let mut out = KeyLookup {
             rows: Vec::with_capacity(keys.len()),
             fresh: Vec::new(),
         };
-        for &key in keys {
+        for (&key, &n) in keys.iter().zip(counts) {
+            let n = u32::try_from(n).unwrap_or(u32::MAX).max(1);
             let row = match self.rows.get(&key).copied() {
-                Some(row) => Some(self.touch(row, step)),
-                None if self.admits(key, step) => {
+                Some(row) => Some(self.touch(row, step, n)),
+                None if self.admits(key, n, step) => {
                     let Some(row) = self.take_row(step) else {
                         // every row serves this step already: the default row this time
                         self.stats.refused += 1;
@@ -278,7 +343,7 @@ impl KeyRows {
                     };
                     self.stats.admitted += 1;
                     out.fresh.push(row);
-                    Some(self.assign(row, key, step, 1))
+                    Some(self.assign(row, key, step, n))
                 }
                 None => {
                     self.stats.refused += 1;
@@ -293,28 +358,40 @@ impl KeyRows {
     /// A free row, or the row of the key eviction chooses among those not used at
     /// `step` (a batch never loses a row it already reached); None if there is none.
     fn take_row(&mut self, step: u64) -> Option<u32> {
-        if let Some(row) = self.free.pop_first() {
+        if let Some(row) = self.next_free() {
             return Some(row);
         }
-        let last_step = &self.last_step;
-        let victim = *self
-            .order
-            .iter()
-            .find(|&&(_, _, row)| last_step[row as usize] < step)?;
-        self.order.remove(&victim);
-        let row = victim.2;
+        let row = match self.eviction {
+            Eviction::Lfu => {
+                let last_step = &self.last_step;
+                let victim = *self
+                    .order
+                    .iter()
+                    .find(|&&(_, _, row)| last_step[row as usize] < step)?;
+                self.order.remove(&victim);
+                victim.2
+            }
+            // rows used at `step` are the most recent, so the least recent either may go
+            // or every row serves this step
+            _ => {
+                let row = self.least_recent()?;
+                if self.last_step[row as usize] >= step {
+                    return None;
+                }
+                self.recency.pop_front();
+                row
+            }
+        };
         self.release(row);
         self.free.remove(&row);
         Some(row)
     }
 
-    fn touch(&mut self, row: u32, step: u64) -> u32 {
-        self.order.remove(&self.order_key(row));
-        self.touch_new(row, step)
-    }
-
-    fn touch_new(&mut self, row: u32, step: u64) -> u32 {
-        self.mark(row, step, self.uses[row as usize].saturating_add(1))
+    fn touch(&mut self, row: u32, step: u64, n: u32) -> u32 {
+        if self.eviction == Eviction::Lfu {
+            self.order.remove(&self.order_key(row));
+        }
+        self.mark(row, step, self.uses[row as usize].saturating_add(n))
     }
 
     /// Row `row` (out of the eviction order) as used now, at `step`, `uses` times.
@@ -322,8 +399,26 @@ impl KeyRows {
         let r = row as usize;
         self.tick += 1;
         (self.last_step[r], self.last_tick[r], self.uses[r]) = (step, self.tick, uses);
-        self.order.insert(self.order_key(row));
+        self.enqueue(row);
         row
+    }
+
+    /// Puts held `row` into the eviction order at its current uses and tick.
+    fn enqueue(&mut self, row: u32) {
+        if self.eviction == Eviction::Lfu {
+            self.order.insert(self.order_key(row));
+            return;
+        }
+        self.recency.push_back((self.last_tick[row as usize], row));
+        if self.recency.len() > 2 * self.rows.len() + 1024 {
+            let keep: VecDeque<(u64, u32)> = self
+                .recency
+                .iter()
+                .copied()
+                .filter(|&(t, r)| self.is_current(t, r))
+                .collect();
+            self.recency = keep;
+        }
     }
 }
 
@@ -384,7 +479,7 @@ impl KeyRows {
                 continue;
             }
             let new = &mut maps[owner];
-            let free = new.free.pop_first().unwrap_or(0);
+            let free = new.next_free().unwrap_or(0);
             let to = new.assign(free, key, step, old[rank].uses[row as usize]);
             moves.push(RowMove {
                 key,
@@ -396,6 +491,28 @@ impl KeyRows {
             m.sum_sketches(old);
         }
         (maps, moves)
+    }
+
+    /// The lowest row no key holds (a freed one, else the next never used), if any.
+    fn next_free(&mut self) -> Option<u32> {
+        if let Some(row) = self.free.pop_first() {
+            return Some(row);
+        }
+        (self.rows_in_use() < self.capacity).then(|| self.grow())
+    }
+
+    /// Hands out the next never-used row.
+    fn grow(&mut self) -> u32 {
+        self.keys.push(None);
+        self.last_step.push(0);
+        self.last_tick.push(0);
+        self.uses.push(0);
+        self.rows_in_use() - 1
+    }
+
+    /// Rows handed out so far (held or freed again): the prefix of the table in use.
+    pub fn rows_in_use(&self) -> u32 {
+        self.keys.len() as u32
     }
 
     /// Gives `row` (taken out of the free rows) to `key`, as last used at `step`, with
@@ -421,9 +538,29 @@ impl KeyRows {
     }
 }
 
+impl PartialEq for KeyRows {
+    /// Equal maps admit and evict alike from here on (stale recency entries aside).
+    fn eq(&self, other: &Self) -> bool {
+        self.capacity == other.capacity
+            && self.admission == other.admission
+            && self.eviction == other.eviction
+            && self.seed == other.seed
+            && self.rows == other.rows
+            && self.keys == other.keys
+            && self.last_step == other.last_step
+            && self.last_tick == other.last_tick
+            && self.tick == other.tick
+            && self.uses == other.uses
+            && self.free == other.free
+            && self.sketch == other.sketch
+            && self.stats == other.stats
+            && self.eviction_order() == other.eviction_order()
+    }
+}
+
 /// The start of a [`KeyRows`] in bytes, and its layout's version.
 const MAGIC: &[u8; 4] = b"SRKR";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Reads little-endian fields off a byte slice, naming what it read in its errors.
 struct Fields<'a> {
@@ -493,6 +630,7 @@ impl KeyRows {
         for n in [self.stats.admitted, self.stats.refused, self.stats.evicted] {
             b.extend_from_slice(&n.to_le_bytes());
         }
+        b.extend_from_slice(&self.rows_in_use().to_le_bytes());
         for r in 0..self.keys.len() {
             b.push(u8::from(self.keys[r].is_some()));
             b.extend_from_slice(&self.keys[r].unwrap_or(0).to_le_bytes());
@@ -544,11 +682,8 @@ impl KeyRows {
             (2, steps) => Eviction::TtlSteps { steps },
             (t, _) => return Err(f.bad(format!("unknown eviction {t}"))),
         };
-        if capacity == 0 || capacity as usize > bytes.len() / 29 {
-            return Err(f.bad(format!(
-                "capacity {capacity} does not fit its {} bytes",
-                bytes.len()
-            )));
+        if capacity == 0 {
+            return Err(f.bad("capacity 0".into()));
         }
         if let Admission::MinCount { sketch_bytes, .. } = admission {
             // the sketch's counters follow the rows: no more than the bytes there are
@@ -564,9 +699,26 @@ impl KeyRows {
             refused: f.u64("counters")?,
             evicted: f.u64("counters")?,
         };
-        m.free.clear();
-        for row in 0..capacity {
+        let in_use = f.u32("the rows in use")?;
+        if in_use > capacity || in_use as usize > f.bytes.len() / 29 {
+            return Err(f.bad(format!(
+                "{in_use} rows in use in a capacity of {capacity}, or more than its {} bytes hold",
+                bytes.len()
+            )));
+        }
+        for row in 0..in_use {
+            m.grow();
             m.read_row(&mut f, row)?;
+        }
+        // the eviction order of the rows read, by tick
+        let mut held: Vec<(u64, u32)> = m
+            .live()
+            .iter()
+            .map(|&(_, r)| (m.last_tick[r as usize], r))
+            .collect();
+        held.sort_unstable();
+        for (_, row) in held {
+            m.enqueue(row);
         }
         if let Some(sketch) = m.sketch.as_mut() {
             for c in sketch.counts.iter_mut() {
@@ -597,7 +749,6 @@ impl KeyRows {
                     )));
                 }
                 self.keys[r] = Some(key);
-                self.order.insert(self.order_key(row));
             }
             t => return Err(f.bad(format!("row {row}: flag {t}"))),
         }

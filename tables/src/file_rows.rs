@@ -688,10 +688,15 @@ mod tests {
             cache_bytes: cache_rows as u64 * (record as u64 * 4 + slot_overhead(policy)),
             policy,
         };
-        let in_ram = TableStorage { file: None, dtype };
+        let in_ram = TableStorage {
+            file: None,
+            dtype,
+            keyed: false,
+        };
         let in_file = TableStorage {
             file: Some(tier),
             dtype,
+            keyed: false,
         };
         let mut ram = TableShard::build(&spec, &extent, &opt, &in_ram).unwrap();
         let mut file = TableShard::build(&spec, &extent, &opt, &in_file).unwrap();

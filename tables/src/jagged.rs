@@ -96,6 +96,12 @@ impl KeyedJaggedIds {
         &self.values
     }
 
+    /// Every id of key `k`, sample by sample.
+    pub fn key_values(&self, k: usize) -> &[u64] {
+        let s = k * self.batch_size;
+        &self.values[self.offsets[s]..self.offsets[s + self.batch_size]]
+    }
+
     /// Total number of ids of key `k` in the batch.
     pub fn key_len(&self, k: usize) -> usize {
         let s = k * self.batch_size;

@@ -78,6 +78,9 @@ pub struct TableShard {
 pub struct TableStorage {
     pub file: Option<FileTier>,
     pub dtype: RowDtype,
+    /// Rows are set when a key takes them (a dynamic table's, [`crate::KeyMaps`]): a
+    /// RAM shard starts as untouched zeros, so its memory is taken as rows come into use.
+    pub keyed: bool,
 }
 
 impl TableShard {
@@ -131,6 +134,7 @@ impl TableShard {
     ) -> Result<Self, TableError> {
         match &storage.file {
             Some(t) => Self::in_file(spec, extent, opt, t, storage.dtype),
+            None if storage.keyed => Ok(Self::untouched(spec, extent, opt, storage.dtype)),
             None => Ok(Self::in_ram(
                 &spec.name,
                 spec.dim,
@@ -139,6 +143,33 @@ impl TableShard {
                 opt,
                 storage.dtype,
             )),
+        }
+    }
+
+    /// A RAM shard of zeros whose pages are not touched: rows that are set (reset) before
+    /// any use, so they cost memory only once used.
+    fn untouched(
+        spec: &TableSpec,
+        extent: &ShardExtent,
+        opt: &SparseOptimizer,
+        dtype: RowDtype,
+    ) -> Self {
+        let width = extent.cols.len();
+        let n = (extent.rows.end - extent.rows.start) as usize;
+        let sw = opt.state_width(width);
+        Self {
+            table: spec.name.clone(),
+            rows: extent.rows.clone(),
+            cols: extent.cols.clone(),
+            dim: spec.dim,
+            held: Rows::Host {
+                weights: Box::new(InMemoryRows::zeros(n * dtype.words(width))),
+                state: Box::new(InMemoryRows::zeros(n * sw)),
+            },
+            state_width: sw,
+            steps: 0,
+            dtype,
+            salt: RowDtype::salt(&spec.name),
         }
     }
 
@@ -774,7 +805,11 @@ mod tests {
             (Some(file.clone()), RowDtype::F32),
             (None, RowDtype::Bf16),
         ] {
-            let storage = TableStorage { file: tier, dtype };
+            let storage = TableStorage {
+                file: tier,
+                dtype,
+                keyed: false,
+            };
             let mut s = TableShard::build(&spec, &extent, &opt, &storage).unwrap();
             let rows: Vec<u64> = (0..50).collect();
             s.apply(&opt, &rows, &vec![1.0; 200]).unwrap();
