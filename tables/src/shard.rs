@@ -503,8 +503,8 @@ impl TableShard {
         }
     }
 
-    /// Overwrites the weights of file-tier rows `first..` (`v`: whole rows), for loading
-    /// a shard larger than RAM a block at a time.
+    /// Overwrites the weights of rows `first..` (`v`: whole rows), for loading a shard a
+    /// block at a time (larger than RAM, or only its rows in use).
     pub fn set_weights_rows(&mut self, first: usize, v: &[f32]) -> Result<(), TableError> {
         let columns = 0..self.words();
         match self.dtype {
@@ -532,10 +532,37 @@ impl TableShard {
         first: usize,
         v: &[f32],
     ) -> Result<(), TableError> {
-        match &self.held {
+        let words = self.words();
+        let width = columns.len().max(1);
+        let rows = v.len() / width;
+        if first + rows > self.num_rows() || !v.len().is_multiple_of(width) {
+            return Err(TableError::BadBatch(format!(
+                "table `{}`: {} values for rows {first}.. of {} columns, past the shard's {} rows",
+                self.table,
+                v.len(),
+                width,
+                self.num_rows()
+            )));
+        }
+        match &mut self.held {
             Rows::File(f) => f.overwrite_rows(columns, first, v),
-            _ => Err(TableError::BadBatch(format!(
-                "table `{}`: rows can be set a block at a time only in the file tier",
+            // a record's columns are its weights' words, then its state
+            Rows::Host { weights, state } => {
+                let (held, stride, start) = match columns.start < words {
+                    true => (weights.as_mut_slice(), words, columns.start),
+                    false => (
+                        state.as_mut_slice(),
+                        self.state_width,
+                        columns.start - words,
+                    ),
+                };
+                for (i, row) in v.chunks_exact(width).enumerate() {
+                    held[(first + i) * stride + start..][..width].copy_from_slice(row);
+                }
+                Ok(())
+            }
+            Rows::Device(_) => Err(TableError::BadBatch(format!(
+                "table `{}`: rows of a device table cannot be set a block at a time",
                 self.table
             ))),
         }

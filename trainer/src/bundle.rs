@@ -10,12 +10,15 @@ use shardrec_models::{
     build_model, BatchStatsSync, CtrModel, ModelConfig, ModelInput, ModelShape, Retrieved,
     SequenceInput,
 };
-use shardrec_tables::{CollectionLayout, Exchange, KeyedJaggedIds, SparseOptimizer};
+use shardrec_tables::{CollectionLayout, Exchange, KeyMaps, KeyedJaggedIds, SparseOptimizer};
 use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::Batch;
-use crate::embedding::{apply_gradient_slices, lookup, Activation, EmbeddingEngine};
+use crate::embedding::{
+    apply_gradient_slices, key_maps, lookup, start_fresh_rows, Activation, DynamicTable,
+    EmbeddingEngine,
+};
 use crate::sequence::SequenceLookup;
 use crate::sharding_plan::CollectionPlans;
 use crate::TrainError;
@@ -32,6 +35,9 @@ pub struct ModelBundle {
     pub layer: Option<Box<dyn EmbeddingLayer>>,
     /// Sequence models: how a batch's target and history become embedding rows.
     pub sequence: Option<SequenceLookup>,
+    /// The features of kind `dynamic`, and this rank's maps of their keys to rows.
+    pub dynamic: Vec<DynamicTable>,
+    pub keys: Option<KeyMaps>,
 }
 
 /// One sample's search result: history slots best first, and whether each holds a
@@ -131,6 +137,8 @@ pub struct BundleSpec<'a> {
     /// Where the main tables' rows live (`embedding.storage`; None: RAM). First-order
     /// tables (one float a row) stay in RAM.
     pub storage: Option<&'a crate::config::EmbeddingConfig>,
+    /// The features of kind `dynamic` (their keys reach rows through key maps).
+    pub dynamic: &'a [DynamicTable],
 }
 
 impl BundleSpec<'_> {
@@ -157,20 +165,23 @@ impl BundleSpec<'_> {
             feature_widths,
         };
         let (optimizer, plans) = (self.optimizer, self.plans);
+        let keyed: Vec<String> = self.dynamic.iter().map(|d| d.table.clone()).collect();
         let mut tables = EmbeddingEngine::new(
             self.main,
             optimizer,
             ex,
             plans.map(|p| p.main.clone()),
             self.storage,
+            &keyed,
         )?;
         let mut first_order = self
             .first_order
             .map(|l| {
                 let plan = plans.and_then(|p| p.first_order.clone());
-                EmbeddingEngine::new(l, optimizer, ex, plan, None)
+                EmbeddingEngine::new(l, optimizer, ex, plan, None, &[])
             })
             .transpose()?;
+        let keys = key_maps(self.dynamic, &tables, ex.rank(), ex.world_size())?;
         if self.table_device != Device::Cpu {
             tables.move_rows_to(self.table_device)?;
             if let Some(f) = first_order.as_mut() {
@@ -196,13 +207,87 @@ impl BundleSpec<'_> {
             model,
             device: self.device,
             num_dense: self.num_dense,
+            dynamic: self.dynamic.to_vec(),
+            keys,
         })
     }
 }
 
 impl ModelBundle {
-    /// Looks the batch's ids up in every collection (collective when sharded).
+    /// Training, before the step's lookups: turns the dynamic features' keys of the
+    /// step's `pieces` into rows (admitting and evicting) and starts the rows new keys
+    /// took afresh. `step` counts from 1. Collective when sharded; nothing without
+    /// dynamic features.
+    pub fn map_keys(
+        &mut self,
+        pieces: &mut [Batch],
+        step: u64,
+        ex: &dyn Exchange,
+    ) -> Result<(), TrainError> {
+        let Some(keys) = self.keys.as_mut() else {
+            return Ok(());
+        };
+        let mut ids: Vec<KeyedJaggedIds> = pieces
+            .iter_mut()
+            .map(|p| {
+                std::mem::replace(
+                    &mut p.sparse,
+                    KeyedJaggedIds::from_lengths(0, 0, &[], vec![]).expect("empty"),
+                )
+            })
+            .collect();
+        let fresh = keys.map_for_training(ex, &mut ids, step)?;
+        for (p, ids) in pieces.iter_mut().zip(ids) {
+            p.sparse = ids;
+        }
+        start_fresh_rows(
+            &fresh,
+            &self.dynamic,
+            [Some(&mut self.tables), self.first_order.as_mut()],
+        )?;
+        Ok(())
+    }
+
+    /// What this rank's key maps hold and did, one entry per dynamic table.
+    pub fn dynamic_report(&self) -> Vec<serde_json::Value> {
+        let Some(keys) = &self.keys else {
+            return Vec::new();
+        };
+        let rank = self.tables.rank();
+        keys.features()
+            .iter()
+            .zip(&self.dynamic)
+            .map(|(k, d)| {
+                let s = k.map.stats();
+                serde_json::json!({
+                    "table": d.table, "rank": rank, "capacity": k.map.capacity(),
+                    "live_keys": k.map.len(), "rows_in_use": k.map.rows_in_use(),
+                    "admitted": s.admitted, "refused": s.refused, "evicted": s.evicted,
+                    "sketch_bytes": k.map.sketch_bytes(),
+                })
+            })
+            .collect()
+    }
+
+    /// Looks the batch's ids up in every collection (collective when sharded). In
+    /// training the dynamic features' keys must have gone through [`Self::map_keys`];
+    /// otherwise they are read as they stand (keys without a row read the default row).
     pub fn lookup(
+        &self,
+        batch: &Batch,
+        train: bool,
+        ex: &dyn Exchange,
+    ) -> Result<Lookups, TrainError> {
+        if let (Some(keys), false) = (&self.keys, train) {
+            let mut mapped = batch.clone();
+            mapped.sparse = keys.map_read_only(ex, &batch.sparse)?;
+            return self.lookup_rows(&mapped, train, ex);
+        }
+        self.lookup_rows(batch, train, ex)
+    }
+
+    /// [`Self::lookup`] of a batch whose ids are rows.
+    fn lookup_rows(
         &self,
         batch: &Batch,
         train: bool,

@@ -69,7 +69,11 @@ fn eval_inner(
     PersistError::check_preprocessing(model_dir, preprocessing, &cfg.data.preprocessing(), false)?;
     let (device, table_device) = resolve_devices(cfg, cluster)?;
     let vocab = model_dir.join("vocab.bin");
-    let data = prepare_on_ranks(cluster, |log| prepare_with_vocab(&cfg.data, &vocab, log))?;
+    // a stream's evaluation files come with its first day (its days are trained, not read)
+    let stream = cfg.train.mode == crate::config::TrainMode::Stream;
+    let first_day = stream.then(|| crate::train::day_config(&cfg.data, &cfg.data.train, true));
+    let data_cfg = first_day.as_ref().unwrap_or(&cfg.data);
+    let data = prepare_on_ranks(cluster, |log| prepare_with_vocab(data_cfg, &vocab, log))?;
     if &data.meta.schema != schema {
         return Err(JobError::DataColumnsDiffer {
             file: cfg.data.train.clone(),
@@ -96,6 +100,11 @@ fn eval_inner(
     })?;
     let first = layout("first_order")?;
     let table_optimizer = cfg.embedding.optimizer.init();
+    // dynamic tables: sharded as they were written (their maps are per rank)
+    let dynamic = match &saved {
+        SavedFolder::Pieces(m) => m.dynamic.clone(),
+        SavedFolder::Model(_) => Vec::new(),
+    };
     let plans = resolve_plans(
         &cfg.sharding,
         &cfg.embedding,
@@ -103,6 +112,7 @@ fn eval_inner(
         first.as_ref(),
         cluster.world_size(),
         &table_optimizer,
+        &dynamic,
     )?;
     // a compact OptEmbed model: ids remapped to kept rows, fields padded back to D
     let compact = match &saved {
@@ -129,6 +139,7 @@ fn eval_inner(
             .map(|c| c as &dyn crate::bundle::EmbeddingLayerSpec),
         // this config's tiers: a model trained in RAM evaluates from a file, and back
         storage: Some(&cfg.embedding),
+        dynamic: &dynamic,
     }
     .init(cluster)?;
     fill_saved(model_dir, &saved, &mut bundle)?;

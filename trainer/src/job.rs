@@ -30,6 +30,8 @@ pub enum JobError {
     UnknownGroupFeature { name: String, features: String },
     #[error("train.batch_size = {batch} is the batch of the whole job and must divide among its {ranks} ranks (or set train.batch_size_per_rank = true)")]
     BatchNotDivisible { batch: usize, ranks: usize },
+    #[error("train.mode = \"stream\": feature `{feature}` has a vocabulary, which cannot span days; make it dynamic (embedding.kind = \"dynamic\" or its [[embedding.tables]] entry)")]
+    StreamNeedsDynamic { feature: String },
     #[error("{file}: the training split has no rows")]
     EmptyTrainingSplit { file: std::path::PathBuf },
     #[error("{key} needs a non-empty validation split")]

@@ -9,6 +9,7 @@ pub mod device;
 pub mod embedding;
 pub mod eval;
 pub mod evaluate;
+pub mod export;
 pub mod job;
 pub mod lockstep;
 pub mod optembed;
@@ -52,6 +53,8 @@ pub enum TrainError {
     OptEmbed(#[from] optembed::OptEmbedError),
     #[error(transparent)]
     Sweep(#[from] sweep::SweepError),
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
     #[error("training diverged: loss is {loss} at step {step}; lower optimizer.lr or embedding.optimizer.lr")]
     Diverged { loss: f64, step: usize },
     #[error(transparent)]

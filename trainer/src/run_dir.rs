@@ -232,6 +232,30 @@ pub fn peak_rss_bytes() -> u64 {
     }
 }
 
+/// Resident set size of this process now, in bytes (0 where /proc is not readable).
+pub fn current_rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}
+
+/// Anonymous resident memory of this process (`RssAnon`: the heap and tables, not the
+/// mapped data files), in bytes (0 where /proc is not readable).
+pub fn anon_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// Whether a path looks like a run's model folder.
 pub fn is_model_dir(p: &Path) -> bool {
     p.join("manifest.json").is_file()

@@ -44,6 +44,11 @@ pub enum PlanError {
     Planner(TableError),
     #[error("[sharding]: rank {rank} would hold {load} bytes of RAM for its tables (rows and optimizer state in RAM, file-tier caches; tables plus first-order weights), above sharding.memory_limit_per_rank = {limit}")]
     OverMemoryLimit { rank: usize, load: u64, limit: u64 },
+    #[error("sharding.tables.{table} = {kind:?}: a dynamic table is sharded row-wise (its keys are spread over the ranks by hash)")]
+    DynamicNotRowWise {
+        table: String,
+        kind: shardrec_tables::ShardingKind,
+    },
     #[error("{path}: not a sharding plan: {message}")]
     NotAPlan { path: PathBuf, message: String },
     #[error("sharding plan: {0}")]
@@ -59,6 +64,7 @@ pub fn resolve_plans(
     first_order: Option<&CollectionLayout>,
     world: usize,
     opt: &SparseOptimizer,
+    dynamic: &[crate::embedding::DynamicTable],
 ) -> Result<CollectionPlans, TrainError> {
     if let Some(path) = &cfg.plan_file {
         let plans = read_plans(path)?;
@@ -106,6 +112,20 @@ pub fn resolve_plans(
                 .or_insert(shardrec_tables::ShardingKind::RowWise);
         }
     }
+    // a dynamic table's keys are spread over the ranks by hash, each owner holding them
+    // in its own block of rows
+    for d in dynamic {
+        match cfg.tables.get(&d.table) {
+            Some(&k) if k != shardrec_tables::ShardingKind::RowWise && world > 1 => {
+                return Err(PlanError::DynamicNotRowWise {
+                    table: d.table.clone(),
+                    kind: k,
+                }
+                .into())
+            }
+            _ => tables.insert(d.table.clone(), shardrec_tables::ShardingKind::RowWise),
+        };
+    }
     let req = PlanRequest {
         strategy: cfg.strategy,
         tables,
@@ -117,7 +137,11 @@ pub fn resolve_plans(
     // the per-table choices name main tables; first-order tables follow the strategy,
     // and stay f32 in RAM
     let first_req = PlanRequest {
-        tables: Default::default(),
+        tables: dynamic
+            .iter()
+            .filter_map(|d| d.first_order_table.clone())
+            .map(|t| (t, shardrec_tables::ShardingKind::RowWise))
+            .collect(),
         tiers: TierRequest::default(),
         ..req.clone()
     };

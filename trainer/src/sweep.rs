@@ -221,7 +221,7 @@ fn write_csv(path: &Path, points: &[SweepPoint]) -> Result<(), TrainError> {
 }
 
 /// Where a sans-serif TrueType font usually is (`SHARDREC_FONT` first).
-fn find_font() -> Option<Vec<u8>> {
+pub(crate) fn find_font() -> Option<Vec<u8>> {
     let mut paths: Vec<PathBuf> = std::env::var_os("SHARDREC_FONT")
         .map(PathBuf::from)
         .into_iter()

@@ -255,6 +255,11 @@ impl FeatureVocab {
         }
     }
 
+    /// Every value with its id (unordered).
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], u32)> {
+        self.ids.iter().map(|(k, &id)| (k.bytes(), id))
+    }
+
     /// Training counts by id (index 0 = id 1).
     pub fn counts(&self) -> &[u64] {
         &self.counts

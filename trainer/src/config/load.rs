@@ -72,12 +72,26 @@ pub fn load_config_str(
         let key = apply_override(&mut table, arg)?;
         overridden.push(key);
     }
+    super::DataConfig::normalize_toml(&mut table).map_err(|e| ConfigError::BadValue {
+        file: file.into(),
+        line: where_is(text, &e.key, &overridden),
+        key: e.key,
+        message: e.message,
+    })?;
     // the path of the value that failed, for errors (a type) that do not name their key
-    let cfg: ExperimentConfig = serde_path_to_error::deserialize(toml::Value::Table(table.clone()))
-        .map_err(|e: serde_path_to_error::Error<toml::de::Error>| {
-            let path = e.path().to_string();
-            explain(e.inner(), &path, &table, text, file, &overridden)
-        })?;
+    let mut cfg: ExperimentConfig = serde_path_to_error::deserialize(toml::Value::Table(
+        table.clone(),
+    ))
+    .map_err(|e: serde_path_to_error::Error<toml::de::Error>| {
+        let path = e.path().to_string();
+        explain(e.inner(), &path, &table, text, file, &overridden)
+    })?;
+    fill_keyed_features(&mut cfg).map_err(|message| ConfigError::BadValue {
+        file: file.into(),
+        line: where_is(text, "data.keyed_features", &overridden),
+        key: "data.keyed_features".into(),
+        message,
+    })?;
     if let Some(v) = super::validate(&cfg).into_iter().next() {
         return Err(ConfigError::OutOfRange {
             file: file.into(),
@@ -88,6 +102,49 @@ pub fn load_config_str(
         });
     }
     Ok((cfg, table))
+}
+
+/// Fills `data.keyed_features` with the categorical features whose table is of kind
+/// `dynamic` (they are prepared as raw keys, without a vocabulary); a list the config
+/// gives must be exactly those.
+fn fill_keyed_features(cfg: &mut ExperimentConfig) -> Result<(), String> {
+    let e = &cfg.embedding;
+    let kind_of = |name: &str| {
+        e.tables
+            .iter()
+            .find(|t| t.features.iter().any(|f| f == name))
+            .map_or(e.kind, |t| t.kind.unwrap_or(e.kind))
+    };
+    let uses_dynamic = e.kind == super::TableKindConfig::Dynamic
+        || e.tables
+            .iter()
+            .any(|t| t.kind == Some(super::TableKindConfig::Dynamic));
+    if !uses_dynamic || cfg.data.format == super::DataFormat::Prepared {
+        return Ok(());
+    }
+    let mut data_errors = Vec::new();
+    cfg.data.violations(&mut data_errors);
+    if !data_errors.is_empty() {
+        return Ok(()); // validation names them; the parser below could not be built
+    }
+    let parser = shardrec_data::RowParser::new(&cfg.data, &[]).map_err(|err| {
+        format!("tables of kind dynamic need the categorical features' names before the data is read: {err}")
+    })?;
+    let keyed: Vec<String> = parser
+        .schema()
+        .categorical
+        .iter()
+        .map(|c| c.name.clone())
+        .filter(|n| kind_of(n) == super::TableKindConfig::Dynamic)
+        .collect();
+    if !cfg.data.keyed_features.is_empty() && cfg.data.keyed_features != keyed {
+        return Err(format!(
+            "lists {:?}, but the features of kind dynamic are {keyed:?} (leave it unset: it is filled in from [embedding])",
+            cfg.data.keyed_features
+        ));
+    }
+    cfg.data.keyed_features = keyed;
+    Ok(())
 }
 
 fn one_line(s: &str) -> String {

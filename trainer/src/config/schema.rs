@@ -78,7 +78,102 @@ pub enum TableKindConfig {
     /// Unified embedding / feature multiplexing (Coleman et al. 2023): the feature's
     /// chunks are salted hashes into the shared pool `[embedding.unified]`.
     Unified,
+    /// No vocabulary: the feature's raw 64-bit keys reach rows through a map filled while
+    /// training, with admission and eviction (`[embedding.dynamic]`; Monolith's
+    /// collisionless table, DeepRec's EmbeddingVariable, TorchRec's managed collisions).
+    Dynamic,
 }
+
+fn default_sketch_bytes() -> u64 {
+    1 << 20
+}
+
+/// `embedding.dynamic.admit`: when a new key gets a row.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AdmitConfig {
+    /// After `min_count` sightings, counted in a count-min sketch of `sketch_bytes`
+    /// (per table and rank; counted in the summary's bytes).
+    MinCount {
+        min_count: u32,
+        #[serde(default = "default_sketch_bytes")]
+        sketch_bytes: u64,
+    },
+    /// With probability `probability` at each sighting.
+    Probability { probability: f32 },
+}
+
+/// `embedding.dynamic.evict`: which key gives up its row when the table is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EvictKind {
+    #[default]
+    Lru,
+    Lfu,
+}
+
+/// `lru`, `lfu`, or `{ ttl_steps = N }` (rows idle N steps are freed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EvictConfig {
+    Kind(EvictKind),
+    Ttl { ttl_steps: u64 },
+}
+
+impl Default for EvictConfig {
+    fn default() -> Self {
+        Self::Kind(EvictKind::Lru)
+    }
+}
+
+/// `[embedding.dynamic]`: tables of kind `dynamic`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicConfig {
+    /// Rows of each dynamic table over all ranks (a table's own `buckets` or
+    /// `budget.tables` entry overrides it). Unset: sized by `[budget]`, else
+    /// `DEFAULT_DYNAMIC_CAPACITY` rows whose memory is taken as rows come into use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    /// Unset: every key gets a row at first sight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admit: Option<AdmitConfig>,
+    #[serde(default)]
+    pub evict: EvictConfig,
+}
+
+impl DynamicConfig {
+    /// The admission rule the key maps apply.
+    pub fn admission(&self) -> shardrec_tables::Admission {
+        match self.admit {
+            None => shardrec_tables::Admission::Always,
+            Some(AdmitConfig::MinCount {
+                min_count,
+                sketch_bytes,
+            }) => shardrec_tables::Admission::MinCount {
+                min_count,
+                sketch_bytes,
+            },
+            Some(AdmitConfig::Probability { probability }) => {
+                shardrec_tables::Admission::Probability { p: probability }
+            }
+        }
+    }
+
+    /// The eviction rule the key maps apply.
+    pub fn eviction(&self) -> shardrec_tables::Eviction {
+        match self.evict {
+            EvictConfig::Kind(EvictKind::Lru) => shardrec_tables::Eviction::Lru,
+            EvictConfig::Kind(EvictKind::Lfu) => shardrec_tables::Eviction::Lfu,
+            EvictConfig::Ttl { ttl_steps } => {
+                shardrec_tables::Eviction::TtlSteps { steps: ttl_steps }
+            }
+        }
+    }
+}
+
+/// Rows of a dynamic table with no capacity set (its RAM is taken as rows come into use).
+pub const DEFAULT_DYNAMIC_CAPACITY: u64 = 1 << 20;
 
 /// How the two halves of a QR embedding combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -365,6 +460,9 @@ pub struct EmbeddingConfig {
     /// Quotient-remainder settings (tables of kind `qr`).
     #[serde(default)]
     pub qr: QrConfig,
+    /// Capacity, admission and eviction of tables of kind `dynamic`.
+    #[serde(default)]
+    pub dynamic: DynamicConfig,
     /// Where the tables' rows and optimizer state live: "cpu" (host memory) or "cuda"
     /// ("cuda:N"; under mpirun each rank takes GPU `local rank % GPUs`), where gathers and
     /// sparse updates then run.
@@ -457,6 +555,7 @@ impl Default for EmbeddingConfig {
             plain_below: 0,
             unified: UnifiedConfig::default(),
             qr: QrConfig::default(),
+            dynamic: DynamicConfig::default(),
             dim: default_dim(),
             kind: TableKindConfig::Plain,
             buckets: 0,
@@ -491,10 +590,27 @@ fn default_device() -> String {
     "cpu".into()
 }
 
+/// How `[train]` walks the training files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainMode {
+    /// `train.epochs` passes over the training split (all training files as one).
+    #[default]
+    Epochs,
+    /// The training files are days, trained once each in order; each day after the
+    /// first is first evaluated on the model trained on the days before it (progressive
+    /// validation), its AUC and logloss written to `metrics.jsonl` and `days.png`.
+    /// Every categorical feature must be of kind `dynamic` (no vocabulary over days).
+    Stream,
+}
+
 /// `[train]`: the training loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// `epochs` (the default) or `stream` (the training files are days).
+    #[serde(default)]
+    pub mode: TrainMode,
     #[serde(default = "default_epochs")]
     pub epochs: usize,
     /// Samples per step over the whole job (each of N ranks takes batch_size / N), or per

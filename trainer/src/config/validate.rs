@@ -7,7 +7,8 @@ use shardrec_models::MAX_DROPOUT;
 use shardrec_tables::RowDtype;
 
 use super::schema::{
-    EmbeddingConfig, ExperimentConfig, StorageConfig, StorageKind, TableKindConfig,
+    AdmitConfig, EmbeddingConfig, EvictConfig, ExperimentConfig, StorageConfig, StorageKind,
+    TableKindConfig,
 };
 
 /// Every violation, in key order of the file's sections.
@@ -49,6 +50,7 @@ fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
     }
     storage_violations("embedding.storage", &e.storage, v);
     host_only_violations(e, v);
+    dynamic_violations(c, v);
     let o = &e.optimizer;
     check_range(v, "embedding.optimizer.lr", o.lr, f32::MIN_POSITIVE, 1000.0);
     check_range(
@@ -134,6 +136,89 @@ fn host_only_violations(e: &EmbeddingConfig, v: &mut Vec<Violation>) {
     }
 }
 
+/// `[embedding.dynamic]` and what dynamic tables do not work with yet.
+fn dynamic_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
+    let e = &c.embedding;
+    let d = &e.dynamic;
+    if let Some(rows) = d.capacity {
+        check_range(v, "embedding.dynamic.capacity", rows, 1, 1 << 40);
+    }
+    match d.admit {
+        Some(AdmitConfig::MinCount {
+            min_count,
+            sketch_bytes,
+        }) => {
+            check_range(
+                v,
+                "embedding.dynamic.admit.min_count",
+                min_count,
+                1,
+                1 << 20,
+            );
+            check_range(
+                v,
+                "embedding.dynamic.admit.sketch_bytes",
+                sketch_bytes,
+                16,
+                1 << 40,
+            );
+        }
+        Some(AdmitConfig::Probability { probability }) => {
+            check_range(
+                v,
+                "embedding.dynamic.admit.probability",
+                probability,
+                f32::MIN_POSITIVE,
+                1.0,
+            );
+        }
+        None => {}
+    }
+    if let EvictConfig::Ttl { ttl_steps } = d.evict {
+        check_range(
+            v,
+            "embedding.dynamic.evict.ttl_steps",
+            ttl_steps,
+            1,
+            u64::MAX,
+        );
+    }
+    let dynamic = e.kind == TableKindConfig::Dynamic
+        || e.tables
+            .iter()
+            .any(|t| t.kind == Some(TableKindConfig::Dynamic));
+    if !dynamic {
+        return;
+    }
+    let refuse = |v: &mut Vec<Violation>, key: &str, value: &str, why: &str| {
+        violation(v, key, value, format!("tables of kind dynamic {why}"))
+    };
+    if e.device != "cpu" {
+        refuse(
+            v,
+            "embedding.device",
+            &e.device,
+            "keep their rows in host memory (cpu)",
+        );
+    }
+    if c.model.kind.is_sequence() {
+        refuse(
+            v,
+            "embedding.kind",
+            "dynamic",
+            "serve the CTR models, not the sequence models yet",
+        );
+    }
+    if c.optembed.as_ref().is_some_and(|o| o.enabled) {
+        refuse(
+            v,
+            "optembed.enabled",
+            "true",
+            "cannot be pruned by OptEmbed (rows change keys)",
+        );
+    }
+}
+
 /// A file tier needs its folder and a cache of at least one set of rows.
 fn storage_violations(key: &str, s: &StorageConfig, v: &mut Vec<Violation>) {
     if s.kind == StorageKind::Ram && s.dir.is_none() {
@@ -197,6 +282,10 @@ fn optimizer_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
 fn train_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
     let t = &c.train;
     check_range(v, "train.epochs", t.epochs, 1, 1_000_000);
+    if t.mode == super::schema::TrainMode::Stream {
+        // every day is trained once, in order
+        check_range(v, "train.epochs", t.epochs, 1, 1);
+    }
     check_range(v, "train.batch_size", t.batch_size, 1, 1 << 24);
     check_range(v, "train.threads", t.threads, 0, 1024);
     check_range(v, "train.loader_queue", t.loader_queue, 1, 1024);

@@ -79,6 +79,8 @@ pub enum TableConfigError {
         "embedding.tables: table name `{name}` is used twice (or equals a feature's own table)"
     )]
     NameTwice { name: String },
+    #[error("embedding.tables `{name}`: a dynamic table serves one feature (its keys are that feature's)")]
+    DynamicSharedTable { name: String },
     #[error("embedding: hashed table `{name}` needs buckets >= 1 (or a [budget] to size it)")]
     HashedUnsized { name: String },
     #[error("embedding: {0}")]
@@ -103,11 +105,30 @@ impl TableConfigError {
     }
 }
 
+/// A feature whose table is of kind `dynamic`: its keys reach rows through a key map.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicTable {
+    /// The feature's index among the categorical features.
+    pub feature: usize,
+    /// Its table in the main collection, and in the first-order one (same rows).
+    pub table: String,
+    pub first_order_table: Option<String>,
+    /// Rows over all ranks.
+    pub capacity: u64,
+    pub admission: shardrec_tables::Admission,
+    pub eviction: shardrec_tables::Eviction,
+    /// Seeds the map's sketch and probability draws.
+    pub seed: u64,
+}
+
 /// The collections a model reads.
 #[derive(Debug, Clone)]
 pub struct Collections {
     pub main: CollectionLayout,
     pub first_order: Option<CollectionLayout>,
+    /// The features of kind `dynamic` (ascending feature index).
+    pub dynamic: Vec<DynamicTable>,
     /// Bytes the main collection's parameters would take with one row per id.
     pub collisionless_bytes: u64,
     /// The budget for the main collection's parameters, when one is set.
@@ -263,6 +284,43 @@ fn size_hashed(
     }))
 }
 
+/// A dynamic table's rows: its own budget, its `buckets`, `embedding.dynamic.capacity`,
+/// an equal claim on the `[budget]`, or the default capacity (taken as used).
+fn size_dynamic(
+    p: &TablePlan,
+    own: Option<u64>,
+    x: &SizeInputs,
+) -> Result<Sized, TableConfigError> {
+    let row_bytes = p.dim as u64 * 4;
+    let fixed = |rows: u64| Ok(Sized::Fixed(Size::Hashed { rows }, rows * row_bytes));
+    if let Some(b) = own {
+        if b < row_bytes {
+            return Err(TableConfigError::BelowMinimum {
+                name: p.name.clone(),
+                bytes: b,
+                min: row_bytes,
+            });
+        }
+        return fixed(b / row_bytes);
+    }
+    if p.buckets > 0 {
+        return fixed(p.buckets);
+    }
+    if let Some(rows) = x.cfg.dynamic.capacity {
+        return fixed(rows);
+    }
+    if x.total.is_none() {
+        return fixed(crate::config::DEFAULT_DYNAMIC_CAPACITY);
+    }
+    // no vocabulary to weigh by: dynamic tables share the budget by their row bytes
+    Ok(Sized::Claim(Claim {
+        name: p.name.clone(),
+        weight: row_bytes as f64,
+        min: row_bytes,
+        max: u64::MAX / 4,
+    }))
+}
+
 fn size_qr(
     p: &TablePlan,
     v: u64,
@@ -401,6 +459,7 @@ fn size_tables(
             TableKindConfig::Plain => size_plain(p, v, own)?,
             TableKindConfig::Hashed => size_hashed(p, v, own, x.total)?,
             TableKindConfig::Qr => size_qr(p, v, own, &x)?,
+            TableKindConfig::Dynamic => size_dynamic(p, own, &x)?,
             TableKindConfig::Unified => continue,
         };
         match sized {
@@ -488,6 +547,11 @@ fn size_from_share(
     share: u64,
 ) -> Result<Size, TableConfigError> {
     let v = table_vocab(p, vocab_sizes);
+    if p.kind == TableKindConfig::Dynamic {
+        return Ok(Size::Hashed {
+            rows: (share / (p.dim as u64 * 4)).max(1),
+        });
+    }
     if p.kind == TableKindConfig::Hashed {
         return Ok(Size::Hashed {
             rows: (share / (p.dim as u64 * 4)).clamp(1, v.max(1)),
@@ -560,7 +624,8 @@ fn plan_tables(
             owner[i] = Some(plans.len());
             // small vocabularies stay collisionless whatever the default kind (as the
             // Unified Embedding paper's experiments keep low-cardinality features)
-            let kind = if vocab_sizes[i] < cfg.plain_below {
+            // (a dynamic feature has no vocabulary to measure)
+            let kind = if vocab_sizes[i] < cfg.plain_below && cfg.kind != TableKindConfig::Dynamic {
                 TableKindConfig::Plain
             } else {
                 cfg.kind
@@ -582,6 +647,11 @@ fn check_plans(plans: &[TablePlan], budget: &BudgetConfig) -> Result<(), TableCo
     for p in plans {
         if !names_seen.insert(p.name.as_str()) {
             return Err(TableConfigError::NameTwice {
+                name: p.name.clone(),
+            });
+        }
+        if p.kind == TableKindConfig::Dynamic && p.features.len() != 1 {
+            return Err(TableConfigError::DynamicSharedTable {
                 name: p.name.clone(),
             });
         }
@@ -703,6 +773,22 @@ impl LayoutBuilder<'_> {
         self.feature(f, probes, combine);
     }
 
+    /// A dynamic table: the key map turns a feature's keys into its rows before the
+    /// lookup, so the probe reads the row it is given.
+    fn dynamic(&mut self, p: &TablePlan, rows: u64) {
+        let dim = self.dim_override.unwrap_or(p.dim);
+        let t = self.table(format!("{}{}", p.name, self.suffix), rows, dim);
+        let map = RowMap::Offset {
+            offset: 0,
+            id_rows: rows,
+        };
+        self.feature(
+            p.features[0],
+            vec![Probe { table: t, map }],
+            Combine::Concat,
+        );
+    }
+
     /// Each feature's chunks probe the pool's tables round robin, each with its own salt.
     fn unified(&mut self, p: &TablePlan, pool: &Pool) {
         let (_, default_chunks) = pool_chunk_dim(self.cfg);
@@ -750,6 +836,10 @@ impl LayoutBuilder<'_> {
                     self.plain_or_hashed(p, size)
                 }
                 (TableKindConfig::Qr, Size::Qr { m }) => self.qr(p, *m),
+                (TableKindConfig::Dynamic, Size::Hashed { rows }) => self.dynamic(p, *rows),
+                (TableKindConfig::Dynamic, _) => {
+                    return Err(TableConfigError::Internal("dynamic table without rows"))
+                }
                 (TableKindConfig::Unified, _) => {
                     let pool = sizing.pool.as_ref().ok_or(TableConfigError::Internal(
                         "unified features without a pool",
@@ -793,13 +883,33 @@ pub fn build_collections(
         }
         .build(&plans, &sizing)
     };
+    let first_order = model.needs_first_order();
+    let mut dynamic = plans
+        .iter()
+        .zip(&sizing.sizes)
+        .filter(|(p, _)| p.kind == TableKindConfig::Dynamic)
+        .map(|(p, size)| DynamicTable {
+            feature: p.features[0],
+            table: p.name.clone(),
+            first_order_table: first_order.then(|| format!("{}.linear", p.name)),
+            capacity: match size {
+                Size::Hashed { rows } => *rows,
+                _ => 0,
+            },
+            admission: cfg.dynamic.admission(),
+            eviction: cfg.dynamic.eviction(),
+            seed: name_seed(seed ^ 0xD1A, &p.name),
+        })
+        .collect::<Vec<_>>();
+    dynamic.sort_by_key(|d| d.feature);
     Ok(Collections {
         main: layout(model.fixed_embedding_width(), "")?,
-        first_order: if model.needs_first_order() {
+        first_order: if first_order {
             Some(layout(Some(1), ".linear")?)
         } else {
             None
         },
+        dynamic,
         collisionless_bytes: sizing.collisionless,
         budget_bytes: sizing.budget,
     })

@@ -18,22 +18,27 @@ pub enum EmbeddingEngine {
 
 /// How each table's rows are held on this rank: as `embedding.row_dtype`, in the file
 /// tier for the tables whose own `storage` or `embedding.storage` says `file` or that the
-/// plan moved there (each with its cache), else in RAM.
+/// plan moved there (each with its cache), else in RAM; the tables named in `keyed`
+/// (dynamic tables) are set row by row as keys take them.
 pub fn table_storage(
     cfg: &EmbeddingConfig,
     layout: &CollectionLayout,
     plan: Option<&ShardingPlan>,
     held_rows: impl Fn(usize) -> u64,
+    keyed: &[String],
 ) -> Result<Vec<TableStorage>, TableError> {
+    let tables = &layout.spec().tables;
     let moved = |t: usize| {
         plan.and_then(|p| p.tables.get(t))
             .is_some_and(|p| p.in_file_tier)
     };
     Ok(file_tiers(cfg, layout, moved, held_rows)?
         .into_iter()
-        .map(|file| TableStorage {
+        .zip(tables)
+        .map(|(file, spec)| TableStorage {
             file,
             dtype: cfg.row_dtype,
+            keyed: keyed.contains(&spec.name),
         })
         .collect())
 }
@@ -109,20 +114,28 @@ fn remove_stale_scratch(dir: &std::path::Path) {
 
 impl EmbeddingEngine {
     /// One process: every table here. Several ranks: this rank's shards under `plan`.
-    /// Tables go to the file tier as `storage` says (None: all in RAM).
+    /// Tables go to the file tier as `storage` says (None: all in RAM); the `keyed`
+    /// ones (dynamic tables) start untouched, their rows set as keys take them.
     pub fn new(
         layout: CollectionLayout,
         optimizer: SparseOptimizer,
         ex: &dyn Exchange,
         plan: Option<ShardingPlan>,
         storage: Option<&EmbeddingConfig>,
+        keyed: &[String],
     ) -> Result<Self, TableError> {
+        let default_cfg = EmbeddingConfig::default();
+        let storage = storage.or((!keyed.is_empty()).then_some(&default_cfg));
         let n = ex.world_size();
         if n == 1 {
             let storage = match storage {
-                Some(cfg) => table_storage(cfg, &layout, plan.as_ref(), |t| {
-                    layout.spec().tables[t].rows
-                })?,
+                Some(cfg) => table_storage(
+                    cfg,
+                    &layout,
+                    plan.as_ref(),
+                    |t| layout.spec().tables[t].rows,
+                    keyed,
+                )?,
                 None => vec![],
             };
             let plan = ShardingPlan::single_process(&layout);
@@ -141,20 +154,42 @@ impl EmbeddingEngine {
         }
         let rank = ex.rank();
         let storage = match storage {
-            Some(cfg) => table_storage(cfg, &layout, Some(&plan), |t| {
-                let spec = &layout.spec().tables[t];
-                plan.placement(t)
-                    .extents(spec.rows, spec.dim)
-                    .iter()
-                    .filter(|e| e.rank == rank)
-                    .map(|e| e.rows.end - e.rows.start)
-                    .sum()
-            })?,
+            Some(cfg) => table_storage(
+                cfg,
+                &layout,
+                Some(&plan),
+                |t| {
+                    let spec = &layout.spec().tables[t];
+                    plan.placement(t)
+                        .extents(spec.rows, spec.dim)
+                        .iter()
+                        .filter(|e| e.rank == rank)
+                        .map(|e| e.rows.end - e.rows.start)
+                        .sum()
+                },
+                keyed,
+            )?,
             None => vec![],
         };
         Ok(Self::Sharded(ShardedEmbeddings::with_storage(
             layout, plan, optimizer, rank, &storage,
         )?))
+    }
+
+    /// This process's rank among the ranks holding the tables (0 in one process).
+    pub fn rank(&self) -> usize {
+        match self {
+            Self::Local(_) => 0,
+            Self::Sharded(e) => e.rank(),
+        }
+    }
+
+    /// Ranks the tables are spread over (1 in one process).
+    pub fn world_size(&self) -> usize {
+        match self {
+            Self::Local(_) => 1,
+            Self::Sharded(e) => e.sharding().world_size,
+        }
     }
 
     pub fn layout(&self) -> &CollectionLayout {
@@ -279,6 +314,41 @@ impl EmbeddingEngine {
             })?;
         }
         Ok(())
+    }
+
+    /// This process's part of table `table` (the global rows it holds start at the
+    /// returned shard's `rows.start`), if it holds one.
+    pub fn held_shard_mut(&mut self, table: &str) -> Option<&mut TableShard> {
+        let t = self
+            .layout()
+            .spec()
+            .tables
+            .iter()
+            .position(|s| s.name == table)?;
+        self.shards_mut()
+            .into_iter()
+            .find(|(i, _)| *i == t)
+            .map(|(_, s)| s)
+    }
+
+    /// The extent of table `table` this rank holds: (first global row, rows), if any.
+    pub fn held_rows(&self, table: &str, rank: usize) -> Option<(u64, u64)> {
+        let layout = self.layout();
+        let t = layout.spec().tables.iter().position(|s| s.name == table)?;
+        let spec = &layout.spec().tables[t];
+        match self {
+            Self::Local(_) => Some((0, spec.rows)),
+            Self::Sharded(e) => {
+                let p = e.sharding().placement(t);
+                if p.kind != ShardingKind::RowWise && p.ranks.len() > 1 {
+                    return None;
+                }
+                p.extents(spec.rows, spec.dim)
+                    .into_iter()
+                    .find(|x| x.rank == rank)
+                    .map(|x| (x.rows.start, x.rows.end - x.rows.start))
+            }
+        }
     }
 
     /// The whole collection, when this process holds it.

@@ -6,11 +6,13 @@ mod budget;
 mod builder;
 mod device_rows;
 mod engine;
+mod keyed;
 mod prefetch;
 mod tensor_bridge;
 
-pub use builder::{build_collections, Collections, TableConfigError};
+pub use builder::{build_collections, Collections, DynamicTable, TableConfigError};
 pub use device_rows::TensorRows;
 pub use engine::EmbeddingEngine;
+pub use keyed::{key_maps, start_fresh_rows};
 pub use prefetch::FileTierHook;
 pub use tensor_bridge::{apply_gradient, apply_gradient_slices, lookup, Activation};

@@ -316,6 +316,7 @@ fn search(
         colls.first_order.as_ref(),
         cluster.world_size(),
         &opt,
+        &[],
     )?;
     let (device, table_device) = resolve_devices(cfg, cluster)?;
     let setup = OptEmbedSetup {
@@ -335,6 +336,7 @@ fn search(
         plans: Some(&plans),
         layer: Some(&setup),
         storage: Some(&cfg.embedding),
+        dynamic: &[],
     }
     .init(cluster)?;
     fill_saved(&model_dir, &SavedFolder::read(&model_dir)?, &mut bundle)?;
@@ -565,6 +567,7 @@ fn export(
         plans: None,
         layer: Some(&setup),
         storage: None,
+        dynamic: &[],
     }
     .init(&solo)?;
     cb.tables = EmbeddingEngine::Local(compact);

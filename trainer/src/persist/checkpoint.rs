@@ -32,6 +32,7 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use super::checked_file::{as_f32s, io, map_verified, record, sync_dir, CrcWriter, SavedFile};
+use super::key_map_files::{write_key_maps, SavedKeyMap};
 use super::model_io::{ModelIoError, ModelManifest, SavedCollection};
 use super::PersistError;
 use crate::bundle::ModelBundle;
@@ -71,6 +72,10 @@ pub struct ValidationState {
     /// Step of the last validation (a resumed run does not repeat it).
     pub last_step: Option<usize>,
     pub history: Vec<serde_json::Value>,
+    /// `train.mode = "stream"`: each day's progressive validation (evaluated on the day
+    /// before training on it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<serde_json::Value>,
 }
 
 /// One rectangle of one table as a rank saved it.
@@ -138,6 +143,11 @@ pub struct CheckpointManifest {
     pub plans: CollectionPlans,
     pub collections: Vec<SavedCollection>,
     pub pieces: Vec<SavedPiece>,
+    /// Dynamic tables: their features and settings, and every rank's key-to-row maps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dynamic: Vec<crate::embedding::DynamicTable>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_maps: Vec<SavedKeyMap>,
     pub files: Vec<SavedFile>,
 }
 
@@ -210,14 +220,23 @@ fn write_pieces(
 ) -> Result<(Vec<SavedPiece>, Vec<SavedFile>), TrainError> {
     let mut pieces = Vec::new();
     let mut files = Vec::new();
+    let in_use = rows_in_use(bundle);
     for (name, engine) in collections(bundle) {
         std::fs::create_dir_all(tmp.join("tables").join(name)).map_err(io(tmp))?;
         let layout = engine.optimizer().state_layout();
         for (t, shard) in engine.shards_to_save() {
+            // a dynamic table's block: only the rows keys took (the rest are set before use)
+            let used = in_use.get(&shard.table).copied();
+            let end = used.map_or(shard.rows.end, |n| shard.rows.start + n);
             let stem = format!(
                 "tables/{name}/t{t:04}.rows{}-{}.cols{}-{}",
-                shard.rows.start, shard.rows.end, shard.cols.start, shard.cols.end
+                shard.rows.start, end, shard.cols.start, shard.cols.end
             );
+            let rows = (end - shard.rows.start) as usize;
+            let plane_width = match layout {
+                StateLayout::PerRow => 1,
+                _ => shard.width(),
+            };
             let mut write = |rel: String,
                              planes: &mut dyn FnMut(&mut CrcWriter) -> std::io::Result<()>|
              -> Result<String, TrainError> {
@@ -234,12 +253,13 @@ fn write_pieces(
             };
             // streamed: a file-tier shard is not copied into RAM whole
             let weights = write(format!("{stem}.weights.f32"), &mut |w| {
-                shard.stream_weights(|block| w.write_f32s(block))
+                shard.stream_weights(first_floats(rows * shard.width(), |b| w.write_f32s(b)))
             })?;
             let state = if with_state && layout.planes() > 0 {
                 Some(write(format!("{stem}.state.f32"), &mut |w| {
                     (0..layout.planes()).try_for_each(|p| {
-                        shard.stream_state_plane(layout, p, |block| w.write_f32s(block))
+                        let keep = first_floats(rows * plane_width, |b| w.write_f32s(b));
+                        shard.stream_state_plane(layout, p, keep)
                     })
                 })?)
             } else {
@@ -250,7 +270,7 @@ fn write_pieces(
                 table: t,
                 table_name: shard.table.clone(),
                 rank,
-                rows: [shard.rows.start, shard.rows.end],
+                rows: [shard.rows.start, end],
                 cols: [shard.cols.start, shard.cols.end],
                 updates: shard.steps(),
                 weights,
@@ -259,6 +279,39 @@ fn write_pieces(
         }
     }
     Ok((pieces, files))
+}
+
+/// Passes on the first `limit` floats of a stream and drops the rest.
+fn first_floats(
+    limit: usize,
+    mut out: impl FnMut(&[f32]) -> std::io::Result<()>,
+) -> impl FnMut(&[f32]) -> std::io::Result<()> {
+    let mut left = limit;
+    move |block| {
+        let n = block.len().min(left);
+        left -= n;
+        if n == 0 {
+            return Ok(());
+        }
+        out(&block[..n])
+    }
+}
+
+/// The rows in use of this rank's blocks of dynamic tables (main and first-order), by
+/// table name.
+fn rows_in_use(bundle: &ModelBundle) -> HashMap<String, u64> {
+    let mut used = HashMap::new();
+    let Some(keys) = &bundle.keys else {
+        return used;
+    };
+    for (k, d) in keys.features().iter().zip(&bundle.dynamic) {
+        let n = u64::from(k.map.rows_in_use());
+        used.insert(d.table.clone(), n);
+        if let Some(t) = &d.first_order_table {
+            used.insert(t.clone(), n);
+        }
+    }
+    used
 }
 
 /// Names of the optimizer's variables (matched to the var store's by storage).
@@ -347,14 +400,17 @@ pub fn write_checkpoint(
         if cluster.is_root() {
             f.extend(write_dense(&tmp, src)?);
         }
-        Ok((p, f))
+        let (k, kf) = write_key_maps(&tmp, src.bundle, cluster.rank())?;
+        f.extend(kf);
+        Ok((p, f, k))
     });
-    let (pieces, files) = agree(cluster, mine, &what)?;
+    let (pieces, files, key_maps) = agree(cluster, mine, &what)?;
     let my_bytes: u64 = files.iter().map(|f| f.bytes).sum();
-    let listing = serde_json::to_vec(&(pieces, files)).map_err(|source| PersistError::Json {
-        what: what.clone(),
-        source,
-    })?;
+    let listing =
+        serde_json::to_vec(&(pieces, files, key_maps)).map_err(|source| PersistError::Json {
+            what: what.clone(),
+            source,
+        })?;
     let all = cluster.all_gather_bytes(&listing)?;
     let committed = if cluster.is_root() {
         commit(dir, &tmp, src, cluster.world_size(), &all)
@@ -373,16 +429,16 @@ fn commit(
     world: usize,
     listings: &[Vec<u8>],
 ) -> Result<(), TrainError> {
-    let mut pieces = Vec::new();
-    let mut files = Vec::new();
+    let (mut pieces, mut files, mut key_maps) = (Vec::new(), Vec::new(), Vec::new());
     for (rank, l) in listings.iter().enumerate() {
-        let (p, f): (Vec<SavedPiece>, Vec<SavedFile>) =
+        let (p, f, k): (Vec<SavedPiece>, Vec<SavedFile>, Vec<SavedKeyMap>) =
             serde_json::from_slice(l).map_err(|source| PersistError::Json {
                 what: format!("rank {rank}'s checkpoint listing"),
                 source,
             })?;
         pieces.extend(p);
         files.extend(f);
+        key_maps.extend(k);
     }
     let manifest = CheckpointManifest {
         format: CHECKPOINT_FORMAT.into(),
@@ -411,6 +467,8 @@ fn commit(
             })
             .collect(),
         pieces,
+        dynamic: src.bundle.dynamic.clone(),
+        key_maps,
         files,
     };
     let text = serde_json::to_vec_pretty(&manifest).map_err(|source| PersistError::Json {
@@ -426,7 +484,7 @@ fn commit(
     std::fs::File::open(&cpath)
         .and_then(|f| f.sync_all())
         .map_err(io(&cpath))?;
-    for sub in ["tables/main", "tables/first_order", "tables"] {
+    for sub in ["tables/main", "tables/first_order", "tables", "keys"] {
         if tmp.join(sub).is_dir() {
             sync_dir(&tmp.join(sub))?;
         }
@@ -516,6 +574,8 @@ fn check_pieces(mpath: &Path, m: &CheckpointManifest) -> Result<(), ModelIoError
     };
     for c in &m.collections {
         for (t, spec) in c.spec.tables.iter().enumerate() {
+            // a dynamic table's pieces hold each block's rows in use (perhaps none)
+            let prefixed = m.key_maps.iter().any(|k| k.tables.contains(&spec.name));
             let mut held = 0u128;
             for p in m
                 .pieces
@@ -524,7 +584,8 @@ fn check_pieces(mpath: &Path, m: &CheckpointManifest) -> Result<(), ModelIoError
             {
                 let [r0, r1] = p.rows;
                 let [c0, c1] = p.cols;
-                if r0 >= r1 || r1 > spec.rows || c0 >= c1 || c1 > spec.dim {
+                if (r0 >= r1 && !prefixed) || r0 > r1 || r1 > spec.rows || c0 >= c1 || c1 > spec.dim
+                {
                     return Err(corrupt(format!(
                         "piece {} (rows {r0}..{r1}, cols {c0}..{c1}) is not inside table {} ({} x {})",
                         p.weights, spec.name, spec.rows, spec.dim
@@ -541,7 +602,7 @@ fn check_pieces(mpath: &Path, m: &CheckpointManifest) -> Result<(), ModelIoError
                 }
                 held += values;
             }
-            if held < spec.rows as u128 * spec.dim as u128 {
+            if held < spec.rows as u128 * spec.dim as u128 && !prefixed {
                 return Err(corrupt(format!(
                     "table {} of {} is {} x {} but its pieces hold {held} values",
                     spec.name, c.name, spec.rows, spec.dim
@@ -689,11 +750,13 @@ impl<'a> SavedTables<'a> {
 
     /// Fills every shard `engine` holds of `collection` from the overlapping pieces (and
     /// the optimizer state too when `with_state`). Files are checked before use.
+    /// The tables named in `prefixed` (dynamic ones) were saved up to their rows in use.
     pub fn fill(
         &self,
         collection: &str,
         engine: &mut EmbeddingEngine,
         with_state: bool,
+        prefixed: &[String],
     ) -> Result<(), TrainError> {
         let layout = engine.optimizer().state_layout();
         if with_state && self.state != Some(layout) && layout.planes() > 0 {
@@ -728,6 +791,19 @@ impl<'a> SavedTables<'a> {
                         && target.cols.start < p.cols[1]
                 })
                 .collect();
+            // a dynamic table was saved up to its rows in use: the rest stay unset
+            let target = match prefixed.contains(&shard.table) {
+                true => ShardExtent {
+                    rows: target.rows.start
+                        ..overlapping
+                            .iter()
+                            .map(|p| p.rows[1])
+                            .max()
+                            .unwrap_or(target.rows.start),
+                    ..target
+                },
+                false => target,
+            };
             for p in &overlapping {
                 mapped(&p.weights)?;
                 if with_state && layout.planes() > 0 {
@@ -818,7 +894,8 @@ fn for_blocks(
     target: &ShardExtent,
     mut fill: impl FnMut(&mut TableShard, &ShardExtent, Option<usize>) -> Result<(), TableError>,
 ) -> Result<(), TrainError> {
-    if !shard.in_file_tier() {
+    // RAM: at once, unless only a prefix is filled (a dynamic table's rows in use)
+    if !shard.in_file_tier() && target.rows == shard.rows {
         return Ok(fill(shard, target, None)?);
     }
     let mut start = target.rows.start;

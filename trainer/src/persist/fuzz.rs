@@ -158,6 +158,7 @@ fn fuzz_checkpoint_manifest() {
                 plans: Some(&job.plans),
                 layer: None,
                 storage: None,
+                dynamic: &colls.dynamic,
             }
             .init(&cluster)
             .unwrap();

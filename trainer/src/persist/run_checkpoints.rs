@@ -194,7 +194,9 @@ impl<'a> RunCheckpoints<'a> {
     ) -> Result<(), TrainError> {
         let dir = self.run.join("model");
         let vocab = self.data.dir.join("vocab.bin");
-        if self.cluster.world_size() > 1 {
+        // several ranks, or dynamic tables (key maps, blocks saved up to the rows in use):
+        // the checkpoint layout, weights only
+        if self.cluster.world_size() > 1 || bundle.keys.is_some() {
             let src = self.source(bundle, None, position, validation, &vocab);
             write_checkpoint(&dir, &src, self.cluster).map_err(|e| self.out_of_space(e, &dir))?;
             return Ok(());

@@ -56,9 +56,13 @@ pub fn fill_saved(
         SavedFolder::Model(m) => SavedTables::of_model(model_dir, m)?,
         SavedFolder::Pieces(m) => SavedTables::of_checkpoint(model_dir, m),
     };
-    tables.fill("main", &mut bundle.tables, false)?;
+    let prefixed = dynamic_tables(bundle);
+    tables.fill("main", &mut bundle.tables, false, &prefixed)?;
     if let Some(f) = bundle.first_order.as_mut() {
-        tables.fill("first_order", f, false)?;
+        tables.fill("first_order", f, false, &prefixed)?;
+    }
+    if let SavedFolder::Pieces(m) = saved {
+        restore_dynamic(model_dir, m, bundle)?;
     }
     load_dense(model_dir, saved.files(), &mut bundle.vs, None)
 }
@@ -108,6 +112,7 @@ pub fn resume_from(
         .into());
     }
     let saved = SavedTables::of_checkpoint(&dir, &m);
+    let prefixed = dynamic_tables(bundle);
     for (name, engine) in [
         ("main", Some(&mut bundle.tables)),
         ("first_order", bundle.first_order.as_mut()),
@@ -121,11 +126,42 @@ pub fn resume_from(
             }
             .into());
         }
-        saved.fill(name, engine, true)?;
+        saved.fill(name, engine, true, &prefixed)?;
     }
+    restore_dynamic(&dir, &m, bundle)?;
     let steps = m.dense_optimizer_steps.unwrap_or(0);
     load_dense(&dir, &m.files, &mut bundle.vs, Some((opt, steps)))?;
     Ok((dir, m))
+}
+
+/// The dynamic tables of a bundle, main and first-order (saved up to their rows in use).
+fn dynamic_tables(bundle: &ModelBundle) -> Vec<String> {
+    bundle
+        .dynamic
+        .iter()
+        .flat_map(|d| std::iter::once(d.table.clone()).chain(d.first_order_table.clone()))
+        .collect()
+}
+
+/// The key maps of dynamic tables, restored for the ranks that wrote them (a resumed
+/// dynamic run keeps its number of ranks: its rows are where their keys' owners put
+/// them).
+fn restore_dynamic(
+    dir: &Path,
+    m: &CheckpointManifest,
+    bundle: &mut ModelBundle,
+) -> Result<(), TrainError> {
+    let world = bundle.tables.world_size();
+    if bundle.keys.is_some() && m.world_size != world {
+        return Err(PersistError::DynamicOtherRanks {
+            dir: dir.to_path_buf(),
+            saved: m.world_size,
+            now: world,
+        }
+        .into());
+    }
+    let rank = bundle.tables.rank();
+    super::key_map_files::restore_key_maps(dir, &m.key_maps, &m.files, bundle.keys.as_mut(), rank)
 }
 
 /// Refuses a checkpoint that another config or other data wrote: weights only, other

@@ -41,12 +41,7 @@ pub fn sequence_test_metrics(
         return json!({});
     }
     let categories: Vec<u64> = (0..split.rows)
-        .map(|r| {
-            split
-                .cat_ids(TARGET_CATEGORY, r)
-                .first()
-                .map_or(0, |&c| u64::from(c))
-        })
+        .map(|r| split.first_value(TARGET_CATEGORY, r))
         .collect();
     let mut out = json!({
         "category_auc": group_mean_auc(&preds.labels, &preds.preds, &categories),

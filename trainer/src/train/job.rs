@@ -2,7 +2,7 @@
 //! data and its splits, the checks that need them, the table collections and the
 //! sharding plans. The [`super::Trainer`] borrows it for the whole run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -58,6 +58,8 @@ pub struct TrainJob<'a> {
     pub batch: BatchSizes,
     pub data: PreparedDataset,
     pub train: Arc<PreparedSplit>,
+    /// `train.mode = "stream"`: the days in order (the first is `train`); otherwise empty.
+    pub days: Vec<StreamDay>,
     pub valid: Option<Arc<PreparedSplit>>,
     pub test: Option<Arc<PreparedSplit>>,
     /// The GAUC group feature (`eval.gauc_by`).
@@ -88,12 +90,25 @@ impl<'a> TrainJob<'a> {
         }
         let devices = crate::job::resolve_devices(cfg, cluster)?;
         let batch = BatchSizes::of(cfg, world)?;
-        let data = prepare_on_ranks(cluster, |log| prepare(&cfg.data, log))?;
+        let stream = cfg.train.mode == crate::config::TrainMode::Stream;
+        let vocab = match stream {
+            true => stream_vocabulary(cfg, cluster)?,
+            false => None,
+        };
+        let data = match stream {
+            true => prepare_day(cluster, &cfg.data, &cfg.data.train, true, vocab.as_deref())?,
+            false => prepare_on_ranks(cluster, |log| prepare(&cfg.data, log))?,
+        };
         let train = data.split(SplitName::Train).cloned().ok_or_else(|| {
             TrainError::from(JobError::EmptyTrainingSplit {
                 file: cfg.data.train.clone(),
             })
         })?;
+        let days = if stream {
+            stream_days(cfg, cluster, &data, &train, vocab.as_deref())?
+        } else {
+            Vec::new()
+        };
         let valid = data.split(SplitName::Valid).cloned();
         let test = data.split(SplitName::Test).cloned();
         check_validation_split(cfg, valid.is_some())?;
@@ -107,6 +122,7 @@ impl<'a> TrainJob<'a> {
             colls.first_order.as_ref(),
             world,
             &cfg.embedding.optimizer.init(),
+            &colls.dynamic,
         )?;
         if cluster.rank() == 0 {
             log_moved_tables(cfg, &colls.main, &plans);
@@ -121,6 +137,7 @@ impl<'a> TrainJob<'a> {
             batch,
             data,
             train,
+            days,
             valid,
             test,
             groups,
@@ -137,6 +154,127 @@ impl<'a> TrainJob<'a> {
             .broadcast_from_root(chosen.to_string_lossy().as_bytes())?;
         Ok(PathBuf::from(String::from_utf8_lossy(&chosen).into_owned()))
     }
+}
+
+/// The data options of one day of a stream: `file` as the whole training split (the
+/// first day, `with_eval`, also brings `data.valid` and `data.test`).
+pub(crate) fn day_config(
+    data: &crate::config::DataConfig,
+    file: &Path,
+    with_eval: bool,
+) -> crate::config::DataConfig {
+    let mut d = data.clone();
+    d.train = file.to_path_buf();
+    d.more_train.clear();
+    // in a stream, validation and test come from their own files, never from a day
+    (d.split.valid, d.split.test) = (0.0, 0.0);
+    if !with_eval {
+        (d.valid, d.test) = (None, None);
+    }
+    d
+}
+
+/// A stream whose features are not all dynamic: the vocabulary over every day (the
+/// offline baseline a dynamic stream is compared with: it knows the days to come), as
+/// the `vocab.bin` of all days prepared as one. None when every feature is dynamic.
+fn stream_vocabulary(
+    cfg: &ExperimentConfig,
+    cluster: &Cluster,
+) -> Result<Option<PathBuf>, TrainError> {
+    let features = crate::data::RowParser::new(&cfg.data, &[])
+        .map_or(usize::MAX, |p| p.schema().categorical.len());
+    if cfg.data.keyed_features.len() == features {
+        return Ok(None);
+    }
+    let mut all = cfg.data.clone();
+    // every row of every day trains (no split, and so none of a tail split's limits)
+    all.split.kind = crate::config::SplitKind::Random;
+    (all.split.valid, all.split.test) = (0.0, 0.0);
+    let union = prepare_on_ranks(cluster, |log| prepare(&all, log))?;
+    Ok(Some(union.dir.join("vocab.bin")))
+}
+
+/// One day of a stream: its file, its rows, and its prepared folder (None: the first day,
+/// the job's `train`). A day's columns are mapped only while it is evaluated and trained,
+/// so a long stream does not keep every past day's pages resident.
+#[derive(Debug, Clone)]
+pub struct StreamDay {
+    pub file: PathBuf,
+    pub rows: usize,
+    prepared: Option<PathBuf>,
+}
+
+impl StreamDay {
+    /// The day's rows, opened now (the first day's are the job's training split).
+    pub fn split(&self, job: &TrainJob) -> Result<Arc<PreparedSplit>, TrainError> {
+        let Some(dir) = &self.prepared else {
+            return Ok(job.train.clone());
+        };
+        PreparedDataset::open(dir)?
+            .split(SplitName::Train)
+            .cloned()
+            .ok_or_else(|| {
+                JobError::EmptyTrainingSplit {
+                    file: self.file.clone(),
+                }
+                .into()
+            })
+    }
+}
+
+/// One day of a stream, prepared on its own (with `vocab` when given).
+fn prepare_day(
+    cluster: &Cluster,
+    data: &crate::config::DataConfig,
+    file: &Path,
+    with_eval: bool,
+    vocab: Option<&Path>,
+) -> Result<PreparedDataset, TrainError> {
+    let day = day_config(data, file, with_eval);
+    prepare_on_ranks(cluster, |log| match vocab {
+        Some(v) => crate::data::prepare_with_vocab(&day, v, log),
+        None => prepare(&day, log),
+    })
+}
+
+/// Every day of a stream, each prepared on its own: the first is `first`, the others
+/// `data.more_train` in order. Without `vocab` every feature must be dynamic.
+fn stream_days(
+    cfg: &ExperimentConfig,
+    cluster: &Cluster,
+    data: &PreparedDataset,
+    first: &Arc<PreparedSplit>,
+    vocab: Option<&Path>,
+) -> Result<Vec<StreamDay>, TrainError> {
+    let names = &data.meta.schema.categorical;
+    let unkeyed = names
+        .iter()
+        .enumerate()
+        .find(|(f, _)| !data.meta.is_keyed(*f));
+    if let (Some(c), None) = (unkeyed, vocab) {
+        return Err(JobError::StreamNeedsDynamic {
+            feature: c.1.name.clone(),
+        }
+        .into());
+    }
+    let mut days = vec![StreamDay {
+        file: cfg.data.train.clone(),
+        rows: first.rows,
+        prepared: None,
+    }];
+    for file in &cfg.data.more_train {
+        let prepared = prepare_day(cluster, &cfg.data, file, false, vocab)?;
+        let rows = prepared.split(SplitName::Train).map_or(0, |s| s.rows);
+        if rows == 0 {
+            return Err(JobError::EmptyTrainingSplit { file: file.clone() }.into());
+        }
+        days.push(StreamDay {
+            file: file.clone(),
+            rows,
+            prepared: Some(prepared.dir.clone()),
+        });
+    }
+    Ok(days)
 }
 
 fn check_validation_split(cfg: &ExperimentConfig, has_valid: bool) -> Result<(), TrainError> {

@@ -9,6 +9,7 @@
 //!
 //! Features plug in through [`TrainHook`]; the loop names none of them.
 
+mod days_plot;
 mod hook;
 mod job;
 mod summary;
@@ -18,7 +19,8 @@ mod validation;
 use std::path::Path;
 
 pub use hook::TrainHook;
-pub use job::{BatchSizes, TrainJob};
+pub(crate) use job::day_config;
+pub use job::{BatchSizes, StreamDay, TrainJob};
 pub use summary::{RunSummary, Timing};
 #[cfg(test)]
 pub(crate) use trainer::dense_optimizer;

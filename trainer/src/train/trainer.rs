@@ -4,6 +4,7 @@
 //! [`TrainHook`]s.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -14,7 +15,7 @@ use super::hook::TrainHook;
 use super::job::TrainJob;
 use super::summary::{RunSummary, Timing, PER_RANK_KEYS};
 use crate::bundle::{BundleSpec, ModelBundle};
-use crate::data::{spawn_loader, Batch, LoaderOptions};
+use crate::data::{spawn_loader, Batch, LoaderOptions, PreparedSplit};
 use crate::dense_sync::{all_reduce_gradients, average_buffers};
 use crate::embedding::Collections;
 use crate::evaluate::predict_split;
@@ -105,6 +106,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
             plans: Some(&job.plans),
             layer,
             storage: Some(&cfg.embedding),
+            dynamic: &colls.dynamic,
         }
         .init(cluster)?;
         let mut opt = dense_optimizer(&bundle, cfg);
@@ -155,7 +157,12 @@ impl<'j, 'h> Trainer<'j, 'h> {
         }
         log_start(job, &run, &bundle);
         let steps_per_epoch = job.train.rows.div_ceil(job.batch.global);
-        let mut total_steps = steps_per_epoch * cfg.train.epochs;
+        let mut total_steps = if job.days.is_empty() {
+            steps_per_epoch * cfg.train.epochs
+        } else {
+            let steps = |d: &super::job::StreamDay| d.rows.div_ceil(job.batch.global);
+            job.days.iter().map(steps).sum()
+        };
         if cfg.train.max_steps > 0 {
             total_steps = total_steps.min(cfg.train.max_steps);
         }
@@ -213,11 +220,28 @@ impl<'j, 'h> Trainer<'j, 'h> {
         self.job.cfg.train.max_steps > 0 && step >= self.job.cfg.train.max_steps
     }
 
-    /// Trains the configured epochs (from where a resumed run stopped), validating and
-    /// checkpointing as configured, until early stopping or `train.max_steps`.
+    /// Passes the run makes: one an epoch, or in a stream one a day (what
+    /// `Position::epoch` counts).
+    fn passes(&self) -> usize {
+        match self.job.days.len() {
+            0 => self.job.cfg.train.epochs,
+            days => days,
+        }
+    }
+
+    /// The split pass `epoch` trains on: the training split, or that day's rows.
+    fn pass_split(&self, epoch: usize) -> Result<Arc<PreparedSplit>, TrainError> {
+        match self.job.days.get(epoch) {
+            None => Ok(self.job.train.clone()),
+            Some(day) => day.split(self.job),
+        }
+    }
+
+    /// Trains the configured epochs or days (from where a resumed run stopped),
+    /// validating and checkpointing as configured, until early stopping or
+    /// `train.max_steps`. In a stream each day after the first is evaluated first.
     pub fn run(&mut self) -> Result<(), TrainError> {
-        let (cfg, cluster) = (self.job.cfg, self.job.cluster);
-        for epoch in self.position.epoch..cfg.train.epochs {
+        for epoch in self.position.epoch..self.passes() {
             if self.limit_reached(self.position.step) {
                 break;
             }
@@ -225,29 +249,81 @@ impl<'j, 'h> Trainer<'j, 'h> {
             if epoch != self.position.epoch {
                 (self.position.epoch, self.position.steps_in_epoch) = (epoch, 0);
             }
-            let stream = spawn_loader(self.job.train.clone(), self.loader_options(epoch));
-            let features = self.job.data.meta.schema.categorical.len();
-            let mut steps = LockstepBatches::new(stream, cluster, features, false).peekable();
-            while let Some(step) = steps.next() {
-                let next = steps.peek().map(|s| &s.batch);
-                for hook in &mut self.hooks {
-                    hook.next_batch(&self.bundle, next)?;
-                }
-                self.step(step, epoch)?;
-                match self.after_step(epoch)? {
-                    Flow::Continue => {}
-                    Flow::StopEarly => {
-                        self.stopped_early = true;
-                        return Ok(());
-                    }
-                    Flow::Done => return Ok(()),
-                }
+            let split = self.pass_split(epoch)?;
+            if !self.job.days.is_empty() && epoch > 0 && self.position.steps_in_epoch == 0 {
+                self.evaluate_day(epoch, &split)?;
             }
-            if self.end_of_epoch(epoch)? == Flow::StopEarly {
-                self.stopped_early = true;
-                return Ok(());
+            let flow = match self.train_pass(split, epoch)? {
+                Flow::Continue => self.end_of_epoch(epoch)?,
+                done => done,
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::StopEarly => {
+                    self.stopped_early = true;
+                    return Ok(());
+                }
+                Flow::Done => return Ok(()),
             }
         }
+        Ok(())
+    }
+
+    /// One pass over `split` (an epoch or a day), from where the position says.
+    fn train_pass(&mut self, split: Arc<PreparedSplit>, epoch: usize) -> Result<Flow, TrainError> {
+        let cluster = self.job.cluster;
+        let stream = spawn_loader(split, self.loader_options(epoch));
+        let features = self.job.data.meta.schema.categorical.len();
+        let mut steps = LockstepBatches::new(stream, cluster, features, false).peekable();
+        while let Some(step) = steps.next() {
+            let next = steps.peek().map(|s| &s.batch);
+            for hook in &mut self.hooks {
+                hook.next_batch(&self.bundle, next)?;
+            }
+            self.step(step, epoch)?;
+            match self.after_step(epoch)? {
+                Flow::Continue => {}
+                stop => return Ok(stop),
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Progressive validation of a stream: day `day` scored by the model trained on the
+    /// days before it, logged to `metrics.jsonl` (once, also across a resume).
+    fn evaluate_day(&mut self, day: usize, split: &Arc<PreparedSplit>) -> Result<(), TrainError> {
+        let done = |v: &serde_json::Value| v["day"].as_u64() == Some(day as u64);
+        if self.validation.days.iter().any(done) {
+            return Ok(());
+        }
+        let file = &self.job.days[day].file;
+        let cfg = self.job.cfg;
+        let r = crate::evaluate::evaluate(
+            &self.bundle,
+            split,
+            cfg.eval.batch_size,
+            self.job.groups,
+            self.job.cluster,
+        )?;
+        let line = json!({
+            "day": day, "file": file.display().to_string(), "progressive_auc": r.auc,
+            "progressive_logloss": r.logloss, "rows": r.rows, "step": self.position.step,
+            "rss_bytes": crate::run_dir::current_rss_bytes(),
+            "anon_rss_bytes": crate::run_dir::anon_rss_bytes(),
+        });
+        self.run
+            .log_metrics(&line)
+            .map_err(|source| TrainError::Io {
+                path: self.run.path.clone(),
+                source,
+            })?;
+        self.progress.println(&format!(
+            "[shardrec] day {day} ({}): progressive auc {} logloss {:.5}",
+            file.display(),
+            r.auc.map_or("n/a".into(), |a| format!("{a:.5}")),
+            r.logloss
+        ));
+        self.validation.days.push(line);
         Ok(())
     }
 
@@ -292,11 +368,15 @@ impl<'j, 'h> Trainer<'j, 'h> {
             data_wait,
         } = step;
         let (cluster, world) = (self.job.cluster, self.job.cluster.world_size());
-        let pieces = self.pieces(batch);
+        let mut pieces = self.pieces(batch);
         self.opt.zero_grad();
         let t0 = Instant::now();
+        // dynamic features: keys to rows (admission, eviction) before the lookups
+        self.bundle
+            .map_keys(&mut pieces, self.position.step as u64 + 1, cluster)?;
+        let t_keys = t0.elapsed();
         let (lookups, mut loss_v, t_lookup) = self.forward_backward(&pieces, global_rows)?;
-        let t1 = t0 + t_lookup;
+        let t1 = t0 + t_keys + t_lookup;
         let mut t_all_reduce = Duration::ZERO;
         if world > 1 {
             let mut global_loss = [loss_v as f32];
@@ -515,6 +595,8 @@ impl<'j, 'h> Trainer<'j, 'h> {
         }
         let summary = self.summary(restored_best_step, test, time_per_rank, extra)?;
         let mut summary = summary.to_json();
+        self.add_days(&mut summary);
+        self.add_dynamic(&mut summary)?;
         for hook in &mut self.hooks {
             hook.after_training(&self.bundle, &self.job.data, &self.run.path, &mut summary)?;
         }
@@ -584,6 +666,45 @@ impl<'j, 'h> Trainer<'j, 'h> {
                     .collect()
             })
             .collect())
+    }
+
+    /// Dynamic tables: what every rank's key maps hold and did, into the summary.
+    fn add_dynamic(&self, summary: &mut serde_json::Value) -> Result<(), TrainError> {
+        if self.bundle.keys.is_none() {
+            return Ok(());
+        }
+        let mine = self.bundle.dynamic_report();
+        let all = self
+            .job
+            .cluster
+            .all_gather_bytes(&serde_json::to_vec(&mine).unwrap_or_default())?;
+        let tables: Vec<serde_json::Value> = all
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<Vec<serde_json::Value>>(b).ok())
+            .flatten()
+            .collect();
+        summary["dynamic_tables"] = json!(tables);
+        Ok(())
+    }
+
+    /// A stream's progressive validation, day by day, into the summary and `days.png`.
+    fn add_days(&self, summary: &mut serde_json::Value) {
+        let days = &self.validation.days;
+        if days.is_empty() {
+            return;
+        }
+        summary["days"] = json!(days);
+        if !self.job.cluster.is_root() {
+            return;
+        }
+        let points: Vec<(u64, f64)> = days
+            .iter()
+            .filter_map(|d| Some((d["day"].as_u64()?, d["progressive_auc"].as_f64()?)))
+            .collect();
+        let path = self.run.path.join("days.png");
+        if let Err(why) = super::days_plot::plot_days(&path, &points) {
+            log(&format!("warning: {} not drawn: {why}", path.display()));
+        }
     }
 
     /// The test split's metrics, and what the hooks add from its predictions.

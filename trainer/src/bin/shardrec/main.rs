@@ -4,6 +4,7 @@
 
 mod check_exchange;
 mod eval;
+mod export;
 mod prepare;
 mod sweep;
 mod synth;
@@ -46,6 +47,9 @@ enum Command {
     /// kind and sparse optimizer must give the embeddings and rows of the one-process table
     /// (within 1e-6). Rank 0 prints a JSON report; exits non-zero on any mismatch.
     CheckExchange(check_exchange::Args),
+    /// Write a trained model for serving without shardrec: per feature its keys and rows
+    /// (documented binary files), the dense network as safetensors, and a manifest.
+    Export(export::Args),
 }
 
 /// The run folder's default name: the config file's stem.
@@ -62,6 +66,7 @@ fn run() -> anyhow::Result<()> {
         Command::Prepare(a) => prepare::run(a),
         Command::Synth(a) => synth::run(a),
         Command::CheckExchange(a) => check_exchange::run(a),
+        Command::Export(a) => export::run(a),
     }
 }
 
