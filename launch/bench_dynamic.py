@@ -47,6 +47,9 @@ run_dir = "{run}"
 """
 
 
+MIN2 = "\n[embedding.dynamic]\nadmit = { min_count = 2, sketch_bytes = 1048576 }"
+
+
 def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
 
@@ -118,7 +121,7 @@ def main():
     p.add_argument("--rows-per-day", type=int, default=100000)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--np", type=int, default=1)
-    p.add_argument("--only", default="plain,dynamic,cap25,hashed25,min2")
+    p.add_argument("--only", default="plain,dynamic,cap25,hashed25,min2,cap25min2,cap25lfu")
     p.add_argument("--out", default=os.path.join(ROOT, "data", "bench", "dynamic"))
     a = p.parse_args()
     a.train_files, a.test_file = make_days(a)
@@ -139,9 +142,13 @@ def main():
             rows.append(run(a, "cap25", seed, "dynamic", extra=cap_tables))
         if "hashed25" in only:
             rows.append(run(a, "hashed25", seed, "hashed", buckets=1, extra=cap_tables))
+        if "cap25min2" in only:
+            rows.append(run(a, "cap25min2", seed, "dynamic", extra=cap_tables + MIN2))
+        if "cap25lfu" in only:
+            rows.append(run(a, "cap25lfu", seed, "dynamic",
+                            extra=cap_tables + "\n[embedding.dynamic]\nevict = \"lfu\""))
         if "min2" in only:
-            rows.append(run(a, "min2", seed, "dynamic",
-                            extra="[embedding.dynamic]\nadmit = { min_count = 2, sketch_bytes = 1048576 }"))
+            rows.append(run(a, "min2", seed, "dynamic", extra=MIN2))
     by = {}
     for r in rows:
         by.setdefault(r["run"], []).append(r["test_auc"])

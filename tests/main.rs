@@ -10,6 +10,7 @@ mod bad_config;
 mod bad_input;
 mod checkpoints;
 mod cli_train;
+mod dynamic;
 mod file_tier;
 mod launch_scripts;
 mod model_files;

@@ -135,6 +135,17 @@ pub struct KeyLookup {
     pub fresh: Vec<u32>,
 }
 
+/// One row's key (None: free) and use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct RowMeta {
+    key: Option<u64>,
+    /// The step it was last used at.
+    last_step: u64,
+    /// When it was last used, counting every touch (recency within a step too).
+    last_tick: u64,
+    uses: u32,
+}
+
 /// A table's map from keys to its `capacity` rows, with admission and eviction.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyRows {
@@ -143,16 +154,12 @@ pub struct KeyRows {
     eviction: Eviction,
     seed: u64,
     rows: HashMap<u64, u32, KeyHashBuilder>,
-    /// Key of each row handed out so far (None: freed again). Rows are handed out lowest
-    /// first, so these per-row vectors grow with the rows in use, not with the capacity:
-    /// a table of a large capacity costs what it holds.
-    keys: Vec<Option<u64>>,
-    /// The step each row was last used at.
-    last_step: Vec<u64>,
-    /// When each row was last used, counting every touch (recency within a step too).
-    last_tick: Vec<u64>,
+    /// Each row handed out so far: its key and use. Rows are handed out lowest first,
+    /// so this grows with the rows in use, not with the capacity (a table of a large
+    /// capacity costs what it holds). One record a row, so a lookup touches one cache
+    /// line for it rather than one per field.
+    meta: Vec<RowMeta>,
     tick: u64,
-    uses: Vec<u32>,
     /// `lfu`: rows in eviction order, (uses, last tick, row).
     order: BTreeSet<(u32, u64, u32)>,
     /// `lru` and `ttl_steps`: (tick, row) of every touch, oldest first. A touch appends
@@ -182,11 +189,8 @@ impl KeyRows {
             eviction,
             seed,
             rows: HashMap::default(),
-            keys: Vec::new(),
-            last_step: Vec::new(),
-            last_tick: Vec::new(),
+            meta: Vec::new(),
             tick: 0,
-            uses: Vec::new(),
             order: BTreeSet::new(),
             recency: VecDeque::new(),
             free: BTreeSet::new(),
@@ -224,23 +228,23 @@ impl KeyRows {
 
     /// The key holding `row`, if any.
     pub fn key_at(&self, row: u32) -> Option<u64> {
-        self.keys.get(row as usize).copied().flatten()
+        self.meta.get(row as usize).and_then(|m| m.key)
     }
 
     /// The live keys and their rows, by row.
     pub fn live(&self) -> Vec<(u64, u32)> {
-        (0..self.keys.len() as u32)
-            .filter_map(|r| self.keys[r as usize].map(|k| (k, r)))
+        (0..self.meta.len() as u32)
+            .filter_map(|r| self.meta[r as usize].key.map(|k| (k, r)))
             .collect()
     }
 
     fn order_key(&self, row: u32) -> (u32, u64, u32) {
         let r = row as usize;
         let uses = match self.eviction {
-            Eviction::Lfu => self.uses[r],
+            Eviction::Lfu => self.meta[r].uses,
             _ => 0,
         };
-        (uses, self.last_tick[r], row)
+        (uses, self.meta[r].last_tick, row)
     }
 
     /// Frees the rows idle `steps` steps or more (`ttl_steps` only), at the start of
@@ -251,7 +255,7 @@ impl KeyRows {
         };
         // in recency order, so the idle rows come first
         while let Some(row) = self.least_recent() {
-            if step.saturating_sub(self.last_step[row as usize]) < steps {
+            if step.saturating_sub(self.meta[row as usize].last_step) < steps {
                 break;
             }
             self.recency.pop_front();
@@ -273,7 +277,7 @@ impl KeyRows {
 
     fn is_current(&self, tick: u64, row: u32) -> bool {
         let r = row as usize;
-        self.keys[r].is_some() && self.last_tick[r] == tick
+        self.meta[r].key.is_some() && self.meta[r].last_tick == tick
     }
 
     /// Rows in eviction order (the first goes first), for comparing maps.
@@ -290,7 +294,7 @@ impl KeyRows {
     }
 
     fn release(&mut self, row: u32) {
-        if let Some(key) = self.keys[row as usize].take() {
+        if let Some(key) = self.meta[row as usize].key.take() {
             self.rows.remove(&key);
             self.stats.evicted += 1;
         }
@@ -363,11 +367,11 @@ impl KeyRows {
         }
         let row = match self.eviction {
             Eviction::Lfu => {
-                let last_step = &self.last_step;
+                let meta = &self.meta;
                 let victim = *self
                     .order
                     .iter()
-                    .find(|&&(_, _, row)| last_step[row as usize] < step)?;
+                    .find(|&&(_, _, row)| meta[row as usize].last_step < step)?;
                 self.order.remove(&victim);
                 victim.2
             }
@@ -375,7 +379,7 @@ impl KeyRows {
             // or every row serves this step
             _ => {
                 let row = self.least_recent()?;
-                if self.last_step[row as usize] >= step {
+                if self.meta[row as usize].last_step >= step {
                     return None;
                 }
                 self.recency.pop_front();
@@ -391,14 +395,18 @@ impl KeyRows {
         if self.eviction == Eviction::Lfu {
             self.order.remove(&self.order_key(row));
         }
-        self.mark(row, step, self.uses[row as usize].saturating_add(n))
+        self.mark(row, step, self.meta[row as usize].uses.saturating_add(n))
     }
 
     /// Row `row` (out of the eviction order) as used now, at `step`, `uses` times.
     fn mark(&mut self, row: u32, step: u64, uses: u32) -> u32 {
         let r = row as usize;
         self.tick += 1;
-        (self.last_step[r], self.last_tick[r], self.uses[r]) = (step, self.tick, uses);
+        (
+            self.meta[r].last_step,
+            self.meta[r].last_tick,
+            self.meta[r].uses,
+        ) = (step, self.tick, uses);
         self.enqueue(row);
         row
     }
@@ -409,7 +417,8 @@ impl KeyRows {
             self.order.insert(self.order_key(row));
             return;
         }
-        self.recency.push_back((self.last_tick[row as usize], row));
+        self.recency
+            .push_back((self.meta[row as usize].last_tick, row));
         if self.recency.len() > 2 * self.rows.len() + 1024 {
             let keep: VecDeque<(u64, u32)> = self
                 .recency
@@ -456,7 +465,7 @@ impl KeyRows {
             .flat_map(|(rank, m)| {
                 m.live()
                     .into_iter()
-                    .map(move |(key, row)| (m.last_step[row as usize], key, rank, row))
+                    .map(move |(key, row)| (m.meta[row as usize].last_step, key, rank, row))
             })
             .collect();
         // least recent first, so the newest end up the most recent in their new maps
@@ -480,7 +489,7 @@ impl KeyRows {
             }
             let new = &mut maps[owner];
             let free = new.next_free().unwrap_or(0);
-            let to = new.assign(free, key, step, old[rank].uses[row as usize]);
+            let to = new.assign(free, key, step, old[rank].meta[row as usize].uses);
             moves.push(RowMove {
                 key,
                 from: (rank, row),
@@ -503,22 +512,19 @@ impl KeyRows {
 
     /// Hands out the next never-used row.
     fn grow(&mut self) -> u32 {
-        self.keys.push(None);
-        self.last_step.push(0);
-        self.last_tick.push(0);
-        self.uses.push(0);
+        self.meta.push(RowMeta::default());
         self.rows_in_use() - 1
     }
 
     /// Rows handed out so far (held or freed again): the prefix of the table in use.
     pub fn rows_in_use(&self) -> u32 {
-        self.keys.len() as u32
+        self.meta.len() as u32
     }
 
     /// Gives `row` (taken out of the free rows) to `key`, as last used at `step`, with
     /// `uses` uses.
     fn assign(&mut self, row: u32, key: u64, step: u64, uses: u32) -> u32 {
-        self.keys[row as usize] = Some(key);
+        self.meta[row as usize].key = Some(key);
         self.rows.insert(key, row);
         self.mark(row, step, uses)
     }
@@ -546,11 +552,8 @@ impl PartialEq for KeyRows {
             && self.eviction == other.eviction
             && self.seed == other.seed
             && self.rows == other.rows
-            && self.keys == other.keys
-            && self.last_step == other.last_step
-            && self.last_tick == other.last_tick
+            && self.meta == other.meta
             && self.tick == other.tick
-            && self.uses == other.uses
             && self.free == other.free
             && self.sketch == other.sketch
             && self.stats == other.stats
@@ -602,7 +605,7 @@ impl KeyRows {
     /// its settings, counters, every row's key and recency, and the sketch, so a map read
     /// back admits and evicts exactly as this one would.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(64 + self.keys.len() * 29 + self.sketch_bytes());
+        let mut b = Vec::with_capacity(64 + self.meta.len() * 29 + self.sketch_bytes());
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&VERSION.to_le_bytes());
         b.extend_from_slice(&self.capacity.to_le_bytes());
@@ -631,12 +634,12 @@ impl KeyRows {
             b.extend_from_slice(&n.to_le_bytes());
         }
         b.extend_from_slice(&self.rows_in_use().to_le_bytes());
-        for r in 0..self.keys.len() {
-            b.push(u8::from(self.keys[r].is_some()));
-            b.extend_from_slice(&self.keys[r].unwrap_or(0).to_le_bytes());
-            b.extend_from_slice(&self.last_step[r].to_le_bytes());
-            b.extend_from_slice(&self.last_tick[r].to_le_bytes());
-            b.extend_from_slice(&self.uses[r].to_le_bytes());
+        for r in 0..self.meta.len() {
+            b.push(u8::from(self.meta[r].key.is_some()));
+            b.extend_from_slice(&self.meta[r].key.unwrap_or(0).to_le_bytes());
+            b.extend_from_slice(&self.meta[r].last_step.to_le_bytes());
+            b.extend_from_slice(&self.meta[r].last_tick.to_le_bytes());
+            b.extend_from_slice(&self.meta[r].uses.to_le_bytes());
         }
         if let Some(sketch) = &self.sketch {
             b.extend(sketch.counts.iter().flat_map(|c| c.to_le_bytes()));
@@ -714,7 +717,7 @@ impl KeyRows {
         let mut held: Vec<(u64, u32)> = m
             .live()
             .iter()
-            .map(|&(_, r)| (m.last_tick[r as usize], r))
+            .map(|&(_, r)| (m.meta[r as usize].last_tick, r))
             .collect();
         held.sort_unstable();
         for (_, row) in held {
@@ -736,19 +739,19 @@ impl KeyRows {
         let held = f.u8("a row")?;
         let key = f.u64("a row's key")?;
         let r = row as usize;
-        (self.last_step[r], self.last_tick[r]) = (f.u64("a row")?, f.u64("a row")?);
-        self.uses[r] = f.u32("a row")?;
+        (self.meta[r].last_step, self.meta[r].last_tick) = (f.u64("a row")?, f.u64("a row")?);
+        self.meta[r].uses = f.u32("a row")?;
         match held {
             0 => {
                 self.free.insert(row);
             }
             1 => {
-                if self.last_tick[r] > self.tick || self.rows.insert(key, row).is_some() {
+                if self.meta[r].last_tick > self.tick || self.rows.insert(key, row).is_some() {
                     return Err(f.bad(format!(
                         "row {row}: key {key} held twice, or used after the clock"
                     )));
                 }
-                self.keys[r] = Some(key);
+                self.meta[r].key = Some(key);
             }
             t => return Err(f.bad(format!("row {row}: flag {t}"))),
         }
@@ -953,7 +956,11 @@ mod tests {
         }
         let kept_steps: Vec<u64> = three
             .iter()
-            .flat_map(|m| m.live().into_iter().map(|(_, r)| m.last_step[r as usize]))
+            .flat_map(|m| {
+                m.live()
+                    .into_iter()
+                    .map(|(_, r)| m.meta[r as usize].last_step)
+            })
             .collect();
         assert!(kept_steps.iter().all(|&s| s >= 25), "{kept_steps:?}");
     }

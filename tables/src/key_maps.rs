@@ -24,6 +24,7 @@ use crate::exchange::Exchange;
 use crate::hashing::KeyHashBuilder;
 use crate::jagged::KeyedJaggedIds;
 use crate::TableError;
+use rayon::prelude::*;
 
 /// Answer for a key that reads the default row.
 const NO_ROW: u64 = u64::MAX;
@@ -56,6 +57,25 @@ pub struct KeyMaps {
     rank: usize,
     world: usize,
     features: Vec<FeatureKeys>,
+}
+
+/// One feature's part of an ask: the distinct keys for each owner, and per piece where
+/// each value's key went (owner, index there).
+type FeatureAsk = (Vec<Distinct>, Vec<Vec<(u32, u32)>>);
+
+/// What a rank asked the owners: per owner and feature, the distinct keys it sent; per
+/// piece and feature, where each value's key went (owner, index among those sent there).
+struct Asked {
+    sent: Vec<Vec<Distinct>>,
+    slots: Vec<Vec<Vec<(u32, u32)>>>,
+}
+
+/// One feature's keys as their owner sees them: every asker's, merged in rank order
+/// (first occurrence, counts summed), and where each asker's keys are among them.
+struct Merged {
+    keys: Vec<u64>,
+    counts: Vec<u64>,
+    index: Vec<Vec<usize>>,
 }
 
 /// A batch's distinct keys of one feature in order of first occurrence, with counts.
@@ -103,11 +123,6 @@ impl KeyMaps {
         &mut self.features
     }
 
-    /// Whether batch feature `f` is dynamic.
-    pub fn is_dynamic(&self, f: usize) -> bool {
-        self.features.iter().any(|k| k.feature == f)
-    }
-
     /// The batch features that are dynamic, in map order.
     fn feature_ids(&self) -> Vec<usize> {
         self.features.iter().map(|k| k.feature).collect()
@@ -116,7 +131,8 @@ impl KeyMaps {
     /// Training: the rows of the step's keys (`pieces`: this rank's slices of the step's
     /// batch, in order), admitting and evicting as each map says. Rewrites the pieces'
     /// dynamic features from keys to global rows and returns the rows given to new keys
-    /// here. Collective: every rank calls it once per step.
+    /// here. Collective: every rank calls it once per step. Features are mapped in
+    /// parallel (each map is its own).
     pub fn map_for_training(
         &mut self,
         ex: &dyn Exchange,
@@ -124,30 +140,40 @@ impl KeyMaps {
         step: u64,
     ) -> Result<Vec<FreshRows>, TableError> {
         let route = self.route();
-        let mut fresh: Vec<FreshRows> = Vec::with_capacity(self.features.len());
-        let features = &mut self.features;
-        let rows = route.exchange(ex, pieces, |i, keys, counts| {
-            let m = &mut features[i];
-            m.map.expire(step);
-            let base = m.base;
-            let found = m.map.lookup_counted(keys, counts, step);
-            fresh.push(FreshRows {
-                feature: m.feature,
-                local_rows: found.fresh.iter().map(|&r| u64::from(r)).collect(),
-                keys: found
-                    .fresh
+        let (asked, received) = route.ask(ex, pieces)?;
+        let merged = route.merge(&received)?;
+        let answered: Vec<(Vec<u64>, FreshRows)> = self
+            .features
+            .par_iter_mut()
+            .zip(&merged)
+            .map(|(m, mg)| {
+                m.map.expire(step);
+                let found = m.map.lookup_counted(&mg.keys, &mg.counts, step);
+                let fresh = FreshRows {
+                    feature: m.feature,
+                    local_rows: found.fresh.iter().map(|&r| u64::from(r)).collect(),
+                    keys: found
+                        .fresh
+                        .iter()
+                        .map(|&r| m.map.key_at(r).unwrap_or(0))
+                        .collect(),
+                };
+                let rows = found
+                    .rows
                     .iter()
-                    .map(|&r| m.map.key_at(r).unwrap_or(0))
-                    .collect(),
-            });
-            found
-                .rows
-                .iter()
-                .map(|r| r.map_or(NO_ROW, |r| base + u64::from(r)))
-                .collect()
-        })?;
-        for (piece, rows) in pieces.iter_mut().zip(&rows) {
-            *piece = route.rewrite(piece, rows)?;
+                    .map(|r| r.map_or(NO_ROW, |r| m.base + u64::from(r)));
+                (rows.collect(), fresh)
+            })
+            .collect();
+        let (rows, fresh): (Vec<Vec<u64>>, Vec<FreshRows>) = answered.into_iter().unzip();
+        let rows = route.reply(ex, &asked, &merged, rows)?;
+        let mapped: Vec<KeyedJaggedIds> = pieces
+            .par_iter()
+            .zip(&rows)
+            .map(|(piece, rows)| route.rewrite(piece, rows))
+            .collect::<Result<_, _>>()?;
+        for (piece, m) in pieces.iter_mut().zip(mapped) {
+            *piece = m;
         }
         Ok(fresh)
     }
@@ -160,12 +186,19 @@ impl KeyMaps {
         batch: &KeyedJaggedIds,
     ) -> Result<KeyedJaggedIds, TableError> {
         let route = self.route();
-        let rows = route.exchange(ex, std::slice::from_ref(batch), |i, keys, _| {
-            let (map, base) = (&self.features[i].map, self.features[i].base);
-            keys.iter()
-                .map(|&k| map.row_of(k).map_or(NO_ROW, |r| base + u64::from(r)))
-                .collect()
-        })?;
+        let pieces = std::slice::from_ref(batch);
+        let (asked, received) = route.ask(ex, pieces)?;
+        let merged = route.merge(&received)?;
+        let rows: Vec<Vec<u64>> = self
+            .features
+            .par_iter()
+            .zip(&merged)
+            .map(|(m, mg)| {
+                let row = |k: &u64| m.map.row_of(*k).map_or(NO_ROW, |r| m.base + u64::from(r));
+                mg.keys.iter().map(row).collect()
+            })
+            .collect();
+        let rows = route.reply(ex, &asked, &merged, rows)?;
         route.rewrite(batch, &rows[0])
     }
 
@@ -187,42 +220,110 @@ struct KeyRoute {
 }
 
 impl KeyRoute {
-    /// Sends the pieces' distinct keys of every dynamic feature to their owners, lets
-    /// `answer(i, keys, counts)` give the rows of feature `i`'s merged keys there, and
-    /// returns, per piece and dynamic feature, the row of each of its values in order.
-    fn exchange(
+    /// Sends the pieces' distinct keys of every dynamic feature to their owners; returns
+    /// what was asked (to read the answers by) and what every rank asked this one.
+    fn ask(
         &self,
         ex: &dyn Exchange,
         pieces: &[KeyedJaggedIds],
-        mut answer: impl FnMut(usize, &[u64], &[u64]) -> Vec<u64>,
-    ) -> Result<Vec<Vec<Vec<u64>>>, TableError> {
-        let (n, nf) = (self.world, self.features.len());
-        // what this rank sends: per owner, per feature, the keys in first-occurrence order;
-        // and where each value's key went (owner, index there)
-        let mut sent: Vec<Vec<Distinct>> = (0..n)
-            .map(|_| (0..nf).map(|_| Distinct::default()).collect())
-            .collect();
-        let mut slots: Vec<Vec<Vec<(u32, u32)>>> = Vec::with_capacity(pieces.len());
-        for piece in pieces {
-            let mut per_feature = Vec::with_capacity(nf);
-            for (i, &f) in self.features.iter().enumerate() {
-                let values = values_of(piece, f)?;
-                let mut at = Vec::with_capacity(values.len());
-                for &key in values {
-                    let owner = if n == 1 { 0 } else { key_owner(key, n) };
-                    at.push((owner as u32, sent[owner][i].add(key, 1) as u32));
+    ) -> Result<(Asked, Vec<Vec<u64>>), TableError> {
+        let n = self.world;
+        // per feature, in parallel: the distinct keys for each owner, and where each
+        // value's key went (owner, index there)
+        let per_feature: Vec<FeatureAsk> = self
+            .features
+            .par_iter()
+            .map(|&f| {
+                let mut owners: Vec<Distinct> = (0..n).map(|_| Distinct::default()).collect();
+                let mut slots = Vec::with_capacity(pieces.len());
+                for piece in pieces {
+                    let values = values_of(piece, f)?;
+                    let mut at = Vec::with_capacity(values.len());
+                    for &key in values {
+                        let owner = if n == 1 { 0 } else { key_owner(key, n) };
+                        at.push((owner as u32, owners[owner].add(key, 1) as u32));
+                    }
+                    slots.push(at);
                 }
-                per_feature.push(at);
+                Ok((owners, slots))
+            })
+            .collect::<Result<_, TableError>>()?;
+        let mut sent: Vec<Vec<Distinct>> = (0..n).map(|_| Vec::new()).collect();
+        let mut slots: Vec<Vec<Vec<(u32, u32)>>> = vec![Vec::new(); pieces.len()];
+        for (owners, feature_slots) in per_feature {
+            for (o, d) in owners.into_iter().enumerate() {
+                sent[o].push(d);
             }
-            slots.push(per_feature);
+            for (p, at) in feature_slots.into_iter().enumerate() {
+                slots[p].push(at);
+            }
         }
         let send: Vec<Vec<u64>> = sent.iter().map(|per| encode(per)).collect();
         let received = ex.all_to_all_u64(send)?;
-        let replies = self.answer_owned(&received, &mut answer)?;
+        Ok((Asked { sent, slots }, received))
+    }
+
+    /// As an owner: what every rank asked, merged per feature in rank order.
+    fn merge(&self, received: &[Vec<u64>]) -> Result<Vec<Merged>, TableError> {
+        let mut from: Vec<Vec<(&[u64], &[u64])>> = Vec::with_capacity(received.len());
+        for (src, msg) in received.iter().enumerate() {
+            let parts = decode(msg, self.features.len());
+            from.push(parts.ok_or_else(|| self.malformed(src, msg.len()))?);
+        }
+        Ok((0..self.features.len())
+            .into_par_iter()
+            .map(|i| {
+                if from.len() == 1 {
+                    // one asker: its keys are already distinct and in order
+                    let (keys, counts) = from[0][i];
+                    let index = vec![(0..keys.len()).collect()];
+                    return Merged {
+                        keys: keys.to_vec(),
+                        counts: counts.to_vec(),
+                        index,
+                    };
+                }
+                let mut merged = Distinct::default();
+                let index = from
+                    .iter()
+                    .map(|parts| {
+                        let (keys, counts) = parts[i];
+                        keys.iter()
+                            .zip(counts)
+                            .map(|(&k, &c)| merged.add(k, c))
+                            .collect()
+                    })
+                    .collect();
+                Merged {
+                    keys: merged.keys,
+                    counts: merged.counts,
+                    index,
+                }
+            })
+            .collect())
+    }
+
+    /// Sends each rank the rows of the keys it asked (`rows[i]`: of feature `i`'s merged
+    /// keys) and returns, per piece and dynamic feature, the row of each of its values.
+    fn reply(
+        &self,
+        ex: &dyn Exchange,
+        asked: &Asked,
+        merged: &[Merged],
+        rows: Vec<Vec<u64>>,
+    ) -> Result<Vec<Vec<Vec<u64>>>, TableError> {
+        let n = self.world;
+        let mut replies: Vec<Vec<u64>> = vec![Vec::new(); n];
+        for (mg, rows) in merged.iter().zip(&rows) {
+            for (reply, at) in replies.iter_mut().zip(&mg.index) {
+                reply.extend(at.iter().map(|&k| rows[k]));
+            }
+        }
         let answers = ex.all_to_all_u64(replies)?;
-        self.check_answers(&sent, &answers)?;
+        self.check_answers(&asked.sent, &answers)?;
         // where feature i's answers start in each owner's reply
-        let starts: Vec<Vec<usize>> = sent
+        let starts: Vec<Vec<usize>> = asked
+            .sent
             .iter()
             .map(|per| {
                 per.iter()
@@ -234,60 +335,21 @@ impl KeyRoute {
                     .collect()
             })
             .collect();
-        Ok(slots
-            .into_iter()
+        Ok(asked
+            .slots
+            .iter()
             .map(|per_feature| {
                 per_feature
-                    .into_iter()
+                    .iter()
                     .enumerate()
                     .map(|(i, at)| {
-                        at.into_iter()
-                            .map(|(o, k)| answers[o as usize][starts[o as usize][i] + k as usize])
+                        at.iter()
+                            .map(|&(o, k)| answers[o as usize][starts[o as usize][i] + k as usize])
                             .collect()
                     })
                     .collect()
             })
             .collect())
-    }
-
-    /// As an owner: merges what every rank asked (in rank order), has `answer` give each
-    /// merged key's row, and returns each rank's reply (rows in the order it asked).
-    fn answer_owned(
-        &self,
-        received: &[Vec<u64>],
-        answer: &mut impl FnMut(usize, &[u64], &[u64]) -> Vec<u64>,
-    ) -> Result<Vec<Vec<u64>>, TableError> {
-        let n = received.len();
-        let mut from: Vec<Vec<(&[u64], &[u64])>> = Vec::with_capacity(n);
-        for (src, msg) in received.iter().enumerate() {
-            let parts = decode(msg, self.features.len());
-            from.push(parts.ok_or_else(|| self.malformed(src, msg.len()))?);
-        }
-        let mut replies: Vec<Vec<u64>> = vec![Vec::new(); n];
-        for i in 0..self.features.len() {
-            if n == 1 {
-                // one asker: its keys are already distinct and in order
-                let (keys, counts) = from[0][i];
-                replies[0].extend(answer(i, keys, counts));
-                continue;
-            }
-            let mut merged = Distinct::default();
-            let mut index: Vec<Vec<usize>> = Vec::with_capacity(n);
-            for parts in &from {
-                let (keys, counts) = parts[i];
-                index.push(
-                    keys.iter()
-                        .zip(counts)
-                        .map(|(&k, &c)| merged.add(k, c))
-                        .collect(),
-                );
-            }
-            let rows = answer(i, &merged.keys, &merged.counts);
-            for (reply, at) in replies.iter_mut().zip(index) {
-                reply.extend(at.into_iter().map(|k| rows[k]));
-            }
-        }
-        Ok(replies)
     }
 
     /// Every owner answered one row for each key sent to it.
@@ -324,24 +386,35 @@ impl KeyRoute {
         rows: &[Vec<u64>],
     ) -> Result<KeyedJaggedIds, TableError> {
         let (nk, b) = (piece.num_keys(), piece.batch_size());
+        // per feature, in parallel: its lengths and values
+        let parts: Vec<(Vec<u32>, Vec<u64>)> = (0..nk)
+            .into_par_iter()
+            .map(|f| {
+                let dynamic = self.features.iter().position(|&k| k == f);
+                let mut lengths = Vec::with_capacity(b);
+                let mut values = Vec::with_capacity(piece.key_len(f));
+                let mut at = 0;
+                for s in 0..b {
+                    let ids = piece.ids(f, s);
+                    let before = values.len();
+                    match dynamic {
+                        None => values.extend_from_slice(ids),
+                        Some(i) => {
+                            let mine = &rows[i][at..at + ids.len()];
+                            values.extend(mine.iter().copied().filter(|&r| r != NO_ROW));
+                            at += ids.len();
+                        }
+                    }
+                    lengths.push((values.len() - before) as u32);
+                }
+                (lengths, values)
+            })
+            .collect();
         let mut lengths = Vec::with_capacity(nk * b);
         let mut values = Vec::with_capacity(piece.values().len());
-        for f in 0..nk {
-            let dynamic = self.features.iter().position(|&k| k == f);
-            let mut at = 0;
-            for s in 0..b {
-                let ids = piece.ids(f, s);
-                let before = values.len();
-                match dynamic {
-                    None => values.extend_from_slice(ids),
-                    Some(i) => {
-                        let mine = &rows[i][at..at + ids.len()];
-                        values.extend(mine.iter().copied().filter(|&r| r != NO_ROW));
-                        at += ids.len();
-                    }
-                }
-                lengths.push((values.len() - before) as u32);
-            }
+        for (l, v) in parts {
+            lengths.extend(l);
+            values.extend(v);
         }
         KeyedJaggedIds::from_lengths(nk, b, &lengths, values)
     }

@@ -149,6 +149,10 @@ impl<'a> TableRows<'a> {
 /// Exports the saved model in `model_dir` to `out` (see the module header).
 pub fn export_model(model_dir: &Path, out: &Path) -> Result<serde_json::Value, TrainError> {
     let saved = SavedFolder::read(model_dir)?;
+    let preprocessing = match &saved {
+        SavedFolder::Model(m) => &m.preprocessing,
+        SavedFolder::Pieces(m) => &m.preprocessing,
+    };
     let (schema, collections, files, model, dynamic, key_maps) = match &saved {
         SavedFolder::Model(m) => (
             &m.schema,
@@ -216,7 +220,8 @@ pub fn export_model(model_dir: &Path, out: &Path) -> Result<serde_json::Value, T
     let manifest = json!({
         "format": "shardrec-export", "version": 1,
         "key": "a canonical unsigned decimal integer is its own key; any other value, the 64-bit FNV-1a hash of its bytes",
-        "schema": schema, "model": model, "features": features, "dense": "dense.safetensors",
+        "schema": schema, "preprocessing": preprocessing, "model": model,
+        "features": features, "dense": "dense.safetensors",
     });
     let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
     std::fs::write(out.join("manifest.json"), text).map_err(io(&out.join("manifest.json")))?;

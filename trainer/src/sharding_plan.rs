@@ -112,20 +112,7 @@ pub fn resolve_plans(
                 .or_insert(shardrec_tables::ShardingKind::RowWise);
         }
     }
-    // a dynamic table's keys are spread over the ranks by hash, each owner holding them
-    // in its own block of rows
-    for d in dynamic {
-        match cfg.tables.get(&d.table) {
-            Some(&k) if k != shardrec_tables::ShardingKind::RowWise && world > 1 => {
-                return Err(PlanError::DynamicNotRowWise {
-                    table: d.table.clone(),
-                    kind: k,
-                }
-                .into())
-            }
-            _ => tables.insert(d.table.clone(), shardrec_tables::ShardingKind::RowWise),
-        };
-    }
+    row_wise_dynamic(&mut tables, dynamic, world)?;
     let req = PlanRequest {
         strategy: cfg.strategy,
         tables,
@@ -166,6 +153,26 @@ pub fn resolve_plans(
         main: main_plan,
         first_order: first_plan,
     })
+}
+
+/// A dynamic table's keys are spread over the ranks by hash, each owner holding them in
+/// its own block of rows: it is row-wise (another kind in `sharding.tables` is refused).
+fn row_wise_dynamic(
+    tables: &mut std::collections::BTreeMap<String, shardrec_tables::ShardingKind>,
+    dynamic: &[crate::embedding::DynamicTable],
+    world: usize,
+) -> Result<(), TrainError> {
+    use shardrec_tables::ShardingKind::RowWise;
+    for d in dynamic {
+        match tables.get(&d.table) {
+            Some(&kind) if kind != RowWise && world > 1 => {
+                let table = d.table.clone();
+                return Err(PlanError::DynamicNotRowWise { table, kind }.into());
+            }
+            _ => tables.insert(d.table.clone(), RowWise),
+        };
+    }
+    Ok(())
 }
 
 pub fn read_plans(path: &Path) -> Result<CollectionPlans, TrainError> {

@@ -39,7 +39,7 @@ pub use bad_rows::{BadField, BadRow, BadRowCounts, BadRowKind};
 pub use config::ConfigKeyError;
 pub use fast_hash::FastHashBuilder;
 pub use keys::key_of;
-pub use loader::{row_order, spawn_loader, Batch, BatchStream, LoaderOptions};
+pub use loader::{gather, row_order, spawn_loader, Batch, BatchStream, LoaderOptions};
 pub use prepare::round_half_even;
 pub use prepare::{prepare, prepare_with_vocab};
 pub use prepared::{CatValues, PreparedDataset, PreparedMeta, PreparedSplit, SplitName};

@@ -2,7 +2,7 @@
 //! (one per dynamic feature, over the rows of the table that rank holds), and starting
 //! afresh the rows a step gave to new keys, in the main and first-order tables alike.
 
-use shardrec_tables::{FeatureKeys, FreshRows, KeyMaps, KeyRows, TableError};
+use shardrec_tables::{FeatureKeys, FreshRows, KeyMaps, KeyRows, RowInit, TableError, TableShard};
 
 use super::builder::DynamicTable;
 use super::engine::EmbeddingEngine;
@@ -53,35 +53,32 @@ pub fn key_maps(
 
 /// Sets the rows new keys took this step to their initial values (drawn from each key,
 /// so a key starts alike wherever it lands) and fresh optimizer state, in every table of
-/// their feature this rank holds.
+/// their feature this rank holds (the tables in parallel).
 pub fn start_fresh_rows(
     fresh: &[FreshRows],
     dynamic: &[DynamicTable],
     engines: [Option<&mut EmbeddingEngine>; 2],
 ) -> Result<(), TableError> {
+    use rayon::prelude::*;
     for engine in engines.into_iter().flatten() {
         let opt = *engine.optimizer();
-        for f in fresh.iter().filter(|f| !f.local_rows.is_empty()) {
-            let Some(d) = dynamic.iter().find(|d| d.feature == f.feature) else {
-                continue;
-            };
-            let names = std::iter::once(&d.table).chain(d.first_order_table.as_ref());
-            for name in names {
-                let init = match engine
-                    .layout()
-                    .spec()
-                    .tables
+        let specs = engine.layout().spec().tables.clone();
+        // each held shard with the fresh rows of the feature it serves
+        let jobs: Vec<(&mut TableShard, &FreshRows, RowInit)> = engine
+            .shards_mut()
+            .into_iter()
+            .filter_map(|(t, shard)| {
+                let name = &specs[t].name;
+                let d = dynamic
                     .iter()
-                    .find(|t| &t.name == name)
-                {
-                    Some(spec) => spec.init.clone(),
-                    None => continue,
-                };
-                if let Some(shard) = engine.held_shard_mut(name) {
-                    shard.reset_rows(&f.local_rows, &f.keys, &init, &opt)?;
-                }
-            }
-        }
+                    .find(|d| &d.table == name || d.first_order_table.as_ref() == Some(name))?;
+                let f = fresh.iter().find(|f| f.feature == d.feature)?;
+                (!f.local_rows.is_empty()).then(|| (shard, f, specs[t].init.clone()))
+            })
+            .collect();
+        jobs.into_par_iter().try_for_each(|(shard, f, init)| {
+            shard.reset_rows(&f.local_rows, &f.keys, &init, &opt)
+        })?;
     }
     Ok(())
 }

@@ -750,13 +750,14 @@ impl<'a> SavedTables<'a> {
 
     /// Fills every shard `engine` holds of `collection` from the overlapping pieces (and
     /// the optimizer state too when `with_state`). Files are checked before use.
-    /// The tables named in `prefixed` (dynamic ones) were saved up to their rows in use.
+    /// The tables named in `prefixed` (dynamic ones) were saved up to their rows in use;
+    /// with `skip_prefixed` they are left alone (their rows move with their keys).
     pub fn fill(
         &self,
         collection: &str,
         engine: &mut EmbeddingEngine,
         with_state: bool,
-        prefixed: &[String],
+        (prefixed, skip_prefixed): (&[String], bool),
     ) -> Result<(), TrainError> {
         let layout = engine.optimizer().state_layout();
         if with_state && self.state != Some(layout) && layout.planes() > 0 {
@@ -775,6 +776,9 @@ impl<'a> SavedTables<'a> {
         };
         let mut jobs = Vec::new();
         for (t, shard) in engine.shards_mut() {
+            if skip_prefixed && prefixed.contains(&shard.table) {
+                continue;
+            }
             let target = ShardExtent {
                 rank: 0,
                 rows: shard.rows.clone(),

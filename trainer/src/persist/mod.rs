@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 pub mod checked_file;
 pub mod checkpoint;
+mod dynamic_reshard;
 pub mod key_map_files;
 pub mod model_io;
 pub mod run_checkpoints;
@@ -30,12 +31,6 @@ pub use saved::{best_before, fill_saved, refuse_masked_optembed_model, resume_fr
 /// Why a checkpoint or saved model cannot be written or used; each names the folder.
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
-    #[error("{dir}: written by {saved} rank(s), resumed by {now}: a run with dynamic tables resumes with the ranks that wrote it (its keys' rows are on their owners)")]
-    DynamicOtherRanks {
-        dir: PathBuf,
-        saved: usize,
-        now: usize,
-    },
     #[error("{what}: another rank failed (its error is above)")]
     OtherRankFailed { what: String },
     #[error("{dir}: out of disk space (or over a quota or file size limit); {resume}")]

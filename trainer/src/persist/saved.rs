@@ -57,12 +57,14 @@ pub fn fill_saved(
         SavedFolder::Pieces(m) => SavedTables::of_checkpoint(model_dir, m),
     };
     let prefixed = dynamic_tables(bundle);
-    tables.fill("main", &mut bundle.tables, false, &prefixed)?;
+    let moving =
+        matches!(saved, SavedFolder::Pieces(m) if m.world_size != bundle.tables.world_size());
+    tables.fill("main", &mut bundle.tables, false, (&prefixed, moving))?;
     if let Some(f) = bundle.first_order.as_mut() {
-        tables.fill("first_order", f, false, &prefixed)?;
+        tables.fill("first_order", f, false, (&prefixed, moving))?;
     }
     if let SavedFolder::Pieces(m) = saved {
-        restore_dynamic(model_dir, m, bundle)?;
+        restore_dynamic(model_dir, m, bundle, false)?;
     }
     load_dense(model_dir, saved.files(), &mut bundle.vs, None)
 }
@@ -113,6 +115,7 @@ pub fn resume_from(
     }
     let saved = SavedTables::of_checkpoint(&dir, &m);
     let prefixed = dynamic_tables(bundle);
+    let moving = m.world_size != bundle.tables.world_size();
     for (name, engine) in [
         ("main", Some(&mut bundle.tables)),
         ("first_order", bundle.first_order.as_mut()),
@@ -126,9 +129,9 @@ pub fn resume_from(
             }
             .into());
         }
-        saved.fill(name, engine, true, &prefixed)?;
+        saved.fill(name, engine, true, (&prefixed, moving))?;
     }
-    restore_dynamic(&dir, &m, bundle)?;
+    restore_dynamic(&dir, &m, bundle, true)?;
     let steps = m.dense_optimizer_steps.unwrap_or(0);
     load_dense(&dir, &m.files, &mut bundle.vs, Some((opt, steps)))?;
     Ok((dir, m))
@@ -143,22 +146,17 @@ fn dynamic_tables(bundle: &ModelBundle) -> Vec<String> {
         .collect()
 }
 
-/// The key maps of dynamic tables, restored for the ranks that wrote them (a resumed
-/// dynamic run keeps its number of ranks: its rows are where their keys' owners put
-/// them).
+/// The key maps of dynamic tables: as the same ranks wrote them, or resharded to this
+/// job's ranks with their rows moved to their keys' new owners (with the optimizer state
+/// when `with_state`).
 fn restore_dynamic(
     dir: &Path,
     m: &CheckpointManifest,
     bundle: &mut ModelBundle,
+    with_state: bool,
 ) -> Result<(), TrainError> {
-    let world = bundle.tables.world_size();
-    if bundle.keys.is_some() && m.world_size != world {
-        return Err(PersistError::DynamicOtherRanks {
-            dir: dir.to_path_buf(),
-            saved: m.world_size,
-            now: world,
-        }
-        .into());
+    if m.world_size != bundle.tables.world_size() && bundle.keys.is_some() {
+        return super::dynamic_reshard::reshard_dynamic(dir, m, bundle, with_state);
     }
     let rank = bundle.tables.rank();
     super::key_map_files::restore_key_maps(dir, &m.key_maps, &m.files, bundle.keys.as_mut(), rank)
