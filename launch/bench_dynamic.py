@@ -5,7 +5,7 @@ dynamic tables against vocabulary `plain` tables (vocabulary over every training
 admission, RSS per day, and the lookup + sparse-update time per step.
 
     python3 launch/bench_dynamic.py [--days 10] [--rows-per-day 100000] [--seeds 3]
-        [--np 1] [--only NAME,...] [--out data/bench/dynamic]
+        [--np 1] [--turnover 0.1] [--drift 0.1] [--only NAME,...] [--out data/bench/dynamic]
 
 Needs the release binary (`launch/setup.sh`). Prints one JSON line per run and a table;
 figures go to docs/benchmarks.md by hand.
@@ -59,7 +59,8 @@ def make_days(a):
     if not os.path.exists(first):
         os.makedirs(a.out, exist_ok=True)
         sh([BIN, "synth", "--rows", str(a.days * a.rows_per_day), "--days", str(a.days),
-            "--turnover", "0.1", "--effect-drift", "0.1", "--cardinality", "100000",
+            "--turnover", str(a.turnover), "--effect-drift", str(a.drift),
+            "--cardinality", "100000",
             "--seed", "2026", "--out", os.path.join(a.out, "s.tsv")])
     files = [os.path.join(a.out, f"s-day{d:02d}.tsv") for d in range(a.days)]
     return files[:-1], files[-1]
@@ -121,23 +122,31 @@ def main():
     p.add_argument("--rows-per-day", type=int, default=100000)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--np", type=int, default=1)
-    p.add_argument("--only", default="plain,dynamic,cap25,hashed25,min2,cap25min2,cap25lfu")
+    p.add_argument("--turnover", type=float, default=0.1)
+    p.add_argument("--drift", type=float, default=0.1)
+    p.add_argument("--only",
+                   default="plain,dynamic,dynfull,cap25,hashed25,min2,cap25min2,cap25lfu")
     p.add_argument("--out", default=os.path.join(ROOT, "data", "bench", "dynamic"))
     a = p.parse_args()
     a.train_files, a.test_file = make_days(a)
     only = a.only.split(",")
     distinct = distinct_per_field(a.train_files)
     print(json.dumps({"distinct_ids_per_field": distinct, "total": sum(distinct)}), flush=True)
-    quarter = [max(a.np, d // 4) for d in distinct]
-    cap_tables = "\n".join(
-        f'[[embedding.tables]]\nname = "C{i + 1}"\nfeatures = ["C{i + 1}"]\nbuckets = {q}'
-        for i, q in enumerate(quarter))
+    def tables(rows):
+        return "\n".join(
+            f'[[embedding.tables]]\nname = "C{i + 1}"\nfeatures = ["C{i + 1}"]\nbuckets = {q}'
+            for i, q in enumerate(rows))
+    cap_tables = tables([max(a.np, d // 4) for d in distinct])
+    # every distinct id, the memory reserved at start as a plain table's
+    full_tables = tables(distinct)
     rows = []
     for seed in range(1, a.seeds + 1):
         if "plain" in only:
             rows.append(run(a, "plain", seed, "plain"))
         if "dynamic" in only:
             rows.append(run(a, "dynamic", seed, "dynamic"))
+        if "dynfull" in only:
+            rows.append(run(a, "dynfull", seed, "dynamic", extra=full_tables))
         if "cap25" in only:
             rows.append(run(a, "cap25", seed, "dynamic", extra=cap_tables))
         if "hashed25" in only:

@@ -87,6 +87,14 @@ struct Distinct {
 }
 
 impl Distinct {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            keys: Vec::with_capacity(n),
+            counts: Vec::with_capacity(n),
+            index: HashMap::with_capacity_and_hasher(n, KeyHashBuilder::default()),
+        }
+    }
+
     /// Counts `count` sightings of `key`; returns its index among the distinct keys.
     fn add(&mut self, key: u64, count: u64) -> usize {
         match self.index.entry(key) {
@@ -234,7 +242,14 @@ impl KeyRoute {
             .features
             .par_iter()
             .map(|&f| {
-                let mut owners: Vec<Distinct> = (0..n).map(|_| Distinct::default()).collect();
+                let values: usize = pieces
+                    .iter()
+                    .filter(|p| f < p.num_keys())
+                    .map(|p| p.key_len(f))
+                    .sum();
+                let mut owners: Vec<Distinct> = (0..n)
+                    .map(|_| Distinct::with_capacity(values / n + 1))
+                    .collect();
                 let mut slots = Vec::with_capacity(pieces.len());
                 for piece in pieces {
                     let values = values_of(piece, f)?;

@@ -165,7 +165,13 @@ impl BundleSpec<'_> {
             feature_widths,
         };
         let (optimizer, plans) = (self.optimizer, self.plans);
-        let keyed: Vec<String> = self.dynamic.iter().map(|d| d.table.clone()).collect();
+        // dynamic tables of the default capacity take their memory as rows come into use
+        let keyed: Vec<String> = self
+            .dynamic
+            .iter()
+            .filter(|d| !d.reserved)
+            .map(|d| d.table.clone())
+            .collect();
         let mut tables = EmbeddingEngine::new(
             self.main,
             optimizer,

@@ -116,6 +116,11 @@ pub struct DynamicTable {
     pub first_order_table: Option<String>,
     /// Rows over all ranks.
     pub capacity: u64,
+    /// The capacity was set (rows, bytes or a budget): its memory is taken at start, as
+    /// a plain table's. Unset, the default capacity's memory is taken as rows come into
+    /// use (and a new row's first touch costs a page fault in the step).
+    #[serde(default)]
+    pub reserved: bool,
     pub admission: shardrec_tables::Admission,
     pub eviction: shardrec_tables::Eviction,
     /// Seeds the map's sketch and probability draws.
@@ -896,6 +901,11 @@ pub fn build_collections(
                 Size::Hashed { rows } => *rows,
                 _ => 0,
             },
+            reserved: p.buckets > 0
+                || cfg.dynamic.capacity.is_some()
+                || budget.tables.contains_key(&p.name)
+                || budget.bytes.is_some()
+                || budget.fraction.is_some(),
             admission: cfg.dynamic.admission(),
             eviction: cfg.dynamic.eviction(),
             seed: name_seed(seed ^ 0xD1A, &p.name),
