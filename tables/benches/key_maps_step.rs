@@ -1,0 +1,63 @@
+//! Mapping a step's keys to rows (dynamic tables), against planning the same batch's
+//! rows (what a plain table's lookup starts with). Prints milliseconds per step.
+//!
+//!     cargo bench -p shardrec-tables --bench key_maps_step -- [features] [batch] [steps] [capacity]
+//!
+//! Defaults: 26 features, batch 1024, 300 steps, 80,000 rows a table; keys skewed as
+//! `100,000 * u^3` plus a drift of new keys every step.
+
+use std::time::{Duration, Instant};
+
+use shardrec_tables::{
+    mix64, Admission, CollectionLayout, CollectionSpec, Eviction, FeatureKeys, KeyMaps, KeyRows,
+    KeyedJaggedIds, LookupPlan, RowInit, SoloExchange,
+};
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let arg = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
+    let (features, batch, steps, capacity) =
+        (arg(0, 26), arg(1, 1024), arg(2, 300), arg(3, 80_000));
+    let maps = (0..features)
+        .map(|f| FeatureKeys {
+            feature: f,
+            map: KeyRows::new(capacity as u32, Admission::Always, Eviction::Lru, f as u64),
+            base: 0,
+        })
+        .collect();
+    let mut keys = KeyMaps::new(0, 1, maps);
+    let names: Vec<String> = (0..features).map(|f| format!("t{f}")).collect();
+    let layout = CollectionLayout::new(CollectionSpec::plain(
+        &names,
+        &vec![capacity as u64; features],
+        16,
+        RowInit::Zeros,
+    ))
+    .expect("a valid layout");
+    let (mut mapping, mut planning) = (Duration::ZERO, Duration::ZERO);
+    for step in 0..steps as u64 {
+        let ids: Vec<u64> = (0..(batch * features) as u64)
+            .map(|i| {
+                let u = (mix64(step * 1_000_003 + i) >> 11) as f64 / (1u64 << 53) as f64;
+                (100_000.0 * u * u * u) as u64 + step * 50
+            })
+            .collect();
+        let mut pieces = [KeyedJaggedIds::from_single_valued(features, batch, &ids).unwrap()];
+        let t = Instant::now();
+        keys.map_for_training(&SoloExchange, &mut pieces, step + 1)
+            .expect("mapped");
+        mapping += t.elapsed();
+        let t = Instant::now();
+        std::hint::black_box(LookupPlan::build(&layout, &pieces[0]).expect("planned"));
+        planning += t.elapsed();
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0 / steps as f64;
+    println!(
+        "{features} features x {batch} ids, {steps} steps: key mapping {:.3} ms/step, lookup planning {:.3} ms/step",
+        ms(mapping),
+        ms(planning)
+    );
+}
