@@ -14,6 +14,12 @@ use shardrec_tables::{
 };
 
 fn main() {
+    // as the trainer does (its binary's main): big buffers stay in the heap
+    // SAFETY: mallopt only changes allocator thresholds; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
