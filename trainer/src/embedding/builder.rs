@@ -959,6 +959,34 @@ mod tests {
     }
 
     #[test]
+    fn dynamic_tables_are_sized_by_capacity_budget_or_default_and_serve_one_feature() {
+        let names = ["a", "b"];
+        let vocab = [0, 0]; // keyed features have no vocabulary
+        let rows = |c: &Collections| -> Vec<(u64, bool)> {
+            c.dynamic.iter().map(|d| (d.capacity, d.reserved)).collect()
+        };
+        let none = BudgetConfig::default();
+        let dynamic = embedding("kind = \"dynamic\"\ndim = 4\nplain_below = 10");
+        let c = build(&dynamic, &none, &names, &vocab, ModelKind::Deepfm).unwrap();
+        // the default capacity, taken as used; plain_below does not apply (no vocabulary)
+        assert_eq!(rows(&c), vec![(1 << 20, false); 2]);
+        assert_eq!(c.main.table_rows(0), 1 << 20);
+        assert_eq!(c.dynamic[1].first_order_table.as_deref(), Some("b.linear"));
+        let set = embedding("kind = \"dynamic\"\ndim = 4\ndynamic = { capacity = 300 }");
+        let c = build(&set, &none, &names, &vocab, ModelKind::Dlrm).unwrap();
+        assert_eq!(rows(&c), vec![(300, true); 2]);
+        assert!(c.first_order.is_none() && c.dynamic[0].first_order_table.is_none());
+        // a budget splits evenly (16 bytes a row); a table's own bytes override it
+        let budget: BudgetConfig = toml::from_str("bytes = 3200\ntables = { b = 800 }").unwrap();
+        let c = build(&dynamic, &budget, &names, &vocab, ModelKind::Dlrm).unwrap();
+        assert_eq!(rows(&c), vec![(150, true), (50, true)]);
+        let shared =
+            embedding("kind = \"dynamic\"\n[[tables]]\nname = \"ab\"\nfeatures = [\"a\", \"b\"]");
+        let e = build(&shared, &none, &names, &vocab, ModelKind::Dlrm).unwrap_err();
+        assert!(e.contains("`ab`") && e.contains("one feature"), "{e}");
+    }
+
+    #[test]
     fn unified_chunks_go_round_robin_with_own_salts() {
         let mut cfg = embedding(
             "dim = 16\nkind = \"unified\"\n[unified]\ntables = 3\nbuckets = 100\ndim = 4\nchunks = 2\n[unified.chunks_per_feature]\nb = 4",
