@@ -33,6 +33,17 @@ pub fn eval_saved_model(
     })?
 }
 
+/// The data options evaluation prepares: a stream's evaluation files come with its first
+/// day (its days are trained, not read).
+fn evaluation_data(cfg: &ExperimentConfig) -> std::borrow::Cow<'_, crate::config::DataConfig> {
+    match cfg.train.mode {
+        crate::config::TrainMode::Stream => {
+            std::borrow::Cow::Owned(crate::train::day_config(&cfg.data, &cfg.data.train, true))
+        }
+        crate::config::TrainMode::Epochs => std::borrow::Cow::Borrowed(&cfg.data),
+    }
+}
+
 fn eval_inner(
     cfg: &ExperimentConfig,
     model_dir: &Path,
@@ -69,11 +80,8 @@ fn eval_inner(
     PersistError::check_preprocessing(model_dir, preprocessing, &cfg.data.preprocessing(), false)?;
     let (device, table_device) = resolve_devices(cfg, cluster)?;
     let vocab = model_dir.join("vocab.bin");
-    // a stream's evaluation files come with its first day (its days are trained, not read)
-    let stream = cfg.train.mode == crate::config::TrainMode::Stream;
-    let first_day = stream.then(|| crate::train::day_config(&cfg.data, &cfg.data.train, true));
-    let data_cfg = first_day.as_ref().unwrap_or(&cfg.data);
-    let data = prepare_on_ranks(cluster, |log| prepare_with_vocab(data_cfg, &vocab, log))?;
+    let data_cfg = evaluation_data(cfg);
+    let data = prepare_on_ranks(cluster, |log| prepare_with_vocab(&data_cfg, &vocab, log))?;
     if &data.meta.schema != schema {
         return Err(JobError::DataColumnsDiffer {
             file: cfg.data.train.clone(),

@@ -750,6 +750,39 @@ impl<'a> SavedTables<'a> {
 
     /// Fills every shard `engine` holds of `collection` from the overlapping pieces (and
     /// the optimizer state too when `with_state`). Files are checked before use.
+    /// The part of `shard` (table `t` of `collection`) to fill, and the saved pieces that
+    /// overlap it. A `prefix` table (a dynamic one) was saved up to its rows in use: only
+    /// those are filled, the rest stay unset.
+    fn pieces_over(
+        &self,
+        collection: &str,
+        t: usize,
+        shard: &TableShard,
+        prefix: bool,
+    ) -> (ShardExtent, Vec<&SavedPiece>) {
+        let mut target = ShardExtent {
+            rank: 0,
+            rows: shard.rows.clone(),
+            cols: shard.cols.clone(),
+        };
+        let overlapping: Vec<&SavedPiece> = self
+            .pieces
+            .iter()
+            .filter(|p| p.collection == collection && p.table == t)
+            .filter(|p| {
+                p.rows[0] < target.rows.end
+                    && target.rows.start < p.rows[1]
+                    && p.cols[0] < target.cols.end
+                    && target.cols.start < p.cols[1]
+            })
+            .collect();
+        if prefix {
+            let end = overlapping.iter().map(|p| p.rows[1]).max();
+            target.rows.end = end.unwrap_or(target.rows.start);
+        }
+        (target, overlapping)
+    }
+
     /// The tables named in `prefixed` (dynamic ones) were saved up to their rows in use;
     /// with `skip_prefixed` they are left alone (their rows move with their keys).
     pub fn fill(
@@ -779,35 +812,8 @@ impl<'a> SavedTables<'a> {
             if skip_prefixed && prefixed.contains(&shard.table) {
                 continue;
             }
-            let target = ShardExtent {
-                rank: 0,
-                rows: shard.rows.clone(),
-                cols: shard.cols.clone(),
-            };
-            let overlapping: Vec<&SavedPiece> = self
-                .pieces
-                .iter()
-                .filter(|p| p.collection == collection && p.table == t)
-                .filter(|p| {
-                    p.rows[0] < target.rows.end
-                        && target.rows.start < p.rows[1]
-                        && p.cols[0] < target.cols.end
-                        && target.cols.start < p.cols[1]
-                })
-                .collect();
-            // a dynamic table was saved up to its rows in use: the rest stay unset
-            let target = match prefixed.contains(&shard.table) {
-                true => ShardExtent {
-                    rows: target.rows.start
-                        ..overlapping
-                            .iter()
-                            .map(|p| p.rows[1])
-                            .max()
-                            .unwrap_or(target.rows.start),
-                    ..target
-                },
-                false => target,
-            };
+            let prefix = prefixed.contains(&shard.table);
+            let (target, overlapping) = self.pieces_over(collection, t, shard, prefix);
             for p in &overlapping {
                 mapped(&p.weights)?;
                 if with_state && layout.planes() > 0 {

@@ -146,6 +146,20 @@ impl<'a> TrainJob<'a> {
         Ok((job, colls))
     }
 
+    /// Steps of the whole run: every epoch's, or every day's in a stream, at most
+    /// `train.max_steps`.
+    pub fn total_steps(&self) -> usize {
+        let steps = |rows: usize| rows.div_ceil(self.batch.global);
+        let all = match self.days.is_empty() {
+            true => steps(self.train.rows) * self.cfg.train.epochs,
+            false => self.days.iter().map(|d| steps(d.rows)).sum(),
+        };
+        match self.cfg.train.max_steps {
+            0 => all,
+            limit => all.min(limit),
+        }
+    }
+
     /// The run folder rank 0 chose, on every rank (so all write to the same place).
     pub fn run_path(&self) -> Result<PathBuf, TrainError> {
         let chosen = crate::run_dir::RunDir::default_path(self.cfg, self.name);

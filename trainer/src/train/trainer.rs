@@ -157,15 +157,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
         }
         log_start(job, &run, &bundle);
         let steps_per_epoch = job.train.rows.div_ceil(job.batch.global);
-        let mut total_steps = if job.days.is_empty() {
-            steps_per_epoch * cfg.train.epochs
-        } else {
-            let steps = |d: &super::job::StreamDay| d.rows.div_ceil(job.batch.global);
-            job.days.iter().map(steps).sum()
-        };
-        if cfg.train.max_steps > 0 {
-            total_steps = total_steps.min(cfg.train.max_steps);
-        }
+        let total_steps = job.total_steps();
         let log_every = if cfg.train.log_every > 0 {
             cfg.train.log_every
         } else {
