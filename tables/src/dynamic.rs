@@ -334,9 +334,13 @@ impl KeyRows {
             rows: Vec::with_capacity(keys.len()),
             fresh: Vec::new(),
         };
-        for (&key, &n) in keys.iter().zip(counts) {
+        let probed = self.probe(keys);
+        for ((&key, &n), probed) in keys.iter().zip(counts).zip(probed) {
             let n = u32::try_from(n).unwrap_or(u32::MAX).max(1);
-            let row = match self.rows.get(&key).copied() {
+            // a probe is stale when an earlier key of this call took the row, or (a
+            // repeated key) when the key got its row in this call
+            let held = probed.filter(|&r| self.meta[r as usize].key == Some(key));
+            let row = match held.or_else(|| self.rows.get(&key).copied()) {
                 Some(row) => Some(self.touch(row, step, n)),
                 None if self.admits(key, n, step) => {
                     let Some(row) = self.take_row(step) else {
@@ -357,6 +361,19 @@ impl KeyRows {
             out.rows.push(row);
         }
         out
+    }
+
+    /// The rows `keys` hold now, with their records brought into cache. Probing every
+    /// key first lets the CPU overlap the cache misses of independent keys (a hash slot,
+    /// then a row's record), where one key at a time waits for each miss in turn.
+    fn probe(&self, keys: &[u64]) -> Vec<Option<u32>> {
+        let rows: Vec<Option<u32>> = keys.iter().map(|k| self.rows.get(k).copied()).collect();
+        let warm = rows
+            .iter()
+            .flatten()
+            .fold(0u64, |a, &r| a ^ self.meta[r as usize].last_tick);
+        std::hint::black_box(warm);
+        rows
     }
 
     /// A free row, or the row of the key eviction chooses among those not used at
