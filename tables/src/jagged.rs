@@ -14,6 +14,18 @@ pub struct KeyedJaggedIds {
     values: Vec<u64>,
 }
 
+impl Default for KeyedJaggedIds {
+    /// No keys and no samples.
+    fn default() -> Self {
+        Self {
+            num_keys: 0,
+            batch_size: 0,
+            offsets: vec![0],
+            values: Vec::new(),
+        }
+    }
+}
+
 impl KeyedJaggedIds {
     /// Builds from per-(key, sample) lengths; checks `lengths.len() == keys * batch` and
     /// `sum(lengths) == values.len()`.

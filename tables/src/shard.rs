@@ -104,25 +104,13 @@ impl TableShard {
         opt: &SparseOptimizer,
         dtype: RowDtype,
     ) -> Self {
-        let width = extent.cols.len();
-        let n = (extent.rows.end - extent.rows.start) as usize;
-        let mut w = InMemoryRows::zeros(n * dtype.words(width));
-        fill_stored(init, dtype, w.as_mut_slice(), extent, dim);
-        let sw = opt.state_width(width);
-        Self {
-            table: table.to_string(),
-            rows: extent.rows.clone(),
-            cols: extent.cols.clone(),
-            dim,
-            held: Rows::Host {
-                weights: Box::new(w),
-                state: Box::new(InMemoryRows::filled(n * sw, opt.initial_state())),
-            },
-            state_width: sw,
-            steps: 0,
-            dtype,
-            salt: RowDtype::salt(table),
+        let mut shard = Self::untouched(table, dim, extent, opt, dtype);
+        if let Rows::Host { weights, state } = &mut shard.held {
+            fill_stored(init, dtype, weights.as_mut_slice(), extent, dim);
+            // every page touched now, so the first steps do not pay for page faults
+            state.as_mut_slice().fill(opt.initial_state());
         }
+        shard
     }
 
     /// The freshly initialised part `extent` of the table `spec`, held as `storage` says.
@@ -134,7 +122,13 @@ impl TableShard {
     ) -> Result<Self, TableError> {
         match &storage.file {
             Some(t) => Self::in_file(spec, extent, opt, t, storage.dtype),
-            None if storage.keyed => Ok(Self::untouched(spec, extent, opt, storage.dtype)),
+            None if storage.keyed => Ok(Self::untouched(
+                &spec.name,
+                spec.dim,
+                extent,
+                opt,
+                storage.dtype,
+            )),
             None => Ok(Self::in_ram(
                 &spec.name,
                 spec.dim,
@@ -149,7 +143,8 @@ impl TableShard {
     /// A RAM shard of zeros whose pages are not touched: rows that are set (reset) before
     /// any use, so they cost memory only once used.
     fn untouched(
-        spec: &TableSpec,
+        table: &str,
+        dim: usize,
         extent: &ShardExtent,
         opt: &SparseOptimizer,
         dtype: RowDtype,
@@ -158,10 +153,10 @@ impl TableShard {
         let n = (extent.rows.end - extent.rows.start) as usize;
         let sw = opt.state_width(width);
         Self {
-            table: spec.name.clone(),
+            table: table.to_string(),
             rows: extent.rows.clone(),
             cols: extent.cols.clone(),
-            dim: spec.dim,
+            dim,
             held: Rows::Host {
                 weights: Box::new(InMemoryRows::zeros(n * dtype.words(width))),
                 state: Box::new(InMemoryRows::zeros(n * sw)),
@@ -169,7 +164,7 @@ impl TableShard {
             state_width: sw,
             steps: 0,
             dtype,
-            salt: RowDtype::salt(&spec.name),
+            salt: RowDtype::salt(table),
         }
     }
 

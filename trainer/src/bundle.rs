@@ -235,12 +235,7 @@ impl ModelBundle {
         };
         let mut ids: Vec<KeyedJaggedIds> = pieces
             .iter_mut()
-            .map(|p| {
-                std::mem::replace(
-                    &mut p.sparse,
-                    KeyedJaggedIds::from_lengths(0, 0, &[], vec![]).expect("empty"),
-                )
-            })
+            .map(|p| std::mem::take(&mut p.sparse))
             .collect();
         let fresh = keys.map_for_training(ex, &mut ids, step)?;
         for (p, ids) in pieces.iter_mut().zip(ids) {
@@ -285,25 +280,24 @@ impl ModelBundle {
         ex: &dyn Exchange,
     ) -> Result<Lookups, TrainError> {
         if let (Some(keys), false) = (&self.keys, train) {
-            let mut mapped = batch.clone();
-            mapped.sparse = keys.map_read_only(ex, &batch.sparse)?;
-            return self.lookup_rows(&mapped, train, ex);
+            let rows = keys.map_read_only(ex, &batch.sparse)?;
+            return self.lookup_rows(&rows, train, ex);
         }
-        self.lookup_rows(batch, train, ex)
+        self.lookup_rows(&batch.sparse, train, ex)
     }
 
-    /// [`Self::lookup`] of a batch whose ids are rows.
+    /// [`Self::lookup`] of a batch's ids, once they are rows.
     fn lookup_rows(
         &self,
-        batch: &Batch,
+        ids: &KeyedJaggedIds,
         train: bool,
         ex: &dyn Exchange,
     ) -> Result<Lookups, TrainError> {
         if let Some(seq) = &self.sequence {
-            let (ids, mask) = seq.expand(&batch.sparse)?;
-            let emb = lookup(&self.tables, ex, &ids, self.device, train)?;
+            let (expanded, mask) = seq.expand(ids)?;
+            let emb = lookup(&self.tables, ex, &expanded, self.device, train)?;
             let mask = Tensor::from_slice(&mask)
-                .view([batch.len() as i64, seq.len as i64])
+                .view([ids.batch_size() as i64, seq.len as i64])
                 .to_device(self.device);
             return Ok(Lookups {
                 emb,
@@ -315,13 +309,13 @@ impl ModelBundle {
             });
         }
         let remapped = match &self.layer {
-            Some(l) => l.remap(&batch.sparse)?,
+            Some(l) => l.remap(ids)?,
             None => None,
         };
-        let ids = remapped.as_ref().unwrap_or(&batch.sparse);
-        let emb = lookup(&self.tables, ex, ids, self.device, train)?;
+        let rows = remapped.as_ref().unwrap_or(ids);
+        let emb = lookup(&self.tables, ex, rows, self.device, train)?;
         let first_order = match &self.first_order {
-            Some(t) => Some(lookup(t, ex, &batch.sparse, self.device, train)?),
+            Some(t) => Some(lookup(t, ex, ids, self.device, train)?),
             None => None,
         };
         Ok(Lookups {

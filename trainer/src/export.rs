@@ -19,12 +19,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::json;
-use shardrec_tables::{CollectionSpec, KeyRows, RowMap};
+use shardrec_tables::{CollectionSpec, RowMap};
 
 use crate::data::{key_of, Vocab};
-use crate::persist::checked_file::{as_f32s, map_verified, SavedFile};
+use crate::persist::checked_file::{listed_f32s, SavedFile};
 use crate::persist::checkpoint::SavedPiece;
-use crate::persist::key_map_files::SavedKeyMap;
+use crate::persist::key_map_files::{read_key_map, SavedKeyMap};
 use crate::persist::model_io::table_file;
 use crate::persist::SavedFolder;
 use crate::TrainError;
@@ -83,17 +83,7 @@ impl<'a> TableRows<'a> {
             SavedFolder::Model(m) => &m.files,
             SavedFolder::Pieces(m) => &m.files,
         };
-        let read = |rel: &str| -> Result<Vec<f32>, TrainError> {
-            let f = files
-                .iter()
-                .find(|f| f.path == rel)
-                .ok_or_else(|| ExportError::Bad {
-                    path: dir.join(rel),
-                    message: "not listed in the manifest".into(),
-                })?;
-            let map = map_verified(dir, f)?;
-            Ok(as_f32s(&dir.join(rel), &map)?.to_vec())
-        };
+        let read = |rel: &str| listed_f32s(dir, files, rel);
         let mut pieces: HashMap<usize, Vec<_>> = HashMap::new();
         match saved {
             SavedFolder::Model(_) => {
@@ -191,7 +181,7 @@ pub fn export_model(model_dir: &Path, out: &Path) -> Result<serde_json::Value, T
     for (f, column) in schema.categorical.iter().enumerate() {
         let keyed = dynamic.iter().find(|d| d.feature == f);
         let (keys, rows, kind) = match keyed {
-            Some(_) => (live_keys(model_dir, key_maps, f)?, None, "dynamic"),
+            Some(_) => (live_keys(model_dir, files, key_maps, f)?, None, "dynamic"),
             None => {
                 let (keys, rows) = vocab_keys(main, f, &column.name, &vocab)?;
                 (keys, Some(rows), "plain")
@@ -229,15 +219,15 @@ pub fn export_model(model_dir: &Path, out: &Path) -> Result<serde_json::Value, T
 }
 
 /// Every live key of dynamic feature `f` and its global row, over every rank's map.
-fn live_keys(dir: &Path, maps: &[SavedKeyMap], f: usize) -> Result<Vec<(u64, u64)>, TrainError> {
+fn live_keys(
+    dir: &Path,
+    files: &[SavedFile],
+    maps: &[SavedKeyMap],
+    f: usize,
+) -> Result<Vec<(u64, u64)>, TrainError> {
     let mut keys = Vec::new();
     for s in maps.iter().filter(|s| s.feature == f) {
-        let path = dir.join(&s.file);
-        let bytes = std::fs::read(&path).map_err(|source| ExportError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let map = KeyRows::from_bytes(&bytes, &path.display().to_string())?;
+        let map = read_key_map(dir, files, s)?;
         keys.extend(
             map.live()
                 .into_iter()

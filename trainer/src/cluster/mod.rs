@@ -135,6 +135,19 @@ impl Cluster {
             .collect())
     }
 
+    /// Every rank's report entries (JSON values), in rank order, on every rank.
+    pub fn all_gather_json(
+        &self,
+        mine: &[serde_json::Value],
+    ) -> Result<Vec<serde_json::Value>, TableError> {
+        let all = self.all_gather_bytes(&serde_json::to_vec(mine).unwrap_or_default())?;
+        Ok(all
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<Vec<serde_json::Value>>(b).ok())
+            .flatten()
+            .collect())
+    }
+
     /// Ends the whole job with `code`: under mpirun `MPI_Abort`, so the other ranks never
     /// wait forever in a collective for a rank that has stopped; else a plain exit.
     pub fn abort(&self, code: i32) -> ! {

@@ -127,6 +127,13 @@ pub struct DynamicTable {
     pub seed: u64,
 }
 
+impl DynamicTable {
+    /// The feature's tables: the main one, and the first-order one when there is one.
+    pub fn tables(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.table).chain(self.first_order_table.as_ref())
+    }
+}
+
 /// The collections a model reads.
 #[derive(Debug, Clone)]
 pub struct Collections {
@@ -259,6 +266,19 @@ fn size_plain(p: &TablePlan, v: u64, own: Option<u64>) -> Result<Sized, TableCon
     Ok(Sized::Fixed(Size::Plain, bytes))
 }
 
+/// The rows a table's own `budget.tables` bytes buy (at least one).
+fn rows_of_own_bytes(p: &TablePlan, bytes: u64) -> Result<u64, TableConfigError> {
+    let row_bytes = p.dim as u64 * 4;
+    if bytes < row_bytes {
+        return Err(TableConfigError::BelowMinimum {
+            name: p.name.clone(),
+            bytes,
+            min: row_bytes,
+        });
+    }
+    Ok(bytes / row_bytes)
+}
+
 fn size_hashed(
     p: &TablePlan,
     v: u64,
@@ -267,14 +287,7 @@ fn size_hashed(
 ) -> Result<Sized, TableConfigError> {
     let row_bytes = p.dim as u64 * 4;
     if let Some(b) = own {
-        if b < row_bytes {
-            return Err(TableConfigError::BelowMinimum {
-                name: p.name.clone(),
-                bytes: b,
-                min: row_bytes,
-            });
-        }
-        let rows = b / row_bytes;
+        let rows = rows_of_own_bytes(p, b)?;
         return Ok(Sized::Fixed(Size::Hashed { rows }, rows * row_bytes));
     }
     if p.buckets > 0 || total.is_none() {
@@ -299,14 +312,7 @@ fn size_dynamic(
     let row_bytes = p.dim as u64 * 4;
     let fixed = |rows: u64| Ok(Sized::Fixed(Size::Hashed { rows }, rows * row_bytes));
     if let Some(b) = own {
-        if b < row_bytes {
-            return Err(TableConfigError::BelowMinimum {
-                name: p.name.clone(),
-                bytes: b,
-                min: row_bytes,
-            });
-        }
-        return fixed(b / row_bytes);
+        return fixed(rows_of_own_bytes(p, b)?);
     }
     if p.buckets > 0 {
         return fixed(p.buckets);

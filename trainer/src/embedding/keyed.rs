@@ -62,18 +62,30 @@ pub fn start_fresh_rows(
     use rayon::prelude::*;
     for engine in engines.into_iter().flatten() {
         let opt = *engine.optimizer();
-        let specs = engine.layout().spec().tables.clone();
-        // each held shard with the fresh rows of the feature it serves
+        // per table of a feature with fresh rows: its fresh rows and initialiser (looked
+        // up before the shards are borrowed to be written)
+        let tables = &engine.layout().spec().tables;
+        let wanted: Vec<(usize, &FreshRows, RowInit)> = fresh
+            .iter()
+            .filter(|f| !f.local_rows.is_empty())
+            .filter_map(|f| {
+                dynamic
+                    .iter()
+                    .find(|d| d.feature == f.feature)
+                    .map(|d| (f, d))
+            })
+            .flat_map(|(f, d)| d.tables().map(move |name| (f, name)))
+            .filter_map(|(f, name)| {
+                let t = tables.iter().position(|s| &s.name == name)?;
+                Some((t, f, tables[t].init.clone()))
+            })
+            .collect();
         let jobs: Vec<(&mut TableShard, &FreshRows, RowInit)> = engine
             .shards_mut()
             .into_iter()
             .filter_map(|(t, shard)| {
-                let name = &specs[t].name;
-                let d = dynamic
-                    .iter()
-                    .find(|d| &d.table == name || d.first_order_table.as_ref() == Some(name))?;
-                let f = fresh.iter().find(|f| f.feature == d.feature)?;
-                (!f.local_rows.is_empty()).then(|| (shard, f, specs[t].init.clone()))
+                let (_, f, init) = wanted.iter().find(|w| w.0 == t)?;
+                Some((shard, *f, init.clone()))
             })
             .collect();
         jobs.into_par_iter().try_for_each(|(shard, f, init)| {

@@ -110,14 +110,7 @@ impl TrainHook for FileTierHook<'_> {
                 self.waited.as_secs_f64().into(),
             );
         }
-        let all = self
-            .cluster
-            .all_gather_bytes(&serde_json::to_vec(&mine).unwrap_or_default())?;
-        let tiers: Vec<serde_json::Value> = all
-            .iter()
-            .filter_map(|b| serde_json::from_slice::<Vec<serde_json::Value>>(b).ok())
-            .flatten()
-            .collect();
+        let tiers = self.cluster.all_gather_json(&mine)?;
         if let Some(o) = summary.as_object_mut() {
             if !tiers.is_empty() {
                 o.insert("file_tier".into(), tiers.into());

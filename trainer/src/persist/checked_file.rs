@@ -179,6 +179,24 @@ pub fn map_verified(dir: &Path, f: &SavedFile) -> Result<Mmap, ModelIoError> {
 }
 
 /// A mapped file of little-endian f32s as a slice.
+/// The file `rel` a manifest lists in `files`, mapped after its size and checksum are
+/// checked; refused, naming it, when the manifest does not list it.
+pub fn map_listed(dir: &Path, files: &[SavedFile], rel: &str) -> Result<Mmap, ModelIoError> {
+    let f = files
+        .iter()
+        .find(|f| f.path == rel)
+        .ok_or_else(|| ModelIoError::Corrupt {
+            path: dir.join(rel),
+            message: "not listed among the manifest's files".into(),
+        })?;
+    map_verified(dir, f)
+}
+
+/// [`map_listed`] of a little-endian f32 file, copied out.
+pub fn listed_f32s(dir: &Path, files: &[SavedFile], rel: &str) -> Result<Vec<f32>, ModelIoError> {
+    Ok(as_f32s(&dir.join(rel), &map_listed(dir, files, rel)?)?.to_vec())
+}
+
 pub fn as_f32s<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [f32], ModelIoError> {
     #[cfg(not(target_endian = "little"))]
     compile_error!("saved tables are little-endian f32; a big-endian reader is not written");

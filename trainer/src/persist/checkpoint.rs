@@ -300,18 +300,17 @@ fn first_floats(
 /// The rows in use of this rank's blocks of dynamic tables (main and first-order), by
 /// table name.
 fn rows_in_use(bundle: &ModelBundle) -> HashMap<String, u64> {
-    let mut used = HashMap::new();
     let Some(keys) = &bundle.keys else {
-        return used;
+        return HashMap::new();
     };
-    for (k, d) in keys.features().iter().zip(&bundle.dynamic) {
-        let n = u64::from(k.map.rows_in_use());
-        used.insert(d.table.clone(), n);
-        if let Some(t) = &d.first_order_table {
-            used.insert(t.clone(), n);
-        }
-    }
-    used
+    keys.features()
+        .iter()
+        .zip(&bundle.dynamic)
+        .flat_map(|(k, d)| {
+            d.tables()
+                .map(move |t| (t.clone(), u64::from(k.map.rows_in_use())))
+        })
+        .collect()
 }
 
 /// Names of the optimizer's variables (matched to the var store's by storage).
@@ -748,8 +747,6 @@ impl<'a> SavedTables<'a> {
         })
     }
 
-    /// Fills every shard `engine` holds of `collection` from the overlapping pieces (and
-    /// the optimizer state too when `with_state`). Files are checked before use.
     /// The part of `shard` (table `t` of `collection`) to fill, and the saved pieces that
     /// overlap it. A `prefix` table (a dynamic one) was saved up to its rows in use: only
     /// those are filled, the rest stay unset.
@@ -783,8 +780,10 @@ impl<'a> SavedTables<'a> {
         (target, overlapping)
     }
 
-    /// The tables named in `prefixed` (dynamic ones) were saved up to their rows in use;
-    /// with `skip_prefixed` they are left alone (their rows move with their keys).
+    /// Fills every shard `engine` holds of `collection` from the overlapping pieces (and
+    /// the optimizer state too when `with_state`). Files are checked before use. The
+    /// tables named in `prefixed` (dynamic ones) were saved up to their rows in use; with
+    /// `skip_prefixed` they are left alone (their rows move with their keys).
     pub fn fill(
         &self,
         collection: &str,

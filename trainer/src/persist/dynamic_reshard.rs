@@ -7,9 +7,9 @@ use std::path::Path;
 
 use shardrec_tables::{KeyRows, TableShard};
 
-use super::checked_file::{as_f32s, map_verified, ModelIoError};
+use super::checked_file::listed_f32s;
 use super::checkpoint::CheckpointManifest;
-use super::key_map_files::SavedKeyMap;
+use super::key_map_files::{read_key_map, SavedKeyMap};
 use crate::bundle::ModelBundle;
 use crate::TrainError;
 
@@ -39,7 +39,7 @@ pub fn reshard_dynamic(
         old.sort_by_key(|s| s.rank);
         let maps = old
             .iter()
-            .map(|s| read_map(dir, m, s))
+            .map(|s| read_key_map(dir, &m.files, s))
             .collect::<Result<Vec<_>, _>>()?;
         let (mut new, moves) = KeyRows::reshard(&maps, world, k.map.capacity());
         moved.push(
@@ -85,22 +85,6 @@ pub fn reshard_dynamic(
     Ok(())
 }
 
-fn read_map(dir: &Path, m: &CheckpointManifest, s: &SavedKeyMap) -> Result<KeyRows, TrainError> {
-    let listed =
-        m.files
-            .iter()
-            .find(|f| f.path == s.file)
-            .ok_or_else(|| ModelIoError::Corrupt {
-                path: dir.join(&s.file),
-                message: "not listed among the manifest's files".into(),
-            })?;
-    let bytes = map_verified(dir, listed)?;
-    Ok(KeyRows::from_bytes(
-        &bytes,
-        &dir.join(&s.file).display().to_string(),
-    )?)
-}
-
 /// Copies the saved rows `rows` (old global, new local) of table `t` of `collection`
 /// into `shard`, with their optimizer state under `state`'s layout when given.
 fn move_rows(
@@ -125,17 +109,7 @@ fn move_rows(
         if inside.is_empty() {
             continue;
         }
-        let floats =
-            |rel: &str| -> Result<Vec<f32>, TrainError> {
-                let f = m.files.iter().find(|f| f.path == rel).ok_or_else(|| {
-                    ModelIoError::Corrupt {
-                        path: dir.join(rel),
-                        message: "not listed among the manifest's files".into(),
-                    }
-                })?;
-                let map = map_verified(dir, f)?;
-                Ok(as_f32s(&dir.join(rel), &map)?.to_vec())
-            };
+        let floats = |rel: &str| listed_f32s(dir, &m.files, rel);
         let weights = floats(&p.weights)?;
         for &&(g, local) in &inside {
             let i = (g - p.rows[0]) as usize;

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use shardrec_tables::{KeyMaps, KeyRows};
 
-use super::checked_file::{file_crc, io, verify, ModelIoError, SavedFile};
+use super::checked_file::{file_crc, io, map_listed, ModelIoError, SavedFile};
 use crate::TrainError;
 
 /// One rank's map of one dynamic feature.
@@ -51,12 +51,23 @@ pub fn write_key_maps(
             rank,
             base: k.base,
             file: rel,
-            tables: std::iter::once(d.table.clone())
-                .chain(d.first_order_table.clone())
-                .collect(),
+            tables: d.tables().cloned().collect(),
         });
     }
     Ok((maps, files))
+}
+
+/// The map `s` names, its file checked against the manifest's `files`.
+pub fn read_key_map(
+    dir: &Path,
+    files: &[SavedFile],
+    s: &SavedKeyMap,
+) -> Result<KeyRows, TrainError> {
+    let bytes = map_listed(dir, files, &s.file)?;
+    Ok(KeyRows::from_bytes(
+        &bytes,
+        &dir.join(&s.file).display().to_string(),
+    )?)
 }
 
 /// Restores `rank`'s maps from `dir` (written by the same number of ranks, with the same
@@ -97,13 +108,7 @@ pub fn restore_key_maps(
             )
             .into());
         };
-        let listed = files
-            .iter()
-            .find(|f| f.path == s.file)
-            .ok_or_else(|| corrupt(&path(s), "not listed among the manifest's files".into()))?;
-        verify(dir, listed)?;
-        let bytes = std::fs::read(path(s)).map_err(io(&path(s)))?;
-        let map = KeyRows::from_bytes(&bytes, &path(s).display().to_string())?;
+        let map = read_key_map(dir, files, s)?;
         if s.base != k.base || map.capacity() != k.map.capacity() {
             return Err(corrupt(
                 &path(s),

@@ -142,7 +142,7 @@ fn dynamic_tables(bundle: &ModelBundle) -> Vec<String> {
     bundle
         .dynamic
         .iter()
-        .flat_map(|d| std::iter::once(d.table.clone()).chain(d.first_order_table.clone()))
+        .flat_map(|d| d.tables().cloned())
         .collect()
 }
 

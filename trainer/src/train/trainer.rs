@@ -281,44 +281,6 @@ impl<'j, 'h> Trainer<'j, 'h> {
         Ok(Flow::Continue)
     }
 
-    /// Progressive validation of a stream: day `day` scored by the model trained on the
-    /// days before it, logged to `metrics.jsonl` (once, also across a resume).
-    fn evaluate_day(&mut self, day: usize, split: &Arc<PreparedSplit>) -> Result<(), TrainError> {
-        let done = |v: &serde_json::Value| v["day"].as_u64() == Some(day as u64);
-        if self.validation.days.iter().any(done) {
-            return Ok(());
-        }
-        let file = &self.job.days[day].file;
-        let cfg = self.job.cfg;
-        let r = crate::evaluate::evaluate(
-            &self.bundle,
-            split,
-            cfg.eval.batch_size,
-            self.job.groups,
-            self.job.cluster,
-        )?;
-        let line = json!({
-            "day": day, "file": file.display().to_string(), "progressive_auc": r.auc,
-            "progressive_logloss": r.logloss, "rows": r.rows, "step": self.position.step,
-            "rss_bytes": crate::run_dir::current_rss_bytes(),
-            "anon_rss_bytes": crate::run_dir::anon_rss_bytes(),
-        });
-        self.run
-            .log_metrics(&line)
-            .map_err(|source| TrainError::Io {
-                path: self.run.path.clone(),
-                source,
-            })?;
-        self.progress.println(&format!(
-            "[shardrec] day {day} ({}): progressive auc {} logloss {:.5}",
-            file.display(),
-            r.auc.map_or("n/a".into(), |a| format!("{a:.5}")),
-            r.logloss
-        ));
-        self.validation.days.push(line);
-        Ok(())
-    }
-
     fn loader_options(&self, epoch: usize) -> LoaderOptions {
         let (cfg, cluster) = (self.job.cfg, self.job.cluster);
         LoaderOptions {
@@ -484,16 +446,14 @@ impl<'j, 'h> Trainer<'j, 'h> {
             let first = self.logged_loss.map_or(mean, |(first, _)| first);
             self.logged_loss = Some((first, mean));
             let secs = w.since.elapsed().as_secs_f64().max(1e-9);
-            self.run
-                .log_metrics(&json!({
+            log_line(
+                &mut self.run,
+                &json!({
                     "step": step, "epoch": epoch + 1,
                     "loss": w.loss / w.rows.max(1) as f64,
                     "samples_per_s": w.rows as f64 / secs,
-                }))
-                .map_err(|source| TrainError::Io {
-                    path: self.run.path.clone(),
-                    source,
-                })?;
+                }),
+            )?;
             *w = LossWindow {
                 loss: 0.0,
                 rows: 0,
@@ -665,16 +625,10 @@ impl<'j, 'h> Trainer<'j, 'h> {
         if self.bundle.keys.is_none() {
             return Ok(());
         }
-        let mine = self.bundle.dynamic_report();
-        let all = self
+        let tables = self
             .job
             .cluster
-            .all_gather_bytes(&serde_json::to_vec(&mine).unwrap_or_default())?;
-        let tables: Vec<serde_json::Value> = all
-            .iter()
-            .filter_map(|b| serde_json::from_slice::<Vec<serde_json::Value>>(b).ok())
-            .flatten()
-            .collect();
+            .all_gather_json(&self.bundle.dynamic_report())?;
         summary["dynamic_tables"] = json!(tables);
         Ok(())
     }
@@ -809,6 +763,14 @@ impl<'j, 'h> Trainer<'j, 'h> {
             extra,
         })
     }
+}
+
+/// Appends `line` to the run's `metrics.jsonl`.
+pub(super) fn log_line(run: &mut RunDir, line: &serde_json::Value) -> Result<(), TrainError> {
+    run.log_metrics(line).map_err(|source| TrainError::Io {
+        path: run.path.clone(),
+        source,
+    })
 }
 
 /// The dense optimizer, over every trainable variable but those a layer trains itself.
