@@ -12,6 +12,7 @@ mod checkpoints;
 mod cli_train;
 mod dynamic;
 mod file_tier;
+mod fused;
 mod launch_scripts;
 mod model_files;
 mod mpi_exchange;

@@ -26,6 +26,7 @@ mod dynamic;
 mod error;
 mod exchange;
 mod file_rows;
+mod fused_plan;
 mod hashing;
 mod init;
 mod jagged;
@@ -55,6 +56,7 @@ pub use dynamic::{
 pub use error::TableError;
 pub use exchange::{Exchange, SoloExchange, ThreadExchange};
 pub use file_rows::{CachePolicy, FileRows, FileTier, Records, TierReport, TierStats};
+pub use fused_plan::{Bags, FusedGroup, FusedLayout, GroupStep, MulTerms};
 pub use hashing::{hash_id, mix64, unit_f32, KeyHashBuilder, KeyHasher};
 pub use init::RowInit;
 pub use jagged::KeyedJaggedIds;

@@ -213,7 +213,7 @@ impl SparseOptimizer {
     }
 
     /// Adam's bias corrections for the `step`-th update (1 for the other kinds).
-    pub(crate) fn bias_corrections(&self, step: u64) -> (f32, f32) {
+    pub fn bias_corrections(&self, step: u64) -> (f32, f32) {
         match self.kind {
             OptimizerKind::Adam => {
                 let t = step.max(1) as i32;

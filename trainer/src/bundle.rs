@@ -131,6 +131,9 @@ pub struct BundleSpec<'a> {
     pub device: Device,
     /// Where the tables' rows live (a GPU moves them there).
     pub table_device: Device,
+    /// One process's tables fused per width on `table_device`
+    /// (`ExperimentConfig::fused_tables`).
+    pub fused: bool,
     /// How the tables are sharded over the ranks (`None`: one process holds them).
     pub plans: Option<&'a CollectionPlans>,
     pub layer: Option<&'a dyn EmbeddingLayerSpec>,
@@ -188,6 +191,9 @@ impl BundleSpec<'_> {
             })
             .transpose()?;
         let keys = key_maps(self.dynamic, &tables, ex.rank(), ex.world_size())?;
+        if self.fused {
+            tables = tables.fuse(self.table_device)?;
+        }
         if self.table_device != Device::Cpu {
             tables.move_rows_to(self.table_device)?;
             if let Some(f) = first_order.as_mut() {

@@ -141,6 +141,7 @@ fn eval_inner(
         num_dense,
         device,
         table_device,
+        fused: cfg.fused_tables(),
         plans: Some(&plans),
         layer: compact
             .as_ref()

@@ -42,6 +42,58 @@ pub struct ExperimentConfig {
     pub optembed: Option<super::OptEmbedConfig>,
 }
 
+impl ExperimentConfig {
+    /// Whether one process's tables are fused (`embedding.fused`; unset: on a GPU, when
+    /// nothing the fused path lacks is asked for). Under mpirun the tables are sharded
+    /// and each shard keeps its own tensor.
+    pub fn fused_tables(&self) -> bool {
+        let e = &self.embedding;
+        e.fused.unwrap_or(e.device != "cpu") && self.fused_blocker().is_none()
+    }
+
+    /// What in this config the fused tables cannot serve, as (key, value, why).
+    pub fn fused_blocker(&self) -> Option<(&'static str, String, &'static str)> {
+        let e = &self.embedding;
+        let dynamic = e.kind == TableKindConfig::Dynamic
+            || e.tables
+                .iter()
+                .any(|t| t.kind == Some(TableKindConfig::Dynamic));
+        if self.optembed.is_some() {
+            Some((
+                "optembed",
+                "set".into(),
+                "OptEmbed masks and compacts host tables",
+            ))
+        } else if self.train.slices > 1 {
+            Some((
+                "train.slices",
+                self.train.slices.to_string(),
+                "a step in slices adds host gradients",
+            ))
+        } else if dynamic {
+            Some((
+                "embedding.kind",
+                "dynamic".into(),
+                "dynamic tables set rows on the host as keys take them",
+            ))
+        } else if e.uses_file_tier() {
+            Some((
+                "embedding.storage",
+                "file".into(),
+                "the file tier is host storage",
+            ))
+        } else if e.row_dtype != shardrec_tables::RowDtype::F32 {
+            Some((
+                "embedding.row_dtype",
+                format!("{:?}", e.row_dtype),
+                "fused tables keep f32 rows",
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 /// `[sharding]`: where the tables' rows live when the job has several ranks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -468,6 +520,13 @@ pub struct EmbeddingConfig {
     /// sparse updates then run.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Tables of one width in one libtorch tensor on `device`, a step's lookup and
+    /// update a few batched ops (see `embedding::FusedEmbeddings`). Unset: fused when
+    /// `device` is a GPU and the job allows it (one process, no OptEmbed, no
+    /// `train.slices`, no dynamic tables); `true` on "cpu" runs the same tensor path on
+    /// host memory; `false` on a GPU keeps one tensor per table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fused: Option<bool>,
     /// Where the tables' rows live: RAM (the default) or the file tier.
     #[serde(default)]
     pub storage: StorageConfig,
@@ -550,6 +609,7 @@ impl Default for EmbeddingConfig {
     fn default() -> Self {
         Self {
             device: default_device(),
+            fused: None,
             storage: StorageConfig::default(),
             row_dtype: RowDtype::F32,
             plain_below: 0,

@@ -50,6 +50,14 @@ fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
     }
     storage_violations("embedding.storage", &e.storage, v);
     host_only_violations(e, v);
+    if let (Some(true), Some((key, value, why))) = (e.fused, c.fused_blocker()) {
+        violation(
+            v,
+            "embedding.fused",
+            "true",
+            format!("cannot be set with {key} = {value}: {why}"),
+        );
+    }
     dynamic_violations(c, v);
     let o = &e.optimizer;
     check_range(v, "embedding.optimizer.lr", o.lr, f32::MIN_POSITIVE, 1000.0);

@@ -53,6 +53,20 @@ impl TensorRows {
         })
     }
 
+    /// A shard whose rows and state are `weights` and `state` (`rows x width` and
+    /// `rows x state_width`), typically views of a fused table's tensors: writes through
+    /// either handle reach the same memory.
+    pub fn over(weights: Tensor, state: Tensor) -> Self {
+        let size = |t: &Tensor, d: usize| t.size().get(d).copied().unwrap_or(0) as usize;
+        Self {
+            device: weights.device(),
+            rows: size(&weights, 0),
+            width: size(&weights, 1),
+            state_width: size(&state, 1),
+            tensors: Mutex::new((weights, state)),
+        }
+    }
+
     fn index(&self, local_rows: &[u64]) -> Tensor {
         let idx: Vec<i64> = local_rows.iter().map(|&r| r as i64).collect();
         Tensor::from_slice(&idx).to_device(self.device)
@@ -69,6 +83,45 @@ impl TensorRows {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Tensor, Tensor)> {
         self.tensors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One step of `opt` on gathered rows, as batched tensor ops with the formulas of
+/// [`SparseOptimizer`]'s host kernels: `w` the rows (`k x dim`), `s` their state
+/// (`k x state_width`), `g` their gradients (`k x dim`); `step` is the 1-based update
+/// count (Adam's bias correction). Returns the new rows and state (SGD: `s` as it was).
+pub(super) fn optimizer_step(
+    opt: &SparseOptimizer,
+    step: u64,
+    w: &Tensor,
+    s: &Tensor,
+    g: &Tensor,
+) -> (Tensor, Tensor) {
+    let (lr, wd, eps) = (
+        f64::from(opt.lr),
+        f64::from(opt.weight_decay),
+        f64::from(opt.eps),
+    );
+    let g = g + w * wd;
+    match opt.kind {
+        OptimizerKind::Sgd => (w - &g * lr, s.shallow_clone()),
+        OptimizerKind::Adagrad => {
+            let s = s + &g * &g;
+            (w - &g * lr / (s.sqrt() + eps), s)
+        }
+        OptimizerKind::RowwiseAdagrad => {
+            let s = s + (&g * &g).mean_dim(1, true, Kind::Float);
+            (w - &g * lr / (s.sqrt() + eps), s)
+        }
+        OptimizerKind::Adam => {
+            let dim = w.size()[1];
+            let (b1, b2) = (f64::from(opt.beta1), f64::from(opt.beta2));
+            let (bc1, bc2) = opt.bias_corrections(step);
+            let m = s.narrow(1, 0, dim) * b1 + &g * (1.0 - b1);
+            let v = s.narrow(1, dim, dim) * b2 + &g * &g * (1.0 - b2);
+            let new_w = w - (&m / f64::from(bc1)) * lr / ((&v / f64::from(bc2)).sqrt() + eps);
+            (new_w, Tensor::cat(&[m, v], 1))
+        }
     }
 }
 
@@ -103,38 +156,10 @@ impl DeviceRows for TensorRows {
         let mut guard = self.lock();
         let (weights, state) = &mut *guard;
         let wr = weights.index_select(0, &idx);
-        let (lr, wd, eps) = (
-            f64::from(opt.lr),
-            f64::from(opt.weight_decay),
-            f64::from(opt.eps),
-        );
-        let g = &g + &wr * wd;
-        let new_w = match opt.kind {
-            OptimizerKind::Sgd => &wr - &g * lr,
-            OptimizerKind::Adagrad => {
-                let s = state.index_select(0, &idx) + &g * &g;
-                let new_w = &wr - &g * lr / (s.sqrt() + eps);
-                let _ = state.index_copy_(0, &idx, &s);
-                new_w
-            }
-            OptimizerKind::RowwiseAdagrad => {
-                let s = state.index_select(0, &idx) + (&g * &g).mean_dim(1, true, Kind::Float);
-                let new_w = &wr - &g * lr / (s.sqrt() + eps);
-                let _ = state.index_copy_(0, &idx, &s);
-                new_w
-            }
-            OptimizerKind::Adam => {
-                let s = state.index_select(0, &idx);
-                let (b1, b2) = (f64::from(opt.beta1), f64::from(opt.beta2));
-                let t = step.max(1) as i32;
-                let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-                let m = s.narrow(1, 0, w) * b1 + &g * (1.0 - b1);
-                let v = s.narrow(1, w, w) * b2 + &g * &g * (1.0 - b2);
-                let new_w = &wr - (&m / bc1) * lr / ((&v / bc2).sqrt() + eps);
-                let _ = state.index_copy_(0, &idx, &Tensor::cat(&[m, v], 1));
-                new_w
-            }
-        };
+        let (new_w, new_s) = optimizer_step(opt, step, &wr, &state.index_select(0, &idx), &g);
+        if self.state_width > 0 {
+            let _ = state.index_copy_(0, &idx, &new_s);
+        }
         let _ = weights.index_copy_(0, &idx, &new_w);
         Ok(())
     }

@@ -1,19 +1,22 @@
 //! Where a collection's rows live for this process: all of them, in one process
 //! ([`LocalEmbeddings`], the fast path without mpirun), or this rank's shards of a
 //! collection spread over the job's ranks ([`ShardedEmbeddings`], whose forward and
-//! backward are collective all-to-all exchanges).
+//! backward are collective all-to-all exchanges), or, in one process, all of them fused
+//! per width into libtorch tensors on a device ([`FusedEmbeddings`]).
 
 use shardrec_tables::{
     CollectionLayout, Exchange, FileTier, LocalEmbeddings, ShardedEmbeddings, ShardingKind,
     ShardingPlan, SparseOptimizer, TableError, TableShard, TableStorage,
 };
 
+use super::FusedEmbeddings;
 use crate::config::EmbeddingConfig;
 
 #[derive(Debug)]
 pub enum EmbeddingEngine {
     Local(LocalEmbeddings),
     Sharded(ShardedEmbeddings),
+    Fused(FusedEmbeddings),
 }
 
 /// How each table's rows are held on this rank: as `embedding.row_dtype`, in the file
@@ -179,7 +182,7 @@ impl EmbeddingEngine {
     /// This process's rank among the ranks holding the tables (0 in one process).
     pub fn rank(&self) -> usize {
         match self {
-            Self::Local(_) => 0,
+            Self::Local(_) | Self::Fused(_) => 0,
             Self::Sharded(e) => e.rank(),
         }
     }
@@ -187,7 +190,7 @@ impl EmbeddingEngine {
     /// Ranks the tables are spread over (1 in one process).
     pub fn world_size(&self) -> usize {
         match self {
-            Self::Local(_) => 1,
+            Self::Local(_) | Self::Fused(_) => 1,
             Self::Sharded(e) => e.sharding().world_size,
         }
     }
@@ -196,6 +199,7 @@ impl EmbeddingEngine {
         match self {
             Self::Local(e) => e.layout(),
             Self::Sharded(e) => e.layout(),
+            Self::Fused(e) => e.host().layout(),
         }
     }
 
@@ -204,13 +208,14 @@ impl EmbeddingEngine {
         match self {
             Self::Local(e) => e.bytes(),
             Self::Sharded(e) => e.bytes(),
+            Self::Fused(e) => e.host().bytes(),
         }
     }
 
     /// Time spent in the all-to-all exchanges so far (zero in one process).
     pub fn exchange_times(&self) -> shardrec_tables::ExchangeTimes {
         match self {
-            Self::Local(_) => Default::default(),
+            Self::Local(_) | Self::Fused(_) => Default::default(),
             Self::Sharded(e) => e.exchange_times(),
         }
     }
@@ -219,6 +224,7 @@ impl EmbeddingEngine {
         match self {
             Self::Local(e) => e.optimizer(),
             Self::Sharded(e) => e.optimizer(),
+            Self::Fused(e) => e.optimizer(),
         }
     }
 
@@ -226,9 +232,10 @@ impl EmbeddingEngine {
     /// data-parallel table on any rank but its first (one copy is enough).
     pub fn shards_to_save(&self) -> Vec<(usize, &TableShard)> {
         match self {
-            Self::Local(e) => e
-                .shards()
-                .iter()
+            Self::Local(_) | Self::Fused(_) => self
+                .as_local()
+                .into_iter()
+                .flat_map(|e| e.shards())
                 .enumerate()
                 .flat_map(|(t, s)| s.iter().map(move |s| (t, s)))
                 .collect(),
@@ -245,9 +252,10 @@ impl EmbeddingEngine {
     /// Every shard this process holds (to fill from a checkpoint).
     pub fn shards_mut(&mut self) -> Vec<(usize, &mut TableShard)> {
         match self {
-            Self::Local(e) => e
-                .shards_mut()
-                .iter_mut()
+            Self::Local(_) | Self::Fused(_) => self
+                .as_local_mut()
+                .into_iter()
+                .flat_map(|e| e.shards_mut().iter_mut())
                 .enumerate()
                 .flat_map(|(t, s)| s.iter_mut().map(move |s| (t, s)))
                 .collect(),
@@ -259,7 +267,7 @@ impl EmbeddingEngine {
     pub fn file_prefetcher(&self) -> Option<shardrec_tables::FilePrefetcher> {
         match self {
             Self::Local(e) => e.file_prefetcher(),
-            Self::Sharded(_) => None,
+            Self::Sharded(_) | Self::Fused(_) => None,
         }
     }
 
@@ -282,7 +290,7 @@ impl EmbeddingEngine {
         let names = &self.layout().spec().tables;
         // every shard held, replicas of data-parallel tables included: each has its file
         let held: Vec<(usize, &TableShard)> = match self {
-            Self::Local(_) => self.shards_to_save(),
+            Self::Local(_) | Self::Fused(_) => self.shards_to_save(),
             Self::Sharded(e) => e.held().collect(),
         };
         held.into_iter()
@@ -337,7 +345,7 @@ impl EmbeddingEngine {
         let t = layout.spec().tables.iter().position(|s| s.name == table)?;
         let spec = &layout.spec().tables[t];
         match self {
-            Self::Local(_) => Some((0, spec.rows)),
+            Self::Local(_) | Self::Fused(_) => Some((0, spec.rows)),
             Self::Sharded(e) => {
                 let p = e.sharding().placement(t);
                 if p.kind != ShardingKind::RowWise && p.ranks.len() > 1 {
@@ -355,6 +363,7 @@ impl EmbeddingEngine {
     pub fn as_local(&self) -> Option<&LocalEmbeddings> {
         match self {
             Self::Local(e) => Some(e),
+            Self::Fused(e) => Some(e.host()),
             Self::Sharded(_) => None,
         }
     }
@@ -362,7 +371,27 @@ impl EmbeddingEngine {
     pub fn as_local_mut(&mut self) -> Option<&mut LocalEmbeddings> {
         match self {
             Self::Local(e) => Some(e),
+            Self::Fused(e) => Some(e.host_mut()),
             Self::Sharded(_) => None,
+        }
+    }
+
+    /// One process's tables fused per width on `device` ([`FusedEmbeddings`]); sharded
+    /// tables are returned as they are (each shard keeps its own tensor there).
+    pub fn fuse(self, device: tch::Device) -> Result<Self, TableError> {
+        match self {
+            Self::Local(e) => Ok(Self::Fused(FusedEmbeddings::adopt(e, device)?)),
+            other => Ok(other),
+        }
+    }
+
+    /// How the rows are held and stepped, for the summary: `host`, `device` (a tensor
+    /// per shard), `fused`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Fused(_) => "fused",
+            _ if self.shards_to_save().iter().any(|(_, s)| s.on_device()) => "device",
+            _ => "host",
         }
     }
 }

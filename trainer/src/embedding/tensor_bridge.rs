@@ -20,6 +20,7 @@ enum Saved {
         gathered: Vec<Vec<f32>>,
     },
     Sharded(ShardedLookup),
+    Fused(super::fused::FusedSaved),
 }
 
 /// One batch's embedding input and what backward needs.
@@ -88,6 +89,10 @@ pub fn lookup(
     device: Device,
     train: bool,
 ) -> Result<Activation, TableError> {
+    if let EmbeddingEngine::Fused(e) = tables {
+        let (t, saved) = e.forward(e.plan(batch)?)?;
+        return Ok(activation(t, Saved::Fused(saved), device, train));
+    }
     let width = tables.layout().width();
     // every element is written by the forward pass, so the buffer starts uninitialised
     let mut buffer = FreshCpuTensor::uninit(batch.batch_size(), width);
@@ -100,15 +105,21 @@ pub fn lookup(
         EmbeddingEngine::Sharded(e) => {
             Saved::Sharded(e.forward(ex, batch, buffer.as_mut_slice())?)
         }
+        EmbeddingEngine::Fused(_) => unreachable!("fused tables returned above"),
     };
-    let t = buffer.into_tensor();
-    let t = if device == Device::Cpu {
+    Ok(activation(buffer.into_tensor(), saved, device, train))
+}
+
+/// The looked-up `t` on the model's `device`, a leaf that requires a gradient in
+/// training.
+fn activation(t: Tensor, saved: Saved, device: Device, train: bool) -> Activation {
+    let t = if t.device() == device {
         t
     } else {
         t.to_device(device)
     };
     let tensor = if train { t.set_requires_grad(true) } else { t };
-    Ok(Activation { saved, tensor })
+    Activation { saved, tensor }
 }
 
 /// The gradient `backward` left on `t`, as a contiguous CPU f32 tensor; zeros where the
@@ -129,17 +140,25 @@ pub fn apply_gradient(
     ex: &dyn Exchange,
     act: Activation,
 ) -> Result<(), TableError> {
-    if !act.tensor.grad().defined() && matches!(tables, EmbeddingEngine::Local(_)) {
+    let one_process = matches!(
+        tables,
+        EmbeddingEngine::Local(_) | EmbeddingEngine::Fused(_)
+    );
+    if !act.tensor.grad().defined() && one_process {
         // the model did not use this input (e.g. an empty collection): nothing to update
         return Ok(());
     }
-    let g = cpu_gradient(&act.tensor);
-    let grad = cpu_f32(&g)?;
     match (tables, act.saved) {
+        // the gradient stays on the device
+        (EmbeddingEngine::Fused(e), Saved::Fused(saved)) => e.backward(saved, &act.tensor.grad()),
         (EmbeddingEngine::Local(e), Saved::Local { plan, gathered }) => {
-            e.backward(&plan, &gathered, grad)
+            let g = cpu_gradient(&act.tensor);
+            e.backward(&plan, &gathered, cpu_f32(&g)?)
         }
-        (EmbeddingEngine::Sharded(e), Saved::Sharded(lk)) => e.backward(ex, lk, grad),
+        (EmbeddingEngine::Sharded(e), Saved::Sharded(lk)) => {
+            let g = cpu_gradient(&act.tensor);
+            e.backward(ex, lk, cpu_f32(&g)?)
+        }
         _ => Err(TableError::BadBatch(
             "an activation went back to a different kind of table".into(),
         )),

@@ -155,6 +155,7 @@ fn fuzz_checkpoint_manifest() {
                 num_dense: job.data.meta.schema.dense.len(),
                 device: tch::Device::Cpu,
                 table_device: tch::Device::Cpu,
+                fused: false,
                 plans: Some(&job.plans),
                 layer: None,
                 storage: None,

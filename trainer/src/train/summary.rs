@@ -106,6 +106,10 @@ pub struct RunSummary {
     pub model: String,
     pub threads: usize,
     pub device: String,
+    /// How the main tables are held and stepped: `host`, `device` (a tensor per shard)
+    /// or `fused` (a tensor per width), on `embedding.device`.
+    pub tables: String,
+    pub table_device: String,
     pub seed: u64,
     pub time: serde_json::Value,
     pub time_per_rank: Vec<serde_json::Map<String, serde_json::Value>>,
