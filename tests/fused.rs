@@ -73,3 +73,85 @@ fn fused_tables_refuse_what_they_cannot_hold() {
         "{err}"
     );
 }
+
+/// A device cache of about a third of the rows, over RAM or over the file tier, trains
+/// the model the fused tables hold whole, bit for bit; a run stopped at a checkpoint
+/// resumes to the same result (the cache is written back before each checkpoint).
+#[test]
+fn a_device_cache_over_ram_or_file_rows_trains_the_same_model_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 6000, 500);
+    let cfg = criteo_config(dir.path(), &data, "dlrm", "epochs = 2");
+    let cache = ["embedding.fused=true", "embedding.gpu_cache_bytes=300000"];
+    let whole = train_summary(
+        dir.path(),
+        &cfg,
+        &["train.run_dir=whole", "embedding.fused=true"],
+    );
+    let ram = train_summary(
+        dir.path(),
+        &cfg,
+        &[&["train.run_dir=ram"], &cache[..]].concat(),
+    );
+    let tier = dir.path().join("tier");
+    let tier_dir = format!("embedding.storage.dir={}", tier.display());
+    let file_sets = [
+        "train.run_dir=file",
+        "embedding.storage.kind=file",
+        &tier_dir,
+        "embedding.storage.cache_bytes=60000",
+    ];
+    let file = train_summary(dir.path(), &cfg, &[&file_sets[..], &cache[..]].concat());
+    assert_eq!(ram["auc"], whole["auc"], "cache over RAM");
+    assert_eq!(file["auc"], whole["auc"], "cache over the file tier");
+    let group = &ram["fused_tables"][0]["groups"][0];
+    let rate = group["hit_rate"].as_f64().unwrap();
+    assert!(rate > 0.2 && rate < 1.0, "{group}");
+    assert!(group["write_backs"].as_u64().unwrap() > 0, "{group}");
+    assert!(
+        group["device_rows"].as_u64() < group["rows"].as_u64(),
+        "{group}"
+    );
+    assert!(file["file_tier"][0]["bytes_written"].as_u64().unwrap() > 0);
+    // stop at step 20 with a checkpoint, then resume to the end
+    let steps = ram["steps"].as_u64().unwrap();
+    assert!(steps > 30, "{steps} steps");
+    let stop = [
+        "train.run_dir=stopped",
+        "train.max_steps=20",
+        "train.checkpoint_every=10",
+    ];
+    train_summary(dir.path(), &cfg, &[&stop[..], &cache[..]].concat());
+    let mut args = vec!["train", cfg.to_str().unwrap(), "--resume", "stopped"];
+    for s in ["train.run_dir=stopped", "train.checkpoint_every=10"]
+        .iter()
+        .chain(&cache)
+    {
+        args.extend(["--set", s]);
+    }
+    let resumed = summary(&run(dir.path(), &args));
+    assert_eq!(resumed["steps"], ram["steps"]);
+    assert_eq!(resumed["auc"], ram["auc"], "resumed through the cache");
+}
+
+#[test]
+fn a_device_cache_without_fused_tables_is_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 500, 50);
+    let cfg = criteo_config(dir.path(), &data, "dlrm", "");
+    let o = run(
+        dir.path(),
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--set",
+            "embedding.gpu_cache_bytes=100000",
+        ],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("embedding.gpu_cache_bytes") && err.contains("embedding.fused"),
+        "{err}"
+    );
+}

@@ -455,6 +455,28 @@ impl FileRows {
         Ok(out)
     }
 
+    /// Copies of the given local rows' whole records (stored weights, then state),
+    /// `rows.len() x record`; cached copies are current, so they are read first.
+    pub fn records(&self, local_rows: &[u64]) -> Result<Vec<f32>, TableError> {
+        let f = &self.file;
+        let mut c = self.cache();
+        let mut out = Vec::with_capacity(local_rows.len() * f.record);
+        let mut buf = vec![0f32; f.record];
+        for &r in local_rows {
+            if r >= self.rows as u64 {
+                return Err(self.outside(r));
+            }
+            match c.find(r as usize) {
+                Some(s) => out.extend_from_slice(c.slot(s, f.record)),
+                None => {
+                    c.load(f, r as usize, &mut buf)?;
+                    out.extend_from_slice(&buf);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// One optimizer step (`step`: the 1-based update count) on the given local rows
     /// (strictly ascending), with the RAM path's arithmetic.
     pub fn apply(

@@ -37,6 +37,7 @@ mod optimizer;
 mod planner;
 mod prefetch;
 mod reshard;
+mod row_cache;
 mod row_dtype;
 mod row_ops;
 mod shard;
@@ -68,6 +69,7 @@ pub use planner::{
     plan_collection, rank_loads, stored_bytes, table_bytes, PlanRequest, PlanStrategy, TierRequest,
 };
 pub use reshard::{fill_from_pieces, Piece};
+pub use row_cache::{CacheStats, Placement, RowCache};
 pub use row_dtype::{Rounding, RowDtype};
 pub use row_ops::{assemble_output, reduce_row_gradients, sum_in_source_order};
 pub use shard::{DeviceRows, TableShard, TableStorage, Upload};

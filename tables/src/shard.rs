@@ -606,6 +606,75 @@ impl TableShard {
         Ok(())
     }
 
+    /// The given local rows' weights and optimizer state as f32 records
+    /// (`width + state_width` each), for a device cache to load; rows of f32 only.
+    pub fn read_records(&self, local_rows: &[u64]) -> Result<Vec<f32>, TableError> {
+        let (w, sw) = (self.width(), self.state_width);
+        self.check_f32_records()?;
+        let n = self.num_rows() as u64;
+        if let Some(&r) = local_rows.iter().find(|&&r| r >= n) {
+            return Err(TableError::BadBatch(format!(
+                "table `{}`: local row {r} outside the shard's {n} rows",
+                self.table
+            )));
+        }
+        match &self.held {
+            Rows::Host { weights, state } => {
+                let (weights, state) = (weights.as_slice(), state.as_slice());
+                let mut out = Vec::with_capacity(local_rows.len() * (w + sw));
+                for &r in local_rows {
+                    let r = r as usize;
+                    out.extend_from_slice(&weights[r * w..][..w]);
+                    out.extend_from_slice(&state[r * sw..][..sw]);
+                }
+                Ok(out)
+            }
+            Rows::File(f) => f.records(local_rows),
+            Rows::Device(_) => unreachable!("checked above"),
+        }
+    }
+
+    /// Writes f32 records (`width + state_width` each, as [`Self::read_records`] gives
+    /// them) to the given local rows: a device cache's write-back.
+    pub fn write_records(&mut self, local_rows: &[u64], records: &[f32]) -> Result<(), TableError> {
+        let (w, sw) = (self.width(), self.state_width);
+        self.check_f32_records()?;
+        self.check_len(
+            "written records",
+            local_rows.len() * (w + sw),
+            records.len(),
+        )?;
+        let n = self.num_rows() as u64;
+        for (&r, rec) in local_rows.iter().zip(records.chunks(w + sw)) {
+            if r >= n {
+                return Err(TableError::BadBatch(format!(
+                    "table `{}`: local row {r} outside the shard's {n} rows",
+                    self.table
+                )));
+            }
+            let r = r as usize;
+            match &mut self.held {
+                Rows::Host { weights, state } => {
+                    weights.as_mut_slice()[r * w..][..w].copy_from_slice(&rec[..w]);
+                    state.as_mut_slice()[r * sw..][..sw].copy_from_slice(&rec[w..]);
+                }
+                Rows::File(f) => f.set_record(r, rec)?,
+                Rows::Device(_) => unreachable!("checked above"),
+            }
+        }
+        Ok(())
+    }
+
+    fn check_f32_records(&self) -> Result<(), TableError> {
+        if self.dtype != RowDtype::F32 || matches!(self.held, Rows::Device(_)) {
+            return Err(TableError::InvalidTable {
+                table: self.table.clone(),
+                reason: "a device cache serves host or file rows of f32".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Updates applied so far.
     pub fn steps(&self) -> u64 {
         self.steps

@@ -192,7 +192,11 @@ impl BundleSpec<'_> {
             .transpose()?;
         let keys = key_maps(self.dynamic, &tables, ex.rank(), ex.world_size())?;
         if self.fused {
-            tables = tables.fuse(self.table_device)?;
+            let cache_bytes = self.storage.map_or(0, |c| c.gpu_cache_bytes);
+            tables = tables.fuse(self.table_device, cache_bytes)?;
+            first_order = first_order
+                .map(|f| f.fuse(self.table_device, 0))
+                .transpose()?;
         }
         if self.table_device != Device::Cpu {
             tables.move_rows_to(self.table_device)?;
@@ -253,6 +257,79 @@ impl ModelBundle {
             [Some(&mut self.tables), self.first_order.as_mut()],
         )?;
         Ok(())
+    }
+
+    /// Training, after [`Self::map_keys`]: fused tables stage the step's rows (planned
+    /// ahead or now; through a device cache, misses loaded and evicted rows written
+    /// back). Nothing for other tables, or for a step in slices (never fused).
+    pub fn stage_tables(&mut self, pieces: &[Batch]) -> Result<(), TrainError> {
+        let [piece] = pieces else {
+            return Ok(());
+        };
+        if let EmbeddingEngine::Fused(e) = &mut self.tables {
+            match &self.sequence {
+                Some(seq) => e.stage(&seq.expand(&piece.sparse)?.0)?,
+                None => e.stage(&piece.sparse)?,
+            }
+        }
+        if let Some(EmbeddingEngine::Fused(e)) = &mut self.first_order {
+            e.stage(&piece.sparse)?;
+        }
+        Ok(())
+    }
+
+    /// Starts planning the fused tables' lookups of `next` on other threads (the step
+    /// after the one about to train).
+    pub fn plan_ahead(&self, next: &Batch) -> Result<(), TrainError> {
+        if let EmbeddingEngine::Fused(e) = &self.tables {
+            match &self.sequence {
+                Some(seq) => e.plan_ahead(&seq.expand(&next.sparse)?.0),
+                None => e.plan_ahead(&next.sparse),
+            }
+        }
+        if let Some(EmbeddingEngine::Fused(e)) = &self.first_order {
+            e.plan_ahead(&next.sparse);
+        }
+        Ok(())
+    }
+
+    fn fused_mut(&mut self) -> impl Iterator<Item = &mut crate::embedding::FusedEmbeddings> {
+        [Some(&mut self.tables), self.first_order.as_mut()]
+            .into_iter()
+            .flatten()
+            .filter_map(|e| match e {
+                EmbeddingEngine::Fused(f) => Some(f.as_mut()),
+                _ => None,
+            })
+    }
+
+    /// Writes the rows a device cache holds back to the host tables, which checkpoints
+    /// and saved models read.
+    pub fn write_back_tables(&mut self) -> Result<(), TrainError> {
+        for f in self.fused_mut() {
+            f.write_back()?;
+        }
+        Ok(())
+    }
+
+    /// Drops the rows a device cache holds: the host tables were replaced.
+    pub fn forget_cached_rows(&mut self) {
+        for f in self.fused_mut() {
+            f.forget_cache();
+        }
+    }
+
+    /// The fused tables' figures (main collection, then first-order), if any.
+    pub fn fused_report(&self) -> Option<serde_json::Value> {
+        let reports: Vec<serde_json::Value> = [Some(&self.tables), self.first_order.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|e| match e {
+                EmbeddingEngine::Fused(f) => Some(f.report()),
+                _ => None,
+            })
+            .collect();
+        (!reports.is_empty()).then(|| reports.into())
     }
 
     /// What this rank's key maps hold and did, one entry per dynamic table.

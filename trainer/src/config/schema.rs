@@ -76,11 +76,11 @@ impl ExperimentConfig {
                 "dynamic".into(),
                 "dynamic tables set rows on the host as keys take them",
             ))
-        } else if e.uses_file_tier() {
+        } else if e.uses_file_tier() && e.gpu_cache_bytes == 0 {
             Some((
                 "embedding.storage",
                 "file".into(),
-                "the file tier is host storage",
+                "the file tier is host storage (a device cache over it needs embedding.gpu_cache_bytes)",
             ))
         } else if e.row_dtype != shardrec_tables::RowDtype::F32 {
             Some((
@@ -527,6 +527,11 @@ pub struct EmbeddingConfig {
     /// host memory; `false` on a GPU keeps one tensor per table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fused: Option<bool>,
+    /// Bytes of `device` memory for a cache of the hot rows and their state over tables
+    /// that stay in RAM or the file tier (fused tables only; 0: every row on `device`).
+    /// Evicted rows are written back; a step's misses come in one batched copy.
+    #[serde(default)]
+    pub gpu_cache_bytes: u64,
     /// Where the tables' rows live: RAM (the default) or the file tier.
     #[serde(default)]
     pub storage: StorageConfig,
@@ -610,6 +615,7 @@ impl Default for EmbeddingConfig {
         Self {
             device: default_device(),
             fused: None,
+            gpu_cache_bytes: 0,
             storage: StorageConfig::default(),
             row_dtype: RowDtype::F32,
             plain_below: 0,

@@ -58,6 +58,18 @@ fn embedding_violations(c: &ExperimentConfig, v: &mut Vec<Violation>) {
             format!("cannot be set with {key} = {value}: {why}"),
         );
     }
+    if e.gpu_cache_bytes > 0 && !c.fused_tables() {
+        let why = match c.fused_blocker() {
+            Some((key, value, why)) => format!("{key} = {value}: {why}"),
+            None => "embedding.fused is off (it is on by default on a GPU)".into(),
+        };
+        violation(
+            v,
+            "embedding.gpu_cache_bytes",
+            e.gpu_cache_bytes,
+            format!("caches the rows of fused tables only, and this job has none: {why}"),
+        );
+    }
     dynamic_violations(c, v);
     let o = &e.optimizer;
     check_range(v, "embedding.optimizer.lr", o.lr, f32::MIN_POSITIVE, 1000.0);
@@ -126,7 +138,8 @@ fn host_only_violations(e: &EmbeddingConfig, v: &mut Vec<Violation>) {
     if e.device == "cpu" {
         return;
     }
-    if e.uses_file_tier() {
+    // a device cache over the file tier is the hierarchy device -> RAM -> file
+    if e.uses_file_tier() && e.gpu_cache_bytes == 0 {
         violation(
             v,
             "embedding.device",

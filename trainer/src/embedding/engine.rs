@@ -16,7 +16,7 @@ use crate::config::EmbeddingConfig;
 pub enum EmbeddingEngine {
     Local(LocalEmbeddings),
     Sharded(ShardedEmbeddings),
-    Fused(FusedEmbeddings),
+    Fused(Box<FusedEmbeddings>),
 }
 
 /// How each table's rows are held on this rank: as `embedding.row_dtype`, in the file
@@ -376,11 +376,16 @@ impl EmbeddingEngine {
         }
     }
 
-    /// One process's tables fused per width on `device` ([`FusedEmbeddings`]); sharded
-    /// tables are returned as they are (each shard keeps its own tensor there).
-    pub fn fuse(self, device: tch::Device) -> Result<Self, TableError> {
+    /// One process's tables fused per width on `device` ([`FusedEmbeddings`]), behind a
+    /// device cache of `cache_bytes` when that is less than their rows (0: no cache);
+    /// sharded tables are returned as they are (each shard keeps its own tensor there).
+    pub fn fuse(self, device: tch::Device, cache_bytes: u64) -> Result<Self, TableError> {
         match self {
-            Self::Local(e) => Ok(Self::Fused(FusedEmbeddings::adopt(e, device)?)),
+            Self::Local(e) => Ok(Self::Fused(Box::new(FusedEmbeddings::adopt(
+                e,
+                device,
+                cache_bytes,
+            )?))),
             other => Ok(other),
         }
     }

@@ -20,7 +20,8 @@ enum Saved {
         gathered: Vec<Vec<f32>>,
     },
     Sharded(ShardedLookup),
-    Fused(super::fused::FusedSaved),
+    /// None: an evaluation lookup, which has no backward.
+    Fused(Option<super::fused::FusedSaved>),
 }
 
 /// One batch's embedding input and what backward needs.
@@ -90,7 +91,7 @@ pub fn lookup(
     train: bool,
 ) -> Result<Activation, TableError> {
     if let EmbeddingEngine::Fused(e) = tables {
-        let (t, saved) = e.forward(e.plan(batch)?)?;
+        let (t, saved) = e.lookup(batch, train)?;
         return Ok(activation(t, Saved::Fused(saved), device, train));
     }
     let width = tables.layout().width();
@@ -150,7 +151,9 @@ pub fn apply_gradient(
     }
     match (tables, act.saved) {
         // the gradient stays on the device
-        (EmbeddingEngine::Fused(e), Saved::Fused(saved)) => e.backward(saved, &act.tensor.grad()),
+        (EmbeddingEngine::Fused(e), Saved::Fused(Some(saved))) => {
+            e.backward(saved, &act.tensor.grad())
+        }
         (EmbeddingEngine::Local(e), Saved::Local { plan, gathered }) => {
             let g = cpu_gradient(&act.tensor);
             e.backward(&plan, &gathered, cpu_f32(&g)?)

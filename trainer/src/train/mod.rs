@@ -58,6 +58,10 @@ pub fn train_with_hooks(
     if cfg.embedding.may_use_file_tier() {
         hooks.push(&mut file_tier);
     }
+    let mut fused = crate::embedding::FusedTablesHook;
+    if cfg.fused_tables() {
+        hooks.push(&mut fused);
+    }
     with_threads(cfg, cluster.local_size(), |threads| {
         let (job, colls) = TrainJob::set_up(cfg, name, threads, cluster)?;
         let mut trainer = Trainer::set_up(&job, colls, resume, hooks)?;

@@ -329,6 +329,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
         // dynamic features: keys to rows (admission, eviction) before the lookups
         self.bundle
             .map_keys(&mut pieces, self.position.step as u64 + 1, cluster)?;
+        self.bundle.stage_tables(&pieces)?;
         let t_keys = t0.elapsed();
         let (lookups, mut loss_v, t_lookup) = self.forward_backward(&pieces, global_rows)?;
         let t1 = t0 + t_keys + t_lookup;
@@ -485,6 +486,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
     }
 
     fn write_checkpoint(&mut self) -> Result<(), TrainError> {
+        self.bundle.write_back_tables()?;
         self.checkpoints.write(
             &self.bundle,
             &self.opt,
@@ -510,6 +512,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
         };
         let v = self.validate(&split, epoch)?;
         if v.improved && self.job.cfg.train.restore_best {
+            self.bundle.write_back_tables()?;
             self.checkpoints
                 .write_best(&self.bundle, self.position, &self.validation)?;
         }
@@ -530,11 +533,16 @@ impl<'j, 'h> Trainer<'j, 'h> {
         let restored_best_step = self
             .checkpoints
             .restore_best(&mut self.bundle, self.position.step)?;
+        if restored_best_step.is_some() {
+            // the host tables hold the best model now; cached rows are stale
+            self.bundle.forget_cached_rows();
+        }
         self.progress.finish();
         self.timing.exchanges = self.bundle.exchange_times();
         let time_per_rank = self.time_per_rank()?;
         // before the test pass, so that a failure there still leaves the trained model
         if cfg.train.save_model {
+            self.bundle.write_back_tables()?;
             self.checkpoints
                 .save_model(&self.bundle, self.position, &self.validation)?;
         }
