@@ -13,15 +13,16 @@
 //!   `embedding_bag` with the terms ordered by slot ([`GroupStep::forward`]).
 //!
 //! The gradient of the distinct rows is one more `embedding_bag`, over the slots'
-//! gradient, with the terms ordered by distinct row and, within a row, by request
-//! ([`GroupStep::backward`]). That is a sorted reduction: the same order on every device
-//! and every run, with no atomics. A group with `mul` features (quotient-remainder's
+//! gradient, with the terms ordered by distinct row and, within a row, slot-major (the
+//! order of [`DeviceArrays`]; [`GroupStep::backward`]). That is a sorted reduction: the
+//! same order on every device and every run, with no atomics. A group with `mul` features (quotient-remainder's
 //! product) first forms each term's product of its two rows ([`MulTerms`]), then reduces
 //! both factors' gradients the same way.
 
-use crate::collection::CollectionLayout;
-use crate::lookup_plan::{LookupPlan, NO_PARTNER};
-use crate::spec::Combine;
+use crate::collection::{CollectionLayout, ResolvedProbe};
+use crate::lookup_plan::{probe_row, LookupPlan, NO_PARTNER};
+use crate::spec::{Combine, Pooling};
+use crate::{KeyedJaggedIds, TableError};
 
 /// The tables of one width, fused into one tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +85,17 @@ pub struct GroupStep {
     /// `dim`), or with `mul` over the contributions (see [`MulTerms`]), unweighted.
     pub backward: Bags,
     pub mul: Option<MulTerms>,
+}
+
+/// One group's arrays of a step deduplicated on the device: the terms' fused rows in bag
+/// order and the bags' offsets, bags slot-major (bag `s * batch + b` is slot `s` of
+/// sample `b`), and the terms' pooling weights (empty: all 1). The device sums each bag
+/// straight from the group's rows, and finds the distinct rows itself (a sort).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceArrays {
+    pub rows: Vec<i64>,
+    pub offsets: Vec<i64>,
+    pub weight: Vec<f32>,
 }
 
 /// One term: a request that writes its slot.
@@ -181,6 +193,103 @@ impl FusedLayout {
         (!identity).then_some(position)
     }
 
+    /// Whether a step can be deduplicated on the device: no group multiplies rows.
+    pub fn plans_on_device(&self) -> bool {
+        !self.groups.iter().any(|g| g.has_mul)
+    }
+
+    /// Every group's [`DeviceArrays`] for `batch` (the layout's features in order), with
+    /// no sort and no deduplication on the host: a linear pass over the ids, a feature
+    /// and probe at a time in parallel. Groups with `mul` cannot be planned so.
+    pub fn device_arrays(
+        &self,
+        layout: &CollectionLayout,
+        batch: &KeyedJaggedIds,
+    ) -> Result<Vec<DeviceArrays>, TableError> {
+        if batch.num_keys() != layout.features().len() {
+            return Err(TableError::BadBatch(format!(
+                "batch has {} keys, collection has {} features",
+                batch.num_keys(),
+                layout.features().len()
+            )));
+        }
+        (0..self.groups.len())
+            .map(|g| self.group_device_arrays(g, layout, batch))
+            .collect()
+    }
+
+    fn group_device_arrays(
+        &self,
+        g: usize,
+        layout: &CollectionLayout,
+        batch: &KeyedJaggedIds,
+    ) -> Result<DeviceArrays, TableError> {
+        use rayon::prelude::*;
+        let bsz = batch.batch_size();
+        // (feature, its probes here, slot): a concat feature's probes fill slots of their
+        // own, a summed feature's fill one; in slot order
+        let mut emissions: Vec<(usize, Vec<&ResolvedProbe>, usize)> = Vec::new();
+        for (k, f) in layout.features().iter().enumerate() {
+            let here: Vec<&ResolvedProbe> = f
+                .probes
+                .iter()
+                .filter(|p| self.placement[p.table].0 == g)
+                .collect();
+            let slot = |p: &ResolvedProbe| self.column_slot[g][f.offset + p.sub_offset] as usize;
+            match f.combine {
+                Combine::Concat => {
+                    emissions.extend(here.into_iter().map(|p| (k, vec![p], slot(p))))
+                }
+                _ if !here.is_empty() => emissions.push((k, here.clone(), slot(here[0]))),
+                _ => {}
+            }
+        }
+        let mean = emissions
+            .iter()
+            .any(|(k, _, _)| layout.features()[*k].pooling == Pooling::Mean);
+        let slots = self.groups[g].slot_columns.len();
+        let mut offsets = vec![0i64; slots * bsz + 1];
+        for (k, probes, s) in &emissions {
+            for b in 0..bsz {
+                offsets[s * bsz + b + 1] = (batch.ids(*k, b).len() * probes.len()) as i64;
+            }
+        }
+        for i in 0..slots * bsz {
+            offsets[i + 1] += offsets[i];
+        }
+        let parts = emissions
+            .par_iter()
+            .map(|(k, probes, _)| {
+                let f = &layout.features()[*k];
+                let mut rows = Vec::new();
+                let mut weight = Vec::new();
+                for b in 0..bsz {
+                    let ids = batch.ids(*k, b);
+                    let w = match f.pooling {
+                        Pooling::Mean => 1.0 / ids.len() as f32,
+                        Pooling::Sum => 1.0,
+                    };
+                    for &id in ids {
+                        for p in probes {
+                            let first = self.placement[p.table].1;
+                            rows.push((first + probe_row(layout, f, p, id)?) as i64);
+                            if mean {
+                                weight.push(w);
+                            }
+                        }
+                    }
+                }
+                Ok((rows, weight))
+            })
+            .collect::<Result<Vec<_>, TableError>>()?;
+        let (rows, weight): (Vec<Vec<i64>>, Vec<Vec<f32>>) = parts.into_iter().unzip();
+        Ok(DeviceArrays {
+            rows: rows.concat(),
+            offsets,
+            weight: weight.concat(),
+        })
+    }
+
     /// Every group's index arrays for the step planned as `plan`.
     pub fn step(&self, plan: &LookupPlan) -> Vec<GroupStep> {
         (0..self.groups.len())
@@ -232,18 +341,26 @@ impl FusedLayout {
                 mul: Some(mul),
             };
         }
-        let by_row = counting_order(terms.iter().map(|t| t.unique as usize), unique.len());
+        // a row's terms in slot-major order (slot, then sample, then request), the order
+        // the device-planned path sums them in: both give the same rows to the bit
+        let per_sample = group.slot_columns.len().max(1);
+        let slot_major = |t: &Term| {
+            let (b, s) = (t.slot as usize / per_sample, t.slot as usize % per_sample);
+            s * plan.batch_size + b
+        };
+        let by_position = counting_order(terms.iter().map(slot_major), slots);
+        let in_position = |k: &u32| &terms[by_position.order[*k as usize] as usize];
+        let by_row = counting_order(
+            (0..terms.len() as u32).map(|k| in_position(&k).unique as usize),
+            unique.len(),
+        );
         let backward = Bags {
             index: by_row
                 .order
                 .iter()
-                .map(|&j| terms[j as usize].slot as i64)
+                .map(|k| in_position(k).slot as i64)
                 .collect(),
-            weight: by_row
-                .order
-                .iter()
-                .map(|&j| terms[j as usize].weight)
-                .collect(),
+            weight: by_row.order.iter().map(|k| in_position(k).weight).collect(),
             offsets: by_row.offsets,
         };
         GroupStep {
@@ -346,8 +463,8 @@ fn counting_order(keys: impl Iterator<Item = usize> + Clone, n: usize) -> Counti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{CollectionSpec, FeatureSpec, Pooling, Probe, RowMap, TableSpec};
-    use crate::{KeyedJaggedIds, RowInit};
+    use crate::spec::{CollectionSpec, FeatureSpec, Probe, RowMap, TableSpec};
+    use crate::RowInit;
 
     /// Two width-4 tables and a width-2 one; feature `q` multiplies two width-4 rows,
     /// feature `m` is mean-pooled.
@@ -451,5 +568,61 @@ mod tests {
         // row a1 gets the factor contributions 4 and 5; a4 terms 0 and 2; b1 term 3; b3 term 1
         assert_eq!(g.backward.index, vec![4, 5, 0, 2, 3, 1]);
         assert_eq!(g.backward.offsets, vec![0, 2, 4, 5, 6]);
+    }
+
+    /// Device arrays: bags slot-major, a summed feature's probes in one bag, terms in
+    /// bag order, mean pooling's weights.
+    #[test]
+    fn device_arrays_put_each_bag_s_terms_together_in_slot_major_order() {
+        let table = |name: &str, rows, dim| TableSpec {
+            name: name.into(),
+            rows,
+            dim,
+            init: RowInit::Zeros,
+        };
+        let plain = |t: &str, rows| Probe {
+            table: t.into(),
+            map: RowMap::Offset {
+                offset: 0,
+                id_rows: rows,
+            },
+        };
+        let l = CollectionLayout::new(CollectionSpec {
+            tables: vec![table("a", 5, 4), table("n", 3, 2), table("b", 6, 4)],
+            features: vec![
+                FeatureSpec {
+                    name: "fa".into(),
+                    probes: vec![plain("a", 5)],
+                    combine: Combine::Concat,
+                    pooling: Pooling::Sum,
+                },
+                FeatureSpec {
+                    name: "m".into(),
+                    probes: vec![plain("n", 3)],
+                    combine: Combine::Concat,
+                    pooling: Pooling::Mean,
+                },
+                FeatureSpec {
+                    name: "s".into(),
+                    probes: vec![plain("a", 5), plain("b", 5)],
+                    combine: Combine::Sum,
+                    pooling: Pooling::Sum,
+                },
+            ],
+        })
+        .unwrap();
+        let f = FusedLayout::new(&l);
+        assert!(f.plans_on_device());
+        let batch = KeyedJaggedIds::from_lengths(3, 2, &[1, 1, 2, 0, 1, 1], vec![4, 3, 0, 2, 1, 2])
+            .unwrap();
+        let d = f.device_arrays(&l, &batch).unwrap();
+        // group 0 (a then b, b's rows from 5): slot 0 is fa, slot 1 is s (a's row + b's)
+        assert_eq!(d[0].rows, vec![4, 3, 1, 5 + 1, 2, 5 + 2]);
+        assert_eq!(d[0].offsets, vec![0, 1, 2, 4, 6]);
+        assert!(d[0].weight.is_empty());
+        // group 1: m's two ids in sample 0, mean-pooled; none in sample 1
+        assert_eq!(d[1].rows, vec![0, 2]);
+        assert_eq!(d[1].offsets, vec![0, 2, 2]);
+        assert_eq!(d[1].weight, vec![0.5, 0.5]);
     }
 }

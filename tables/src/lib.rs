@@ -57,7 +57,7 @@ pub use dynamic::{
 pub use error::TableError;
 pub use exchange::{Exchange, SoloExchange, ThreadExchange};
 pub use file_rows::{CachePolicy, FileRows, FileTier, Records, TierReport, TierStats};
-pub use fused_plan::{Bags, FusedGroup, FusedLayout, GroupStep, MulTerms};
+pub use fused_plan::{Bags, DeviceArrays, FusedGroup, FusedLayout, GroupStep, MulTerms};
 pub use hashing::{hash_id, mix64, unit_f32, KeyHashBuilder, KeyHasher};
 pub use init::RowInit;
 pub use jagged::KeyedJaggedIds;

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use crate::collection::CollectionLayout;
+use crate::collection::{CollectionLayout, FeatureLayout, ResolvedProbe};
 use crate::hashing::hash_id;
 use crate::spec::{Combine, Pooling, RowMap};
 use crate::{KeyedJaggedIds, TableError};
@@ -97,32 +97,7 @@ impl LookupPlan {
                 for &id in ids {
                     let first = requests.len() as u32;
                     for (pi, p) in f.probes.iter().enumerate() {
-                        let table_rows = layout.table_rows(p.table);
-                        let row = match p.map {
-                            RowMap::Offset { offset, id_rows } => {
-                                if id >= id_rows {
-                                    return Err(out_of_range(
-                                        layout, &f.name, p.table, id, id_rows,
-                                    ));
-                                }
-                                offset + id
-                            }
-                            RowMap::Hash { seed } => hash_id(seed, id) % table_rows,
-                            RowMap::Quotient { divisor } => {
-                                let r = id / divisor;
-                                if r >= table_rows {
-                                    return Err(out_of_range(
-                                        layout,
-                                        &f.name,
-                                        p.table,
-                                        id,
-                                        table_rows * divisor,
-                                    ));
-                                }
-                                r
-                            }
-                            RowMap::Remainder { modulus } => id % modulus,
-                        };
+                        let row = probe_row(layout, f, p, id)?;
                         let (partner, secondary) = match (f.combine, pi) {
                             (Combine::Mul, 0) => (first + 1, false),
                             (Combine::Mul, _) => (first, true),
@@ -197,6 +172,34 @@ impl LookupPlan {
     pub fn unique_counts(&self) -> Vec<usize> {
         self.tables.iter().map(|t| t.unique_rows.len()).collect()
     }
+}
+
+/// The row of its table that probe `p` of feature `f` reads for `id`.
+pub(crate) fn probe_row(
+    layout: &CollectionLayout,
+    f: &FeatureLayout,
+    p: &ResolvedProbe,
+    id: u64,
+) -> Result<u64, TableError> {
+    let table_rows = layout.table_rows(p.table);
+    Ok(match p.map {
+        RowMap::Offset { offset, id_rows } => {
+            if id >= id_rows {
+                return Err(out_of_range(layout, &f.name, p.table, id, id_rows));
+            }
+            offset + id
+        }
+        RowMap::Hash { seed } => hash_id(seed, id) % table_rows,
+        RowMap::Quotient { divisor } => {
+            let r = id / divisor;
+            if r >= table_rows {
+                let rows = table_rows * divisor;
+                return Err(out_of_range(layout, &f.name, p.table, id, rows));
+            }
+            r
+        }
+        RowMap::Remainder { modulus } => id % modulus,
+    })
 }
 
 /// Stable LSD radix sort of (row, request) pairs by row, rows below `rows`: a few linear

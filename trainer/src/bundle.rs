@@ -175,7 +175,7 @@ impl BundleSpec<'_> {
             .filter(|d| !d.reserved)
             .map(|d| d.table.clone())
             .collect();
-        let mut tables = EmbeddingEngine::new(
+        let tables = EmbeddingEngine::new(
             self.main,
             optimizer,
             ex,
@@ -183,7 +183,7 @@ impl BundleSpec<'_> {
             self.storage,
             &keyed,
         )?;
-        let mut first_order = self
+        let first_order = self
             .first_order
             .map(|l| {
                 let plan = plans.and_then(|p| p.first_order.clone());
@@ -191,19 +191,9 @@ impl BundleSpec<'_> {
             })
             .transpose()?;
         let keys = key_maps(self.dynamic, &tables, ex.rank(), ex.world_size())?;
-        if self.fused {
-            let cache_bytes = self.storage.map_or(0, |c| c.gpu_cache_bytes);
-            tables = tables.fuse(self.table_device, cache_bytes)?;
-            first_order = first_order
-                .map(|f| f.fuse(self.table_device, 0))
-                .transpose()?;
-        }
-        if self.table_device != Device::Cpu {
-            tables.move_rows_to(self.table_device)?;
-            if let Some(f) = first_order.as_mut() {
-                f.move_rows_to(self.table_device)?;
-            }
-        }
+        let cache_bytes = self.storage.map_or(0, |c| c.gpu_cache_bytes);
+        let device = self.fused.then_some(cache_bytes);
+        let (tables, first_order) = place_tables(device, self.table_device, tables, first_order)?;
         let vs = VarStore::new(self.device);
         let model = build_model(&vs.root(), self.model, &shape)?;
         // after the model, so its initial weights do not depend on the layer
@@ -227,6 +217,33 @@ impl BundleSpec<'_> {
             keys,
         })
     }
+}
+
+/// Puts the collections' rows on `table_device`: fused per width when `fused` gives
+/// the bytes of their device cache (0: none), else each shard there.
+fn place_tables(
+    fused: Option<u64>,
+    table_device: Device,
+    mut tables: EmbeddingEngine,
+    mut first_order: Option<EmbeddingEngine>,
+) -> Result<(EmbeddingEngine, Option<EmbeddingEngine>), TrainError> {
+    if let Some(cache_bytes) = fused {
+        tables = tables.fuse(table_device, cache_bytes)?;
+        if cache_bytes > 0 && !matches!(tables, EmbeddingEngine::Fused(_)) {
+            return Err(shardrec_tables::TableError::BadPlan(format!(
+                "embedding.gpu_cache_bytes = {cache_bytes}: the device cache serves one process's fused tables; under mpirun each rank's shards are device tensors of their own (drop the key, or run one process)"
+            ))
+            .into());
+        }
+        first_order = first_order.map(|f| f.fuse(table_device, 0)).transpose()?;
+    }
+    if table_device != Device::Cpu {
+        tables.move_rows_to(table_device)?;
+        if let Some(f) = first_order.as_mut() {
+            f.move_rows_to(table_device)?;
+        }
+    }
+    Ok((tables, first_order))
 }
 
 impl ModelBundle {

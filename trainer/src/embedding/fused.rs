@@ -21,14 +21,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use shardrec_tables::{
-    FusedLayout, GroupStep, KeyedJaggedIds, LocalEmbeddings, LookupPlan, RowCache, SparseOptimizer,
-    TableError,
+    DeviceArrays, FusedLayout, GroupStep, KeyedJaggedIds, LocalEmbeddings, LookupPlan, RowCache,
+    SparseOptimizer, TableError,
 };
 use tch::{Device, Kind, Tensor};
 
 use super::device_rows::optimizer_step;
+use device_plan::DeviceStep;
 
 mod cache;
+mod device_plan;
 use super::TensorRows;
 
 fn torch(e: tch::TchError) -> TableError {
@@ -61,7 +63,10 @@ pub struct FusedEmbeddings {
     output_gather: Option<Tensor>,
     device: Device,
     /// The next training step's arrays, staged before its lookup ([`Self::stage`]).
-    staged: Mutex<Option<FusedStep>>,
+    staged: Mutex<Option<Staged>>,
+    /// Whether steps are deduplicated on the device (no `mul` group, no cache) rather
+    /// than planned on the host.
+    device_plan: bool,
     /// The next batches, being planned on other threads ([`Self::plan_ahead`]), oldest
     /// first.
     ahead: Mutex<VecDeque<PlanAhead>>,
@@ -74,7 +79,37 @@ pub struct FusedEmbeddings {
 #[derive(Debug)]
 struct PlanAhead {
     ids: KeyedJaggedIds,
-    plan: JoinHandle<Result<Vec<GroupStep>, TableError>>,
+    plan: JoinHandle<Result<Planned, TableError>>,
+}
+
+/// A step's host arrays: deduplicated on the host, or for the device to deduplicate.
+#[derive(Debug)]
+enum Planned {
+    Host(Vec<GroupStep>),
+    Device(Vec<DeviceArrays>),
+}
+
+/// A step's arrays on the device.
+#[derive(Debug)]
+enum Staged {
+    Host(FusedStep),
+    Device(DeviceStep),
+}
+
+impl Planned {
+    /// `batch` planned by `fused` over `collection`, on the device when `device_plan`.
+    fn new(
+        fused: &FusedLayout,
+        collection: &shardrec_tables::CollectionLayout,
+        batch: &KeyedJaggedIds,
+        device_plan: bool,
+    ) -> Result<Self, TableError> {
+        Ok(if device_plan {
+            Self::Device(fused.device_arrays(collection, batch)?)
+        } else {
+            Self::Host(fused.step(&LookupPlan::build(collection, batch)?))
+        })
+    }
 }
 
 /// Where the time of staging went: what the device may wait for before a step.
@@ -112,6 +147,7 @@ struct StepTensors {
     mul: Option<MulTensors>,
 }
 
+#[derive(Debug)]
 struct BagTensors {
     index: Tensor,
     weight: Option<Tensor>,
@@ -127,10 +163,11 @@ struct MulTensors {
     row_with_factor: Tensor,
 }
 
-/// What backward needs from forward: the step's arrays and the rows it read.
-pub struct FusedSaved {
-    step: FusedStep,
-    rows: Vec<Tensor>,
+/// What backward needs from forward: the step's arrays (and, planned on the host, the
+/// rows it read).
+pub enum FusedSaved {
+    Host { step: FusedStep, rows: Vec<Tensor> },
+    Device(DeviceStep),
 }
 
 /// Host arrays as tensors on `device` (from pinned memory, without waiting, on a GPU).
@@ -247,6 +284,7 @@ impl FusedEmbeddings {
         }
         let output_gather = layout.output_gather().map(|p| upload_i64(&p, device));
         Ok(Self {
+            device_plan: !cached && layout.plans_on_device(),
             host,
             layout,
             groups,
@@ -327,8 +365,8 @@ impl FusedEmbeddings {
         let (collection, fused) = (self.host.layout().clone(), self.layout.clone());
         let ids = next.clone();
         let mine = ids.clone();
-        let plan =
-            std::thread::spawn(move || Ok(fused.step(&LookupPlan::build(&collection, &mine)?)));
+        let on_device = self.device_plan;
+        let plan = std::thread::spawn(move || Planned::new(&fused, &collection, &mine, on_device));
         let mut ahead = lock(&self.ahead);
         // a batch planned but never trained (the pass ended) is not waited for forever
         while ahead.len() >= 2 {
@@ -341,21 +379,28 @@ impl FusedEmbeddings {
     /// its rows placed in the cache (evicted rows written back to the host, missed ones
     /// loaded, one batched copy each way), copied to the device without waiting.
     pub fn stage(&mut self, batch: &KeyedJaggedIds) -> Result<(), TableError> {
-        let mut steps = self.planned(batch)?;
         self.stages += 1;
-        if self.caches.is_some() {
-            let t = Instant::now();
-            for (g, step) in steps.iter_mut().enumerate() {
-                step.unique = self.place_in_cache(g, &step.unique)?;
+        let staged = match self.planned(batch)? {
+            Planned::Device(arrays) => {
+                Staged::Device(DeviceStep::upload(batch.batch_size(), &arrays, self.device))
             }
-            self.times.cache_moves += t.elapsed();
-        }
-        *lock(&self.staged) = Some(FusedStep::upload(batch.batch_size(), &steps, self.device));
+            Planned::Host(mut steps) => {
+                if self.caches.is_some() {
+                    let t = Instant::now();
+                    for (g, step) in steps.iter_mut().enumerate() {
+                        step.unique = self.place_in_cache(g, &step.unique)?;
+                    }
+                    self.times.cache_moves += t.elapsed();
+                }
+                Staged::Host(FusedStep::upload(batch.batch_size(), &steps, self.device))
+            }
+        };
+        *lock(&self.staged) = Some(staged);
         Ok(())
     }
 
     /// `batch`'s arrays: the ones planned ahead if they are this batch's, else planned now.
-    fn planned(&mut self, batch: &KeyedJaggedIds) -> Result<Vec<GroupStep>, TableError> {
+    fn planned(&mut self, batch: &KeyedJaggedIds) -> Result<Planned, TableError> {
         let mine = {
             let mut ahead = lock(&self.ahead);
             let at = ahead.iter().position(|a| a.ids == *batch);
@@ -371,9 +416,9 @@ impl FusedEmbeddings {
             self.times.planned_ahead += 1;
             return Ok(steps);
         }
-        let steps = self.layout.step(&self.host.plan(batch)?);
+        let planned = Planned::new(&self.layout, self.host.layout(), batch, self.device_plan)?;
         self.times.plan_inline += t.elapsed();
-        Ok(steps)
+        Ok(planned)
     }
 
     /// The batch's `batch x width` embeddings on the device, and, in training, what
@@ -390,21 +435,32 @@ impl FusedEmbeddings {
             None
         };
         let step = match staged {
-            Some(step) => step,
+            Some(Staged::Host(step)) => step,
+            Some(Staged::Device(step)) => {
+                let out = self.forward_device(&step)?;
+                return Ok((out, Some(FusedSaved::Device(step))));
+            }
             None if train && self.caches.is_some() => {
                 return Err(TableError::BadBatch(
                     "a training lookup through the device cache needs its rows staged first".into(),
                 ))
             }
             None => {
-                let plan = self.host.plan(batch)?;
-                let steps = self.layout.step(&plan);
-                if self.caches.is_some() {
-                    let rows = self.cached_or_host_rows(&steps)?;
-                    let step = FusedStep::upload(plan.batch_size, &steps, self.device);
-                    return Ok((self.assemble(&step, &rows)?, None));
+                match Planned::new(&self.layout, self.host.layout(), batch, self.device_plan)? {
+                    Planned::Device(arrays) => {
+                        let step = DeviceStep::upload(batch.batch_size(), &arrays, self.device);
+                        let out = self.forward_device(&step)?;
+                        return Ok((out, train.then_some(FusedSaved::Device(step))));
+                    }
+                    Planned::Host(steps) if self.caches.is_some() => {
+                        let rows = self.cached_or_host_rows(&steps)?;
+                        let step = FusedStep::upload(batch.batch_size(), &steps, self.device);
+                        return Ok((self.assemble(&step, &rows)?, None));
+                    }
+                    Planned::Host(steps) => {
+                        FusedStep::upload(batch.batch_size(), &steps, self.device)
+                    }
                 }
-                FusedStep::upload(plan.batch_size, &steps, self.device)
             }
         };
         let rows = self
@@ -414,7 +470,7 @@ impl FusedEmbeddings {
             .map(|(t, p)| t.weights.f_index_select(0, &p.unique).map_err(torch))
             .collect::<Result<Vec<_>, _>>()?;
         let out = self.assemble(&step, &rows)?;
-        Ok((out, train.then_some(FusedSaved { step, rows })))
+        Ok((out, train.then_some(FusedSaved::Host { step, rows })))
     }
 
     /// The output from each group's distinct rows of the step.
@@ -443,15 +499,33 @@ impl FusedEmbeddings {
             };
             outs.push(out);
         }
-        let side_by_side = if outs.len() == 1 {
+        self.side_by_side(outs)
+    }
+
+    /// The groups' outputs (`batch x columns` each) as the output's columns.
+    fn side_by_side(&self, mut outs: Vec<Tensor>) -> Result<Tensor, TableError> {
+        let joined = if outs.len() == 1 {
             outs.remove(0)
         } else {
             Tensor::f_cat(&outs, 1).map_err(torch)?
         };
         match &self.output_gather {
-            Some(ix) => side_by_side.f_index_select(1, ix).map_err(torch),
-            None => Ok(side_by_side),
+            Some(ix) => joined.f_index_select(1, ix).map_err(torch),
+            None => Ok(joined),
         }
+    }
+
+    /// Group `g`'s part of the output gradient `grad`, `batch x slots x dim`.
+    fn group_gradient(&self, g: usize, grad: &Tensor) -> Result<Tensor, TableError> {
+        let part = if self.groups.len() == 1 && self.output_gather.is_none() {
+            grad.f_contiguous()
+        } else {
+            grad.f_index_select(1, &self.groups[g].columns)
+        }
+        .map_err(torch)?;
+        let group = &self.layout.groups[g];
+        part.f_view([-1, group.slot_columns.len() as i64, group.dim as i64])
+            .map_err(torch)
     }
 
     /// Reduces `grad` (`batch x width`, any device) per distinct row and applies the
@@ -463,38 +537,23 @@ impl FusedEmbeddings {
             .and_then(|g| g.f_to_kind(Kind::Float))
             .map_err(torch)?;
         let step = self.next_step();
-        let whole = self.groups.len() == 1 && self.output_gather.is_none();
-        let opt = *self.host.optimizer();
-        for (((t, p), rows), group) in self
-            .groups
-            .iter_mut()
-            .zip(&saved.step.groups)
-            .zip(&saved.rows)
-            .zip(&self.layout.groups)
-        {
+        let (step_arrays, saved_rows) = match saved {
+            FusedSaved::Device(d) => return self.backward_device(&d, &grad, step),
+            FusedSaved::Host { step, rows } => (step, rows),
+        };
+        for (g, (p, rows)) in step_arrays.groups.iter().zip(&saved_rows).enumerate() {
             if p.rows == 0 {
                 continue;
             }
-            let dim = group.dim as i64;
-            let slots = if whole {
-                grad.contiguous()
-            } else {
-                grad.f_index_select(1, &t.columns).map_err(torch)?
-            }
-            .view([-1, dim]);
+            let dim = self.layout.groups[g].dim as i64;
+            let slots = self.group_gradient(g, &grad)?.reshape([-1, dim]);
+            let t = &self.groups[g];
             let row_grad = match &p.mul {
                 None => bag_sum(&slots, &p.backward)?,
                 Some(m) => bag_sum(&mul_contributions(&slots, rows, &t.ones, m), &p.backward)?,
             };
-            let state = t.state.f_index_select(0, &p.unique).map_err(torch)?;
-            let (new_w, new_s) = optimizer_step(&opt, step, rows, &state, &row_grad);
-            let _ = t
-                .weights
-                .f_index_copy_(0, &p.unique, &new_w)
-                .map_err(torch)?;
-            if t.state.size()[1] > 0 {
-                let _ = t.state.f_index_copy_(0, &p.unique, &new_s).map_err(torch)?;
-            }
+            let opt = *self.host.optimizer();
+            self.groups[g].apply(&opt, step, &p.unique, rows, &row_grad)?;
         }
         Ok(())
     }
@@ -521,6 +580,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl GroupTensors {
+    /// One optimizer step on the rows `unique` (their values `rows`, their reduced
+    /// gradients `row_grad`).
+    fn apply(
+        &mut self,
+        opt: &SparseOptimizer,
+        step: u64,
+        unique: &Tensor,
+        rows: &Tensor,
+        row_grad: &Tensor,
+    ) -> Result<(), TableError> {
+        let state = self.state.f_index_select(0, unique).map_err(torch)?;
+        let (new_w, new_s) = optimizer_step(opt, step, rows, &state, row_grad);
+        let _ = self
+            .weights
+            .f_index_copy_(0, unique, &new_w)
+            .map_err(torch)?;
+        if self.state.size()[1] > 0 {
+            let _ = self.state.f_index_copy_(0, unique, &new_s).map_err(torch)?;
+        }
+        Ok(())
+    }
+
     /// `slots` rows of zeros (and state) of width `dim` on `device`.
     fn empty(
         slots: i64,
@@ -832,9 +913,21 @@ mod tests {
 
     /// Behind a cache of a third of the rows, training moves rows in and out, evaluation
     /// reads cached and host rows alike, and after a write-back the host holds the rows
-    /// and state the host path trained (within 1e-6), for every sparse optimizer.
+    /// and state the host path trained (within 1e-6), for every sparse optimizer. With
+    /// every row on the device (no cache, no `mul`), steps are deduplicated on the
+    /// device, with the same result.
     #[test]
-    fn a_device_cache_trains_like_the_host_tables() {
+    fn a_device_cache_and_device_deduplication_train_like_the_host_tables() {
+        // and the two fused paths sum in one order: the same rows to the bit
+        assert_eq!(
+            cached_or_device_planned(true),
+            cached_or_device_planned(false)
+        );
+    }
+
+    /// Every optimizer's trained rows and state, table by table.
+    fn cached_or_device_planned(cached: bool) -> Vec<Vec<f32>> {
+        let mut trained = vec![];
         for kind in [
             OptimizerKind::Sgd,
             OptimizerKind::Adagrad,
@@ -848,7 +941,9 @@ mod tests {
                 .iter()
                 .map(|&(r, d)| r * 4 * (d + opt.state_width(d)))
                 .sum();
-            let mut fused = FusedEmbeddings::adopt(fresh, Device::Cpu, all as u64 / 3).unwrap();
+            let bytes = if cached { all as u64 / 3 } else { 0 };
+            let mut fused = FusedEmbeddings::adopt(fresh, Device::Cpu, bytes).unwrap();
+            assert_eq!(fused.device_plan, !cached);
             let width = wide_layout().width();
             for k in 0..24u64 {
                 let ids = drifting_batch(k);
@@ -870,16 +965,18 @@ mod tests {
                 let g = Tensor::from_slice(&grad).view([6, width as i64]);
                 fused.backward(saved.unwrap(), &g).unwrap();
             }
-            let stats: Vec<_> = fused.caches().unwrap().iter().map(|c| c.stats()).collect();
-            assert!(
-                stats.iter().all(|s| s.hits > 0 && s.misses > 0),
-                "{stats:?}"
-            );
-            assert!(stats.iter().any(|s| s.write_backs > 0), "{stats:?}");
+            if let Some(caches) = fused.caches() {
+                let stats: Vec<_> = caches.iter().map(|c| c.stats()).collect();
+                assert!(
+                    stats.iter().all(|s| s.hits > 0 && s.misses > 0),
+                    "{stats:?}"
+                );
+                assert!(stats.iter().any(|s| s.write_backs > 0), "{stats:?}");
+            }
             fused.write_back().unwrap();
             for (h, f) in host.shards().iter().zip(fused.host().shards()) {
                 let (h, f) = (&h[0], &f[0]);
-                assert!(!f.on_device());
+                assert_eq!(f.on_device(), !cached);
                 assert!(
                     close(&h.weights().unwrap(), &f.weights().unwrap()),
                     "{kind:?} {}",
@@ -890,7 +987,9 @@ mod tests {
                     "{kind:?} {}",
                     h.table
                 );
+                trained.extend([f.weights().unwrap().to_vec(), f.state().unwrap().to_vec()]);
             }
         }
+        trained
     }
 }
