@@ -9,14 +9,17 @@
 # at dim 16 (all four) and dim 128 (host and fused), then `mpiexec -np 2` on the one GPU
 # against one process (test AUC within 0.002). It prints one line per run: samples/s
 # (median of the logged windows after the first, and the run's mean), the time the step
-# waited for its input, test AUC; the summaries stay in OUT_DIR.
+# waited for its input, test AUC. OUT_DIR gets results.txt, the configs, summaries and
+# logs; the data and run folders go to WORK.
 #
 # On the GPU machine (see launch/gpu_carry.sh for what to carry there):
 #   bash launch/bench_gpu.sh OUT_DIR
 # Environment:
 #   SHARDREC_BIN  the binary (default target/release/shardrec)
 #   MPIEXEC       mpiexec for the two-rank check (default: mpiexec on PATH; "none" skips)
+#   WORK          data, prepared columns, run folders (default OUT_DIR/work)
 #   ROWS          generated rows (default 4000000; 10% are the test split)
+#   CACHE_SHARE   the device cache's share of the rows (default 0.1)
 #   ONLY          runs to do, comma-separated (default all: host16,device16,fused16,
 #                 cache16,host128,fused128,np1,np2)
 #   SMOKE=1       toy sizes on the CPU, to check the script itself
@@ -25,16 +28,19 @@ set -euo pipefail
 OUT=${1:?usage: bash launch/bench_gpu.sh OUT_DIR}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+WORK=${WORK:-$OUT/work}
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
 BIN=${SHARDREC_BIN:-target/release/shardrec}
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
 ONLY=${ONLY:-host16,device16,fused16,cache16,host128,fused128,np1,np2}
 MPIEXEC=${MPIEXEC:-mpiexec}
 if [[ ${SMOKE:-0} == 1 ]]; then
     ROWS=${ROWS:-40000}; BATCH=1024; DEVICE=cpu; THREADS=2
-    SIZES=(20000 6000 2000 600)
+    SIZES=(20000 6000 2000 600); CACHE_SHARE=${CACHE_SHARE:-0.5}
 else
     ROWS=${ROWS:-4000000}; BATCH=65536; DEVICE=cuda; THREADS=8
-    SIZES=(10000000 3000000 1000000 100000)
+    SIZES=(10000000 3000000 1000000 100000); CACHE_SHARE=${CACHE_SHARE:-0.1}
 fi
 
 # the machine's own libtorch (PyTorch's), when the binary is not next to one
@@ -45,7 +51,7 @@ fi
 echo "binary $BIN, $ROWS rows, batch $BATCH, device $DEVICE"
 [[ $DEVICE == cuda ]] && { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true; }
 
-DATA=$OUT/criteo_like.tsv
+DATA=$WORK/criteo_like.tsv
 if [[ ! -s $DATA ]]; then
     "$BIN" synth --rows "$ROWS" --out "$DATA" --cardinality 20000000 >"$OUT/synth.json"
 fi
@@ -70,7 +76,7 @@ seed = 2024
 [data]
 format = "criteo"
 train = "$DATA"
-cache_dir = "$OUT/prepared"
+cache_dir = "$WORK/prepared"
 split = { kind = "tail", test = 0.1 }
 dense_transform = "log1p"
 [embedding]
@@ -99,14 +105,14 @@ threads = $THREADS
 device = "$DEVICE"
 log_every = 5
 save_model = false
-run_dir = "$OUT/runs/$name"
+run_dir = "$WORK/runs/$name"
 EOF
     echo "$f"
 }
 
 # report NAME SUMMARY_JSON: one line of figures
 report() {
-    python3 - "$1" "$2" "$OUT/runs/$1/metrics.jsonl" <<'EOF'
+    python3 - "$1" "$2" "$WORK/runs/$1/metrics.jsonl" <<'EOF'
 import json, statistics, sys
 name, summary, metrics = sys.argv[1:4]
 s = json.loads(open(summary).read().strip().splitlines()[-1])
@@ -138,7 +144,7 @@ wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 train() {
     local name=$1 cfg=$2
     shift 2
-    rm -rf "$OUT/runs/$name"
+    rm -rf "$WORK/runs/$name"
     local t0=$SECONDS
     if "$@" "$BIN" train "$cfg" >"$OUT/$name.out" 2>"$OUT/$name.err"; then
         echo "$(report "$name" "$OUT/$name.out") wall_s=$((SECONDS - t0))" | tee -a "$OUT/results.txt"
@@ -155,7 +161,7 @@ wanted host16 && train host16 "$(config host16 16 cpu '')"
 wanted device16 && train device16 "$(config device16 16 $DEVICE 'fused = false')"
 wanted fused16 && train fused16 "$(config fused16 16 $DEVICE 'fused = true')"
 wanted cache16 && train cache16 "$(config cache16 16 $DEVICE "fused = true
-gpu_cache_bytes = $(cache_bytes 16 0.1)")"
+gpu_cache_bytes = $(cache_bytes 16 "$CACHE_SHARE")")"
 wanted host128 && train host128 "$(config host128 128 cpu '')"
 wanted fused128 && train fused128 "$(config fused128 128 $DEVICE 'fused = true')"
 # two ranks on the one GPU (each shard its own device tensor) against one process

@@ -155,3 +155,52 @@ fn a_device_cache_without_fused_tables_is_refused_by_key() {
         "{err}"
     );
 }
+
+/// Under mpirun, each rank's shards fused per width (served and updated in one batch a
+/// step) train what the host shards train, and the model they save evaluates in one
+/// process to the same AUC.
+#[test]
+fn two_ranks_with_fused_shards_train_like_host_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = synth(dir.path(), 8000, 500);
+    let cfg = criteo_config(dir.path(), &data, "deepfm", "epochs = 2");
+    let train = |name: &str, fused: &str| {
+        let run_dir = format!("train.run_dir={name}");
+        let fused = format!("embedding.fused={fused}");
+        let args = [
+            "train",
+            cfg.to_str().unwrap(),
+            "--set",
+            &run_dir,
+            "--set",
+            &fused,
+        ];
+        summary(&run_mpi(
+            dir.path(),
+            2,
+            &args,
+            std::time::Duration::from_secs(300),
+        ))
+    };
+    let host = train("host2", "false");
+    let fused = train("fused2", "true");
+    assert_eq!(host["tables"], "host");
+    assert_eq!(fused["tables"], "fused");
+    let (a, b) = (
+        host["auc"].as_f64().unwrap(),
+        fused["auc"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 0.002, "host shards {a}, fused shards {b}");
+    let model = dir.path().join("fused2/model");
+    let e = summary(&run(
+        dir.path(),
+        &[
+            "eval",
+            cfg.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ],
+    ));
+    let got = e["auc"].as_f64().unwrap();
+    assert!((got - b).abs() < 1e-6, "one-process eval {got} vs {b}");
+}

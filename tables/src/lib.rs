@@ -73,7 +73,7 @@ pub use row_cache::{CacheStats, Placement, RowCache};
 pub use row_dtype::{Rounding, RowDtype};
 pub use row_ops::{assemble_output, reduce_row_gradients, sum_in_source_order};
 pub use shard::{DeviceRows, TableShard, TableStorage, Upload};
-pub use sharded::{ExchangeTimes, FileRowsWanted, ShardedEmbeddings, ShardedLookup};
+pub use sharded::{BatchedRows, ExchangeTimes, FileRowsWanted, ShardedEmbeddings, ShardedLookup};
 pub use sharding::{Bucketized, ShardExtent, ShardingKind, ShardingPlan, TablePlacement};
 pub use spec::{CollectionSpec, Combine, FeatureSpec, Pooling, Probe, RowMap, TableSpec};
 pub use storage::{InMemoryRows, RowStorage};

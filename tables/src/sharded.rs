@@ -66,6 +66,27 @@ pub struct ShardedEmbeddings {
     /// `shards[t]`: this rank's shard of table `t`, if it holds one.
     shards: Vec<Option<TableShard>>,
     clock: ExchangeClock,
+    /// Serves and updates the held shards a step at a time (device tables fused per
+    /// width); None: shard by shard.
+    batched: Option<Box<dyn BatchedRows>>,
+}
+
+/// A rank's held shards served and updated in one batch a step (device tables fused
+/// per width): one copy of rows out and one of gradients in per step, where serving
+/// shard by shard copies once per shard and asking rank. Under mpirun with GPUs the rows
+/// and gradients then cross the bus once each way and travel between ranks in host
+/// buffers (MPICH here is not CUDA-aware).
+pub trait BatchedRows: Send + Sync + std::fmt::Debug {
+    /// The rows each request (held table, local rows) asks for, concatenated in order.
+    fn gather(&self, requests: &[(usize, &[u64])]) -> Result<Vec<f32>, TableError>;
+    /// One optimizer step (`step`: the 1-based update count) on every (held table, its
+    /// ascending local rows, their gradients).
+    fn apply(
+        &mut self,
+        opt: &SparseOptimizer,
+        step: u64,
+        updates: &[(usize, &[u64], &[f32])],
+    ) -> Result<(), TableError>;
 }
 
 /// What forward leaves for backward.
@@ -149,6 +170,7 @@ impl ShardedEmbeddings {
             dims,
             shards,
             clock: ExchangeClock::default(),
+            batched: None,
         })
     }
 
@@ -197,6 +219,16 @@ impl ShardedEmbeddings {
             .iter()
             .enumerate()
             .filter_map(|(t, s)| s.as_ref().map(|s| (t, s)))
+    }
+
+    /// From now on, serves and updates the held shards through `rows`, which holds them.
+    pub fn serve_in_batches(&mut self, rows: Box<dyn BatchedRows>) {
+        self.batched = Some(rows);
+    }
+
+    /// Whether the held shards are served in batches ([`Self::serve_in_batches`]).
+    pub fn serves_in_batches(&self) -> bool {
+        self.batched.is_some()
     }
 
     pub fn held_mut(&mut self) -> impl Iterator<Item = (usize, &mut TableShard)> {
@@ -254,11 +286,14 @@ impl ShardedEmbeddings {
             .collect();
         let send = self.requests(n, buckets.iter().enumerate());
         let served = timed(&self.clock.ids_ns, || ex.all_to_all_u64(send))?;
-        let answers = served
-            .iter()
-            .enumerate()
-            .map(|(src, msg)| self.serve(src, msg))
-            .collect::<Result<Vec<_>, _>>()?;
+        let answers = match &self.batched {
+            Some(rows) => self.serve_batched(rows.as_ref(), &served)?,
+            None => served
+                .iter()
+                .enumerate()
+                .map(|(src, msg)| self.serve(src, msg))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let received = timed(&self.clock.values_ns, || ex.all_to_all_f32(answers))?;
         // Owners answer table by table in the order asked; take each dest's slice in turn.
         let mut offsets = vec![0usize; n];
@@ -415,6 +450,35 @@ impl ShardedEmbeddings {
         Ok(out)
     }
 
+    /// Every rank's answer at once, the rows gathered in one batch.
+    fn serve_batched(
+        &self,
+        rows: &dyn BatchedRows,
+        served: &[Vec<u64>],
+    ) -> Result<Vec<Vec<f32>>, TableError> {
+        let mut requests = Vec::new();
+        let mut floats = Vec::with_capacity(served.len());
+        for (src, msg) in served.iter().enumerate() {
+            let mut n = 0;
+            for (t, asked) in self.sections(src, msg)?.into_iter().enumerate() {
+                if let (Some(shard), false) = (&self.shards[t], asked.is_empty()) {
+                    requests.push((t, asked));
+                    n += asked.len() * shard.width();
+                }
+            }
+            floats.push(n);
+        }
+        let all = rows.gather(&requests)?;
+        let mut rest = all.as_slice();
+        let mut answers = Vec::with_capacity(floats.len());
+        for n in floats {
+            let (mine, tail) = rest.split_at(n.min(rest.len()));
+            answers.push(mine.to_vec());
+            rest = tail;
+        }
+        Ok(answers)
+    }
+
     /// Backward: reduces the output gradient per distinct row, sends each row's gradient to
     /// its owner(s), and applies the optimizer to every held shard. Collective.
     pub fn backward(
@@ -430,33 +494,8 @@ impl ShardedEmbeddings {
         let dp: Vec<bool> = (0..tables)
             .map(|t| self.plan.placement(t).kind == ShardingKind::DataParallel)
             .collect();
-        // Gradients to owners, in forward's order; then data-parallel tables' gradients to
-        // every replica, with their rows.
-        let mut send_g: Vec<Vec<f32>> = vec![Vec::new(); n];
-        for (t, b) in lookup.buckets.iter().enumerate() {
-            if dp[t] {
-                continue;
-            }
-            for (d, part) in b
-                .dests
-                .iter()
-                .zip(b.split_gradients(self.dims[t], &grads[t]))
-            {
-                send_g[d.rank].extend_from_slice(&part);
-            }
-        }
         let any_dp = dp.iter().any(|&x| x);
-        let mut send_dp_rows: Vec<Vec<u64>> = vec![vec![0; tables]; n];
-        if any_dp {
-            for t in (0..tables).filter(|&t| dp[t]) {
-                let rows = &lookup.plan.tables[t].unique_rows;
-                for dest in 0..n {
-                    send_dp_rows[dest][t] = rows.len() as u64;
-                    send_dp_rows[dest].extend_from_slice(rows);
-                    send_g[dest].extend_from_slice(&grads[t]);
-                }
-            }
-        }
+        let (send_g, send_dp_rows) = Self::gradients_to_send(&lookup, &grads, &self.dims, &dp, n);
         let recv_g = timed(&self.clock.gradients_ns, || ex.all_to_all_f32(send_g))?;
         let recv_dp = if any_dp {
             timed(&self.clock.gradients_ns, || ex.all_to_all_u64(send_dp_rows))?
@@ -490,6 +529,7 @@ impl ShardedEmbeddings {
             }
         }
         let opt = self.optimizer;
+        let mut summed = Vec::new();
         for (t, arr) in arrivals.into_iter().enumerate() {
             let Some(shard) = self.shards[t].as_mut() else {
                 continue;
@@ -501,9 +541,69 @@ impl ShardedEmbeddings {
                 .map(|&(rows, src, off)| (rows, &recv_g[src][off..off + rows.len() * w]))
                 .collect();
             let (rows, g) = sum_in_source_order(&sources, w);
-            shard.apply(&opt, &rows, &g)?;
+            match self.batched {
+                Some(_) => summed.push((t, rows, g)),
+                None => shard.apply(&opt, &rows, &g)?,
+            }
         }
-        Ok(())
+        self.apply_batched(&summed)
+    }
+
+    /// What backward sends each rank: the gradients of the rows it owns, in forward's
+    /// order, then the data-parallel tables' gradients (to every replica); and the rows
+    /// of those data-parallel gradients (per rank: per-table counts, then the rows).
+    fn gradients_to_send(
+        lookup: &ShardedLookup,
+        grads: &[Vec<f32>],
+        dims: &[usize],
+        dp: &[bool],
+        n: usize,
+    ) -> (Vec<Vec<f32>>, Vec<Vec<u64>>) {
+        let tables = dp.len();
+        let mut send_g: Vec<Vec<f32>> = vec![Vec::new(); n];
+        for (t, b) in lookup.buckets.iter().enumerate() {
+            if dp[t] {
+                continue;
+            }
+            for (d, part) in b.dests.iter().zip(b.split_gradients(dims[t], &grads[t])) {
+                send_g[d.rank].extend_from_slice(&part);
+            }
+        }
+        let mut send_dp_rows: Vec<Vec<u64>> = vec![vec![0; tables]; n];
+        for t in (0..tables).filter(|&t| dp[t]) {
+            let rows = &lookup.plan.tables[t].unique_rows;
+            for dest in 0..n {
+                send_dp_rows[dest][t] = rows.len() as u64;
+                send_dp_rows[dest].extend_from_slice(rows);
+                send_g[dest].extend_from_slice(&grads[t]);
+            }
+        }
+        (send_g, send_dp_rows)
+    }
+
+    /// With batched serving: one update of every held table's summed gradients
+    /// (table, rows, gradients), every held shard counting the step as shard-by-shard
+    /// updates do.
+    fn apply_batched(&mut self, summed: &[(usize, Vec<u64>, Vec<f32>)]) -> Result<(), TableError> {
+        let Some(batched) = self.batched.as_mut() else {
+            return Ok(());
+        };
+        let step = self
+            .shards
+            .iter()
+            .flatten()
+            .map(|s| s.steps() + 1)
+            .max()
+            .unwrap_or(1);
+        for shard in self.shards.iter_mut().flatten() {
+            shard.set_steps(step);
+        }
+        let updates: Vec<(usize, &[u64], &[f32])> = summed
+            .iter()
+            .filter(|(_, rows, _)| !rows.is_empty())
+            .map(|(t, rows, g)| (*t, rows.as_slice(), g.as_slice()))
+            .collect();
+        batched.apply(&self.optimizer, step, &updates)
     }
 }
 

@@ -521,8 +521,9 @@ pub struct EmbeddingConfig {
     #[serde(default = "default_device")]
     pub device: String,
     /// Tables of one width in one libtorch tensor on `device`, a step's lookup and
-    /// update a few batched ops (see `embedding::FusedEmbeddings`). Unset: fused when
-    /// `device` is a GPU and the job allows it (one process, no OptEmbed, no
+    /// update a few batched ops (see `embedding::FusedEmbeddings`; under mpirun, each
+    /// rank's shards, served and updated in one batch a step: `embedding::FusedShards`).
+    /// Unset: fused when `device` is a GPU and the job allows it (no OptEmbed, no
     /// `train.slices`, no dynamic tables); `true` on "cpu" runs the same tensor path on
     /// host memory; `false` on a GPU keeps one tensor per table.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -378,7 +378,8 @@ impl EmbeddingEngine {
 
     /// One process's tables fused per width on `device` ([`FusedEmbeddings`]), behind a
     /// device cache of `cache_bytes` when that is less than their rows (0: no cache);
-    /// sharded tables are returned as they are (each shard keeps its own tensor there).
+    /// under mpirun, the shards this rank holds fused per width on `device`, served and
+    /// updated in one batch a step ([`super::FusedShards`]; no cache).
     pub fn fuse(self, device: tch::Device, cache_bytes: u64) -> Result<Self, TableError> {
         match self {
             Self::Local(e) => Ok(Self::Fused(Box::new(FusedEmbeddings::adopt(
@@ -386,6 +387,12 @@ impl EmbeddingEngine {
                 device,
                 cache_bytes,
             )?))),
+            Self::Sharded(mut e) => {
+                let (tables, opt) = (e.layout().num_tables(), *e.optimizer());
+                let rows = super::FusedShards::adopt(e.held_mut().collect(), tables, &opt, device)?;
+                e.serve_in_batches(Box::new(rows));
+                Ok(Self::Sharded(e))
+            }
             other => Ok(other),
         }
     }
@@ -395,6 +402,7 @@ impl EmbeddingEngine {
     pub fn kind_name(&self) -> &'static str {
         match self {
             Self::Fused(_) => "fused",
+            Self::Sharded(e) if e.serves_in_batches() => "fused",
             _ if self.shards_to_save().iter().any(|(_, s)| s.on_device()) => "device",
             _ => "host",
         }
