@@ -64,7 +64,7 @@ fn main() {
     let layout = layout();
     let fused = FusedLayout::new(&layout);
     let total: u64 = fused.groups.iter().map(|g| g.rows).sum();
-    let mut cache = RowCache::new((total / 10) as u32);
+    let mut cache = RowCache::new((total / 10) as u32, total);
     let (mut plan_t, mut fused_t, mut place_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut device_t = Duration::ZERO;
     let mut distinct = 0;

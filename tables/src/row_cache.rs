@@ -9,9 +9,6 @@
 //! evicted by the step itself: a cache smaller than a step's distinct rows is an error
 //! that names the sizes.
 
-use std::collections::HashMap;
-
-use crate::hashing::KeyHashBuilder;
 use crate::TableError;
 
 const NIL: u32 = u32::MAX;
@@ -38,7 +35,9 @@ pub struct Placement {
 /// An LRU directory of `capacity` slots over a group's rows.
 #[derive(Debug, Clone)]
 pub struct RowCache {
-    slot_of: HashMap<u64, u32, KeyHashBuilder>,
+    /// Each row's slot (`NIL`: not cached): a dense directory, 4 bytes a row, so a
+    /// lookup is one read where a hash map probes.
+    slot_of: Vec<u32>,
     row_of: Vec<u64>,
     /// The step that last used each slot.
     used: Vec<u64>,
@@ -53,10 +52,11 @@ pub struct RowCache {
 }
 
 impl RowCache {
-    pub fn new(capacity: u32) -> Self {
+    /// A cache of `capacity` slots over rows `0..rows`.
+    pub fn new(capacity: u32, rows: u64) -> Self {
         let n = capacity as usize;
         Self {
-            slot_of: HashMap::with_capacity_and_hasher(n, KeyHashBuilder::default()),
+            slot_of: vec![NIL; rows as usize],
             row_of: vec![u64::MAX; n],
             used: vec![0; n],
             prev: vec![NIL; n],
@@ -78,7 +78,10 @@ impl RowCache {
 
     /// The slot holding `row`, if cached (no change to recency).
     pub fn slot(&self, row: u64) -> Option<u32> {
-        self.slot_of.get(&row).copied()
+        self.slot_of
+            .get(row as usize)
+            .copied()
+            .filter(|&s| s != NIL)
     }
 
     /// Every (slot, row) cached, by slot.
@@ -92,7 +95,7 @@ impl RowCache {
     /// Forgets every row (their values were replaced on the host).
     pub fn clear(&mut self) {
         let stats = self.stats;
-        *self = Self::new(self.capacity() as u32);
+        *self = Self::new(self.capacity() as u32, self.slot_of.len() as u64);
         self.stats = stats;
     }
 
@@ -103,8 +106,14 @@ impl RowCache {
             ..Placement::default()
         };
         let mut missed = Vec::new();
+        if let Some(&row) = rows.iter().find(|&&r| r >= self.slot_of.len() as u64) {
+            return Err(TableError::BadBatch(format!(
+                "row {row} outside the {} rows the device cache serves",
+                self.slot_of.len()
+            )));
+        }
         for (i, &row) in rows.iter().enumerate() {
-            match self.slot_of.get(&row).copied() {
+            match self.slot(row) {
                 Some(s) => {
                     self.touch(s, step);
                     out.slots[i] = s as i64;
@@ -120,7 +129,7 @@ impl RowCache {
                 None => self.evict(step, rows.len(), &mut out.write_back)?,
             };
             self.row_of[s as usize] = rows[i];
-            self.slot_of.insert(rows[i], s);
+            self.slot_of[rows[i] as usize] = s;
             self.touch(s, step);
             out.slots[i] = s as i64;
             out.load.push((s, rows[i]));
@@ -144,7 +153,7 @@ impl RowCache {
             )));
         }
         let row = self.row_of[s as usize];
-        self.slot_of.remove(&row);
+        self.slot_of[row as usize] = NIL;
         self.unlink(s);
         write_back.push((s, row));
         Ok(s)
@@ -193,7 +202,7 @@ mod tests {
 
     #[test]
     fn misses_fill_then_evict_the_least_recent_row_not_in_the_step() {
-        let mut c = RowCache::new(3);
+        let mut c = RowCache::new(3, 100);
         let p = c.place(&[10, 20], 1).unwrap();
         assert_eq!(p.slots, vec![0, 1]);
         assert_eq!(p.load, vec![(0, 10), (1, 20)]);
@@ -230,7 +239,7 @@ mod tests {
             steps in proptest::collection::vec(proptest::collection::btree_set(0u64..40, 1..6), 1..40),
             capacity in 5u32..12,
         ) {
-            let mut c = RowCache::new(capacity);
+            let mut c = RowCache::new(capacity, 40);
             let mut lru: Vec<u64> = Vec::new(); // most recent last
             let mut slot_of = std::collections::HashMap::new();
             for (k, rows) in steps.iter().enumerate() {

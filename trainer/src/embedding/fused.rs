@@ -64,7 +64,7 @@ pub struct FusedEmbeddings {
     device: Device,
     /// The next training step's arrays, staged before its lookup ([`Self::stage`]).
     staged: Mutex<Option<Staged>>,
-    /// Whether steps are deduplicated on the device (no `mul` group, no cache) rather
+    /// Whether training steps are deduplicated on the device (no `mul` group) rather
     /// than planned on the host.
     device_plan: bool,
     /// The next batches, being planned on other threads ([`Self::plan_ahead`]), oldest
@@ -265,7 +265,10 @@ impl FusedEmbeddings {
                 // every width caches the same share of its rows
                 let share = group.rows as u128 * cache_bytes as u128 / all as u128;
                 let slots = share.clamp(1, group.rows as u128);
-                caches.push(RowCache::new(slots.min(u32::MAX as u128) as u32));
+                caches.push(RowCache::new(
+                    slots.min(u32::MAX as u128) as u32,
+                    group.rows,
+                ));
                 slots as i64
             } else {
                 group.rows as i64
@@ -284,7 +287,7 @@ impl FusedEmbeddings {
         }
         let output_gather = layout.output_gather().map(|p| upload_i64(&p, device));
         Ok(Self {
-            device_plan: !cached && layout.plans_on_device(),
+            device_plan: layout.plans_on_device(),
             host,
             layout,
             groups,
@@ -382,7 +385,13 @@ impl FusedEmbeddings {
         self.stages += 1;
         let staged = match self.planned(batch)? {
             Planned::Device(arrays) => {
-                Staged::Device(DeviceStep::upload(batch.batch_size(), &arrays, self.device))
+                let mut step = DeviceStep::upload(batch.batch_size(), &arrays, self.device);
+                if self.caches.is_some() {
+                    let t = Instant::now();
+                    self.place_step(&mut step)?;
+                    self.times.cache_moves += t.elapsed();
+                }
+                Staged::Device(step)
             }
             Planned::Host(mut steps) => {
                 if self.caches.is_some() {
@@ -446,7 +455,9 @@ impl FusedEmbeddings {
                 ))
             }
             None => {
-                match Planned::new(&self.layout, self.host.layout(), batch, self.device_plan)? {
+                // evaluation through a cache reads rows where they are: planned on the host
+                let on_device = self.device_plan && self.caches.is_none();
+                match Planned::new(&self.layout, self.host.layout(), batch, on_device)? {
                     Planned::Device(arrays) => {
                         let step = DeviceStep::upload(batch.batch_size(), &arrays, self.device);
                         let out = self.forward_device(&step)?;
@@ -943,7 +954,7 @@ mod tests {
                 .sum();
             let bytes = if cached { all as u64 / 3 } else { 0 };
             let mut fused = FusedEmbeddings::adopt(fresh, Device::Cpu, bytes).unwrap();
-            assert_eq!(fused.device_plan, !cached);
+            assert!(fused.device_plan);
             let width = wide_layout().width();
             for k in 0..24u64 {
                 let ids = drifting_batch(k);

@@ -1,5 +1,6 @@
-//! Fused steps deduplicated on the device, the fast path of fused tables with every row
-//! on the device and no `mul` feature: the host only maps ids to fused rows
+//! Fused steps deduplicated on the device, the fast path of fused tables with no `mul`
+//! feature (through a device cache, the step's distinct rows are first placed in slots,
+//! [`FusedEmbeddings::place_step`]): the host only maps ids to fused rows
 //! ([`FusedLayout::device_arrays`], a linear pass, no sort), so it keeps up with a GPU at
 //! large batches. Forward is one `embedding_bag` per width straight over the group's
 //! rows, with bags slot-major. Backward finds the distinct rows with a sort on the device
@@ -40,6 +41,28 @@ impl DeviceStep {
 }
 
 impl FusedEmbeddings {
+    /// Through a device cache: places each group's distinct rows of `step` in the cache
+    /// (found by a sort on the device, placed on the host, misses and evictions moved in
+    /// one batched copy each way), and makes the step read slots instead of rows.
+    pub(super) fn place_step(&mut self, step: &mut DeviceStep) -> Result<(), TableError> {
+        for g in 0..step.groups.len() {
+            if step.groups[g].index.size()[0] == 0 {
+                continue;
+            }
+            let (unique, inverse, _) = step.groups[g]
+                .index
+                .f_internal_unique2(true, true, false)
+                .map_err(torch)?;
+            let rows = unique
+                .f_to_device(Device::Cpu)
+                .and_then(|u| Vec::<i64>::try_from(&u))
+                .map_err(torch)?;
+            let slots = upload_i64(&self.place_in_cache(g, &rows)?, self.device);
+            step.groups[g].index = slots.f_index_select(0, &inverse).map_err(torch)?;
+        }
+        Ok(())
+    }
+
     /// The output of a step planned for the device.
     pub(super) fn forward_device(&self, step: &DeviceStep) -> Result<Tensor, TableError> {
         let _no_grad = tch::no_grad_guard();
