@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use shardrec_tables::{DeviceRows, OptimizerKind, SparseOptimizer, TableError};
+use shardrec_tables::{DeviceRows, OptimizerKind, SparseOptimizer, TableError, TableShard};
 use tch::{Device, Kind, Tensor};
 
 /// A shard's `n x width` weights and `n x state_width` state on one device.
@@ -65,6 +65,29 @@ impl TensorRows {
             state_width: size(&state, 1),
             tensors: Mutex::new((weights, state)),
         }
+    }
+
+    /// Copies `shard`'s host rows and state into rows `first..` of `weights` and `state`
+    /// (a fused tensor's and its state's), and makes the shard a view of them there.
+    pub fn take_over(
+        shard: &mut TableShard,
+        weights: &Tensor,
+        state: &Tensor,
+        first: i64,
+    ) -> Result<(), TableError> {
+        let _no_grad = tch::no_grad_guard();
+        let n = shard.num_rows() as i64;
+        let (w, s) = (weights.narrow(0, first, n), state.narrow(0, first, n));
+        let (host_w, host_s) = (shard.weights()?, shard.state()?);
+        w.f_view([-1])
+            .and_then(|mut v| v.f_copy_(&Tensor::from_slice(&host_w)))
+            .and_then(|_| s.f_view([-1]))
+            .and_then(|mut v| v.f_copy_(&Tensor::from_slice(&host_s)))
+            .map_err(torch)?;
+        drop((host_w, host_s));
+        shard.move_to_device(&|_, _, _, _| {
+            Ok(Box::new(Self::over(w.shallow_clone(), s.shallow_clone())))
+        })
     }
 
     fn index(&self, local_rows: &[u64]) -> Tensor {

@@ -637,25 +637,9 @@ impl GroupTensors {
         host: &mut LocalEmbeddings,
         group: &shardrec_tables::FusedGroup,
     ) -> Result<(), TableError> {
-        let _no_grad = tch::no_grad_guard();
         for (&t, &first) in group.tables.iter().zip(&group.first_rows) {
             let shard = &mut host.shards_mut()[t][0];
-            let n = shard.num_rows() as i64;
-            let w = self.weights.narrow(0, first as i64, n);
-            let s = self.state.narrow(0, first as i64, n);
-            let (host_w, host_s) = (shard.weights()?, shard.state()?);
-            w.f_view([-1])
-                .and_then(|mut v| v.f_copy_(&Tensor::from_slice(&host_w)))
-                .and_then(|_| s.f_view([-1]))
-                .and_then(|mut v| v.f_copy_(&Tensor::from_slice(&host_s)))
-                .map_err(torch)?;
-            drop((host_w, host_s));
-            shard.move_to_device(&|_, _, _, _| {
-                Ok(Box::new(TensorRows::over(
-                    w.shallow_clone(),
-                    s.shallow_clone(),
-                )))
-            })?;
+            TensorRows::take_over(shard, &self.weights, &self.state, first as i64)?;
         }
         Ok(())
     }
@@ -794,16 +778,37 @@ mod tests {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6)
     }
 
+    const KINDS: [OptimizerKind; 4] = [
+        OptimizerKind::Sgd,
+        OptimizerKind::Adagrad,
+        OptimizerKind::RowwiseAdagrad,
+        OptimizerKind::Adam,
+    ];
+
+    /// Checks that every table of `fused` holds `host`'s rows, state (within 1e-6) and
+    /// step count; returns the fused weights and state, table by table.
+    fn same_tables(
+        host: &LocalEmbeddings,
+        fused: &LocalEmbeddings,
+        kind: OptimizerKind,
+    ) -> Vec<Vec<f32>> {
+        let mut out = vec![];
+        for (h, f) in host.shards().iter().zip(fused.shards()) {
+            let (h, f) = (&h[0], &f[0]);
+            let (w, s) = (f.weights().unwrap().to_vec(), f.state().unwrap().to_vec());
+            assert!(close(&h.weights().unwrap(), &w), "{kind:?} {}", h.table);
+            assert!(close(&h.state().unwrap(), &s), "{kind:?} {}", h.table);
+            assert_eq!(h.steps(), f.steps());
+            out.extend([w, s]);
+        }
+        out
+    }
+
     /// After five steps the fused tensors hold the host path's rows and state (within
     /// 1e-6) for every sparse optimizer, and both looked up the same embeddings.
     #[test]
     fn fused_tables_train_like_the_host_tables() {
-        for kind in [
-            OptimizerKind::Sgd,
-            OptimizerKind::Adagrad,
-            OptimizerKind::RowwiseAdagrad,
-            OptimizerKind::Adam,
-        ] {
+        for kind in KINDS {
             let mut opt = SparseOptimizer::new(kind, 0.05);
             opt.weight_decay = 0.01;
             let mut host = LocalEmbeddings::single_process(layout(), opt).unwrap();
@@ -826,21 +831,8 @@ mod tests {
                 let g = Tensor::from_slice(&grad).view([6, width as i64]);
                 fused.backward(saved, &g).unwrap();
             }
-            for (h, f) in host.shards().iter().zip(fused.host().shards()) {
-                let (h, f) = (&h[0], &f[0]);
-                assert!(f.on_device());
-                assert!(
-                    close(&h.weights().unwrap(), &f.weights().unwrap()),
-                    "{kind:?} {}",
-                    h.table
-                );
-                assert!(
-                    close(&h.state().unwrap(), &f.state().unwrap()),
-                    "{kind:?} {}",
-                    h.table
-                );
-                assert_eq!(h.steps(), f.steps());
-            }
+            assert!(fused.host().shards().iter().all(|f| f[0].on_device()));
+            same_tables(&host, fused.host(), kind);
         }
     }
 
@@ -939,12 +931,7 @@ mod tests {
     /// Every optimizer's trained rows and state, table by table.
     fn cached_or_device_planned(cached: bool) -> Vec<Vec<f32>> {
         let mut trained = vec![];
-        for kind in [
-            OptimizerKind::Sgd,
-            OptimizerKind::Adagrad,
-            OptimizerKind::RowwiseAdagrad,
-            OptimizerKind::Adam,
-        ] {
+        for kind in KINDS {
             let opt = SparseOptimizer::new(kind, 0.05);
             let mut host = LocalEmbeddings::single_process(wide_layout(), opt).unwrap();
             let fresh = LocalEmbeddings::single_process(wide_layout(), opt).unwrap();
@@ -985,21 +972,12 @@ mod tests {
                 assert!(stats.iter().any(|s| s.write_backs > 0), "{stats:?}");
             }
             fused.write_back().unwrap();
-            for (h, f) in host.shards().iter().zip(fused.host().shards()) {
-                let (h, f) = (&h[0], &f[0]);
-                assert_eq!(f.on_device(), !cached);
-                assert!(
-                    close(&h.weights().unwrap(), &f.weights().unwrap()),
-                    "{kind:?} {}",
-                    h.table
-                );
-                assert!(
-                    close(&h.state().unwrap(), &f.state().unwrap()),
-                    "{kind:?} {}",
-                    h.table
-                );
-                trained.extend([f.weights().unwrap().to_vec(), f.state().unwrap().to_vec()]);
-            }
+            assert!(fused
+                .host()
+                .shards()
+                .iter()
+                .all(|f| f[0].on_device() != cached));
+            trained.extend(same_tables(&host, fused.host(), kind));
         }
         trained
     }

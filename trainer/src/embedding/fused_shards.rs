@@ -76,23 +76,9 @@ impl FusedShards {
                         reason: "fused shards hold f32 rows from RAM".into(),
                     });
                 }
-                let n = shard.num_rows() as i64;
-                let (w, s) = (weights.narrow(0, first, n), state.narrow(0, first, n));
-                let (host_w, host_s) = (shard.weights()?, shard.state()?);
-                w.f_view([-1])
-                    .and_then(|mut v| v.f_copy_(&Tensor::from_slice(&host_w)))
-                    .and_then(|_| s.f_view([-1]))
-                    .and_then(|mut v| v.f_copy_(&Tensor::from_slice(&host_s)))
-                    .map_err(torch)?;
-                drop((host_w, host_s));
-                shard.move_to_device(&|_, _, _, _| {
-                    Ok(Box::new(TensorRows::over(
-                        w.shallow_clone(),
-                        s.shallow_clone(),
-                    )))
-                })?;
+                TensorRows::take_over(shard, &weights, &state, first)?;
                 placement[*t] = Some((g, first));
-                first += n;
+                first += shard.num_rows() as i64;
             }
             groups.push(ShardGroup {
                 dim,
