@@ -18,7 +18,7 @@ cache_dir = "$DIR/prepared"
 dim = 16
 optimizer = { kind = "adagrad", lr = 0.01, eps = 1e-8 }
 TOML
-    [ -n "$embedding" ] && printf '%s\n' "$embedding"
+    if [ -n "$embedding" ]; then printf '%s\n' "$embedding"; fi
     cat <<TOML
 [model]
 kind = "dlrm"
@@ -33,7 +33,7 @@ batch_size = 2048
 threads = $threads
 save_model = false
 TOML
-    [ -n "$train" ] && printf '%s\n' "$train"
+    if [ -n "$train" ]; then printf '%s\n' "$train"; fi
   } > "$out"
 }
 
