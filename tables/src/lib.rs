@@ -19,6 +19,11 @@
 //! 7. [`LocalEmbeddings`]: one process owning every shard, the fast path without mpirun.
 //! 8. [`ShardedEmbeddings`]: one rank's shards and the all-to-all exchanges of a step,
 //!    over any [`Exchange`] (MPI in the trainer, threads in tests).
+//! 9. [`FusedLayout`]: the host half of fused device tables (every table of a width in
+//!    one tensor): where each table's rows sit, and a step's index arrays
+//!    ([`DeviceArrays`] for the device to deduplicate, [`GroupStep`] planned here);
+//!    [`RowCache`], the directory of a device cache of hot rows; [`BatchedRows`], the
+//!    hook through which a rank's shards are served and updated in one batch a step.
 
 mod collection;
 mod conformance;
