@@ -33,10 +33,21 @@ fn main() {
         arg(3, 2048),
         arg(4, 50),
     );
+    // BENCH_SEQUENCE=L: a DARE step's lookups instead (docs section 18): `batch` samples
+    // of a target and L behaviours, each an item (of `rows`), a category (of 200) and a
+    // time (of L + 1), looked up in the representation and the attention tables
+    let sequence: Option<usize> = std::env::var("BENCH_SEQUENCE")
+        .ok()
+        .map(|l| l.parse().unwrap());
+    let (tables, table_rows) = match sequence {
+        Some(l) => (6, [rows, 200, l + 1].repeat(2)),
+        None => (tables, vec![rows; tables]),
+    };
+    let lookups = sequence.map_or(batch, |l| batch * (l + 1));
     let names: Vec<String> = (0..tables).map(|t| format!("t{t}")).collect();
     let layout = CollectionLayout::new(CollectionSpec::plain(
         &names,
-        &vec![rows as u64; tables],
+        &table_rows.iter().map(|&r| r as u64).collect::<Vec<_>>(),
         dim,
         RowInit::Uniform {
             bound: 0.01,
@@ -44,23 +55,38 @@ fn main() {
         },
     ))
     .unwrap();
-    let opt = SparseOptimizer::new(OptimizerKind::Adagrad, 0.01);
+    let kind = if sequence.is_some() {
+        OptimizerKind::Adam
+    } else {
+        OptimizerKind::Adagrad
+    };
+    let opt = SparseOptimizer::new(kind, 0.01);
     let t0 = Instant::now();
     let mut emb = LocalEmbeddings::single_process(layout, opt).unwrap();
     eprintln!("init {:.1} s", t0.elapsed().as_secs_f64());
     let dims = emb.dims().to_vec();
-    let mut out = vec![0f32; batch * tables * dim];
+    let mut out = vec![0f32; lookups * tables * dim];
     let grad: Vec<f32> = (0..out.len()).map(|i| (i % 7) as f32 * 1e-3).collect();
     let mut phase = [Duration::ZERO; 5];
     let mut state = 7u64;
     for _ in 0..steps {
-        let ids: Vec<u64> = (0..batch * tables)
-            .map(|_| {
+        let ids: Vec<u64> = (0..lookups * tables)
+            .map(|i| {
                 state = state.wrapping_add(1);
-                mix64(state) % rows as u64
+                let (sample, table) = (i / tables, i % tables);
+                match sequence {
+                    // time: the slot's distance from the target
+                    Some(l) if table % 3 == 2 => (sample % (l + 1)) as u64,
+                    _ => mix64(state) % table_rows[table] as u64,
+                }
             })
             .collect();
-        let kjt = KeyedJaggedIds::from_single_valued(tables, batch, &ids).unwrap();
+        let kjt = KeyedJaggedIds::from_single_valued(tables, lookups, &ids).unwrap();
+        if std::env::var("BENCH_FRESH_OUTPUT").is_ok() {
+            // as the trainer: a new output buffer every step
+            // (zeroed memory fresh from the kernel, untouched until assemble writes it)
+            out = vec![0f32; lookups * tables * dim];
+        }
         let a = Instant::now();
         let plan = emb.plan(&kjt).unwrap();
         let b = Instant::now();
@@ -77,10 +103,10 @@ fn main() {
         }
     }
     if std::env::var("BENCH_REDUCE_ONLY").is_ok() {
-        let ids: Vec<u64> = (0..batch * tables)
-            .map(|i| mix64(i as u64) % rows as u64)
+        let ids: Vec<u64> = (0..lookups * tables)
+            .map(|i| mix64(i as u64) % table_rows[i % tables] as u64)
             .collect();
-        let kjt = KeyedJaggedIds::from_single_valued(tables, batch, &ids).unwrap();
+        let kjt = KeyedJaggedIds::from_single_valued(tables, lookups, &ids).unwrap();
         let plan = emb.plan(&kjt).unwrap();
         let gathered = emb.fetch(&plan).unwrap();
         let a = Instant::now();

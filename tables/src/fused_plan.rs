@@ -382,7 +382,7 @@ impl FusedLayout {
             .enumerate()
             .filter(|(_, r)| self.placement[r.table as usize].0 == g && !r.secondary)
             .map(|(i, r)| {
-                let (b, column) = (r.dest / width, r.dest % width);
+                let (b, column) = (r.dest as usize / width, r.dest as usize % width);
                 Term {
                     unique: distinct(r),
                     slot: (b * slots) as u32 + column_slot[column],

@@ -23,8 +23,9 @@ pub struct Request {
     pub table: u32,
     /// Index of the row among the table's distinct rows of this batch.
     pub unique: u32,
-    /// Flat index (in the batch x width output) of the first element this request feeds.
-    pub dest: usize,
+    /// Flat index (in the batch x width output) of the first element this request feeds
+    /// (32 bits keep a request at 24 bytes: a plan is read three times a step).
+    pub dest: u32,
     /// Pooling weight (1, or 1 / ids for mean pooling).
     pub weight: f32,
     /// For `Combine::Mul`: the request of the other factor.
@@ -34,14 +35,11 @@ pub struct Request {
     pub secondary: bool,
 }
 
-/// The distinct rows one table serves in a batch and which requests read each.
+/// The distinct rows one table serves in a batch and which requests read them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TableRequests {
     /// Distinct global rows, ascending.
     pub unique_rows: Vec<u64>,
-    /// Requests of distinct row `g` are `order[group_starts[g]..group_starts[g + 1]]`.
-    pub group_starts: Vec<u32>,
-    pub order: Vec<u32>,
     /// This table's requests in request (sample-major) order.
     pub in_request_order: Vec<u32>,
 }
@@ -80,8 +78,18 @@ impl LookupPlan {
                 "{probes_per_id} lookups exceed one batch's limit"
             )));
         }
+        if (bsz as u64) * (width as u64) > u32::MAX as u64 {
+            return Err(TableError::BadBatch(format!(
+                "{bsz} samples x {width} embedding columns exceed one batch's limit of {} values",
+                u32::MAX
+            )));
+        }
         let mut requests = Vec::with_capacity(probes_per_id);
-        let mut rows = Vec::with_capacity(probes_per_id);
+        // per table: its requests in request order and the rows they read
+        let mut per_table: Vec<(Vec<u32>, Vec<u64>)> = table_lookups(layout, batch)
+            .into_iter()
+            .map(|c| (Vec::with_capacity(c), Vec::with_capacity(c)))
+            .collect();
         let mut sample_starts = Vec::with_capacity(bsz + 1);
         sample_starts.push(0u32);
         for b in 0..bsz {
@@ -103,11 +111,13 @@ impl LookupPlan {
                             (Combine::Mul, _) => (first, true),
                             _ => (NO_PARTNER, false),
                         };
+                        let (reqs, rows) = &mut per_table[p.table];
+                        reqs.push(requests.len() as u32);
                         rows.push(row);
                         requests.push(Request {
                             table: p.table as u32,
                             unique: 0,
-                            dest: b * width + f.offset + p.sub_offset,
+                            dest: (b * width + f.offset + p.sub_offset) as u32,
                             weight,
                             partner,
                             secondary,
@@ -118,47 +128,7 @@ impl LookupPlan {
             sample_starts.push(requests.len() as u32);
         }
 
-        // Group per table: sort (row, request) pairs by row (stable, so requests of one row
-        // stay in request order); equal rows become one distinct row.
-        let mut counts = vec![0usize; layout.num_tables()];
-        for r in &requests {
-            counts[r.table as usize] += 1;
-        }
-        let mut per_table: Vec<Vec<(u64, u32)>> =
-            counts.iter().map(|&c| Vec::with_capacity(c)).collect();
-        for (i, (r, &row)) in requests.iter().zip(&rows).enumerate() {
-            per_table[r.table as usize].push((row, i as u32));
-        }
-        let tables: Vec<TableRequests> = per_table
-            .into_par_iter()
-            .enumerate()
-            .map(|(t, mut pairs)| {
-                let in_request_order = pairs.iter().map(|p| p.1).collect();
-                radix_sort_by_row(&mut pairs, layout.table_rows(t));
-                let mut t = TableRequests {
-                    unique_rows: Vec::new(),
-                    group_starts: Vec::new(),
-                    order: Vec::with_capacity(pairs.len()),
-                    in_request_order,
-                };
-                for (k, &(row, req)) in pairs.iter().enumerate() {
-                    if t.unique_rows.last() != Some(&row) {
-                        t.unique_rows.push(row);
-                        t.group_starts.push(k as u32);
-                    }
-                    t.order.push(req);
-                }
-                t.group_starts.push(pairs.len() as u32);
-                t
-            })
-            .collect();
-        for t in &tables {
-            for g in 0..t.unique_rows.len() {
-                for &req in &t.order[t.group_starts[g] as usize..t.group_starts[g + 1] as usize] {
-                    requests[req as usize].unique = g as u32;
-                }
-            }
-        }
+        let tables = group_by_table(layout, per_table, &mut requests);
         Ok(Self {
             batch_size: bsz,
             width,
@@ -172,6 +142,46 @@ impl LookupPlan {
     pub fn unique_counts(&self) -> Vec<usize> {
         self.tables.iter().map(|t| t.unique_rows.len()).collect()
     }
+}
+
+/// Per table, the distinct rows (ascending) its requests read; sets each request's index
+/// among them. `per_table[t]`: table `t`'s requests in request order and their rows.
+fn group_by_table(
+    layout: &CollectionLayout,
+    per_table: Vec<(Vec<u32>, Vec<u64>)>,
+    requests: &mut [Request],
+) -> Vec<TableRequests> {
+    let grouped: Vec<(TableRequests, Vec<u32>)> = per_table
+        .into_par_iter()
+        .enumerate()
+        .map(|(t, (in_request_order, rows))| {
+            let (unique_rows, unique) = distinct_rows(&rows, layout.table_rows(t));
+            let reqs = TableRequests {
+                unique_rows,
+                in_request_order,
+            };
+            (reqs, unique)
+        })
+        .collect();
+    let mut tables = Vec::with_capacity(grouped.len());
+    for (t, unique) in grouped {
+        for (&req, &u) in t.in_request_order.iter().zip(&unique) {
+            requests[req as usize].unique = u;
+        }
+        tables.push(t);
+    }
+    tables
+}
+
+/// How many lookups each table of `layout` serves for `batch`.
+fn table_lookups(layout: &CollectionLayout, batch: &KeyedJaggedIds) -> Vec<usize> {
+    let mut counts = vec![0usize; layout.num_tables()];
+    for (k, f) in layout.features().iter().enumerate() {
+        for p in &f.probes {
+            counts[p.table] += batch.key_len(k);
+        }
+    }
+    counts
 }
 
 /// The row of its table that probe `p` of feature `f` reads for `id`.
@@ -200,6 +210,61 @@ pub(crate) fn probe_row(
         }
         RowMap::Remainder { modulus } => id % modulus,
     })
+}
+
+/// The distinct values of `rows` (each below `table_rows`), ascending, and the index of
+/// each element's value among them.
+///
+/// When the table is small next to the batch (a sequence model's time and category
+/// tables, or a table every step touches much of) a dense index over the table's rows
+/// finds them in three linear passes; otherwise a radix sort of the rows does, whose
+/// cost follows the batch and not the table. Both give the same answer.
+fn distinct_rows(rows: &[u64], table_rows: u64) -> (Vec<u64>, Vec<u32>) {
+    if table_rows <= DENSE_ROWS_PER_LOOKUP * rows.len() as u64 {
+        return distinct_rows_dense(rows, table_rows as usize);
+    }
+    distinct_rows_sorted(rows, table_rows)
+}
+
+/// [`distinct_rows`] through a radix sort of the rows.
+fn distinct_rows_sorted(rows: &[u64], table_rows: u64) -> (Vec<u64>, Vec<u32>) {
+    let mut pairs: Vec<(u64, u32)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| (r, i as u32))
+        .collect();
+    radix_sort_by_row(&mut pairs, table_rows);
+    let mut unique_rows: Vec<u64> = Vec::new();
+    let mut unique = vec![0u32; rows.len()];
+    for &(row, i) in &pairs {
+        if unique_rows.last() != Some(&row) {
+            unique_rows.push(row);
+        }
+        unique[i as usize] = unique_rows.len() as u32 - 1;
+    }
+    (unique_rows, unique)
+}
+
+/// A table at most this many rows per lookup of the batch is deduplicated densely.
+const DENSE_ROWS_PER_LOOKUP: u64 = 4;
+
+/// [`distinct_rows`] through an index of the table's rows: mark the rows used, number
+/// them in row order, read each lookup's number.
+fn distinct_rows_dense(rows: &[u64], table_rows: usize) -> (Vec<u64>, Vec<u32>) {
+    const UNUSED: u32 = u32::MAX;
+    let mut index = vec![UNUSED; table_rows];
+    for &r in rows {
+        index[r as usize] = 0;
+    }
+    let mut unique_rows = Vec::new();
+    for (r, slot) in index.iter_mut().enumerate() {
+        if *slot != UNUSED {
+            *slot = unique_rows.len() as u32;
+            unique_rows.push(r as u64);
+        }
+    }
+    let unique = rows.iter().map(|&r| index[r as usize]).collect();
+    (unique_rows, unique)
 }
 
 /// Stable LSD radix sort of (row, request) pairs by row, rows below `rows`: a few linear
@@ -306,6 +371,21 @@ mod tests {
             prop_assert_eq!(pairs, want);
         }
 
+        /// Both ways of finding the distinct rows agree.
+        #[test]
+        fn dense_and_sorted_distinct_rows_agree(
+            rows in proptest::collection::vec(0u64..3000, 0..500),
+            table_rows in 3000u64..5000,
+        ) {
+            let sorted = distinct_rows_sorted(&rows, table_rows);
+            prop_assert_eq!(distinct_rows_dense(&rows, table_rows as usize), sorted.clone());
+            let (unique_rows, unique) = sorted;
+            prop_assert!(unique_rows.windows(2).all(|w| w[0] < w[1]));
+            for (&r, &u) in rows.iter().zip(&unique) {
+                prop_assert_eq!(unique_rows[u as usize], r);
+            }
+        }
+
         /// Merging duplicates loses nothing: every request appears in exactly one group,
         /// the group's row is the row it asked for, and distinct rows are strictly sorted.
         #[test]
@@ -322,14 +402,13 @@ mod tests {
             prop_assert_eq!(plan.requests.len(), total);
             let t = &plan.tables[0];
             prop_assert!(t.unique_rows.windows(2).all(|w| w[0] < w[1]));
-            let mut seen = vec![0u32; plan.requests.len()];
-            for g in 0..t.unique_rows.len() {
-                for &r in &t.order[t.group_starts[g] as usize..t.group_starts[g + 1] as usize] {
-                    seen[r as usize] += 1;
-                    prop_assert_eq!(plan.requests[r as usize].unique as usize, g);
-                }
+            prop_assert_eq!(t.in_request_order.clone(), (0..total as u32).collect::<Vec<_>>());
+            // every distinct row is read by some request
+            let mut read = vec![false; t.unique_rows.len()];
+            for r in &plan.requests {
+                read[r.unique as usize] = true;
             }
-            prop_assert!(seen.iter().all(|&c| c == 1));
+            prop_assert!(read.iter().all(|&x| x));
             // each request's row is the hash of its id
             let mut i = 0;
             for b in 0..5 {
@@ -337,7 +416,7 @@ mod tests {
                     for &id in batch.ids(k, b) {
                         let r = plan.requests[i];
                         prop_assert_eq!(t.unique_rows[r.unique as usize], hash_id(k as u64, id) % rows);
-                        prop_assert_eq!(r.dest, b * 6 + k * 2);
+                        prop_assert_eq!(r.dest as usize, b * 6 + k * 2);
                         prop_assert!((r.weight - 1.0 / batch.ids(k, b).len() as f32).abs() < 1e-7);
                         i += 1;
                     }

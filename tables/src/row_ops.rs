@@ -73,7 +73,7 @@ pub fn assemble_output(
                 }
                 let d = dims[r.table as usize];
                 let src = &gathered[r.table as usize][r.unique as usize * d..][..d];
-                let dst = &mut row_out[r.dest - base..][..d];
+                let dst = &mut row_out[r.dest as usize - base..][..d];
                 if r.partner == NO_PARTNER {
                     for (o, s) in dst.iter_mut().zip(src) {
                         *o += r.weight * s;
@@ -120,7 +120,7 @@ pub fn reduce_row_gradients(
             for &ri in &reqs.in_request_order {
                 let r = &plan.requests[ri as usize];
                 let acc = &mut grads[r.unique as usize * d..][..d];
-                let src = &out_grad[r.dest..][..d];
+                let src = &out_grad[r.dest as usize..][..d];
                 if r.partner == NO_PARTNER {
                     for (a, s) in acc.iter_mut().zip(src) {
                         *a += r.weight * s;
