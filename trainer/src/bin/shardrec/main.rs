@@ -74,11 +74,16 @@ fn run() -> anyhow::Result<()> {
 /// tensors, activations, gathered rows, gradients). With glibc's default thresholds such
 /// blocks are mmapped and returned to the kernel on free, so every step pays page faults
 /// and zero-filling for them again; keeping them in the heap avoids that. This applies to
-/// libtorch's allocations too.
+/// libtorch's allocations too. The threshold cannot go above 32 MiB, and a sequence
+/// model's step has larger buffers (DARE at L = 200, batch 512: a 40 MB embedding input
+/// and its gradient), so mmap is turned off altogether: blocks of any size come from the
+/// heap and stay there for the next step (docs/benchmarks.md section 18: DARE +19%
+/// samples/s, DLRM +7%, peak RSS unchanged).
 fn tune_allocator() {
     // SAFETY: mallopt only changes allocator thresholds; called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }
