@@ -117,6 +117,18 @@ pub fn reduce_row_gradients(
         .zip(dims.par_iter())
         .map(|(reqs, &d)| {
             let mut grads = vec![0.0f32; reqs.unique_rows.len() * d];
+            if reqs.plain_sums {
+                // weight 1, no partner: `a += s` is the general loop's `a += 1 * s`
+                let order = reqs.unique_in_request_order.iter();
+                for (&u, &dest) in order.zip(&reqs.dests_in_request_order) {
+                    let acc = &mut grads[u as usize * d..][..d];
+                    let src = &out_grad[dest as usize..][..d];
+                    for (a, s) in acc.iter_mut().zip(src) {
+                        *a += s;
+                    }
+                }
+                return grads;
+            }
             for &ri in &reqs.in_request_order {
                 let r = &plan.requests[ri as usize];
                 let acc = &mut grads[r.unique as usize * d..][..d];
@@ -232,6 +244,30 @@ mod tests {
         let grads = reduce_row_gradients(&plan, &dims, &g, &[1.0, 2.0, 10.0, 20.0]).unwrap();
         // row 3: 0.5 * [1, 2] + [10, 20]; row 5: 0.5 * [1, 2]
         assert_eq!(grads[0], vec![10.5, 21.0, 0.5, 1.0]);
+    }
+
+    /// Summed tables take the backward's short path, which adds in the same order as the
+    /// general one: the same gradients to the bit.
+    #[test]
+    fn summed_tables_reduce_as_the_general_path_does() {
+        let l = layout(
+            Combine::Sum,
+            Pooling::Sum,
+            vec![RowMap::Hash { seed: 1 }, RowMap::Hash { seed: 2 }],
+        );
+        let ids: Vec<u64> = (0..34).map(|i| i * 7 % 13).collect();
+        let lengths: Vec<u32> = (0..10).map(|i| 1 + i % 7).collect();
+        let batch = KeyedJaggedIds::from_lengths(1, 10, &lengths, ids).unwrap();
+        let plan = LookupPlan::build(&l, &batch).unwrap();
+        assert!(plan.tables.iter().all(|t| t.plain_sums));
+        let g = vec![rows_of(&plan.tables[0]), rows_of(&plan.tables[1])];
+        let out_grad: Vec<f32> = (0..20).map(|i| (i as f32 * 0.37).sin()).collect();
+        let short = reduce_row_gradients(&plan, &[2, 2], &g, &out_grad).unwrap();
+        let mut general = plan.clone();
+        general.tables.iter_mut().for_each(|t| t.plain_sums = false);
+        let long = reduce_row_gradients(&general, &[2, 2], &g, &out_grad).unwrap();
+        assert_eq!(short, long);
+        assert!(short[0].iter().any(|&x| x != 0.0));
     }
 
     #[test]
