@@ -466,15 +466,19 @@ mod tests {
     use crate::spec::{CollectionSpec, FeatureSpec, Probe, RowMap, TableSpec};
     use crate::RowInit;
 
-    /// Two width-4 tables and a width-2 one; feature `q` multiplies two width-4 rows,
-    /// feature `m` is mean-pooled.
-    fn layout() -> CollectionLayout {
-        let table = |name: &str, rows, dim| TableSpec {
+    /// A table of `rows` zero rows `dim` wide.
+    fn table(name: &str, rows: u64, dim: usize) -> TableSpec {
+        TableSpec {
             name: name.into(),
             rows,
             dim,
             init: RowInit::Zeros,
-        };
+        }
+    }
+
+    /// Two width-4 tables and a width-2 one; feature `q` multiplies two width-4 rows,
+    /// feature `m` is mean-pooled.
+    fn layout() -> CollectionLayout {
         let probe = |t: &str, map| Probe {
             table: t.into(),
             map,
@@ -574,12 +578,6 @@ mod tests {
     /// bag order, mean pooling's weights.
     #[test]
     fn device_arrays_put_each_bag_s_terms_together_in_slot_major_order() {
-        let table = |name: &str, rows, dim| TableSpec {
-            name: name.into(),
-            rows,
-            dim,
-            init: RowInit::Zeros,
-        };
         let plain = |t: &str, rows| Probe {
             table: t.into(),
             map: RowMap::Offset {

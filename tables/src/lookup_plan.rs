@@ -78,9 +78,9 @@ impl LookupPlan {
         }
         let bsz = batch.batch_size();
         let width = layout.width();
-        let probes_per_id: usize = (0..features.len())
-            .map(|k| batch.key_len(k) * features[k].probes.len())
-            .sum();
+        // per table: how many lookups it serves; their sum is the batch's requests
+        let lookups = table_lookups(layout, batch);
+        let probes_per_id: usize = lookups.iter().sum();
         if probes_per_id > u32::MAX as usize {
             return Err(TableError::BadBatch(format!(
                 "{probes_per_id} lookups exceed one batch's limit"
@@ -94,7 +94,7 @@ impl LookupPlan {
         }
         let mut requests = Vec::with_capacity(probes_per_id);
         // per table: its requests in request order and the rows they read
-        let mut per_table: Vec<(Vec<u32>, Vec<u64>)> = table_lookups(layout, batch)
+        let mut per_table: Vec<(Vec<u32>, Vec<u64>)> = lookups
             .into_iter()
             .map(|c| (Vec::with_capacity(c), Vec::with_capacity(c)))
             .collect();
