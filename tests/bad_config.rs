@@ -66,9 +66,9 @@ fn bad_values_name_key_and_range() {
         &["exp.toml:6", "model.kind", "did you mean \"dlrm\""],
     );
     check(
-        &GOOD.replace("\"criteo\"", "\"parquet\""),
+        &GOOD.replace("\"criteo\"", "\"orc\""),
         &[],
-        &["exp.toml:3", "data.format", "parquet"],
+        &["exp.toml:3", "data.format", "orc"],
     );
     check(
         &GOOD.replace("epochs = 1", "epochs = 0"),

@@ -10,6 +10,7 @@ mod bad_config;
 mod bad_input;
 mod checkpoints;
 mod cli_train;
+mod data_formats;
 mod dynamic;
 mod file_tier;
 mod fused;

@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod cluster;
 pub mod config;
+pub mod curves;
 pub mod dense_sync;
 pub mod device;
 pub mod embedding;

@@ -220,6 +220,20 @@ fn write_csv(path: &Path, points: &[SweepPoint]) -> Result<(), TrainError> {
     })
 }
 
+/// Registers a sans-serif TrueType font ([`find_font`]) as plotters' "sans-serif", once
+/// per process; the error says why there is none.
+pub(crate) fn register_sans_font() -> Result<(), &'static str> {
+    static REGISTERED: std::sync::OnceLock<Result<(), &'static str>> = std::sync::OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        let font = find_font()
+            .ok_or("no TrueType font found (install fonts-dejavu-core or set SHARDREC_FONT)")?;
+        // the font registry wants bytes that live for the whole process
+        let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+            .map_err(|_| "the font could not be read")
+    })
+}
+
 /// Where a sans-serif TrueType font usually is (`SHARDREC_FONT` first).
 pub(crate) fn find_font() -> Option<Vec<u8>> {
     let mut paths: Vec<PathBuf> = std::env::var_os("SHARDREC_FONT")
@@ -245,13 +259,7 @@ fn plot(path: &Path, points: &[SweepPoint], title: &str) -> Result<(), TrainErro
             message,
         })
     };
-    let font = find_font().ok_or_else(|| {
-        fail("no TrueType font found (install fonts-dejavu-core or set SHARDREC_FONT)".into())
-    })?;
-    // the font registry wants bytes that live for the whole process
-    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
-        .map_err(|_| fail("the font could not be read".into()))?;
+    register_sans_font().map_err(|m| fail(m.into()))?;
     let reference = points.iter().find(|p| p.method == "collisionless");
     let swept: Vec<&SweepPoint> = points
         .iter()

@@ -28,6 +28,8 @@ pub enum BadRowKind {
     UnknownJoinKey,
     /// Sequence data whose history items and categories differ in length.
     SequenceLengthMismatch,
+    /// A null cell of a Parquet file with `data.null_values = "bad_row"`.
+    NullValue,
 }
 
 impl BadRowKind {
@@ -41,6 +43,7 @@ impl BadRowKind {
             BadRowKind::BadLibfmPair => "bad_libfm_pair",
             BadRowKind::UnknownJoinKey => "unknown_join_key",
             BadRowKind::SequenceLengthMismatch => "sequence_length_mismatch",
+            BadRowKind::NullValue => "null_value",
         }
     }
 }

@@ -23,6 +23,28 @@ pub enum DataFormat {
     Sequence,
     /// Already prepared by `shardrec prepare` (a folder with `meta.json`).
     Prepared,
+    /// Apache Parquet (as NVTabular, Spark or pyarrow write it): the columns
+    /// `data.columns` names, by name, in any order in the file; list columns are
+    /// multi-valued features. Read by row group, streaming.
+    Parquet,
+    /// TorchRec's preprocessed Criteo arrays: per day `<stem>_dense.npy` (float32, n x 13,
+    /// already log-transformed by TorchRec), `<stem>_sparse.npy` (integer ids, n x 26) and
+    /// `<stem>_labels.npy` (n x 1), read through memmap. No vocabulary: id `v` of feature
+    /// `f` is row `v mod data.num_embeddings_per_feature[f]`, as TorchRec's loader does.
+    TorchrecNpy,
+}
+
+/// What a null cell of a Parquet file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NullPolicy {
+    /// A missing value, as an empty cell of a text file: dense 0 (before the
+    /// transform), categorical the empty value, a list no values. A null label is a bad
+    /// row all the same.
+    #[default]
+    Missing,
+    /// A bad row, handled by `data.on_bad_row`.
+    BadRow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -136,8 +158,14 @@ pub struct DataConfig {
     pub more_train: Vec<PathBuf>,
     #[serde(default)]
     pub valid: Option<PathBuf>,
+    /// Further validation files after `valid` (a list or a glob in `valid` sets them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_valid: Vec<PathBuf>,
     #[serde(default)]
     pub test: Option<PathBuf>,
+    /// Further test files after `test` (a list or a glob in `test` sets them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_test: Vec<PathBuf>,
     /// Split of `train` into train/valid/test when those files are not given.
     #[serde(default)]
     pub split: SplitConfig,
@@ -185,6 +213,21 @@ pub struct DataConfig {
     /// (e.g. a user file joined on `user_id`).
     #[serde(default)]
     pub joins: Vec<JoinConfig>,
+    /// Parquet: what a null cell is.
+    #[serde(default)]
+    pub null_values: NullPolicy,
+    /// torchrec_npy: rows of each sparse feature's table (TorchRec's
+    /// `num_embeddings_per_feature`): one number per feature, or one for all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub num_embeddings_per_feature: Vec<u64>,
+    /// torchrec_npy: the end of a day's sparse file name (`_sparse_contig_freq.npy` for
+    /// the output of TorchRec's `sparse_to_contiguous`).
+    #[serde(default = "default_npy_sparse_suffix")]
+    pub npy_sparse_suffix: String,
+}
+
+fn default_npy_sparse_suffix() -> String {
+    "_sparse.npy".into()
 }
 
 /// `[[data.joins]]`: a delimited side file, one row per key, whose categorical columns
@@ -300,16 +343,17 @@ impl DataConfig {
         if let Some(n) = d.libfm_fields {
             check_range(v, "data.libfm_fields", n, 1, 4096);
         }
-        if d.format == DataFormat::Delimited {
+        if matches!(d.format, DataFormat::Delimited | DataFormat::Parquet) {
             d.column_violations(v);
         } else if !d.columns.is_empty() {
             violation(
                 v,
                 "data.columns",
                 format!("{:?}", d.format),
-                "columns are only read for format = \"delimited\"",
+                "columns are only read for format = \"delimited\" or \"parquet\"",
             );
         }
+        d.npy_violations(v);
         if !d.joins.is_empty() && d.format != DataFormat::Delimited {
             violation(
                 v,
@@ -328,7 +372,50 @@ impl DataConfig {
         }
     }
 
-    /// The checks of a delimited file's `columns`.
+    /// torchrec_npy needs its table sizes, and only it takes them.
+    fn npy_violations(&self, v: &mut Vec<Violation>) {
+        let sizes = &self.num_embeddings_per_feature;
+        if self.format != DataFormat::TorchrecNpy {
+            if !sizes.is_empty() {
+                violation(
+                    v,
+                    "data.num_embeddings_per_feature",
+                    format!("{} value(s)", sizes.len()),
+                    "only format = \"torchrec_npy\" reads it (other formats count a vocabulary)",
+                );
+            }
+            return;
+        }
+        if self.dense_as_categorical {
+            violation(
+                v,
+                "data.dense_as_categorical",
+                true,
+                "torchrec_npy has no vocabulary to count dense values with",
+            );
+        }
+        if sizes.is_empty() {
+            violation(
+                v,
+                "data.num_embeddings_per_feature",
+                "unset",
+                "torchrec_npy has no vocabulary: give each sparse feature's table size (one number for all, or one per feature)",
+            );
+        }
+        for &n in sizes {
+            check_range(v, "data.num_embeddings_per_feature", n, 1, u32::MAX as u64);
+        }
+        if !self.npy_sparse_suffix.ends_with(".npy") {
+            violation(
+                v,
+                "data.npy_sparse_suffix",
+                format!("{:?}", self.npy_sparse_suffix),
+                "must end in .npy",
+            );
+        }
+    }
+
+    /// The checks of a delimited or Parquet file's `columns`.
     fn column_violations(&self, v: &mut Vec<Violation>) {
         let labels = self
             .columns
@@ -398,48 +485,22 @@ impl DataConfig {
     /// Rewrites the spellings of `[data]` that are shorthand for others, in a parsed
     /// experiment file (`root` holds the `data` table) before it is deserialised, so
     /// that every later step (deserialising, the cache key, the saved config) sees one
-    /// spelling:
-    ///
-    /// - `train = ["day1.tsv", "day2.tsv", ...]` (files read in order, e.g. one per day)
-    ///   becomes `train = "day1.tsv"`, `more_train = ["day2.tsv", ...]`. A list of one
-    ///   file is `train` alone, so it prepares into the same cache as the plain string.
-    ///   An empty list, a list with `more_train` also given, and an item that is not a
-    ///   string are refused, naming `data.train`.
+    /// spelling: `train`, `valid` and `test` given as a list of files or a glob become
+    /// their first file, and the files after it in `more_train` / `more_valid` /
+    /// `more_test` ([`crate::file_sets`]). A list of one file is the file alone, so it
+    /// prepares into the same cache as the plain string. An empty list, a list with its
+    /// `more_*` key also given, an item that is not a string and a glob that matches
+    /// nothing are refused, naming the key.
     ///
     /// A missing or mistyped `[data]` is left alone for deserialising to report.
     pub fn normalize_toml(root: &mut toml::Table) -> Result<(), ConfigKeyError> {
         let Some(toml::Value::Table(data)) = root.get_mut("data") else {
             return Ok(());
         };
-        let Some(toml::Value::Array(files)) = data.get("train") else {
-            return Ok(());
-        };
-        let bad = |message: String| ConfigKeyError {
-            key: "data.train".into(),
-            message,
-        };
-        if files.is_empty() {
-            return Err(bad("an empty list: name at least one training file".into()));
-        }
-        if let Some((i, v)) = files.iter().enumerate().find(|(_, v)| !v.is_str()) {
-            return Err(bad(format!(
-                "item {} is of type {}; each item must be a file path (a string)",
-                i + 1,
-                v.type_str()
-            )));
-        }
-        if data.contains_key("more_train") {
-            return Err(bad(
-                "a list of files sets data.more_train (its files after the first); give the further files in one of the two, not both".into(),
-            ));
-        }
-        let mut files = files.clone();
-        let first = files.remove(0);
-        data.insert("train".into(), first);
-        if !files.is_empty() {
-            data.insert("more_train".into(), toml::Value::Array(files));
-        }
-        Ok(())
+        crate::file_sets::normalize_file_keys(data).map_err(|e| ConfigKeyError {
+            key: e.key,
+            message: e.message,
+        })
     }
 }
 
@@ -481,6 +542,10 @@ pub struct Preprocessing {
     /// was saved before keys existed, which had none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keyed_features: Vec<String>,
+    /// torchrec_npy's table sizes, which ids are taken modulo (absent before that
+    /// format existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub num_embeddings_per_feature: Vec<u64>,
 }
 
 impl DataConfig {
@@ -493,6 +558,7 @@ impl DataConfig {
             columns: self.columns.clone(),
             join_columns: self.joins.iter().map(|j| j.columns.clone()).collect(),
             keyed_features: self.keyed_features.clone(),
+            num_embeddings_per_feature: self.num_embeddings_per_feature.clone(),
         }
     }
 }
@@ -555,6 +621,13 @@ impl Preprocessing {
                     "data.keyed_features",
                     &self.keyed_features,
                     &now.keyed_features,
+                )
+            })
+            .or_else(|| {
+                difference(
+                    "data.num_embeddings_per_feature",
+                    &self.num_embeddings_per_feature,
+                    &now.num_embeddings_per_feature,
                 )
             })
     }

@@ -16,6 +16,7 @@ mod bad_rows;
 pub mod behaviour_samples;
 pub mod config;
 mod fast_hash;
+mod file_sets;
 pub mod fuzzing;
 mod keyed_flags;
 #[cfg(test)]
@@ -23,6 +24,7 @@ mod keyed_tests;
 mod keys;
 mod loader;
 pub mod metrics;
+mod parquet_format;
 mod prepare;
 mod prepared;
 mod raw_format;
@@ -30,6 +32,7 @@ pub mod sequence_format;
 pub mod synth;
 pub mod synth_days;
 pub mod synth_sequence;
+mod torchrec_npy;
 mod vocab;
 mod zipf;
 

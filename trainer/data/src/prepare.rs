@@ -16,10 +16,13 @@ use shardrec_tables::{hash_id, unit_f32};
 
 use super::bad_rows::{BadField, BadRow, BadRowCounts};
 use super::fast_hash::FastHashBuilder;
+use super::parquet_format;
 use super::prepared::{
-    cat_file, column_path, PreparedDataset, PreparedMeta, SplitMeta, SplitName, PREPARED_VERSION,
+    cat_file, column_path, ColumnBlock, PreparedDataset, PreparedMeta, SplitMeta, SplitName,
+    PREPARED_VERSION,
 };
 use super::raw_format::{ParsedRow, RowParser, Schema};
+use super::torchrec_npy::{self, NpyDay};
 use super::vocab::{Vocab, VocabBuilder};
 use super::DataError;
 use crate::config::{BadRowPolicy, ConfigKeyError, DataConfig, DataFormat, SplitKind};
@@ -158,7 +161,13 @@ fn prepare_inner(
     let sources = plan_sources(cfg)?;
     let mut stamped = Vec::new();
     for (path, _) in &sources {
-        stamped.push(stamp(path)?);
+        if cfg.format == DataFormat::TorchrecNpy {
+            for part in NpyDay::files(path, cfg) {
+                stamped.push(stamp(&part)?);
+            }
+        } else {
+            stamped.push(stamp(path)?);
+        }
     }
     for j in &cfg.joins {
         stamped.push(stamp(&j.file)?);
@@ -235,6 +244,8 @@ fn plan_sources(cfg: &DataConfig) -> Result<Vec<(PathBuf, Assign)>, DataError> {
             let valid = if v.is_some() { 0.0 } else { s.valid };
             let test = if t.is_some() { 0.0 } else { s.test };
             match s.kind {
+                // nothing to split off: every file is training data
+                _ if valid == 0.0 && test == 0.0 => Assign::All(SplitName::Train),
                 SplitKind::Random => Assign::Random {
                     seed: s.seed,
                     valid,
@@ -267,10 +278,10 @@ fn plan_sources(cfg: &DataConfig) -> Result<Vec<(PathBuf, Assign)>, DataError> {
         };
         out.push((more.clone(), assign));
     }
-    if let Some(v) = &cfg.valid {
+    for v in cfg.valid.iter().chain(&cfg.more_valid) {
         out.push((v.clone(), Assign::All(SplitName::Valid)));
     }
-    if let Some(t) = &cfg.test {
+    for t in cfg.test.iter().chain(&cfg.more_test) {
         out.push((t.clone(), Assign::All(SplitName::Test)));
     }
     Ok(out)
@@ -288,7 +299,38 @@ fn scan(
     cfg: &DataConfig,
     on_rows: impl FnMut(u64, &[ParsedRow]) -> Result<(), DataError>,
 ) -> Result<(u64, BadRowCounts), DataError> {
-    scan_blocks(path, parser, cfg, BLOCK, on_rows)
+    match cfg.format {
+        DataFormat::Parquet => parquet_format::scan(path, parser, cfg, on_rows),
+        DataFormat::TorchrecNpy => {
+            let keyed =
+                keyed_flags(&cfg.keyed_features, parser.schema()).map_err(ConfigKeyError::from)?;
+            torchrec_npy::scan(path, parser, cfg, &keyed, on_rows)
+        }
+        _ => scan_blocks(path, parser, cfg, BLOCK, on_rows),
+    }
+}
+
+/// The parser for `cfg`'s format, whose schema comes from the training file: the first
+/// lines of a text file (libFM's field count), a Parquet file's list columns, a
+/// TorchRec day's array shapes. With the sample of a text file (for the tail count's
+/// header check).
+fn parser_for(cfg: &DataConfig, train_path: &Path) -> Result<(RowParser, Vec<Vec<u8>>), DataError> {
+    let at_file = |e: super::raw_format::FormatError| {
+        DataError::Config(format!("{}: {e}", train_path.display()))
+    };
+    match cfg.format {
+        DataFormat::Parquet => {
+            let mut parser = RowParser::new(cfg, &[]).map_err(at_file)?;
+            parser.mark_multi_valued(&parquet_format::list_columns(train_path, cfg)?);
+            Ok((parser, Vec::new()))
+        }
+        DataFormat::TorchrecNpy => Ok((NpyDay::open(train_path, cfg)?.parser(cfg), Vec::new())),
+        _ => {
+            let sample = read_first_lines(train_path, LAYOUT_SAMPLE_LINES)?;
+            let parser = RowParser::new(cfg, &sample).map_err(at_file)?;
+            Ok((parser, sample))
+        }
+    }
 }
 
 fn scan_blocks(
@@ -472,6 +514,44 @@ impl SplitWriter {
         Ok(())
     }
 
+    /// Writes a block of rows, a column at a time.
+    fn write_block(&mut self, b: &ColumnBlock) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        let mut put =
+            |w: &mut BufWriter<File>, values: &mut dyn Iterator<Item = [u8; 8]>, width| {
+                bytes.clear();
+                values.for_each(|v| bytes.extend_from_slice(&v[..width]));
+                w.write_all(&bytes)
+            };
+        let f32s = |v: &[f32]| -> Vec<[u8; 8]> {
+            v.iter()
+                .map(|x| u64::from(x.to_bits()).to_le_bytes())
+                .collect()
+        };
+        put(&mut self.label, &mut f32s(&b.labels).into_iter(), 4)?;
+        for (w, column) in self.dense.iter_mut().zip(&b.dense) {
+            put(w, &mut f32s(column).into_iter(), 4)?;
+        }
+        for (f, (values, counts)) in b.cats.iter().enumerate() {
+            let width = if self.keyed[f] { 8 } else { 4 };
+            put(
+                &mut self.cats[f],
+                &mut values.iter().map(|v| v.to_le_bytes()),
+                width,
+            )?;
+            if let Some((w, total)) = &mut self.offsets[f] {
+                let mut ends = counts.iter().map(|&n| {
+                    *total += n;
+                    total.to_le_bytes()
+                });
+                put(w, &mut ends, 8)?;
+            }
+        }
+        self.rows += b.labels.len() as u64;
+        self.positives += b.labels.iter().filter(|&&y| y > 0.5).count() as u64;
+        Ok(())
+    }
+
     fn finish(mut self) -> std::io::Result<SplitMeta> {
         self.label.flush()?;
         for w in self.dense.iter_mut().chain(self.cats.iter_mut()) {
@@ -500,9 +580,7 @@ fn build(
 ) -> Result<PreparedDataset, DataError> {
     std::fs::create_dir_all(tmp).map_err(|e| DataError::io(tmp, e))?;
     let train_path = &sources[0].0;
-    let sample = read_first_lines(train_path, LAYOUT_SAMPLE_LINES)?;
-    let parser = RowParser::new(cfg, &sample)
-        .map_err(|e| DataError::Config(format!("{}: {e}", train_path.display())))?;
+    let (parser, sample) = parser_for(cfg, train_path)?;
     let schema = parser.schema().clone();
     // checked here as well as with the config: only now is every format's schema known
     let keyed = keyed_flags(&cfg.keyed_features, &schema).map_err(ConfigKeyError::from)?;
@@ -511,9 +589,16 @@ fn build(
         let first_line = sample.first().map(Vec::as_slice);
         sources[0].1 = tail_assign(cfg, train_path, &parser, first_line)?;
     }
-    let vocab = match fixed_vocab {
-        Some(v) => check_fixed_vocab(v, &schema, &keyed)?,
-        None => count_vocab(cfg, &sources, &parser, keyed.clone(), log)?,
+    let vocab = match (fixed_vocab, cfg.format) {
+        (Some(v), DataFormat::TorchrecNpy) => {
+            let now = torchrec_npy::vocab(&NpyDay::open(train_path, cfg)?, cfg, &keyed)?;
+            check_fixed_identity(check_fixed_vocab(v, &schema, &keyed)?, now)?
+        }
+        (Some(v), _) => check_fixed_vocab(v, &schema, &keyed)?,
+        (None, DataFormat::TorchrecNpy) => {
+            torchrec_npy::vocab(&NpyDay::open(train_path, cfg)?, cfg, &keyed)?
+        }
+        (None, _) => count_vocab(cfg, &sources, &parser, keyed.clone(), log)?,
     };
     let (splits, bad_rows) = encode_splits(cfg, &sources, &parser, &vocab, &keyed, tmp, log)?;
     vocab.save(&tmp.join("vocab.bin"))?;
@@ -546,9 +631,15 @@ fn tail_assign(
     parser: &RowParser,
     first_line: Option<&[u8]>,
 ) -> Result<Assign, DataError> {
-    let n = match cfg.on_bad_row {
-        BadRowPolicy::Error => count_data_lines(train_path, parser, first_line, cfg.max_rows)?,
-        BadRowPolicy::Skip => scan(train_path, parser, cfg, |_, _| Ok(()))?.0,
+    let n = match (cfg.on_bad_row, cfg.format) {
+        (BadRowPolicy::Skip, _) => scan(train_path, parser, cfg, |_, _| Ok(()))?.0,
+        (BadRowPolicy::Error, DataFormat::Parquet) => {
+            capped(parquet_format::count_rows(train_path)?, cfg.max_rows)
+        }
+        (BadRowPolicy::Error, DataFormat::TorchrecNpy) => {
+            capped(NpyDay::open(train_path, cfg)?.rows(), cfg.max_rows)
+        }
+        (BadRowPolicy::Error, _) => count_data_lines(train_path, parser, first_line, cfg.max_rows)?,
     };
     let valid = if cfg.valid.is_some() {
         0.0
@@ -598,6 +689,23 @@ fn check_fixed_vocab(v: Vocab, schema: &Schema, keyed: &[bool]) -> Result<Vocab,
     Ok(v)
 }
 
+/// A trained model's identity vocabularies must be the sizes `data.num_embeddings_per_feature`
+/// gives now: ids taken modulo other sizes would be other rows.
+fn check_fixed_identity(model: Vocab, now: Vocab) -> Result<Vocab, DataError> {
+    if model.sizes() == now.sizes() {
+        return Ok(model);
+    }
+    Err(ConfigKeyError {
+        key: "data.num_embeddings_per_feature".into(),
+        message: format!(
+            "the model's tables have {:?} rows, the config gives {:?}",
+            model.sizes(),
+            now.sizes()
+        ),
+    }
+    .into())
+}
+
 /// Pass 1: the vocabulary, from the rows of the training split (keyed features are not
 /// counted).
 fn count_vocab(
@@ -616,6 +724,11 @@ fn count_vocab(
             "counting categorical values in {}",
             path.display()
         ));
+        if cfg.format == DataFormat::Parquet && parquet_format::can_count_columns(cfg) {
+            let train = |r: u64| assign.split(r) == SplitName::Train;
+            parquet_format::count_values(path, cfg, train, &mut builder)?;
+            continue;
+        }
         scan(path, parser, cfg, |first, rows| {
             let train: Vec<&ParsedRow> = rows
                 .iter()
@@ -670,6 +783,16 @@ fn encode_splits(
     let mut bad_rows = BadRowCounts::default();
     for (path, assign) in sources {
         log(&format!("encoding {}", path.display()));
+        if cfg.format == DataFormat::Parquet && parquet_format::can_count_columns(cfg) {
+            let split_of = |r: u64| assign.split(r);
+            parquet_format::encode_columns(path, cfg, parser, vocab, split_of, &mut |s, block| {
+                if let Some((_, w)) = writers.iter_mut().find(|(n, _)| *n == s) {
+                    w.write_block(&block).map_err(|e| DataError::io(tmp, e))?;
+                }
+                Ok(())
+            })?;
+            continue;
+        }
         let (good, bad) = scan(path, parser, cfg, |first, rows| {
             // vocabulary lookups and keys in parallel, writes in order
             use rayon::prelude::*;
@@ -719,11 +842,16 @@ fn count_data_lines(
     if first.is_some_and(|l| parser.is_header(l)) {
         lines = lines.saturating_sub(1);
     }
-    Ok(if max_rows > 0 {
-        lines.min(max_rows)
+    Ok(capped(lines, max_rows))
+}
+
+/// At most `max_rows` rows, when it is set.
+fn capped(rows: u64, max_rows: u64) -> u64 {
+    if max_rows > 0 {
+        rows.min(max_rows)
     } else {
-        lines
-    })
+        rows
+    }
 }
 
 /// `on_bad_row = "skip"` that drops more than `max` of a file's rows is an error: the

@@ -472,3 +472,14 @@ impl PreparedDataset {
         self.splits.get(&name).map_or(0, |s| s.rows)
     }
 }
+
+/// Rows of one split, column by column: what a columnar reader hands the writer.
+#[derive(Debug, Default)]
+pub(crate) struct ColumnBlock {
+    pub(crate) labels: Vec<f32>,
+    /// Per dense column, a value per row.
+    pub(crate) dense: Vec<Vec<f32>>,
+    /// Per categorical feature: every row's encoded values in order, and each row's
+    /// value count.
+    pub(crate) cats: Vec<(Vec<u64>, Vec<u64>)>,
+}

@@ -46,7 +46,7 @@ pub struct ParsedRow {
 }
 
 impl ParsedRow {
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.dense.clear();
         self.cat_bytes.clear();
         self.cat_values.clear();
@@ -54,13 +54,13 @@ impl ParsedRow {
         self.cat_starts.push(0);
     }
 
-    fn push_value(&mut self, v: &[u8]) {
+    pub(crate) fn push_value(&mut self, v: &[u8]) {
         let s = self.cat_bytes.len() as u32;
         self.cat_bytes.extend_from_slice(v);
         self.cat_values.push((s, self.cat_bytes.len() as u32));
     }
 
-    fn end_feature(&mut self) {
+    pub(crate) fn end_feature(&mut self) {
         self.cat_starts.push(self.cat_values.len() as u32);
     }
 
@@ -394,6 +394,29 @@ fn delimited_layout(
     Ok((layout, header))
 }
 
+/// TorchRec's arrays of `dense` and `sparse` columns, named as Criteo's columns.
+fn npy_layout(dense: usize, sparse: usize, names: &mut Vec<String>) -> LayoutAndHeader {
+    let mut actions = vec![Action::Label { threshold: None }];
+    for i in 1..=dense {
+        actions.push(Action::Dense);
+        names.push(format!("I{i}"));
+    }
+    for i in 1..=sparse {
+        actions.push(Action::Categorical {
+            separator: None,
+            hex: false,
+            hour_of_day: false,
+        });
+        names.push(format!("C{i}"));
+    }
+    let layout = Layout::Delimited {
+        delimiter: b'\t',
+        actions,
+        joins: vec![],
+    };
+    (layout, HeaderRule::None)
+}
+
 fn sequence_layout(names: &mut Vec<String>) -> LayoutAndHeader {
     let mut actions = vec![Action::Label { threshold: None }];
     for (f, name) in super::sequence_format::SEQUENCE_FEATURES.iter().enumerate() {
@@ -467,14 +490,36 @@ impl RowParser {
             DataFormat::Criteo => criteo_layout(&mut names),
             DataFormat::Avazu => avazu_layout(&mut names),
             DataFormat::Libfm => libfm_layout(cfg, sample, &mut names)?,
-            DataFormat::Delimited => delimited_layout(cfg, &mut names)?,
+            DataFormat::Delimited | DataFormat::Parquet => delimited_layout(cfg, &mut names)?,
+            DataFormat::TorchrecNpy => {
+                return Err(FormatError(
+                    "torchrec_npy arrays take RowParser::for_npy".into(),
+                ))
+            }
             DataFormat::Sequence => sequence_layout(&mut names),
             DataFormat::Prepared => {
                 return Err(FormatError("prepared data needs no parser".into()))
             }
         };
+        Ok(Self::from_layout(cfg, layout, header, names))
+    }
+
+    /// The parser whose schema TorchRec's arrays of `dense` and `sparse` columns have
+    /// (their rows are not text: `torchrec_npy` fills rows through [`Self::push_dense`]).
+    pub fn for_npy(cfg: &DataConfig, dense: usize, sparse: usize) -> Self {
+        let mut names = Vec::new();
+        let (layout, header) = npy_layout(dense, sparse, &mut names);
+        Self::from_layout(cfg, layout, header, names)
+    }
+
+    fn from_layout(
+        cfg: &DataConfig,
+        layout: Layout,
+        header: HeaderRule,
+        names: Vec<String>,
+    ) -> Self {
         let schema = schema_of(&layout, names, cfg.dense_as_categorical);
-        Ok(Self {
+        Self {
             layout,
             paired_sequences: (cfg.format == DataFormat::Sequence).then_some((
                 super::sequence_format::HIST_ITEMS,
@@ -484,7 +529,7 @@ impl RowParser {
             dense_as_categorical: cfg.dense_as_categorical,
             schema,
             header,
-        })
+        }
     }
 
     pub fn schema(&self) -> &Schema {
@@ -529,6 +574,38 @@ impl RowParser {
         Ok(())
     }
 
+    /// Adds one dense value (NaN: missing) to `row`: transformed, or as a categorical
+    /// feature with `dense_as_categorical`. Every format's dense cells go through here.
+    pub(crate) fn push_dense(&self, row: &mut ParsedRow, x: f64) {
+        if self.dense_as_categorical {
+            if x.is_nan() {
+                row.push_value(b"");
+            } else {
+                let v = transform(self.transform, x);
+                row.push_value(format_number(v).as_bytes());
+            }
+            row.end_feature();
+        } else {
+            row.dense.push(self.dense_value(x));
+        }
+    }
+
+    /// A dense value (NaN: missing, read as 0) as the model sees it, without
+    /// `dense_as_categorical`.
+    pub(crate) fn dense_value(&self, x: f64) -> f32 {
+        transform(self.transform, if x.is_nan() { 0.0 } else { x }) as f32
+    }
+
+    /// Marks the categorical features `names` multi-valued (a Parquet file's list
+    /// columns, known once the file is open).
+    pub(crate) fn mark_multi_valued(&mut self, names: &[String]) {
+        for c in &mut self.schema.categorical {
+            if names.contains(&c.name) {
+                c.multi_valued = true;
+            }
+        }
+    }
+
     fn parse_delimited(
         &self,
         line: &[u8],
@@ -553,22 +630,7 @@ impl RowParser {
             match action {
                 Action::Skip => {}
                 Action::Label { threshold } => row.label = parse_label(field, *threshold, col)?,
-                Action::Dense => {
-                    let x = parse_dense(field, col)?;
-                    if self.dense_as_categorical {
-                        if x.is_nan() {
-                            row.push_value(b"");
-                        } else {
-                            let v = transform(self.transform, x);
-                            row.push_value(format_number(v).as_bytes());
-                        }
-                        row.end_feature();
-                    } else {
-                        row.dense.push(
-                            transform(self.transform, if x.is_nan() { 0.0 } else { x }) as f32
-                        );
-                    }
-                }
+                Action::Dense => self.push_dense(row, parse_dense(field, col)?),
                 Action::Categorical { hex, .. } => {
                     if *hex && !field.iter().all(u8::is_ascii_hexdigit) {
                         return Err(BadField::new(
@@ -668,6 +730,17 @@ fn parse_label(field: &[u8], threshold: Option<f64>, col: usize) -> Result<f32, 
                 "the label is not a number",
             )
         })?;
+    label_value(x, threshold, col, field)
+}
+
+/// A numeric label as 0 or 1: by `threshold`, else it must be 0 or 1 (or -1 for 0).
+/// `field` is what the row held there, for the error.
+pub(crate) fn label_value(
+    x: f64,
+    threshold: Option<f64>,
+    col: usize,
+    field: &[u8],
+) -> Result<f32, BadField> {
     match threshold {
         Some(t) => Ok(if x >= t { 1.0 } else { 0.0 }),
         None if x == 1.0 => Ok(1.0),
@@ -763,7 +836,7 @@ fn transform(t: DenseTransform, x: f64) -> f64 {
     }
 }
 
-fn format_number(v: f64) -> String {
+pub(crate) fn format_number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
     } else {

@@ -10,6 +10,11 @@
 //! entries (length-prefixed bytes and training count) in id order, and a CRC32 of
 //! everything before it. A keyed feature's entry count is `u64::MAX` and no entries
 //! follow (files written before keys existed have no such count, and read as before).
+//!
+//! Identity features (`torchrec_npy`, whose ids were made contiguous before us, as
+//! TorchRec's `num_embeddings_per_feature` assumes) have no entries either: a value is
+//! its decimal id modulo the feature's size. Their entry count is `u64::MAX - 1`,
+//! followed by the size.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -26,6 +31,8 @@ const MAGIC: &[u8; 8] = b"SRVOCAB1";
 
 /// The entry count `vocab.bin` gives a keyed feature.
 const KEYED_MARK: u64 = u64::MAX;
+/// The entry count `vocab.bin` gives an identity feature (its size follows).
+const IDENTITY_MARK: u64 = u64::MAX - 1;
 
 /// A categorical value's bytes; values of up to 23 bytes (hex hashes, numbers, most
 /// names) live inline, so counting tens of millions of values allocates almost nothing.
@@ -118,6 +125,28 @@ impl VocabBuilder {
         });
     }
 
+    /// Counts values column by column, features in parallel: `values(f, count)` calls
+    /// `count(value, n)` to add `n` to each value of feature `f` (keyed features are not
+    /// asked).
+    pub(crate) fn add_columns(
+        &mut self,
+        values: impl Fn(usize, &mut dyn FnMut(&[u8], u64)) + Sync,
+    ) {
+        use rayon::prelude::*;
+        let keyed = &self.keyed;
+        self.counts.par_iter_mut().enumerate().for_each(|(f, map)| {
+            if keyed[f] {
+                return;
+            }
+            values(f, &mut |v: &[u8], n| match map.get_mut(v) {
+                Some(c) => *c += n,
+                None => {
+                    map.insert(Key::new(v), n);
+                }
+            });
+        });
+    }
+
     pub fn add(&mut self, row: &ParsedRow) {
         for (f, map) in self.counts.iter_mut().enumerate() {
             if self.keyed[f] {
@@ -197,6 +226,8 @@ pub struct FeatureVocab {
     counts: Vec<u64>,
     /// The feature's values are keys ([`key_of`]), not ids of this map.
     keyed: bool,
+    /// The feature's values are decimal ids below this size (no map).
+    identity: Option<u64>,
 }
 
 impl FeatureVocab {
@@ -211,7 +242,24 @@ impl FeatureVocab {
             ids,
             counts,
             keyed: false,
+            identity: None,
         }
+    }
+
+    /// The vocabulary of a feature whose values are already ids in `[0, size)`: value
+    /// `v` (decimal) is id `v mod size`, TorchRec's convention.
+    pub fn identity(size: u64) -> Self {
+        Self {
+            ids: HashMap::with_hasher(FastHashBuilder),
+            counts: Vec::new(),
+            keyed: false,
+            identity: Some(size.max(1)),
+        }
+    }
+
+    /// The size of an identity feature ([`Self::identity`]).
+    pub fn identity_size(&self) -> Option<u64> {
+        self.identity
     }
 
     /// The vocabulary of a keyed feature: no entries, size 0.
@@ -220,6 +268,7 @@ impl FeatureVocab {
             ids: HashMap::with_hasher(FastHashBuilder),
             counts: Vec::new(),
             keyed: true,
+            identity: None,
         }
     }
 
@@ -231,16 +280,23 @@ impl FeatureVocab {
     /// Id of a value; 0 when out of vocabulary (always, for a keyed feature).
     #[inline]
     pub fn id(&self, value: &[u8]) -> u32 {
-        self.ids.get(value).copied().unwrap_or(0)
+        match self.identity {
+            // the reader wrote the value in decimal; anything else is not an id
+            Some(size) => std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(0, |v| (v % size) as u32),
+            None => self.ids.get(value).copied().unwrap_or(0),
+        }
     }
 
     /// Number of ids including OOV (the rows a plain table needs); 0 for a keyed
     /// feature, which has no ids.
     pub fn size(&self) -> u64 {
-        if self.keyed {
-            0
-        } else {
-            self.counts.len() as u64 + 1
+        match (self.keyed, self.identity) {
+            (true, _) => 0,
+            (false, Some(size)) => size,
+            (false, None) => self.counts.len() as u64 + 1,
         }
     }
 
@@ -253,6 +309,18 @@ impl FeatureVocab {
         } else {
             u64::from(self.id(value))
         }
+    }
+
+    /// The ids of the values that are integers in canonical decimal (`-12`, not `012`),
+    /// keyed by the integer: a typed reader looks them up without formatting text.
+    pub(crate) fn integer_ids(&self) -> HashMap<i64, u32, FastHashBuilder> {
+        let mut text = itoa::Buffer::new();
+        self.entries()
+            .filter_map(|(v, id)| {
+                let i: i64 = std::str::from_utf8(v).ok()?.parse().ok()?;
+                (text.format(i).as_bytes() == v).then_some((i, id))
+            })
+            .collect()
     }
 
     /// Every value with its id (unordered).
@@ -296,6 +364,11 @@ impl Vocab {
         for f in &self.features {
             if f.keyed {
                 buf.extend_from_slice(&KEYED_MARK.to_le_bytes());
+                continue;
+            }
+            if let Some(size) = f.identity {
+                buf.extend_from_slice(&IDENTITY_MARK.to_le_bytes());
+                buf.extend_from_slice(&size.to_le_bytes());
                 continue;
             }
             let mut entries: Vec<(&[u8], u32)> =
@@ -346,6 +419,10 @@ impl Vocab {
             let n = u64_at(take(8)?);
             if n == KEYED_MARK {
                 features.push(FeatureVocab::keyed());
+                continue;
+            }
+            if n == IDENTITY_MARK {
+                features.push(FeatureVocab::identity(u64_at(take(8)?)));
                 continue;
             }
             let n = n as usize;

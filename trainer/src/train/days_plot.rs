@@ -11,11 +11,7 @@ pub fn plot_days(path: &Path, days: &[(u64, f64)]) -> Result<(), String> {
     if points.is_empty() {
         return Err("no day has a progressive AUC".into());
     }
-    let font = crate::sweep::find_font().ok_or("no TrueType font found (set SHARDREC_FONT)")?;
-    // the font registry wants bytes that live for the whole process
-    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
-        .map_err(|_| "the font could not be read".to_string())?;
+    crate::sweep::register_sans_font()?;
     let (lo, hi) = points
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {

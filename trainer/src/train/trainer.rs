@@ -452,6 +452,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
                 &mut self.run,
                 &json!({
                     "step": step, "epoch": epoch + 1,
+                    "samples": self.position.samples_seen,
                     "loss": w.loss / w.rows.max(1) as f64,
                     "samples_per_s": w.rows as f64 / secs,
                 }),
@@ -557,6 +558,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
         let summary = self.summary(restored_best_step, test, time_per_rank, extra)?;
         let mut summary = summary.to_json();
         self.add_days(&mut summary);
+        self.draw_curves();
         self.add_dynamic(&mut summary)?;
         for hook in &mut self.hooks {
             hook.after_training(&self.bundle, &self.job.data, &self.run.path, &mut summary)?;
@@ -640,6 +642,20 @@ impl<'j, 'h> Trainer<'j, 'h> {
             .all_gather_json(&self.bundle.dynamic_report())?;
         summary["dynamic_tables"] = json!(tables);
         Ok(())
+    }
+
+    /// `curves.png` from the run's `metrics.jsonl` (rank 0); a run without a font or a
+    /// point to draw only warns.
+    fn draw_curves(&self) {
+        if !self.job.cluster.is_root() {
+            return;
+        }
+        let path = self.run.path.join("curves.png");
+        let drawn = crate::curves::RunCurves::read(&self.run.path)
+            .and_then(|c| crate::curves::draw(&path, &[c]));
+        if let Err(why) = drawn {
+            log(&format!("warning: {} not drawn: {why}", path.display()));
+        }
     }
 
     /// A stream's progressive validation, day by day, into the summary and `days.png`.

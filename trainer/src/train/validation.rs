@@ -38,6 +38,7 @@ impl Trainer<'_, '_> {
         let line = json!({
             "valid_auc": r.auc, "valid_logloss": r.logloss, "valid_gauc": r.gauc,
             "valid_rows": r.rows, "step": step, "epoch": epoch + 1,
+            "samples": self.position.samples_seen,
         });
         log_line(&mut self.run, &line)?;
         self.progress.println(&format!(
@@ -91,6 +92,7 @@ impl Trainer<'_, '_> {
         let line = json!({
             "day": day, "file": file.display().to_string(), "progressive_auc": r.auc,
             "progressive_logloss": r.logloss, "rows": r.rows, "step": self.position.step,
+            "samples": self.position.samples_seen,
             "rss_bytes": crate::run_dir::current_rss_bytes(),
             "anon_rss_bytes": crate::run_dir::anon_rss_bytes(),
         });

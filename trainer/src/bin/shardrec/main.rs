@@ -5,6 +5,7 @@
 mod check_exchange;
 mod eval;
 mod export;
+mod plot;
 mod prepare;
 mod sweep;
 mod synth;
@@ -50,6 +51,9 @@ enum Command {
     /// Write a trained model for serving without shardrec: per feature its keys and rows
     /// (documented binary files), the dense network as safetensors, and a manifest.
     Export(export::Args),
+    /// Draw the learning curves of one or more runs (their metrics.jsonl) in one PNG:
+    /// training loss and validation AUC against samples seen, a stream's days.
+    Plot(plot::Args),
 }
 
 /// The run folder's default name: the config file's stem.
@@ -67,6 +71,7 @@ fn run() -> anyhow::Result<()> {
         Command::Synth(a) => synth::run(a),
         Command::CheckExchange(a) => check_exchange::run(a),
         Command::Export(a) => export::run(a),
+        Command::Plot(a) => plot::run(a),
     }
 }
 
