@@ -54,15 +54,35 @@ done
   printf 'split = { kind = "random", test = 0.1 }\n'; columns; printf '[model]\nkind = "lr"\n'; } > "$SET/set.toml"
 rm -rf "$SET/cache"
 echo "$FILES files, $(du -sh "$SET" | cut -f1) of Parquet; memory: $(free -g | awk '/Mem/ {print $2}') GiB"
+# Peak RSS counts the prepared columns' mapped pages too (prepare reads them back to
+# check every id), which are page cache the kernel reclaims; the anonymous part is what
+# the process itself holds. Both are sampled from /proc every 0.2 s.
+watch_rss() { # pid -> "peak anonymous RSS, peak file-backed RSS" in MiB
+  local anon=0 file=0 a f
+  while [ -e "/proc/$1/status" ]; do
+    read -r a f < <(awk '/^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {print a+0, f+0}' "/proc/$1/status" 2>/dev/null || echo "0 0")
+    [ "$a" -gt "$anon" ] && anon=$a
+    [ "$f" -gt "$file" ] && file=$f
+    sleep 0.2
+  done
+  echo "peak anonymous RSS $((anon >> 10)) MiB, peak file-backed RSS $((file >> 10)) MiB"
+}
 CG=/sys/fs/cgroup/memory/shardrec_prep_bench
+start=$(date +%s.%N)
 if mkdir -p "$CG" 2>/dev/null && echo "${MEMORY_LIMIT:-3G}" > "$CG/memory.limit_in_bytes" 2>/dev/null; then
-  echo 0 > "$CG/memory.max_usage_in_bytes" 2>/dev/null || true
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
-  sh -c "echo \$\$ > $CG/cgroup.procs; exec /usr/bin/time -f 'set: %e s, peak RSS %M KB' $BIN prepare $SET/set.toml" 2>&1 >/dev/null | tail -1
+  sh -c "echo \$\$ > $CG/cgroup.procs; exec $BIN prepare $SET/set.toml" > /dev/null 2>&1 &
+  pid=$!
+  echo "set: $(watch_rss $pid)"
+  wait $pid
   echo "cgroup limit ${MEMORY_LIMIT:-3G}, cgroup peak (RSS + page cache): $(( $(cat "$CG/memory.max_usage_in_bytes") >> 20 )) MiB"
   rmdir "$CG" 2>/dev/null || true
 else
-  /usr/bin/time -f 'set: %e s, peak RSS %M KB' "$BIN" prepare "$SET/set.toml" 2>&1 >/dev/null | tail -1
+  "$BIN" prepare "$SET/set.toml" > /dev/null 2>&1 &
+  pid=$!
+  echo "set: $(watch_rss $pid)"
+  wait $pid
 fi
+echo "set: $(echo "$(date +%s.%N) - $start" | bc) s"
 du -sh "$SET/cache" | sed 's/^/prepared: /'
 rm -rf "$SET/cache"

@@ -98,6 +98,25 @@ fn tsv_parquet_and_npy_rows_train_to_the_same_auc() {
         serde_json::json!(["run-tsv", "run-npy"])
     );
     assert!(png(&out));
+    // an npy model exports every id of each table, saying what ids are taken modulo
+    let exported = d.join("export");
+    let model = d.join("run-npy/model");
+    let o = run(
+        d,
+        &[
+            "export",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            exported.to_str().unwrap(),
+        ],
+    );
+    let c1 = &summary(&o)["features"][0];
+    assert_eq!(
+        (c1["keys"].as_u64(), c1["ids_modulo"].as_u64()),
+        (Some(69), Some(69)),
+        "{c1}"
+    );
     let o = run(
         d,
         &[

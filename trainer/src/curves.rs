@@ -124,6 +124,8 @@ struct Panel<'a> {
     y_desc: &'a str,
     /// What the panel says when no run has a point.
     when_empty: &'a str,
+    /// x is a count (days): only whole numbers are labelled.
+    whole_x: bool,
     series: Vec<(&'a str, &'a [(f64, f64)])>,
 }
 
@@ -143,6 +145,7 @@ pub fn draw(path: &Path, runs: &[RunCurves]) -> Result<(), CurvesError> {
             x_desc,
             y_desc: "loss",
             when_empty: "no training loss logged",
+            whole_x: false,
             series: runs
                 .iter()
                 .map(|r| (r.name.as_str(), &r.loss[..]))
@@ -153,6 +156,7 @@ pub fn draw(path: &Path, runs: &[RunCurves]) -> Result<(), CurvesError> {
             x_desc,
             y_desc: "AUC",
             when_empty: "no validation split (set data.valid or data.split.valid)",
+            whole_x: false,
             series: runs
                 .iter()
                 .map(|r| (r.name.as_str(), &r.valid_auc[..]))
@@ -165,6 +169,7 @@ pub fn draw(path: &Path, runs: &[RunCurves]) -> Result<(), CurvesError> {
             x_desc: "day",
             y_desc: "AUC",
             when_empty: "",
+            whole_x: true,
             series: runs
                 .iter()
                 .map(|r| (r.name.as_str(), &r.day_auc[..]))
@@ -205,7 +210,10 @@ fn draw_panel(area: &DrawingArea<BitMapBackend, Shift>, p: &Panel) -> Result<(),
         .configure_mesh()
         .x_desc(p.x_desc)
         .y_desc(p.y_desc)
-        .x_label_formatter(&|x| short_number(*x))
+        .x_label_formatter(&|x| match (p.whole_x, x.fract() == 0.0) {
+            (true, false) => String::new(),
+            _ => short_number(*x),
+        })
         .draw()
         .map_err(|x| e(&x))?;
     for (i, (name, pts)) in p.series.iter().enumerate().filter(|(_, s)| !s.1.is_empty()) {

@@ -10,7 +10,8 @@
 //! network's parameters are `dense.safetensors`; `manifest.json` says all of it.
 //!
 //! Dynamic tables export their live keys (every rank's map); plain tables every value of
-//! their vocabulary. Hashed, QR and unified tables reach rows by hashing ids, not keys:
+//! their vocabulary (a `torchrec_npy` feature every id, with `ids_modulo`: a raw id is
+//! taken modulo it first, as in training). Hashed, QR and unified tables reach rows by hashing ids, not keys:
 //! they are refused, naming the table.
 
 use std::collections::HashMap;
@@ -60,6 +61,10 @@ struct ExportedFeature {
     linear_file: Option<String>,
     /// `zeros`, or the file holding the row of keys not listed.
     default_row: String,
+    /// torchrec_npy's features: a raw id is first taken modulo this (TorchRec's
+    /// `num_embeddings_per_feature`); the keys are the ids 0..it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ids_modulo: Option<u64>,
 }
 
 /// A saved rectangle of a table: (first row, first column, rows, columns, values).
@@ -187,7 +192,7 @@ pub fn export_model(model_dir: &Path, out: &Path) -> Result<serde_json::Value, T
                 (keys, Some(rows), "plain")
             }
         };
-        features.push(write_feature(
+        let mut feature = write_feature(
             out,
             f,
             &column.name,
@@ -196,7 +201,9 @@ pub fn export_model(model_dir: &Path, out: &Path) -> Result<serde_json::Value, T
             linear.as_ref().map(|(s, r)| (*s, r)),
             &keys,
             rows,
-        )?);
+        )?;
+        feature.ids_modulo = vocab.features[f].identity_size();
+        features.push(feature);
     }
     let dense = files
         .iter()
@@ -264,10 +271,17 @@ fn vocab_keys(
     let RowMap::Offset { offset, .. } = probe.map else {
         unreachable!("checked above")
     };
-    let mut keys: Vec<(u64, u64)> = vocab.features[f]
-        .entries()
-        .map(|(value, id)| (key_of(value), offset + u64::from(id)))
-        .collect();
+    let fv = &vocab.features[f];
+    let mut keys: Vec<(u64, u64)> = match fv.identity_size() {
+        // ids are their own values: the key of id v is key_of("v"), which is v
+        Some(size) => (0..size)
+            .map(|id| (key_of(id.to_string().as_bytes()), offset + id))
+            .collect(),
+        None => fv
+            .entries()
+            .map(|(value, id)| (key_of(value), offset + u64::from(id)))
+            .collect(),
+    };
     keys.sort_unstable();
     Ok((keys, offset))
 }
@@ -339,5 +353,6 @@ fn write_feature(
         rows_file,
         linear_file,
         default_row,
+        ids_modulo: None,
     })
 }

@@ -102,6 +102,38 @@ impl fmt::Display for BadRow {
     }
 }
 
+/// Applies `policy` to a block of rows parsed in parallel: moves the good rows to the
+/// front of `rows` and returns how many there are, counting each bad one in `bad`; under
+/// `on_bad_row = "error"` the first bad row is the error. Row k of the block is row
+/// `first + k + 1` (1-based) of `file`.
+pub(crate) fn keep_good_rows<T>(
+    file: &std::path::Path,
+    policy: crate::config::BadRowPolicy,
+    first: u64,
+    results: Vec<Result<(), BadField>>,
+    rows: &mut [T],
+    bad: &mut BadRowCounts,
+) -> Result<usize, crate::DataError> {
+    let mut kept = 0;
+    for (k, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(()) => {
+                rows.swap(kept, k);
+                kept += 1;
+            }
+            Err(field) if policy == crate::config::BadRowPolicy::Error => {
+                return Err(crate::DataError::BadRow(Box::new(BadRow {
+                    file: file.display().to_string(),
+                    line: first + k as u64 + 1,
+                    field,
+                })))
+            }
+            Err(field) => bad.add(field.kind),
+        }
+    }
+    Ok(kept)
+}
+
 /// Counts of skipped rows per kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BadRowCounts(pub BTreeMap<BadRowKind, u64>);

@@ -19,7 +19,7 @@ use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
-use super::bad_rows::{BadField, BadRow, BadRowCounts, BadRowKind};
+use super::bad_rows::{keep_good_rows, BadField, BadRow, BadRowCounts, BadRowKind};
 use super::prepared::{ColumnBlock, SplitName};
 use super::raw_format::{format_number, label_value, ParsedRow, RowParser};
 use super::vocab::Vocab;
@@ -550,7 +550,7 @@ pub(crate) fn scan(
     let (mut good, mut bad) = (0u64, BadRowCounts::default());
     for_each_batch(path, cfg, false, |plan, first, n, columns| {
         let results = fill_rows(parser, cfg, plan, columns, n, &mut rows);
-        let kept = keep_good(path, cfg, first, results, &mut rows, &mut bad)?;
+        let kept = keep_good_rows(path, cfg.on_bad_row, first, results, &mut rows, &mut bad)?;
         on_rows(good, &rows[..kept])?;
         good += kept as u64;
         Ok(())
@@ -636,35 +636,4 @@ fn fill_row(
         }
     }
     Ok(())
-}
-
-/// Moves a batch's good rows to the front of `rows` and returns how many there are;
-/// the first bad row is an error under `on_bad_row = "error"`. `first` is the file's
-/// row index of the batch's first row.
-fn keep_good(
-    path: &Path,
-    cfg: &DataConfig,
-    first: u64,
-    results: Vec<Result<(), BadField>>,
-    rows: &mut [ParsedRow],
-    bad: &mut BadRowCounts,
-) -> Result<usize, DataError> {
-    let mut kept = 0;
-    for (r, result) in results.into_iter().enumerate() {
-        match result {
-            Ok(()) => {
-                rows.swap(kept, r);
-                kept += 1;
-            }
-            Err(field) if cfg.on_bad_row == BadRowPolicy::Error => {
-                return Err(DataError::BadRow(Box::new(BadRow {
-                    file: path.display().to_string(),
-                    line: first + r as u64 + 1,
-                    field,
-                })))
-            }
-            Err(field) => bad.add(field.kind),
-        }
-    }
-    Ok(kept)
 }

@@ -262,15 +262,26 @@ pub struct FormatError(pub String);
 type LayoutAndHeader = (Layout, HeaderRule);
 
 fn criteo_layout(names: &mut Vec<String>) -> LayoutAndHeader {
+    criteo_like_layout(CRITEO_DENSE, CRITEO_CATEGORICAL, true, names)
+}
+
+/// A label, then `dense` columns named I1.. and `categorical` ones named C1.. (hex
+/// text when `hex`): Criteo's layout, and TorchRec's arrays of it.
+fn criteo_like_layout(
+    dense: usize,
+    categorical: usize,
+    hex: bool,
+    names: &mut Vec<String>,
+) -> LayoutAndHeader {
     let mut actions = vec![Action::Label { threshold: None }];
-    for i in 1..=CRITEO_DENSE {
+    for i in 1..=dense {
         actions.push(Action::Dense);
         names.push(format!("I{i}"));
     }
-    for i in 1..=CRITEO_CATEGORICAL {
+    for i in 1..=categorical {
         actions.push(Action::Categorical {
             separator: None,
-            hex: true,
+            hex,
             hour_of_day: false,
         });
         names.push(format!("C{i}"));
@@ -394,29 +405,6 @@ fn delimited_layout(
     Ok((layout, header))
 }
 
-/// TorchRec's arrays of `dense` and `sparse` columns, named as Criteo's columns.
-fn npy_layout(dense: usize, sparse: usize, names: &mut Vec<String>) -> LayoutAndHeader {
-    let mut actions = vec![Action::Label { threshold: None }];
-    for i in 1..=dense {
-        actions.push(Action::Dense);
-        names.push(format!("I{i}"));
-    }
-    for i in 1..=sparse {
-        actions.push(Action::Categorical {
-            separator: None,
-            hex: false,
-            hour_of_day: false,
-        });
-        names.push(format!("C{i}"));
-    }
-    let layout = Layout::Delimited {
-        delimiter: b'\t',
-        actions,
-        joins: vec![],
-    };
-    (layout, HeaderRule::None)
-}
-
 fn sequence_layout(names: &mut Vec<String>) -> LayoutAndHeader {
     let mut actions = vec![Action::Label { threshold: None }];
     for (f, name) in super::sequence_format::SEQUENCE_FEATURES.iter().enumerate() {
@@ -508,7 +496,7 @@ impl RowParser {
     /// (their rows are not text: `torchrec_npy` fills rows through [`Self::push_dense`]).
     pub fn for_npy(cfg: &DataConfig, dense: usize, sparse: usize) -> Self {
         let mut names = Vec::new();
-        let (layout, header) = npy_layout(dense, sparse, &mut names);
+        let (layout, header) = criteo_like_layout(dense, sparse, false, &mut names);
         Self::from_layout(cfg, layout, header, names)
     }
 

@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::bad_rows::{BadField, BadRow, BadRowCounts};
+use super::bad_rows::{keep_good_rows, BadField, BadRowCounts};
 use super::file_sets::npy_day_stem;
 use super::raw_format::{label_value, ParsedRow, RowParser};
 use super::vocab::{FeatureVocab, Vocab};
 use super::DataError;
-use crate::config::{BadRowPolicy, DataConfig};
+use crate::config::DataConfig;
 
 /// Rows turned into [`ParsedRow`]s at a time.
 const BLOCK_ROWS: usize = 64 * 1024;
@@ -338,23 +338,14 @@ pub(crate) fn scan(
             .with_min_len(1024)
             .map(|(k, row)| fill_row(&day, parser, &sizes, keyed, start + k, row))
             .collect();
-        let mut kept = 0;
-        for (k, result) in results.into_iter().enumerate() {
-            match result {
-                Ok(()) => {
-                    rows.swap(kept, k);
-                    kept += 1;
-                }
-                Err(field) if cfg.on_bad_row == BadRowPolicy::Error => {
-                    return Err(DataError::BadRow(Box::new(BadRow {
-                        file: day.labels.path.display().to_string(),
-                        line: (start + k + 1) as u64,
-                        field,
-                    })))
-                }
-                Err(field) => bad.add(field.kind),
-            }
-        }
+        let kept = keep_good_rows(
+            &day.labels.path,
+            cfg.on_bad_row,
+            start as u64,
+            results,
+            &mut rows,
+            &mut bad,
+        )?;
         on_rows(good, &rows[..kept])?;
         good += kept as u64;
     }
