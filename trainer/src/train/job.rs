@@ -184,6 +184,8 @@ pub(crate) fn day_config(
     (d.split.valid, d.split.test) = (0.0, 0.0);
     if !with_eval {
         (d.valid, d.test) = (None, None);
+        d.more_valid.clear();
+        d.more_test.clear();
     }
     d
 }
@@ -348,5 +350,26 @@ fn log_moved_tables(
             cfg.sharding.memory_limit_per_rank.unwrap_or(0),
             moved.join(", ")
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A day of a stream prepares that day alone: no further training files, no split
+    /// taken from it, and, without evaluation, none of the validation or test files.
+    #[test]
+    fn a_day_config_holds_the_day_alone() {
+        let text = "[data]\nformat = \"criteo\"\ntrain = [\"d0.tsv\", \"d1.tsv\"]\nvalid = [\"v0.tsv\", \"v1.tsv\"]\ntest = [\"t0.tsv\", \"t1.tsv\"]\n";
+        let data = crate::config::DataConfig::from_toml_section(text).unwrap();
+        assert_eq!((data.more_valid.len(), data.more_test.len()), (1, 1));
+        let day = day_config(&data, Path::new("d1.tsv"), false);
+        assert_eq!(day.train, Path::new("d1.tsv"));
+        assert!(day.more_train.is_empty() && day.valid.is_none() && day.test.is_none());
+        assert!(day.more_valid.is_empty() && day.more_test.is_empty());
+        assert_eq!((day.split.valid, day.split.test), (0.0, 0.0));
+        let with_eval = day_config(&data, Path::new("d0.tsv"), true);
+        assert_eq!(with_eval.more_test, data.more_test);
     }
 }
