@@ -205,15 +205,7 @@ pub fn export_model(model_dir: &Path, out: &Path) -> Result<serde_json::Value, T
         feature.ids_modulo = vocab.features[f].identity_size();
         features.push(feature);
     }
-    let dense = files
-        .iter()
-        .find(|f| f.path == "dense.safetensors")
-        .ok_or_else(|| ExportError::Bad {
-            path: model_dir.join("manifest.json"),
-            message: "no dense.safetensors".into(),
-        })?;
-    std::fs::copy(model_dir.join(&dense.path), out.join("dense.safetensors"))
-        .map_err(io(&out.join("dense.safetensors")))?;
+    copy_dense(model_dir, files, out)?;
     let manifest = json!({
         "format": "shardrec-export", "version": 1,
         "key": "a canonical unsigned decimal integer is its own key; any other value, the 64-bit FNV-1a hash of its bytes",
@@ -223,6 +215,21 @@ pub fn export_model(model_dir: &Path, out: &Path) -> Result<serde_json::Value, T
     let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
     std::fs::write(out.join("manifest.json"), text).map_err(io(&out.join("manifest.json")))?;
     Ok(manifest)
+}
+
+/// Copies the saved dense network (`dense.safetensors`) to `out`.
+fn copy_dense(model_dir: &Path, files: &[SavedFile], out: &Path) -> Result<(), TrainError> {
+    let dense = files
+        .iter()
+        .find(|f| f.path == "dense.safetensors")
+        .ok_or_else(|| ExportError::Bad {
+            path: model_dir.join("manifest.json"),
+            message: "no dense.safetensors".into(),
+        })?;
+    let to = out.join("dense.safetensors");
+    std::fs::copy(model_dir.join(&dense.path), &to)
+        .map_err(|source| ExportError::Io { path: to, source })?;
+    Ok(())
 }
 
 /// Every live key of dynamic feature `f` and its global row, over every rank's map.
