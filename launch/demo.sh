@@ -23,6 +23,7 @@ import json, sys
 s, bayes = json.loads(sys.argv[1]), float(sys.argv[2])
 print(f"generated data: test AUC {s['auc']:.4f}  (Bayes ceiling {bayes:.4f}, gap {bayes - s['auc']:.4f})  "
       f"logloss {s['logloss']:.4f}  {s['train_samples_per_s']:.0f} samples/s  run folder {s['run_dir']}")
+print(f"learning curves: {s['run_dir']}/curves.png")
 PY
 CRITEO=../shared/data/criteo/criteo_sample.tsv
 if [ -f "$CRITEO" ]; then
