@@ -223,3 +223,53 @@ fn bad_parquet_and_npy_input_is_named() {
     let train = format!("data.train=\"{}/day_0\"", d.display());
     fails(&cfg, &[&train], &["day_0_sparse.npy", "truncated"]);
 }
+
+/// With `on_bad_row = "error"` Parquet is prepared column by column (integers hashed as
+/// integers); with `"skip"` row by row, as text files are. Both write the same bytes.
+#[test]
+fn parquet_columnar_and_row_paths_prepare_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = config(
+        d,
+        "pq",
+        "parquet",
+        ["train.parquet", "test.parquet"],
+        &columns(true),
+    );
+    let prepared = |policy: &str| -> PathBuf {
+        let cache = format!("data.cache_dir=\"{}\"", d.join(policy).display());
+        let on_bad = format!("data.on_bad_row=\"{policy}\"");
+        let o = run(
+            d,
+            &[
+                "prepare",
+                cfg.to_str().unwrap(),
+                "--set",
+                &cache,
+                "--set",
+                &on_bad,
+            ],
+        );
+        PathBuf::from(summary(&o)["prepared"].as_str().unwrap())
+    };
+    let (columnar, rows) = (prepared("error"), prepared("skip"));
+    let mut compared = 0;
+    for split in ["train", "test"] {
+        for entry in std::fs::read_dir(columnar.join(split)).unwrap() {
+            let name = entry.unwrap().file_name();
+            let a = std::fs::read(columnar.join(split).join(&name)).unwrap();
+            let b = std::fs::read(rows.join(split).join(&name)).unwrap();
+            assert!(a == b, "{split}/{name:?} differs");
+            compared += 1;
+        }
+    }
+    assert!(
+        compared >= 2 * 13,
+        "label, 4 dense, 7 categorical and an offsets file a split"
+    );
+    assert_eq!(
+        std::fs::read(columnar.join("vocab.bin")).unwrap(),
+        std::fs::read(rows.join("vocab.bin")).unwrap()
+    );
+}
