@@ -290,15 +290,15 @@ pub(crate) fn count_values(
 ) -> Result<u64, DataError> {
     // integer columns are counted by integer (a smaller, faster map) and turned into
     // their text once, at the end
-    let mut by_integer: Vec<IntegerMap<u64>> = Vec::new();
+    // (each feature's map is used by one thread at a time: the locks never wait)
+    let mut by_integer: Vec<std::sync::Mutex<IntegerMap<u64>>> = Vec::new();
     let read = for_each_batch(path, cfg, true, |plan, first, n, columns| {
         by_integer.resize_with(plan.len(), Default::default);
-        let integers: Vec<_> = by_integer.iter_mut().map(std::sync::Mutex::new).collect();
         builder.add_columns(|f, count| {
             let (Kind::Categorical { separator, .. }, v) = (&plan[f].kind, &columns[f]) else {
                 return;
             };
-            let mut integers = integers[f].lock().unwrap_or_else(|e| e.into_inner());
+            let mut integers = by_integer[f].lock().unwrap_or_else(|e| e.into_inner());
             for r in (0..n).filter(|&r| counted(first + r as u64)) {
                 match v.integer(r).filter(|_| separator.is_none()) {
                     Some(i) => *integers.entry(i).or_insert(0) += 1,
@@ -308,7 +308,6 @@ pub(crate) fn count_values(
         });
         Ok(())
     })?;
-    let by_integer: Vec<_> = by_integer.into_iter().map(std::sync::Mutex::new).collect();
     builder.add_columns(|f, count| {
         let Some(m) = by_integer.get(f) else { return };
         let mut text = itoa::Buffer::new();
@@ -384,17 +383,8 @@ pub(crate) fn encode_columns(
     split_of: impl Fn(u64) -> SplitName,
     out: &mut dyn FnMut(SplitName, ColumnBlock) -> Result<(), DataError>,
 ) -> Result<u64, DataError> {
-    let integer_ids: Vec<IntegerMap<u32>> = vocab
-        .features
-        .iter()
-        .map(|fv| {
-            if fv.is_keyed() {
-                IntegerMap::default()
-            } else {
-                fv.integer_ids()
-            }
-        })
-        .collect();
+    let integer_ids: Vec<Option<IntegerMap<u32>>> =
+        vocab.features.iter().map(|fv| fv.integer_ids()).collect();
     let ids = Ids {
         vocab,
         integer_ids: &integer_ids,
@@ -443,20 +433,19 @@ fn batch_values(
 }
 
 /// How values become ids: the vocabulary, and per feature its integer values' ids
-/// ([`crate::FeatureVocab::integer_ids`]; empty for keyed and identity features).
+/// ([`crate::FeatureVocab::integer_ids`]; none for keyed and identity features).
 struct Ids<'a> {
     vocab: &'a Vocab,
-    integer_ids: &'a [IntegerMap<u32>],
+    integer_ids: &'a [Option<IntegerMap<u32>>],
 }
 
 impl Ids<'_> {
     /// Pushes row r's encoded values of categorical feature `f` to `out`.
     fn push(&self, f: usize, v: &Values, r: usize, separator: Option<u8>, out: &mut Vec<u64>) {
         let fv = &self.vocab.features[f];
-        let by_integer = &self.integer_ids[f];
-        match v.integer(r) {
+        match (v.integer(r), &self.integer_ids[f]) {
             // an integer absent from a counted vocabulary is out of it (id 0)
-            Some(i) if separator.is_none() && fv.identity_size().is_none() && !fv.is_keyed() => {
+            (Some(i), Some(by_integer)) if separator.is_none() => {
                 out.push(u64::from(by_integer.get(&i).copied().unwrap_or(0)))
             }
             _ => v.for_each(r, separator, &mut |x| out.push(fv.encode_value(x))),
@@ -534,7 +523,7 @@ fn label_of(c: &Planned, threshold: Option<f64>, v: &Values, r: usize) -> Result
         let what = format!("column `{}`: the label is null or not a number", c.name);
         return Err(BadField::new(BadRowKind::MissingLabel, c.column, b"", what));
     }
-    label_value(x, threshold, c.column, x.to_string().as_bytes())
+    label_value(x, threshold, c.column, None)
 }
 
 /// Reads `path`'s rows in blocks (one record batch each) and calls `on_rows` with each

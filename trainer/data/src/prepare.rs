@@ -590,14 +590,12 @@ fn build(
         sources[0].1 = tail_assign(cfg, train_path, &parser, first_line)?;
     }
     let vocab = match (fixed_vocab, cfg.format) {
-        (Some(v), DataFormat::TorchrecNpy) => {
-            let now = torchrec_npy::vocab(&NpyDay::open(train_path, cfg)?, cfg, &keyed)?;
-            check_fixed_identity(check_fixed_vocab(v, &schema, &keyed)?, now)?
-        }
+        (Some(v), DataFormat::TorchrecNpy) => check_fixed_identity(
+            check_fixed_vocab(v, &schema, &keyed)?,
+            torchrec_npy::vocab(cfg, &keyed)?,
+        )?,
         (Some(v), _) => check_fixed_vocab(v, &schema, &keyed)?,
-        (None, DataFormat::TorchrecNpy) => {
-            torchrec_npy::vocab(&NpyDay::open(train_path, cfg)?, cfg, &keyed)?
-        }
+        (None, DataFormat::TorchrecNpy) => torchrec_npy::vocab(cfg, &keyed)?,
         (None, _) => count_vocab(cfg, &sources, &parser, keyed.clone(), log)?,
     };
     let (splits, bad_rows) = encode_splits(cfg, &sources, &parser, &vocab, &keyed, tmp, log)?;

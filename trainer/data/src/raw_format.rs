@@ -718,16 +718,17 @@ fn parse_label(field: &[u8], threshold: Option<f64>, col: usize) -> Result<f32, 
                 "the label is not a number",
             )
         })?;
-    label_value(x, threshold, col, field)
+    label_value(x, threshold, col, Some(field))
 }
 
 /// A numeric label as 0 or 1: by `threshold`, else it must be 0 or 1 (or -1 for 0).
-/// `field` is what the row held there, for the error.
+/// `field` is what the row held there, for the error (the number itself when the row
+/// was not text); it is only formatted for a bad label.
 pub(crate) fn label_value(
     x: f64,
     threshold: Option<f64>,
     col: usize,
-    field: &[u8],
+    field: Option<&[u8]>,
 ) -> Result<f32, BadField> {
     match threshold {
         Some(t) => Ok(if x >= t { 1.0 } else { 0.0 }),
@@ -736,7 +737,7 @@ pub(crate) fn label_value(
         None => Err(BadField::new(
             BadRowKind::BadLabel,
             col,
-            field,
+            field.unwrap_or(x.to_string().as_bytes()),
             "the label must be 0 or 1 (or -1)",
         )),
     }

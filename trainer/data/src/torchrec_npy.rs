@@ -225,12 +225,11 @@ pub(crate) struct NpyDay {
 impl NpyDay {
     /// The day `path` names (its stem, or any of its three files).
     pub(crate) fn open(path: &Path, cfg: &DataConfig) -> Result<Self, DataError> {
-        let stem = npy_day_stem(&path.display().to_string(), &cfg.npy_sparse_suffix);
-        let part = |suffix: &str| NpyArray::open(Path::new(&format!("{stem}{suffix}")));
+        let [labels, dense, sparse] = Self::files(path, cfg);
         let day = Self {
-            labels: part("_labels.npy")?,
-            dense: part("_dense.npy")?,
-            sparse: part(&cfg.npy_sparse_suffix)?,
+            labels: NpyArray::open(&labels)?,
+            dense: NpyArray::open(&dense)?,
+            sparse: NpyArray::open(&sparse)?,
         };
         for a in [&day.dense, &day.sparse] {
             if a.rows != day.labels.rows {
@@ -257,13 +256,11 @@ impl NpyDay {
         Ok(day)
     }
 
-    /// The file a day's identity is read from, for the cache key.
-    pub(crate) fn files(path: &Path, cfg: &DataConfig) -> Vec<PathBuf> {
+    /// The day's labels, dense and sparse files (also the cache key's inputs).
+    pub(crate) fn files(path: &Path, cfg: &DataConfig) -> [PathBuf; 3] {
         let stem = npy_day_stem(&path.display().to_string(), &cfg.npy_sparse_suffix);
         ["_labels.npy", "_dense.npy", cfg.npy_sparse_suffix.as_str()]
-            .iter()
             .map(|s| PathBuf::from(format!("{stem}{s}")))
-            .collect()
     }
 
     pub(crate) fn rows(&self) -> u64 {
@@ -293,9 +290,10 @@ fn table_sizes(cfg: &DataConfig, features: usize) -> Result<Vec<u64>, DataError>
     }
 }
 
-/// The identity vocabularies of a day's sparse features (keyed ones stay keyed).
-pub(crate) fn vocab(day: &NpyDay, cfg: &DataConfig, keyed: &[bool]) -> Result<Vocab, DataError> {
-    let sizes = table_sizes(cfg, day.sparse.columns)?;
+/// The identity vocabularies of the sparse features (`keyed` has one flag a feature;
+/// keyed ones stay keyed).
+pub(crate) fn vocab(cfg: &DataConfig, keyed: &[bool]) -> Result<Vocab, DataError> {
+    let sizes = table_sizes(cfg, keyed.len())?;
     let features = sizes
         .iter()
         .zip(keyed)
@@ -361,8 +359,7 @@ fn fill_row(
     row: &mut ParsedRow,
 ) -> Result<(), BadField> {
     row.clear();
-    let y = day.labels.number(r, 0);
-    row.label = label_value(y, None, 1, y.to_string().as_bytes())?;
+    row.label = label_value(day.labels.number(r, 0), None, 1, None)?;
     for c in 0..day.dense.columns {
         parser.push_dense(row, day.dense.number(r, c));
     }

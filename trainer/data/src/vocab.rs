@@ -312,15 +312,21 @@ impl FeatureVocab {
     }
 
     /// The ids of the values that are integers in canonical decimal (`-12`, not `012`),
-    /// keyed by the integer: a typed reader looks them up without formatting text.
-    pub(crate) fn integer_ids(&self) -> HashMap<i64, u32, FastHashBuilder> {
+    /// keyed by the integer: a typed reader looks them up without formatting text. None
+    /// for a keyed or identity feature, which has no counted values to look up.
+    pub(crate) fn integer_ids(&self) -> Option<HashMap<i64, u32, FastHashBuilder>> {
+        if self.keyed || self.identity.is_some() {
+            return None;
+        }
         let mut text = itoa::Buffer::new();
-        self.entries()
+        let ids = self
+            .entries()
             .filter_map(|(v, id)| {
                 let i: i64 = std::str::from_utf8(v).ok()?.parse().ok()?;
                 (text.format(i).as_bytes() == v).then_some((i, id))
             })
-            .collect()
+            .collect();
+        Some(ids)
     }
 
     /// Every value with its id (unordered).
