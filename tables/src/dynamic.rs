@@ -22,6 +22,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::hashing::{hash_id, unit_f32, KeyHashBuilder};
+use crate::key_index::KeyIndex;
+use crate::prefetch::{prefetch, DISTANCE};
 use crate::TableError;
 
 /// When a key gets a row.
@@ -135,8 +137,43 @@ pub struct KeyLookup {
     pub fresh: Vec<u32>,
 }
 
+/// A lookup's keys that hold no row: distinct, in order of first occurrence, with their
+/// sightings, and where each sighting is in the lookup.
+#[derive(Debug, Clone, Default)]
+struct MissedKeys {
+    keys: Vec<u64>,
+    counts: Vec<u32>,
+    index: HashMap<u64, u32, KeyHashBuilder>,
+    /// (position in the lookup, index among `keys`) of every sighting.
+    at: Vec<(usize, u32)>,
+    /// The row each key got, once placed.
+    rows: Vec<Option<u32>>,
+}
+
+impl MissedKeys {
+    /// Empty, keeping its memory for the next lookup.
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.counts.clear();
+        self.index.clear();
+        self.at.clear();
+        self.rows.clear();
+    }
+
+    fn add(&mut self, key: u64, at: usize) {
+        let next = self.keys.len() as u32;
+        let i = *self.index.entry(key).or_insert(next);
+        if i == next {
+            self.keys.push(key);
+            self.counts.push(0);
+        }
+        self.counts[i as usize] = self.counts[i as usize].saturating_add(1);
+        self.at.push((at, i));
+    }
+}
+
 /// One row's key (None: free) and use.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct RowMeta {
     key: Option<u64>,
     /// The step it was last used at.
@@ -147,13 +184,13 @@ struct RowMeta {
 }
 
 /// A table's map from keys to its `capacity` rows, with admission and eviction.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct KeyRows {
     capacity: u32,
     admission: Admission,
     eviction: Eviction,
     seed: u64,
-    rows: HashMap<u64, u32, KeyHashBuilder>,
+    rows: KeyIndex,
     /// Each row handed out so far: its key and use. Rows are handed out lowest first,
     /// so this grows with the rows in use, not with the capacity (a table of a large
     /// capacity costs what it holds). One record a row, so a lookup touches one cache
@@ -171,6 +208,10 @@ pub struct KeyRows {
     free: BTreeSet<u32>,
     sketch: Option<CountMinSketch>,
     stats: KeyRowStats,
+    /// The last lookup's missed keys, kept for their memory (not part of the map's state).
+    scratch: MissedKeys,
+    /// The last lookup's mark in the key index (not part of the map's state).
+    mark: u32,
 }
 
 impl KeyRows {
@@ -188,7 +229,7 @@ impl KeyRows {
             admission,
             eviction,
             seed,
-            rows: HashMap::default(),
+            rows: KeyIndex::default(),
             meta: Vec::new(),
             tick: 0,
             order: BTreeSet::new(),
@@ -196,6 +237,8 @@ impl KeyRows {
             free: BTreeSet::new(),
             sketch,
             stats: KeyRowStats::default(),
+            scratch: MissedKeys::default(),
+            mark: 0,
         }
     }
 
@@ -223,7 +266,7 @@ impl KeyRows {
 
     /// The row of `key`, if it holds one (no side effects: for evaluation).
     pub fn row_of(&self, key: u64) -> Option<u32> {
-        self.rows.get(&key).copied()
+        self.rows.get(key)
     }
 
     /// The key holding `row`, if any.
@@ -295,7 +338,7 @@ impl KeyRows {
 
     fn release(&mut self, row: u32) {
         if let Some(key) = self.meta[row as usize].key.take() {
-            self.rows.remove(&key);
+            self.rows.remove(key);
             self.stats.evicted += 1;
         }
         self.free.insert(row);
@@ -320,60 +363,76 @@ impl KeyRows {
         }
     }
 
-    /// The rows of `keys` looked up at `step` while training: held keys are touched,
-    /// admitted new keys take a free row or evict one not used at this step. Duplicates
-    /// in `keys` reach the same row. Steps must not go backwards.
+    /// The rows of `keys` (every value of a step's batch, duplicates included) looked up
+    /// at `step` while training. Keys holding a row are touched first, all of them; then
+    /// the others, in order of first occurrence with their sightings counted, are
+    /// admitted or refused, an admitted one taking a free row or evicting one not touched
+    /// at this step. So a batch never evicts a row it reaches, and a key's place in the
+    /// batch does not decide whether its row survives. Steps must not go backwards.
     pub fn lookup(&mut self, keys: &[u64], step: u64) -> KeyLookup {
-        self.lookup_counted(keys, &vec![1; keys.len()], step)
-    }
-
-    /// As [`Self::lookup`], with each key seen `counts[i]` times (a batch's distinct
-    /// keys): admission counts every sighting, and so does `lfu`.
-    pub fn lookup_counted(&mut self, keys: &[u64], counts: &[u64], step: u64) -> KeyLookup {
-        let mut out = KeyLookup {
-            rows: Vec::with_capacity(keys.len()),
-            fresh: Vec::new(),
-        };
-        let probed = self.probe(keys);
-        for ((&key, &n), probed) in keys.iter().zip(counts).zip(probed) {
-            let n = u32::try_from(n).unwrap_or(u32::MAX).max(1);
-            // a probe is stale when an earlier key of this call took the row, or (a
-            // repeated key) when the key got its row in this call
-            let held = probed.filter(|&r| self.meta[r as usize].key == Some(key));
-            let row = match held.or_else(|| self.rows.get(&key).copied()) {
-                Some(row) => Some(self.touch(row, step, n)),
-                None if self.admits(key, n, step) => {
-                    let Some(row) = self.take_row(step) else {
-                        // every row serves this step already: the default row this time
-                        self.stats.refused += 1;
-                        out.rows.push(None);
-                        continue;
-                    };
-                    self.stats.admitted += 1;
-                    out.fresh.push(row);
-                    Some(self.assign(row, key, step, n))
-                }
-                None => {
-                    self.stats.refused += 1;
-                    None
-                }
-            };
-            out.rows.push(row);
+        // every key probed (its slot asked for ahead) before any row's record is read:
+        // the CPU overlaps the cache misses of independent keys, where one key at a time
+        // would wait for each miss in turn; the slot's mark tells a key's first sighting
+        // in this lookup from its repeats without reading the record
+        let mark = self.next_mark();
+        let mut rows: Vec<Option<u32>> = Vec::with_capacity(keys.len());
+        let mut first = Vec::with_capacity(keys.len());
+        for (i, &key) in keys.iter().enumerate() {
+            if let Some(&ahead) = keys.get(i + DISTANCE) {
+                self.rows.prefetch(ahead);
+            }
+            let found = self.rows.get_marked(key, mark);
+            if let Some((row, true)) = found {
+                prefetch(&self.meta[row as usize]);
+            }
+            rows.push(found.map(|f| f.0));
+            first.push(found.is_some_and(|f| f.1));
         }
-        out
+        let mut touched = Vec::new();
+        let mut misses = std::mem::take(&mut self.scratch);
+        misses.clear();
+        for (at, ((row, &key), &first)) in rows.iter().zip(keys).zip(&first).enumerate() {
+            match *row {
+                Some(row) => self.touch(row, step, first, &mut touched),
+                None => misses.add(key, at),
+            }
+        }
+        for row in touched {
+            self.enqueue(row);
+        }
+        let mut fresh = Vec::new();
+        for (&key, &n) in misses.keys.iter().zip(&misses.counts) {
+            let row = self.place(key, n, step);
+            if let Some(row) = row {
+                fresh.push(row);
+            }
+            misses.rows.push(row);
+        }
+        for &(at, m) in &misses.at {
+            rows[at] = misses.rows[m as usize];
+        }
+        self.scratch = misses;
+        KeyLookup { rows, fresh }
     }
 
-    /// The rows `keys` hold now, with their records brought into cache. Probing every
-    /// key first lets the CPU overlap the cache misses of independent keys (a hash slot,
-    /// then a row's record), where one key at a time waits for each miss in turn.
-    fn probe(&self, keys: &[u64]) -> Vec<Option<u32>> {
-        let rows: Vec<Option<u32>> = keys.iter().map(|k| self.rows.get(k).copied()).collect();
-        let warm = rows
-            .iter()
-            .flatten()
-            .fold(0u64, |a, &r| a ^ self.meta[r as usize].last_tick);
-        std::hint::black_box(warm);
-        rows
+    /// A row for `key`, held by none, seen `n` times in this lookup: a free or evicted
+    /// row if it is admitted and one is left, else None (counted as refused sightings).
+    fn place(&mut self, key: u64, n: u32, step: u64) -> Option<u32> {
+        // every row may serve this step already: the default row this time
+        let row = self
+            .admits(key, n, step)
+            .then(|| self.take_row(step))
+            .flatten();
+        match row {
+            Some(row) => {
+                self.stats.admitted += 1;
+                Some(self.assign(row, key, step, n))
+            }
+            None => {
+                self.stats.refused += u64::from(n);
+                None
+            }
+        }
     }
 
     /// A free row, or the row of the key eviction chooses among those not used at
@@ -408,11 +467,33 @@ impl KeyRows {
         Some(row)
     }
 
-    fn touch(&mut self, row: u32, step: u64, n: u32) -> u32 {
+    /// A mark for the next lookup's slots: never 0, and never one a slot still holds
+    /// (after the counter wraps every mark is cleared).
+    fn next_mark(&mut self) -> u32 {
+        self.mark = self.mark.wrapping_add(1);
+        if self.mark == 0 {
+            self.rows.clear_marks();
+            self.mark = 1;
+        }
+        self.mark
+    }
+
+    /// One more use of held `row` in a lookup, the `first` of it there or not. Its first
+    /// use in the lookup stamps its recency and takes it out of the LFU order; it goes
+    /// back into the order (`touched`) once the lookup's held keys are all counted.
+    fn touch(&mut self, row: u32, step: u64, first: bool, touched: &mut Vec<u32>) {
+        let r = row as usize;
+        if !first {
+            self.meta[r].uses = self.meta[r].uses.saturating_add(1);
+            return;
+        }
         if self.eviction == Eviction::Lfu {
             self.order.remove(&self.order_key(row));
         }
-        self.mark(row, step, self.meta[row as usize].uses.saturating_add(n))
+        self.tick += 1;
+        let m = &mut self.meta[r];
+        (m.last_step, m.last_tick, m.uses) = (step, self.tick, m.uses.saturating_add(1));
+        touched.push(row);
     }
 
     /// Row `row` (out of the eviction order) as used now, at `step`, `uses` times.
@@ -437,14 +518,29 @@ impl KeyRows {
         self.recency
             .push_back((self.meta[row as usize].last_tick, row));
         if self.recency.len() > 2 * self.rows.len() + 1024 {
-            let keep: VecDeque<(u64, u32)> = self
-                .recency
-                .iter()
-                .copied()
-                .filter(|&(t, r)| self.is_current(t, r))
-                .collect();
-            self.recency = keep;
+            self.compact_recency();
         }
+    }
+
+    /// Drops the stale entries of the recency queue. A row's newest entry is its current
+    /// one unless the row is free (every change of a row's tick enqueues it), so a scan
+    /// from the back with a bitmap of rows seen decides without reading any row's record:
+    /// the records are where the cache misses are.
+    fn compact_recency(&mut self) {
+        let mut seen = vec![false; self.meta.len()];
+        let mut keep: Vec<(u64, u32)> = Vec::with_capacity(self.rows.len());
+        for &(tick, row) in self.recency.iter().rev() {
+            let r = row as usize;
+            if !seen[r] {
+                seen[r] = true;
+                if self.free.is_empty() || !self.free.contains(&row) {
+                    keep.push((tick, row));
+                }
+            }
+        }
+        keep.reverse();
+        debug_assert!(keep.iter().all(|&(t, r)| self.is_current(t, r)));
+        self.recency = keep.into();
     }
 }
 
@@ -529,6 +625,14 @@ impl KeyRows {
 
     /// Hands out the next never-used row.
     fn grow(&mut self) -> u32 {
+        if self.meta.len() == self.meta.capacity() {
+            // doubled by hand into memory advised for huge pages (a lookup touches
+            // records at random)
+            let room = (2 * self.meta.len()).max(1024).min(self.capacity as usize);
+            let mut bigger = crate::storage::huge_page_vec(room);
+            bigger.extend_from_slice(&self.meta);
+            self.meta = bigger;
+        }
         self.meta.push(RowMeta::default());
         self.rows_in_use() - 1
     }
@@ -809,9 +913,19 @@ mod tests {
         let l = m.lookup(&[1, 2, 3, 1], 1);
         assert_eq!(l.rows, vec![Some(0), Some(1), None, Some(0)]);
         assert_eq!(m.stats().refused, 1);
-        // at the next step key 3 takes the least recent row (key 2's: key 1 came again)
-        assert_eq!(m.lookup(&[3], 2).rows, vec![Some(1)]);
-        assert_eq!(m.row_of(2), None);
+        // held keys are touched before new ones are placed: at step 2 key 4 cannot evict
+        // key 2, which comes after it in the batch
+        let l = m.lookup(&[4, 2], 2);
+        assert_eq!(l.rows, vec![Some(0), Some(1)]);
+        assert_eq!(
+            m.row_of(1),
+            None,
+            "key 1, not used at step 2, gave up its row"
+        );
+        // at the next step key 3 takes the least recent row (key 4's: key 2 came later)
+        m.lookup(&[2], 3);
+        assert_eq!(m.lookup(&[3], 4).rows, vec![Some(0)]);
+        assert_eq!(m.row_of(4), None);
     }
 
     #[test]

@@ -12,16 +12,15 @@
 //! Keys not admitted read nothing: they are left out of their bag (a zero default row
 //! that is never updated; with mean pooling they are also left out of the mean).
 //!
-//! Determinism: an owner sees the distinct keys of the step's whole batch in the order
-//! of their first occurrence (ranks in rank order, a rank's slices in order), with their
-//! counts summed, whatever the number of ranks; so a map evolves the same way on every
-//! run of the same seed and rank count.
-
-use std::collections::HashMap;
+//! Determinism: an owner sees every key of the step's whole batch in batch order (ranks
+//! in rank order, a rank's slices in order), whatever the number of ranks; so a map
+//! evolves the same way on every run of the same seed and rank count. Keys are sent as
+//! they come, duplicates included, as TorchRec's input distribution sends ids: the
+//! owner's map counts them in the same pass that finds their rows, where deduplicating
+//! first would cost a second hash map a step on both sides.
 
 use crate::dynamic::{key_owner, KeyRows};
 use crate::exchange::Exchange;
-use crate::hashing::KeyHashBuilder;
 use crate::jagged::KeyedJaggedIds;
 use crate::TableError;
 use rayon::prelude::*;
@@ -59,57 +58,20 @@ pub struct KeyMaps {
     features: Vec<FeatureKeys>,
 }
 
-/// One feature's part of an ask: the distinct keys for each owner, and per piece where
-/// each value's key went (owner, index there).
-type FeatureAsk = (Vec<Distinct>, Vec<Vec<(u32, u32)>>);
-
-/// What a rank asked the owners: per owner and feature, the distinct keys it sent; per
-/// piece and feature, where each value's key went (owner, index among those sent there).
+/// What a rank sent the owners: per owner, how many keys of each feature; per piece and
+/// feature, how many values and the owner of each (none with one rank: every key is
+/// its own).
 struct Asked {
-    sent: Vec<Vec<Distinct>>,
-    slots: Vec<Vec<Vec<(u32, u32)>>>,
+    sent: Vec<Vec<usize>>,
+    values: Vec<Vec<usize>>,
+    owners: Vec<Vec<Vec<u32>>>,
 }
 
-/// One feature's keys as their owner sees them: every asker's, merged in rank order
-/// (first occurrence, counts summed), and where each asker's keys are among them.
-struct Merged {
+/// One feature's keys as their owner sees them: every asker's, in rank order, and how
+/// many came from each asker.
+struct Gathered {
     keys: Vec<u64>,
-    counts: Vec<u64>,
-    index: Vec<Vec<usize>>,
-}
-
-/// A batch's distinct keys of one feature in order of first occurrence, with counts.
-#[derive(Debug, Default)]
-struct Distinct {
-    keys: Vec<u64>,
-    counts: Vec<u64>,
-    index: HashMap<u64, usize, KeyHashBuilder>,
-}
-
-impl Distinct {
-    fn with_capacity(n: usize) -> Self {
-        Self {
-            keys: Vec::with_capacity(n),
-            counts: Vec::with_capacity(n),
-            index: HashMap::with_capacity_and_hasher(n, KeyHashBuilder::default()),
-        }
-    }
-
-    /// Counts `count` sightings of `key`; returns its index among the distinct keys.
-    fn add(&mut self, key: u64, count: u64) -> usize {
-        match self.index.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => {
-                self.counts[*e.get()] += count;
-                *e.get()
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(self.keys.len());
-                self.keys.push(key);
-                self.counts.push(count);
-                self.keys.len() - 1
-            }
-        }
-    }
+    from: Vec<usize>,
 }
 
 impl KeyMaps {
@@ -149,14 +111,14 @@ impl KeyMaps {
     ) -> Result<Vec<FreshRows>, TableError> {
         let route = self.route();
         let (asked, received) = route.ask(ex, pieces)?;
-        let merged = route.merge(&received)?;
+        let gathered = route.gather(&received)?;
         let answered: Vec<(Vec<u64>, FreshRows)> = self
             .features
             .par_iter_mut()
-            .zip(&merged)
-            .map(|(m, mg)| {
+            .zip(&gathered)
+            .map(|(m, g)| {
                 m.map.expire(step);
-                let found = m.map.lookup_counted(&mg.keys, &mg.counts, step);
+                let found = m.map.lookup(&g.keys, step);
                 let fresh = FreshRows {
                     feature: m.feature,
                     local_rows: found.fresh.iter().map(|&r| u64::from(r)).collect(),
@@ -174,7 +136,7 @@ impl KeyMaps {
             })
             .collect();
         let (rows, fresh): (Vec<Vec<u64>>, Vec<FreshRows>) = answered.into_iter().unzip();
-        let rows = route.reply(ex, &asked, &merged, rows)?;
+        let rows = route.reply(ex, &asked, &gathered, &rows)?;
         let mapped: Vec<KeyedJaggedIds> = pieces
             .par_iter()
             .zip(&rows)
@@ -196,17 +158,17 @@ impl KeyMaps {
         let route = self.route();
         let pieces = std::slice::from_ref(batch);
         let (asked, received) = route.ask(ex, pieces)?;
-        let merged = route.merge(&received)?;
+        let gathered = route.gather(&received)?;
         let rows: Vec<Vec<u64>> = self
             .features
             .par_iter()
-            .zip(&merged)
-            .map(|(m, mg)| {
+            .zip(&gathered)
+            .map(|(m, g)| {
                 let row = |k: &u64| m.map.row_of(*k).map_or(NO_ROW, |r| m.base + u64::from(r));
-                mg.keys.iter().map(row).collect()
+                g.keys.iter().map(row).collect()
             })
             .collect();
-        let rows = route.reply(ex, &asked, &merged, rows)?;
+        let rows = route.reply(ex, &asked, &gathered, &rows)?;
         route.rewrite(batch, &rows[0])
     }
 
@@ -228,153 +190,131 @@ struct KeyRoute {
 }
 
 impl KeyRoute {
-    /// Sends the pieces' distinct keys of every dynamic feature to their owners; returns
-    /// what was asked (to read the answers by) and what every rank asked this one.
+    /// Sends every key of the pieces' dynamic features to its owner; returns what was
+    /// sent (to read the answers by) and what every rank sent this one.
     fn ask(
         &self,
         ex: &dyn Exchange,
         pieces: &[KeyedJaggedIds],
     ) -> Result<(Asked, Vec<Vec<u64>>), TableError> {
         let n = self.world;
-        // per feature, in parallel: the distinct keys for each owner, and where each
-        // value's key went (owner, index there)
+        // per feature, in parallel: the keys for each owner, and each value's owner
+        type FeatureAsk = (Vec<Vec<u64>>, Vec<Vec<u32>>);
         let per_feature: Vec<FeatureAsk> = self
             .features
             .par_iter()
             .map(|&f| {
-                let values: usize = pieces
-                    .iter()
-                    .filter(|p| f < p.num_keys())
-                    .map(|p| p.key_len(f))
-                    .sum();
-                let mut owners: Vec<Distinct> = (0..n)
-                    .map(|_| Distinct::with_capacity(values / n + 1))
-                    .collect();
-                let mut slots = Vec::with_capacity(pieces.len());
+                let mut to: Vec<Vec<u64>> = vec![Vec::new(); n];
+                let mut owners = Vec::with_capacity(pieces.len());
                 for piece in pieces {
                     let values = values_of(piece, f)?;
-                    let mut at = Vec::with_capacity(values.len());
-                    for &key in values {
-                        let owner = if n == 1 { 0 } else { key_owner(key, n) };
-                        at.push((owner as u32, owners[owner].add(key, 1) as u32));
+                    if n == 1 {
+                        to[0].extend_from_slice(values);
+                        owners.push(Vec::new());
+                        continue;
                     }
-                    slots.push(at);
+                    let mut of = Vec::with_capacity(values.len());
+                    for &key in values {
+                        let owner = key_owner(key, n);
+                        to[owner].push(key);
+                        of.push(owner as u32);
+                    }
+                    owners.push(of);
                 }
-                Ok((owners, slots))
+                Ok((to, owners))
             })
             .collect::<Result<_, TableError>>()?;
-        let mut sent: Vec<Vec<Distinct>> = (0..n).map(|_| Vec::new()).collect();
-        let mut slots: Vec<Vec<Vec<(u32, u32)>>> = vec![Vec::new(); pieces.len()];
-        for (owners, feature_slots) in per_feature {
-            for (o, d) in owners.into_iter().enumerate() {
-                sent[o].push(d);
+        let mut sent = vec![Vec::with_capacity(self.features.len()); n];
+        let mut send: Vec<Vec<u64>> = vec![Vec::new(); n];
+        let mut owners = vec![Vec::with_capacity(self.features.len()); pieces.len()];
+        let values = pieces
+            .iter()
+            .map(|piece| self.features.iter().map(|&f| piece.key_len(f)).collect())
+            .collect();
+        for (to, of) in per_feature {
+            for (o, keys) in to.into_iter().enumerate() {
+                sent[o].push(keys.len());
+                send[o].push(keys.len() as u64);
+                send[o].extend(keys);
             }
-            for (p, at) in feature_slots.into_iter().enumerate() {
-                slots[p].push(at);
+            for (p, of) in of.into_iter().enumerate() {
+                owners[p].push(of);
             }
         }
-        let send: Vec<Vec<u64>> = sent.iter().map(|per| encode(per)).collect();
         let received = ex.all_to_all_u64(send)?;
-        Ok((Asked { sent, slots }, received))
+        Ok((
+            Asked {
+                sent,
+                values,
+                owners,
+            },
+            received,
+        ))
     }
 
-    /// As an owner: what every rank asked, merged per feature in rank order.
-    fn merge(&self, received: &[Vec<u64>]) -> Result<Vec<Merged>, TableError> {
-        let mut from: Vec<Vec<(&[u64], &[u64])>> = Vec::with_capacity(received.len());
+    /// As an owner: every rank's keys of each feature, in rank order.
+    fn gather(&self, received: &[Vec<u64>]) -> Result<Vec<Gathered>, TableError> {
+        let mut from: Vec<Vec<&[u64]>> = Vec::with_capacity(received.len());
         for (src, msg) in received.iter().enumerate() {
             let parts = decode(msg, self.features.len());
             from.push(parts.ok_or_else(|| self.malformed(src, msg.len()))?);
         }
         Ok((0..self.features.len())
-            .into_par_iter()
-            .map(|i| {
-                if from.len() == 1 {
-                    // one asker: its keys are already distinct and in order
-                    let (keys, counts) = from[0][i];
-                    let index = vec![(0..keys.len()).collect()];
-                    return Merged {
-                        keys: keys.to_vec(),
-                        counts: counts.to_vec(),
-                        index,
-                    };
-                }
-                let mut merged = Distinct::default();
-                let index = from
-                    .iter()
-                    .map(|parts| {
-                        let (keys, counts) = parts[i];
-                        keys.iter()
-                            .zip(counts)
-                            .map(|(&k, &c)| merged.add(k, c))
-                            .collect()
-                    })
-                    .collect();
-                Merged {
-                    keys: merged.keys,
-                    counts: merged.counts,
-                    index,
-                }
+            .map(|i| Gathered {
+                keys: from.iter().flat_map(|parts| parts[i]).copied().collect(),
+                from: from.iter().map(|parts| parts[i].len()).collect(),
             })
             .collect())
     }
 
-    /// Sends each rank the rows of the keys it asked (`rows[i]`: of feature `i`'s merged
+    /// Sends each rank the rows of the keys it sent (`rows[i]`: of feature `i`'s gathered
     /// keys) and returns, per piece and dynamic feature, the row of each of its values.
     fn reply(
         &self,
         ex: &dyn Exchange,
         asked: &Asked,
-        merged: &[Merged],
-        rows: Vec<Vec<u64>>,
+        gathered: &[Gathered],
+        rows: &[Vec<u64>],
     ) -> Result<Vec<Vec<Vec<u64>>>, TableError> {
-        let n = self.world;
-        let mut replies: Vec<Vec<u64>> = vec![Vec::new(); n];
-        for (mg, rows) in merged.iter().zip(&rows) {
-            for (reply, at) in replies.iter_mut().zip(&mg.index) {
-                reply.extend(at.iter().map(|&k| rows[k]));
+        let mut replies: Vec<Vec<u64>> = vec![Vec::new(); self.world];
+        for (g, rows) in gathered.iter().zip(rows) {
+            let mut at = 0;
+            for (reply, &len) in replies.iter_mut().zip(&g.from) {
+                reply.extend_from_slice(&rows[at..at + len]);
+                at += len;
             }
         }
         let answers = ex.all_to_all_u64(replies)?;
         self.check_answers(&asked.sent, &answers)?;
-        // where feature i's answers start in each owner's reply
-        let starts: Vec<Vec<usize>> = asked
-            .sent
-            .iter()
-            .map(|per| {
-                per.iter()
-                    .scan(0, |at, d| {
-                        let start = *at;
-                        *at += d.keys.len();
-                        Some(start)
-                    })
-                    .collect()
-            })
-            .collect();
-        Ok(asked
-            .slots
-            .iter()
-            .map(|per_feature| {
-                per_feature
-                    .iter()
-                    .enumerate()
-                    .map(|(i, at)| {
-                        at.iter()
-                            .map(|&(o, k)| answers[o as usize][starts[o as usize][i] + k as usize])
-                            .collect()
-                    })
-                    .collect()
-            })
-            .collect())
+        // where feature i's answers start in each owner's reply: each owner's cursor
+        // then runs through the pieces in order, as their keys were sent
+        let mut cursor: Vec<usize> = vec![0; self.world];
+        let mut out: Vec<Vec<Vec<u64>>> = vec![Vec::new(); asked.owners.len()];
+        for i in 0..self.features.len() {
+            for (p, per_feature) in asked.owners.iter().enumerate() {
+                let of = &per_feature[i];
+                let rows: Vec<u64> = if of.is_empty() {
+                    let len = asked.values[p][i];
+                    cursor[0] += len;
+                    answers[0][cursor[0] - len..cursor[0]].to_vec()
+                } else {
+                    of.iter()
+                        .map(|&o| {
+                            cursor[o as usize] += 1;
+                            answers[o as usize][cursor[o as usize] - 1]
+                        })
+                        .collect()
+                };
+                out[p].push(rows);
+            }
+        }
+        Ok(out)
     }
 
     /// Every owner answered one row for each key sent to it.
-    fn check_answers(
-        &self,
-        sent: &[Vec<Distinct>],
-        answers: &[Vec<u64>],
-    ) -> Result<(), TableError> {
+    fn check_answers(&self, sent: &[Vec<usize>], answers: &[Vec<u64>]) -> Result<(), TableError> {
         for (owner, per) in sent.iter().enumerate() {
-            let expected: usize = per.iter().map(|d| d.keys.len()).sum();
+            let expected: usize = per.iter().sum();
             let got = answers.get(owner).map_or(0, Vec::len);
             if got != expected {
                 return Err(TableError::Exchange(format!(
@@ -446,31 +386,18 @@ fn values_of(batch: &KeyedJaggedIds, f: usize) -> Result<&[u64], TableError> {
     Ok(batch.key_values(f))
 }
 
-/// Per feature: count, keys, counts.
-fn encode(per: &[Distinct]) -> Vec<u64> {
-    let total: usize = per.iter().map(|d| 1 + 2 * d.keys.len()).sum();
-    let mut msg = Vec::with_capacity(total);
-    for d in per {
-        msg.push(d.keys.len() as u64);
-        msg.extend_from_slice(&d.keys);
-        msg.extend_from_slice(&d.counts);
-    }
-    msg
-}
-
-/// The (keys, counts) of each of `nf` features in a message from [`encode`].
-fn decode(msg: &[u64], nf: usize) -> Option<Vec<(&[u64], &[u64])>> {
+/// The keys of each of `nf` features in a message of (count, keys) per feature.
+fn decode(msg: &[u64], nf: usize) -> Option<Vec<&[u64]>> {
     let mut out = Vec::with_capacity(nf);
     let mut rest = msg;
     for _ in 0..nf {
         let (&n, tail) = rest.split_first()?;
         let n = usize::try_from(n).ok()?;
-        if tail.len() < 2 * n {
+        if tail.len() < n {
             return None;
         }
         let (keys, tail) = tail.split_at(n);
-        let (counts, tail) = tail.split_at(n);
-        out.push((keys, counts));
+        out.push(keys);
         rest = tail;
     }
     rest.is_empty().then_some(out)
@@ -596,10 +523,10 @@ mod tests {
     #[test]
     fn malformed_requests_are_refused_not_read_past() {
         assert!(decode(&[3, 1, 2], 1).is_none());
-        assert!(decode(&[1, 9, 1, 5], 1).is_none(), "trailing values");
+        assert!(decode(&[1, 9, 5], 1).is_none(), "trailing values");
         assert_eq!(
-            decode(&[1, 9, 1], 1).unwrap()[0],
-            (&[9u64][..], &[1u64][..])
+            decode(&[1, 9, 2, 4, 5], 2).unwrap(),
+            vec![&[9u64][..], &[4, 5]]
         );
     }
 }

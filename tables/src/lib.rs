@@ -35,6 +35,7 @@ mod fused_plan;
 mod hashing;
 mod init;
 mod jagged;
+mod key_index;
 mod key_maps;
 mod local;
 mod lookup_plan;

@@ -88,6 +88,24 @@ fn map_huge(bytes: usize) -> Option<(NonNull<f32>, usize)> {
     NonNull::new(aligned as *mut f32).map(|p| (p, size))
 }
 
+/// A vector of room for `n` values whose memory is advised for huge pages before any
+/// of it is touched (the interior 2 MiB pages of a large buffer; small ones as they come).
+/// For indexes probed at random across many megabytes, as the rows are.
+pub(crate) fn huge_page_vec<T>(n: usize) -> Vec<T> {
+    let v: Vec<T> = Vec::with_capacity(n);
+    let bytes = v.capacity() * std::mem::size_of::<T>();
+    if bytes >= 2 * HUGE_PAGE {
+        let start = (v.as_ptr() as usize).div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        let end = (v.as_ptr() as usize + bytes) / HUGE_PAGE * HUGE_PAGE;
+        // SAFETY: [start, end) lies inside the vector's own allocation; the advice
+        // changes how its pages are backed, never their contents.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
+    }
+    v
+}
+
 impl InMemoryRows {
     /// `len` zeros.
     pub fn zeros(len: usize) -> Self {
