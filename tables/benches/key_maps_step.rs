@@ -1,10 +1,13 @@
 //! Mapping a step's keys to rows (dynamic tables), against planning the same batch's
 //! rows (what a plain table's lookup starts with). Prints milliseconds per step.
 //!
-//!     cargo bench -p shardrec-tables --bench key_maps_step -- [features] [batch] [steps] [capacity]
+//!     cargo bench -p shardrec-tables --bench key_maps_step -- [features] [batch] [steps] [capacity] [--zipf]
 //!
 //! Defaults: 26 features, batch 1024, 300 steps, 80,000 rows a table; keys skewed as
-//! `100,000 * u^3` plus a drift of new keys every step.
+//! `100,000 * u^3` plus a drift of new keys every step (a churning stream: about 30% of
+//! a step's keys are new). With `--zipf`, log-uniform ranks over 100,000 ids a feature
+//! and no drift, about the mix of `launch/bench_dynamic.py`'s stream (12,500 distinct
+//! keys a step, 2,300 of them new, at 900 steps).
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +27,7 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
+    let zipf = std::env::args().any(|a| a == "--zipf");
     let arg = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
     let (features, batch, steps, capacity) =
         (arg(0, 26), arg(1, 1024), arg(2, 300), arg(3, 80_000));
@@ -48,6 +52,11 @@ fn main() {
         let ids: Vec<u64> = (0..(batch * features) as u64)
             .map(|i| {
                 let u = (mix64(step * 1_000_003 + i) >> 11) as f64 / (1u64 << 53) as f64;
+                if zipf {
+                    // log-uniform ranks (Zipf with s = 1) over 100,000 ids a feature
+                    let rank = 100_000f64.powf(u) as u64;
+                    return mix64(rank * 64 + i % features as u64);
+                }
                 (100_000.0 * u * u * u) as u64 + step * 50
             })
             .collect();
