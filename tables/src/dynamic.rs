@@ -544,6 +544,35 @@ impl KeyRows {
     }
 }
 
+/// A map's admission and eviction, as [`KeyRows::to_bytes`] writes them.
+fn read_policy(f: &mut Fields) -> Result<(Admission, Eviction), TableError> {
+    let admission = match (
+        f.u8("the admission")?,
+        f.u32("min_count")?,
+        f.u64("sketch bytes")?,
+    ) {
+        (0, ..) => Admission::Always,
+        (1, min_count, sketch_bytes) => Admission::MinCount {
+            min_count,
+            sketch_bytes,
+        },
+        (2, ..) => Admission::Probability {
+            p: f32::from_le_bytes(f.take("p")?),
+        },
+        (t, ..) => return Err(f.bad(format!("unknown admission {t}"))),
+    };
+    if !matches!(admission, Admission::Probability { .. }) {
+        f.take::<4>("p")?;
+    }
+    let eviction = match (f.u8("the eviction")?, f.u64("ttl steps")?) {
+        (0, _) => Eviction::Lru,
+        (1, _) => Eviction::Lfu,
+        (2, steps) => Eviction::TtlSteps { steps },
+        (t, _) => return Err(f.bad(format!("unknown eviction {t}"))),
+    };
+    Ok((admission, eviction))
+}
+
 /// The rank that holds `key`'s row among `world` ranks (row-wise by key hash).
 pub fn key_owner(key: u64, world: usize) -> usize {
     (hash_id(0x0D1E_5EED, key) % world.max(1) as u64) as usize
@@ -782,30 +811,7 @@ impl KeyRows {
         }
         let capacity = f.u32("the capacity")?;
         let (seed, tick) = (f.u64("the seed")?, f.u64("the clock")?);
-        let admission = match (
-            f.u8("the admission")?,
-            f.u32("min_count")?,
-            f.u64("sketch bytes")?,
-        ) {
-            (0, ..) => Admission::Always,
-            (1, min_count, sketch_bytes) => Admission::MinCount {
-                min_count,
-                sketch_bytes,
-            },
-            (2, ..) => Admission::Probability {
-                p: f32::from_le_bytes(f.take("p")?),
-            },
-            (t, ..) => return Err(f.bad(format!("unknown admission {t}"))),
-        };
-        if !matches!(admission, Admission::Probability { .. }) {
-            f.take::<4>("p")?;
-        }
-        let eviction = match (f.u8("the eviction")?, f.u64("ttl steps")?) {
-            (0, _) => Eviction::Lru,
-            (1, _) => Eviction::Lfu,
-            (2, steps) => Eviction::TtlSteps { steps },
-            (t, _) => return Err(f.bad(format!("unknown eviction {t}"))),
-        };
+        let (admission, eviction) = read_policy(&mut f)?;
         if capacity == 0 {
             return Err(f.bad("capacity 0".into()));
         }
