@@ -4,7 +4,7 @@
 //! A dynamic feature's table is split row-wise over the ranks in blocks of its
 //! per-rank capacity; the rank that owns a key ([`key_owner`], by key hash) holds the
 //! key's [`KeyRows`] entry and its row, in its own block. So a batch's keys go to their
-//! owners first (one all-to-all of the distinct keys and their counts), the owners admit,
+//! owners first (one all-to-all of every key, duplicates included), the owners admit,
 //! evict and answer global rows (a second all-to-all), and the batch then runs through the
 //! row-indexed lookup like any other. TorchRec's managed-collision modules remap ids
 //! before the sharded lookup in the same way.
