@@ -490,23 +490,16 @@ impl KeyRows {
         if self.eviction == Eviction::Lfu {
             self.order.remove(&self.order_key(row));
         }
-        self.tick += 1;
-        let m = &mut self.meta[r];
-        (m.last_step, m.last_tick, m.uses) = (step, self.tick, m.uses.saturating_add(1));
+        self.stamp(row, step, self.meta[r].uses.saturating_add(1));
         touched.push(row);
     }
 
-    /// Row `row` (out of the eviction order) as used now, at `step`, `uses` times.
-    fn mark(&mut self, row: u32, step: u64, uses: u32) -> u32 {
-        let r = row as usize;
+    /// Row `row` (out of the eviction order) as used now, at `step`, `uses` times; the
+    /// caller puts it back into the order.
+    fn stamp(&mut self, row: u32, step: u64, uses: u32) {
         self.tick += 1;
-        (
-            self.meta[r].last_step,
-            self.meta[r].last_tick,
-            self.meta[r].uses,
-        ) = (step, self.tick, uses);
-        self.enqueue(row);
-        row
+        let m = &mut self.meta[row as usize];
+        (m.last_step, m.last_tick, m.uses) = (step, self.tick, uses);
     }
 
     /// Puts held `row` into the eviction order at its current uses and tick.
@@ -533,7 +526,7 @@ impl KeyRows {
             let r = row as usize;
             if !seen[r] {
                 seen[r] = true;
-                if self.free.is_empty() || !self.free.contains(&row) {
+                if !self.free.contains(&row) {
                     keep.push((tick, row));
                 }
             }
@@ -676,7 +669,9 @@ impl KeyRows {
     fn assign(&mut self, row: u32, key: u64, step: u64, uses: u32) -> u32 {
         self.meta[row as usize].key = Some(key);
         self.rows.insert(key, row);
-        self.mark(row, step, uses)
+        self.stamp(row, step, uses);
+        self.enqueue(row);
+        row
     }
 
     /// Adds the counters of `old`'s sketches of this map's shape into this map's.
