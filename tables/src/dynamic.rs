@@ -17,11 +17,11 @@
 //!   probability draws hash with fixed seeds. So a rank's map is the same on every run,
 //!   and a checkpoint of it restores the same future.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hashing::{hash_id, unit_f32, KeyHashBuilder};
+use crate::hashing::{hash_id, unit_f32};
 use crate::key_index::KeyIndex;
 use crate::prefetch::{prefetch, DISTANCE};
 use crate::TableError;
@@ -137,38 +137,40 @@ pub struct KeyLookup {
     pub fresh: Vec<u32>,
 }
 
-/// A lookup's keys that hold no row: distinct, in order of first occurrence, with their
-/// sightings, and where each sighting is in the lookup.
+/// A lookup's sightings of keys that hold no row, grouped by key. A step brings a few
+/// dozen to a few hundred such keys a table: sorting them costs less than a hash map,
+/// whose memory would be cold at every step.
 #[derive(Debug, Clone, Default)]
 struct MissedKeys {
-    keys: Vec<u64>,
-    counts: Vec<u32>,
-    index: HashMap<u64, u32, KeyHashBuilder>,
-    /// (position in the lookup, index among `keys`) of every sighting.
-    at: Vec<(usize, u32)>,
-    /// The row each key got, once placed.
-    rows: Vec<Option<u32>>,
+    /// (key, position in the lookup) of every sighting; sorted by [`Self::group`].
+    sightings: Vec<(u64, usize)>,
+    /// Per distinct key, in order of first sighting: its sightings' range in `sightings`.
+    groups: Vec<(usize, std::ops::Range<usize>)>,
 }
 
 impl MissedKeys {
     /// Empty, keeping its memory for the next lookup.
     fn clear(&mut self) {
-        self.keys.clear();
-        self.counts.clear();
-        self.index.clear();
-        self.at.clear();
-        self.rows.clear();
+        self.sightings.clear();
+        self.groups.clear();
     }
 
     fn add(&mut self, key: u64, at: usize) {
-        let next = self.keys.len() as u32;
-        let i = *self.index.entry(key).or_insert(next);
-        if i == next {
-            self.keys.push(key);
-            self.counts.push(0);
+        self.sightings.push((key, at));
+    }
+
+    /// Groups the sightings by key, the groups in order of their first sighting.
+    fn group(&mut self) {
+        self.sightings.sort_unstable();
+        let s = &self.sightings;
+        let mut start = 0;
+        for i in 1..=s.len() {
+            if i == s.len() || s[i].0 != s[start].0 {
+                self.groups.push((s[start].1, start..i));
+                start = i;
+            }
         }
-        self.counts[i as usize] = self.counts[i as usize].saturating_add(1);
-        self.at.push((at, i));
+        self.groups.sort_unstable_by_key(|g| g.0);
     }
 }
 
@@ -370,14 +372,30 @@ impl KeyRows {
     /// at this step. So a batch never evicts a row it reaches, and a key's place in the
     /// batch does not decide whether its row survives. Steps must not go backwards.
     pub fn lookup(&mut self, keys: &[u64], step: u64) -> KeyLookup {
-        // every key probed (its slot asked for ahead) before any row's record is read:
-        // the CPU overlaps the cache misses of independent keys, where one key at a time
-        // would wait for each miss in turn; the slot's mark tells a key's first sighting
-        // in this lookup from its repeats without reading the record
+        // two stages DISTANCE keys apart: key i is probed (its slot was asked for
+        // DISTANCE keys before) and, at its first sighting here, its row's record asked
+        // for; key i - DISTANCE, whose record has arrived by then, is touched. So the CPU
+        // overlaps the cache misses of independent keys and reads each record once while
+        // it is in the cache; the slot's mark tells a key's first sighting in this lookup
+        // from its repeats without reading the record. The touches run in key order, as
+        // they would after probing every key first.
         let mark = self.next_mark();
         let mut rows: Vec<Option<u32>> = Vec::with_capacity(keys.len());
-        let mut first = Vec::with_capacity(keys.len());
-        for (i, &key) in keys.iter().enumerate() {
+        let mut first = [false; DISTANCE];
+        let mut touched = Vec::new();
+        let mut misses = std::mem::take(&mut self.scratch);
+        misses.clear();
+        for i in 0..keys.len() + DISTANCE {
+            // key i - DISTANCE first: key i takes its place in `first`
+            if let Some(j) = i.checked_sub(DISTANCE) {
+                match rows[j] {
+                    Some(row) => self.touch(row, step, first[j % DISTANCE], &mut touched),
+                    None => misses.add(keys[j], j),
+                }
+            }
+            let Some(&key) = keys.get(i) else {
+                continue;
+            };
             if let Some(&ahead) = keys.get(i + DISTANCE) {
                 self.rows.prefetch(ahead);
             }
@@ -386,30 +404,23 @@ impl KeyRows {
                 prefetch(&self.meta[row as usize]);
             }
             rows.push(found.map(|f| f.0));
-            first.push(found.is_some_and(|f| f.1));
-        }
-        let mut touched = Vec::new();
-        let mut misses = std::mem::take(&mut self.scratch);
-        misses.clear();
-        for (at, ((row, &key), &first)) in rows.iter().zip(keys).zip(&first).enumerate() {
-            match *row {
-                Some(row) => self.touch(row, step, first, &mut touched),
-                None => misses.add(key, at),
-            }
+            first[i % DISTANCE] = found.is_some_and(|f| f.1);
         }
         for row in touched {
             self.enqueue(row);
         }
+        misses.group();
         let mut fresh = Vec::new();
-        for (&key, &n) in misses.keys.iter().zip(&misses.counts) {
+        for (_, range) in &misses.groups {
+            let key = misses.sightings[range.start].0;
+            let n = u32::try_from(range.len()).unwrap_or(u32::MAX);
             let row = self.place(key, n, step);
             if let Some(row) = row {
                 fresh.push(row);
             }
-            misses.rows.push(row);
-        }
-        for &(at, m) in &misses.at {
-            rows[at] = misses.rows[m as usize];
+            for &(_, at) in &misses.sightings[range.clone()] {
+                rows[at] = row;
+            }
         }
         self.scratch = misses;
         KeyLookup { rows, fresh }
@@ -479,19 +490,25 @@ impl KeyRows {
     }
 
     /// One more use of held `row` in a lookup, the `first` of it there or not. Its first
-    /// use in the lookup stamps its recency and takes it out of the LFU order; it goes
-    /// back into the order (`touched`) once the lookup's held keys are all counted.
+    /// use in the lookup stamps its recency: `lru` and `ttl_steps` queue it at once (its
+    /// tick is final), `lfu` takes it out of its order and puts it back (`touched`) once
+    /// the lookup's held keys are all counted.
     fn touch(&mut self, row: u32, step: u64, first: bool, touched: &mut Vec<u32>) {
         let r = row as usize;
         if !first {
             self.meta[r].uses = self.meta[r].uses.saturating_add(1);
             return;
         }
-        if self.eviction == Eviction::Lfu {
+        let lfu = self.eviction == Eviction::Lfu;
+        if lfu {
             self.order.remove(&self.order_key(row));
         }
         self.stamp(row, step, self.meta[r].uses.saturating_add(1));
-        touched.push(row);
+        if lfu {
+            touched.push(row);
+        } else {
+            self.enqueue(row);
+        }
     }
 
     /// Row `row` (out of the eviction order) as used now, at `step`, `uses` times; the
@@ -884,6 +901,7 @@ impl KeyRows {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn rows(l: &KeyLookup) -> Vec<Option<u32>> {
         l.rows.clone()

@@ -114,6 +114,12 @@ impl KeyedJaggedIds {
         &self.values[self.offsets[s]..self.offsets[s + self.batch_size]]
     }
 
+    /// Every id of key `k`, to rewrite in place (the bags keep their lengths).
+    pub fn key_values_mut(&mut self, k: usize) -> &mut [u64] {
+        let s = k * self.batch_size;
+        &mut self.values[self.offsets[s]..self.offsets[s + self.batch_size]]
+    }
+
     /// Total number of ids of key `k` in the batch.
     pub fn key_len(&self, k: usize) -> usize {
         let s = k * self.batch_size;

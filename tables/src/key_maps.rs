@@ -137,14 +137,10 @@ impl KeyMaps {
             .collect();
         let (rows, fresh): (Vec<Vec<u64>>, Vec<FreshRows>) = answered.into_iter().unzip();
         let rows = route.reply(ex, &asked, &gathered, &rows)?;
-        let mapped: Vec<KeyedJaggedIds> = pieces
-            .par_iter()
+        pieces
+            .par_iter_mut()
             .zip(&rows)
-            .map(|(piece, rows)| route.rewrite(piece, rows))
-            .collect::<Result<_, _>>()?;
-        for (piece, m) in pieces.iter_mut().zip(mapped) {
-            *piece = m;
-        }
+            .try_for_each(|(piece, rows)| route.rewrite(piece, rows))?;
         Ok(fresh)
     }
 
@@ -169,7 +165,9 @@ impl KeyMaps {
             })
             .collect();
         let rows = route.reply(ex, &asked, &gathered, &rows)?;
-        route.rewrite(batch, &rows[0])
+        let mut mapped = batch.clone();
+        route.rewrite(&mut mapped, &rows[0])?;
+        Ok(mapped)
     }
 
     fn route(&self) -> KeyRoute {
@@ -333,9 +331,22 @@ impl KeyRoute {
         ))
     }
 
-    /// `piece` with every dynamic feature's keys replaced by their rows (`rows[i]`: one
-    /// per value of dynamic feature `i`, in order), and the keys without a row left out.
-    fn rewrite(
+    /// Replaces every dynamic feature's keys in `piece` by their rows (`rows[i]`: one per
+    /// value of dynamic feature `i`, in order), leaving out the keys without a row.
+    fn rewrite(&self, piece: &mut KeyedJaggedIds, rows: &[Vec<u64>]) -> Result<(), TableError> {
+        if rows.iter().all(|r| !r.contains(&NO_ROW)) {
+            // every key has a row: the bags keep their lengths, the values change in place
+            for (&f, rows) in self.features.iter().zip(rows) {
+                piece.key_values_mut(f).copy_from_slice(rows);
+            }
+            return Ok(());
+        }
+        *piece = self.rebuilt(piece, rows)?;
+        Ok(())
+    }
+
+    /// [`Self::rewrite`] where some bags lose keys: every bag is written again.
+    fn rebuilt(
         &self,
         piece: &KeyedJaggedIds,
         rows: &[Vec<u64>],
