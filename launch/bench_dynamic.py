@@ -7,6 +7,9 @@ admission, RSS per day, and the lookup + sparse-update time per step.
     python3 launch/bench_dynamic.py [--days 10] [--rows-per-day 100000] [--seeds 3]
         [--np 1] [--turnover 0.1] [--drift 0.1] [--only NAME,...] [--out data/bench/dynamic]
 
+Runs (`--only`, default all but the last): plain, dynamic, dynfull, cap25, hashed25, min2,
+cap25min2, cap25lfu, cap25lfumin2 (LFU eviction with `min_count = 2`).
+
 Needs the release binary (`launch/setup.sh`). Prints one JSON line per run and a table;
 figures go to docs/benchmarks.md by hand.
 """
@@ -156,6 +159,9 @@ def main():
         if "cap25lfu" in only:
             rows.append(run(a, "cap25lfu", seed, "dynamic",
                             extra=cap_tables + "\n[embedding.dynamic]\nevict = \"lfu\""))
+        if "cap25lfumin2" in only:
+            rows.append(run(a, "cap25lfumin2", seed, "dynamic",
+                            extra=cap_tables + MIN2 + "\nevict = \"lfu\""))
         if "min2" in only:
             rows.append(run(a, "min2", seed, "dynamic", extra=MIN2))
     by = {}
