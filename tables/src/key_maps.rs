@@ -74,6 +74,30 @@ struct Gathered {
     from: Vec<usize>,
 }
 
+impl FeatureKeys {
+    /// Looks `keys` up at `step` (after expiring idle rows): the global row of each key
+    /// (or [`NO_ROW`]) and the rows new keys took.
+    fn answer(&mut self, keys: &[u64], step: u64) -> (Vec<u64>, FreshRows) {
+        self.map.expire(step);
+        let found = self.map.lookup(keys, step);
+        let fresh = FreshRows {
+            feature: self.feature,
+            local_rows: found.fresh.iter().map(|&r| u64::from(r)).collect(),
+            keys: found
+                .fresh
+                .iter()
+                .map(|&r| self.map.key_at(r).unwrap_or(0))
+                .collect(),
+        };
+        let base = self.base;
+        let rows = found
+            .rows
+            .iter()
+            .map(|r| r.map_or(NO_ROW, |r| base + u64::from(r)));
+        (rows.collect(), fresh)
+    }
+}
+
 impl KeyMaps {
     /// Maps for `features` (ascending feature index), on `rank` of `world`; every map's
     /// capacity is this rank's block of its table.
@@ -110,30 +134,16 @@ impl KeyMaps {
         step: u64,
     ) -> Result<Vec<FreshRows>, TableError> {
         let route = self.route();
+        if self.world == 1 {
+            return self.map_alone(&route, pieces, step);
+        }
         let (asked, received) = route.ask(ex, pieces)?;
         let gathered = route.gather(&received)?;
         let answered: Vec<(Vec<u64>, FreshRows)> = self
             .features
             .par_iter_mut()
             .zip(&gathered)
-            .map(|(m, g)| {
-                m.map.expire(step);
-                let found = m.map.lookup(&g.keys, step);
-                let fresh = FreshRows {
-                    feature: m.feature,
-                    local_rows: found.fresh.iter().map(|&r| u64::from(r)).collect(),
-                    keys: found
-                        .fresh
-                        .iter()
-                        .map(|&r| m.map.key_at(r).unwrap_or(0))
-                        .collect(),
-                };
-                let rows = found
-                    .rows
-                    .iter()
-                    .map(|r| r.map_or(NO_ROW, |r| m.base + u64::from(r)));
-                (rows.collect(), fresh)
-            })
+            .map(|(m, g)| m.answer(&g.keys, step))
             .collect();
         let (rows, fresh): (Vec<Vec<u64>>, Vec<FreshRows>) = answered.into_iter().unzip();
         let rows = route.reply(ex, &asked, &gathered, &rows)?;
@@ -141,6 +151,55 @@ impl KeyMaps {
             .par_iter_mut()
             .zip(&rows)
             .try_for_each(|(piece, rows)| route.rewrite(piece, rows))?;
+        Ok(fresh)
+    }
+
+    /// [`Self::map_for_training`] on one rank, which owns every key: each feature's keys
+    /// are looked up where they lie in the batch, with nothing sent or copied.
+    fn map_alone(
+        &mut self,
+        route: &KeyRoute,
+        pieces: &mut [KeyedJaggedIds],
+        step: u64,
+    ) -> Result<Vec<FreshRows>, TableError> {
+        // per feature, its keys in piece order (borrowed when there is one piece)
+        let view: &[KeyedJaggedIds] = pieces;
+        let keys: Vec<std::borrow::Cow<[u64]>> = route
+            .features
+            .iter()
+            .map(|&f| match view {
+                [piece] => values_of(piece, f).map(std::borrow::Cow::Borrowed),
+                _ => view
+                    .iter()
+                    .map(|p| values_of(p, f))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|parts| parts.concat().into()),
+            })
+            .collect::<Result<_, _>>()?;
+        let answered: Vec<(Vec<u64>, FreshRows)> = self
+            .features
+            .par_iter_mut()
+            .zip(&keys)
+            .map(|(m, keys)| m.answer(keys, step))
+            .collect();
+        drop(keys);
+        let (rows, fresh): (Vec<Vec<u64>>, Vec<FreshRows>) = answered.into_iter().unzip();
+        // each piece's share of every feature's rows, in piece order
+        let mut at = vec![0usize; rows.len()];
+        for piece in pieces.iter_mut() {
+            let mine: Vec<&[u64]> = route
+                .features
+                .iter()
+                .zip(&rows)
+                .zip(&mut at)
+                .map(|((&f, rows), at)| {
+                    let len = piece.key_len(f);
+                    *at += len;
+                    &rows[*at - len..*at]
+                })
+                .collect();
+            route.rewrite(piece, &mine)?;
+        }
         Ok(fresh)
     }
 
@@ -333,11 +392,15 @@ impl KeyRoute {
 
     /// Replaces every dynamic feature's keys in `piece` by their rows (`rows[i]`: one per
     /// value of dynamic feature `i`, in order), leaving out the keys without a row.
-    fn rewrite(&self, piece: &mut KeyedJaggedIds, rows: &[Vec<u64>]) -> Result<(), TableError> {
-        if rows.iter().all(|r| !r.contains(&NO_ROW)) {
+    fn rewrite<R: AsRef<[u64]> + Sync>(
+        &self,
+        piece: &mut KeyedJaggedIds,
+        rows: &[R],
+    ) -> Result<(), TableError> {
+        if rows.iter().all(|r| !r.as_ref().contains(&NO_ROW)) {
             // every key has a row: the bags keep their lengths, the values change in place
             for (&f, rows) in self.features.iter().zip(rows) {
-                piece.key_values_mut(f).copy_from_slice(rows);
+                piece.key_values_mut(f).copy_from_slice(rows.as_ref());
             }
             return Ok(());
         }
@@ -346,10 +409,10 @@ impl KeyRoute {
     }
 
     /// [`Self::rewrite`] where some bags lose keys: every bag is written again.
-    fn rebuilt(
+    fn rebuilt<R: AsRef<[u64]> + Sync>(
         &self,
         piece: &KeyedJaggedIds,
-        rows: &[Vec<u64>],
+        rows: &[R],
     ) -> Result<KeyedJaggedIds, TableError> {
         let (nk, b) = (piece.num_keys(), piece.batch_size());
         // per feature, in parallel: its lengths and values
@@ -366,7 +429,7 @@ impl KeyRoute {
                     match dynamic {
                         None => values.extend_from_slice(ids),
                         Some(i) => {
-                            let mine = &rows[i][at..at + ids.len()];
+                            let mine = &rows[i].as_ref()[at..at + ids.len()];
                             values.extend(mine.iter().copied().filter(|&r| r != NO_ROW));
                             at += ids.len();
                         }
@@ -468,6 +531,31 @@ mod tests {
             .map_for_training(&SoloExchange, &mut [batch(&[(1, 200)])], 2)
             .unwrap();
         assert_eq!(again[0].keys, vec![200], "the second sighting admits");
+    }
+
+    #[test]
+    fn one_rank_maps_a_step_in_slices_as_it_maps_it_whole() {
+        let admit2 = Admission::MinCount {
+            min_count: 2,
+            sketch_bytes: 1 << 12,
+        };
+        let samples: Vec<Vec<(u64, u64)>> = (0..3u64)
+            .map(|s| (0..6).map(|i| (i, (s * 5 + i * 3) % 7)).collect())
+            .collect();
+        let (mut whole, mut sliced) = (maps(0, 1, 4, admit2), maps(0, 1, 4, admit2));
+        for (s, ids) in samples.iter().enumerate() {
+            let step = s as u64 + 1;
+            let mut one = [batch(ids)];
+            let fresh_whole = whole.map_for_training(&SoloExchange, &mut one, step);
+            let mut two = [batch(&ids[..2]), batch(&ids[2..])];
+            let fresh_sliced = sliced.map_for_training(&SoloExchange, &mut two, step);
+            assert_eq!(fresh_whole.unwrap(), fresh_sliced.unwrap(), "step {step}");
+            let bags = |p: &KeyedJaggedIds| -> Vec<Vec<u64>> {
+                (0..p.batch_size()).map(|b| p.ids(1, b).to_vec()).collect()
+            };
+            assert_eq!(bags(&one[0]), [bags(&two[0]), bags(&two[1])].concat());
+        }
+        assert_eq!(whole, sliced);
     }
 
     #[test]
