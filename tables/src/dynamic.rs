@@ -145,7 +145,7 @@ struct MissedKeys {
     /// (key, position in the lookup) of every sighting; sorted by [`Self::group`].
     sightings: Vec<(u64, usize)>,
     /// Per distinct key, in order of first sighting: its sightings' range in `sightings`.
-    groups: Vec<(usize, std::ops::Range<usize>)>,
+    groups: Vec<std::ops::Range<usize>>,
 }
 
 impl MissedKeys {
@@ -166,11 +166,12 @@ impl MissedKeys {
         let mut start = 0;
         for i in 1..=s.len() {
             if i == s.len() || s[i].0 != s[start].0 {
-                self.groups.push((s[start].1, start..i));
+                self.groups.push(start..i);
                 start = i;
             }
         }
-        self.groups.sort_unstable_by_key(|g| g.0);
+        // a group's first sighting is its first entry (sorted by key, then position)
+        self.groups.sort_unstable_by_key(|g| s[g.start].1);
     }
 }
 
@@ -411,7 +412,7 @@ impl KeyRows {
         }
         misses.group();
         let mut fresh = Vec::new();
-        for (_, range) in &misses.groups {
+        for range in &misses.groups {
             let key = misses.sightings[range.start].0;
             let n = u32::try_from(range.len()).unwrap_or(u32::MAX);
             let row = self.place(key, n, step);
@@ -499,14 +500,13 @@ impl KeyRows {
             self.meta[r].uses = self.meta[r].uses.saturating_add(1);
             return;
         }
-        let lfu = self.eviction == Eviction::Lfu;
-        if lfu {
+        let uses = self.meta[r].uses.saturating_add(1);
+        if self.eviction == Eviction::Lfu {
             self.order.remove(&self.order_key(row));
-        }
-        self.stamp(row, step, self.meta[r].uses.saturating_add(1));
-        if lfu {
+            self.stamp(row, step, uses);
             touched.push(row);
         } else {
+            self.stamp(row, step, uses);
             self.enqueue(row);
         }
     }

@@ -108,22 +108,26 @@ impl KeyedJaggedIds {
         &self.values
     }
 
+    /// Where the ids of key `k` lie in `values`.
+    fn key_range(&self, k: usize) -> std::ops::Range<usize> {
+        let s = k * self.batch_size;
+        self.offsets[s]..self.offsets[s + self.batch_size]
+    }
+
     /// Every id of key `k`, sample by sample.
     pub fn key_values(&self, k: usize) -> &[u64] {
-        let s = k * self.batch_size;
-        &self.values[self.offsets[s]..self.offsets[s + self.batch_size]]
+        &self.values[self.key_range(k)]
     }
 
     /// Every id of key `k`, to rewrite in place (the bags keep their lengths).
     pub fn key_values_mut(&mut self, k: usize) -> &mut [u64] {
-        let s = k * self.batch_size;
-        &mut self.values[self.offsets[s]..self.offsets[s + self.batch_size]]
+        let range = self.key_range(k);
+        &mut self.values[range]
     }
 
     /// Total number of ids of key `k` in the batch.
     pub fn key_len(&self, k: usize) -> usize {
-        let s = k * self.batch_size;
-        self.offsets[s + self.batch_size] - self.offsets[s]
+        self.key_range(k).len()
     }
 }
 

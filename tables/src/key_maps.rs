@@ -17,7 +17,10 @@
 //! evolves the same way on every run of the same seed and rank count. Keys are sent as
 //! they come, duplicates included, as TorchRec's input distribution sends ids: the
 //! owner's map counts them in the same pass that finds their rows, where deduplicating
-//! first would cost a second hash map a step on both sides.
+//! first would cost a second hash map a step on both sides. With one rank every key is
+//! its own: the keys are looked up where they lie in the batch and nothing is sent.
+
+use std::borrow::Cow;
 
 use crate::dynamic::{key_owner, KeyRows};
 use crate::exchange::Exchange;
@@ -58,12 +61,10 @@ pub struct KeyMaps {
     features: Vec<FeatureKeys>,
 }
 
-/// What a rank sent the owners: per owner, how many keys of each feature; per piece and
-/// feature, how many values and the owner of each (none with one rank: every key is
-/// its own).
+/// What a rank sent the owners (more than one rank: one rank asks nobody): per owner,
+/// how many keys of each feature; per piece and feature, the owner of each value.
 struct Asked {
     sent: Vec<Vec<usize>>,
-    values: Vec<Vec<usize>>,
     owners: Vec<Vec<Vec<u32>>>,
 }
 
@@ -135,71 +136,18 @@ impl KeyMaps {
     ) -> Result<Vec<FreshRows>, TableError> {
         let route = self.route();
         if self.world == 1 {
-            return self.map_alone(&route, pieces, step);
+            let (rows, fresh) = self.answer(&route.local_keys(pieces)?, step);
+            route.write_back(pieces, &rows)?;
+            return Ok(fresh);
         }
         let (asked, received) = route.ask(ex, pieces)?;
         let gathered = route.gather(&received)?;
-        let answered: Vec<(Vec<u64>, FreshRows)> = self
-            .features
-            .par_iter_mut()
-            .zip(&gathered)
-            .map(|(m, g)| m.answer(&g.keys, step))
-            .collect();
-        let (rows, fresh): (Vec<Vec<u64>>, Vec<FreshRows>) = answered.into_iter().unzip();
+        let (rows, fresh) = self.answer(&gathered_keys(&gathered), step);
         let rows = route.reply(ex, &asked, &gathered, &rows)?;
         pieces
             .par_iter_mut()
             .zip(&rows)
             .try_for_each(|(piece, rows)| route.rewrite(piece, rows))?;
-        Ok(fresh)
-    }
-
-    /// [`Self::map_for_training`] on one rank, which owns every key: each feature's keys
-    /// are looked up where they lie in the batch, with nothing sent or copied.
-    fn map_alone(
-        &mut self,
-        route: &KeyRoute,
-        pieces: &mut [KeyedJaggedIds],
-        step: u64,
-    ) -> Result<Vec<FreshRows>, TableError> {
-        // per feature, its keys in piece order (borrowed when there is one piece)
-        let view: &[KeyedJaggedIds] = pieces;
-        let keys: Vec<std::borrow::Cow<[u64]>> = route
-            .features
-            .iter()
-            .map(|&f| match view {
-                [piece] => values_of(piece, f).map(std::borrow::Cow::Borrowed),
-                _ => view
-                    .iter()
-                    .map(|p| values_of(p, f))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(|parts| parts.concat().into()),
-            })
-            .collect::<Result<_, _>>()?;
-        let answered: Vec<(Vec<u64>, FreshRows)> = self
-            .features
-            .par_iter_mut()
-            .zip(&keys)
-            .map(|(m, keys)| m.answer(keys, step))
-            .collect();
-        drop(keys);
-        let (rows, fresh): (Vec<Vec<u64>>, Vec<FreshRows>) = answered.into_iter().unzip();
-        // each piece's share of every feature's rows, in piece order
-        let mut at = vec![0usize; rows.len()];
-        for piece in pieces.iter_mut() {
-            let mine: Vec<&[u64]> = route
-                .features
-                .iter()
-                .zip(&rows)
-                .zip(&mut at)
-                .map(|((&f, rows), at)| {
-                    let len = piece.key_len(f);
-                    *at += len;
-                    &rows[*at - len..*at]
-                })
-                .collect();
-            route.rewrite(piece, &mine)?;
-        }
         Ok(fresh)
     }
 
@@ -212,21 +160,45 @@ impl KeyMaps {
     ) -> Result<KeyedJaggedIds, TableError> {
         let route = self.route();
         let pieces = std::slice::from_ref(batch);
-        let (asked, received) = route.ask(ex, pieces)?;
-        let gathered = route.gather(&received)?;
-        let rows: Vec<Vec<u64>> = self
-            .features
-            .par_iter()
-            .zip(&gathered)
-            .map(|(m, g)| {
-                let row = |k: &u64| m.map.row_of(*k).map_or(NO_ROW, |r| m.base + u64::from(r));
-                g.keys.iter().map(row).collect()
-            })
-            .collect();
-        let rows = route.reply(ex, &asked, &gathered, &rows)?;
+        let rows = if self.world == 1 {
+            self.rows_held(&route.local_keys(pieces)?)
+        } else {
+            let (asked, received) = route.ask(ex, pieces)?;
+            let gathered = route.gather(&received)?;
+            let rows = self.rows_held(&gathered_keys(&gathered));
+            let mut per_piece = route.reply(ex, &asked, &gathered, &rows)?;
+            per_piece.swap_remove(0)
+        };
         let mut mapped = batch.clone();
-        route.rewrite(&mut mapped, &rows[0])?;
+        route.rewrite(&mut mapped, &rows)?;
         Ok(mapped)
+    }
+
+    /// Training, as an owner: per feature (in parallel, each map is its own), the global
+    /// row of each of `keys[i]` (or [`NO_ROW`]), and the rows new keys took.
+    fn answer<K: AsRef<[u64]> + Sync>(
+        &mut self,
+        keys: &[K],
+        step: u64,
+    ) -> (Vec<Vec<u64>>, Vec<FreshRows>) {
+        self.features
+            .par_iter_mut()
+            .zip(keys)
+            .map(|(m, keys)| m.answer(keys.as_ref(), step))
+            .unzip()
+    }
+
+    /// Evaluation, as an owner: per feature, the global row each of `keys[i]` holds now
+    /// (or [`NO_ROW`]).
+    fn rows_held<K: AsRef<[u64]> + Sync>(&self, keys: &[K]) -> Vec<Vec<u64>> {
+        self.features
+            .par_iter()
+            .zip(keys)
+            .map(|(m, keys)| {
+                let row = |k: &u64| m.map.row_of(*k).map_or(NO_ROW, |r| m.base + u64::from(r));
+                keys.as_ref().iter().map(row).collect()
+            })
+            .collect()
     }
 
     fn route(&self) -> KeyRoute {
@@ -247,6 +219,50 @@ struct KeyRoute {
 }
 
 impl KeyRoute {
+    /// One rank owns every key: each feature's keys where they lie in `pieces`, in piece
+    /// order (borrowed when there is one piece), with nothing sent.
+    fn local_keys<'a>(
+        &self,
+        pieces: &'a [KeyedJaggedIds],
+    ) -> Result<Vec<Cow<'a, [u64]>>, TableError> {
+        self.features
+            .iter()
+            .map(|&f| match pieces {
+                [piece] => values_of(piece, f).map(Cow::Borrowed),
+                _ => pieces
+                    .iter()
+                    .map(|p| values_of(p, f))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|parts| parts.concat().into()),
+            })
+            .collect()
+    }
+
+    /// One rank: rewrites each piece with its share of every feature's rows (`rows[i]`:
+    /// of [`Self::local_keys`]'s keys of feature `i`).
+    fn write_back(
+        &self,
+        pieces: &mut [KeyedJaggedIds],
+        rows: &[Vec<u64>],
+    ) -> Result<(), TableError> {
+        let mut at = vec![0usize; rows.len()];
+        for piece in pieces.iter_mut() {
+            let mine: Vec<&[u64]> = self
+                .features
+                .iter()
+                .zip(rows)
+                .zip(&mut at)
+                .map(|((&f, rows), at)| {
+                    let len = piece.key_len(f);
+                    *at += len;
+                    &rows[*at - len..*at]
+                })
+                .collect();
+            self.rewrite(piece, &mine)?;
+        }
+        Ok(())
+    }
+
     /// Sends every key of the pieces' dynamic features to its owner; returns what was
     /// sent (to read the answers by) and what every rank sent this one.
     fn ask(
@@ -265,11 +281,6 @@ impl KeyRoute {
                 let mut owners = Vec::with_capacity(pieces.len());
                 for piece in pieces {
                     let values = values_of(piece, f)?;
-                    if n == 1 {
-                        to[0].extend_from_slice(values);
-                        owners.push(Vec::new());
-                        continue;
-                    }
                     let mut of = Vec::with_capacity(values.len());
                     for &key in values {
                         let owner = key_owner(key, n);
@@ -284,10 +295,6 @@ impl KeyRoute {
         let mut sent = vec![Vec::with_capacity(self.features.len()); n];
         let mut send: Vec<Vec<u64>> = vec![Vec::new(); n];
         let mut owners = vec![Vec::with_capacity(self.features.len()); pieces.len()];
-        let values = pieces
-            .iter()
-            .map(|piece| self.features.iter().map(|&f| piece.key_len(f)).collect())
-            .collect();
         for (to, of) in per_feature {
             for (o, keys) in to.into_iter().enumerate() {
                 sent[o].push(keys.len());
@@ -299,14 +306,7 @@ impl KeyRoute {
             }
         }
         let received = ex.all_to_all_u64(send)?;
-        Ok((
-            Asked {
-                sent,
-                values,
-                owners,
-            },
-            received,
-        ))
+        Ok((Asked { sent, owners }, received))
     }
 
     /// As an owner: every rank's keys of each feature, in rank order.
@@ -349,20 +349,11 @@ impl KeyRoute {
         let mut out: Vec<Vec<Vec<u64>>> = vec![Vec::new(); asked.owners.len()];
         for i in 0..self.features.len() {
             for (p, per_feature) in asked.owners.iter().enumerate() {
-                let of = &per_feature[i];
-                let rows: Vec<u64> = if of.is_empty() {
-                    let len = asked.values[p][i];
-                    cursor[0] += len;
-                    answers[0][cursor[0] - len..cursor[0]].to_vec()
-                } else {
-                    of.iter()
-                        .map(|&o| {
-                            cursor[o as usize] += 1;
-                            answers[o as usize][cursor[o as usize] - 1]
-                        })
-                        .collect()
-                };
-                out[p].push(rows);
+                let rows = per_feature[i].iter().map(|&o| {
+                    cursor[o as usize] += 1;
+                    answers[o as usize][cursor[o as usize] - 1]
+                });
+                out[p].push(rows.collect());
             }
         }
         Ok(out)
@@ -447,6 +438,11 @@ impl KeyRoute {
         }
         KeyedJaggedIds::from_lengths(nk, b, &lengths, values)
     }
+}
+
+/// Each feature's gathered keys.
+fn gathered_keys(gathered: &[Gathered]) -> Vec<&[u64]> {
+    gathered.iter().map(|g| g.keys.as_slice()).collect()
 }
 
 /// Every key of feature `f` in `batch`.
