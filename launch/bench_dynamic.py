@@ -7,8 +7,11 @@ admission, RSS per day, and the lookup + sparse-update time per step.
     python3 launch/bench_dynamic.py [--days 10] [--rows-per-day 100000] [--seeds 3]
         [--np 1] [--turnover 0.1] [--drift 0.1] [--only NAME,...] [--out data/bench/dynamic]
 
-Runs (`--only`, default all but the last): plain, dynamic, dynfull, cap25, hashed25, min2,
-cap25min2, cap25lfu, cap25lfumin2 (LFU eviction with `min_count = 2`).
+Runs (`--only`, default the first eight): plain, dynamic, dynfull, cap25, hashed25, min2,
+cap25min2, cap25lfu, cap25lfumin2 (LFU eviction with `min_count = 2`), and a `...learned`
+twin of each capped or admitting run (`embedding.dynamic.default = "learned"`);
+hashed25map and hashed25mapsketch: hashed tables of cap25's whole bytes (rows, key map,
+and for the min_count runs the sketch).
 
 Needs the release binary (`launch/setup.sh`). Prints one JSON line per run and a table;
 figures go to docs/benchmarks.md by hand.
@@ -50,7 +53,41 @@ run_dir = "{run}"
 """
 
 
-MIN2 = "\n[embedding.dynamic]\nadmit = { min_count = 2, sketch_bytes = 1048576 }"
+SKETCH_BYTES = 1048576
+MIN2 = f"admit = {{ min_count = 2, sketch_bytes = {SKETCH_BYTES} }}"
+ROW_BYTES = 128
+MAP_BYTES_PER_ROW = 85
+LFU = 'evict = "lfu"'
+LEARNED = 'default = "learned"'
+
+
+def dynamic(tables, *keys):
+    """A dynamic run's extra TOML: its tables and its [embedding.dynamic] keys."""
+    section = "\n[embedding.dynamic]\n" + "\n".join(keys) if keys else ""
+    return ("dynamic", 0, tables + section)
+
+
+def named_runs(cap_tables, full_tables):
+    """Every run by name: (table kind, buckets, extra TOML). Each dynamic run but the
+    uncapped ones has a `...learned` twin whose keys without a row read a learned
+    default row."""
+    keyed = {
+        "cap25": (cap_tables,),
+        "cap25min2": (cap_tables, MIN2),
+        "cap25lfu": (cap_tables, LFU),
+        "cap25lfumin2": (cap_tables, MIN2, LFU),
+        "min2": ("", MIN2),
+    }
+    runs = {
+        "plain": ("plain", 0, ""),
+        "dynamic": dynamic(""),
+        "dynfull": dynamic(full_tables),
+        "hashed25": ("hashed", 1, cap_tables),
+    }
+    for name, (tables, *keys) in keyed.items():
+        runs[name] = dynamic(tables, *keys)
+        runs[name + "learned"] = dynamic(tables, *keys, LEARNED)
+    return runs
 
 
 def sh(cmd, **kw):
@@ -139,31 +176,26 @@ def main():
         return "\n".join(
             f'[[embedding.tables]]\nname = "C{i + 1}"\nfeatures = ["C{i + 1}"]\nbuckets = {q}'
             for i, q in enumerate(rows))
-    cap_tables = tables([max(a.np, d // 4) for d in distinct])
+    cap_rows = [max(a.np, d // 4) for d in distinct]
+    cap_tables = tables(cap_rows)
+    # hashed tables of the dynamic ones' whole bytes: a row is 128 bytes (16 floats and
+    # their Adagrad accumulators), the key map adds at most 85 bytes a row, and min_count's
+    # sketch 1 MiB a table
+    def same_bytes(extra_bytes):
+        return tables([r + (r * MAP_BYTES_PER_ROW + extra_bytes) // ROW_BYTES for r in cap_rows])
     # every distinct id, the memory reserved at start as a plain table's
     full_tables = tables(distinct)
+    runs = named_runs(cap_tables, full_tables)
+    runs["hashed25map"] = ("hashed", 1, same_bytes(0))
+    runs["hashed25mapsketch"] = ("hashed", 1, same_bytes(SKETCH_BYTES))
+    unknown = [n for n in only if n not in runs]
+    if unknown:
+        p.error(f"--only: unknown runs {unknown}; known: {', '.join(runs)}")
     rows = []
     for seed in range(1, a.seeds + 1):
-        if "plain" in only:
-            rows.append(run(a, "plain", seed, "plain"))
-        if "dynamic" in only:
-            rows.append(run(a, "dynamic", seed, "dynamic"))
-        if "dynfull" in only:
-            rows.append(run(a, "dynfull", seed, "dynamic", extra=full_tables))
-        if "cap25" in only:
-            rows.append(run(a, "cap25", seed, "dynamic", extra=cap_tables))
-        if "hashed25" in only:
-            rows.append(run(a, "hashed25", seed, "hashed", buckets=1, extra=cap_tables))
-        if "cap25min2" in only:
-            rows.append(run(a, "cap25min2", seed, "dynamic", extra=cap_tables + MIN2))
-        if "cap25lfu" in only:
-            rows.append(run(a, "cap25lfu", seed, "dynamic",
-                            extra=cap_tables + "\n[embedding.dynamic]\nevict = \"lfu\""))
-        if "cap25lfumin2" in only:
-            rows.append(run(a, "cap25lfumin2", seed, "dynamic",
-                            extra=cap_tables + MIN2 + "\nevict = \"lfu\""))
-        if "min2" in only:
-            rows.append(run(a, "min2", seed, "dynamic", extra=MIN2))
+        for name in only:
+            kind, buckets, extra = runs[name]
+            rows.append(run(a, name, seed, kind, buckets=buckets, extra=extra))
     by = {}
     for r in rows:
         by.setdefault(r["run"], []).append(r["test_auc"])

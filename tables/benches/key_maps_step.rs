@@ -36,6 +36,7 @@ fn main() {
             feature: f,
             map: KeyRows::new(capacity as u32, Admission::Always, Eviction::Lru, f as u64),
             base: 0,
+            default_row: None,
         })
         .collect();
     let mut keys = KeyMaps::new(0, 1, maps);

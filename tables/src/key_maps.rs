@@ -9,8 +9,12 @@
 //! row-indexed lookup like any other. TorchRec's managed-collision modules remap ids
 //! before the sharded lookup in the same way.
 //!
-//! Keys not admitted read nothing: they are left out of their bag (a zero default row
-//! that is never updated; with mean pooling they are also left out of the mean).
+//! Keys without a row (not admitted yet, or never seen at evaluation) read the feature's
+//! default row. By default that row is zeros: they are left out of their bag (with mean
+//! pooling also out of the mean), as Monolith and DeepRec's EmbeddingVariable read a
+//! constant for features not yet admitted. With a learned default the owners answer one
+//! row of the table kept for it ([`FeatureKeys::default_row`]); every such key reads and
+//! trains that row, as every out-of-vocabulary id trains a plain table's OOV row.
 //!
 //! Determinism: an owner sees every key of the step's whole batch in batch order (ranks
 //! in rank order, a rank's slices in order), whatever the number of ranks; so a map
@@ -37,8 +41,12 @@ pub struct FeatureKeys {
     /// The feature's index in the batch.
     pub feature: usize,
     pub map: KeyRows,
-    /// The global row of the map's row 0: the start of this rank's block of the table.
+    /// The global row of the map's row 0: the start of this rank's block of the table
+    /// (after the default row, on the rank whose block holds it).
     pub base: u64,
+    /// The global row that keys without a row read (a learned default), or `None`: they
+    /// are left out of their bags (a zero default).
+    pub default_row: Option<u64>,
 }
 
 /// Rows given to new keys in one step, to start afresh before the lookup.
@@ -46,8 +54,8 @@ pub struct FeatureKeys {
 pub struct FreshRows {
     /// The feature's index in the batch.
     pub feature: usize,
-    /// Rows of this rank's block (local to its shard).
-    pub local_rows: Vec<u64>,
+    /// Global rows of this rank's block.
+    pub rows: Vec<u64>,
     /// The key each row now holds (a fresh row's initial values are drawn from it, so
     /// they do not depend on which row or rank it lands on).
     pub keys: Vec<u64>,
@@ -81,21 +89,30 @@ impl FeatureKeys {
     fn answer(&mut self, keys: &[u64], step: u64) -> (Vec<u64>, FreshRows) {
         self.map.expire(step);
         let found = self.map.lookup(keys, step);
+        let base = self.base;
         let fresh = FreshRows {
             feature: self.feature,
-            local_rows: found.fresh.iter().map(|&r| u64::from(r)).collect(),
+            rows: found.fresh.iter().map(|&r| base + u64::from(r)).collect(),
             keys: found
                 .fresh
                 .iter()
                 .map(|&r| self.map.key_at(r).unwrap_or(0))
                 .collect(),
         };
-        let base = self.base;
+        let unmapped = self.default_row.unwrap_or(NO_ROW);
         let rows = found
             .rows
             .iter()
-            .map(|r| r.map_or(NO_ROW, |r| base + u64::from(r)));
+            .map(|r| r.map_or(unmapped, |r| base + u64::from(r)));
         (rows.collect(), fresh)
+    }
+
+    /// The global row key `key` reads now, without changing the map.
+    fn row_held(&self, key: u64) -> u64 {
+        match self.map.row_of(key) {
+            Some(r) => self.base + u64::from(r),
+            None => self.default_row.unwrap_or(NO_ROW),
+        }
     }
 }
 
@@ -175,7 +192,7 @@ impl KeyMaps {
     }
 
     /// Training, as an owner: per feature (in parallel, each map is its own), the global
-    /// row of each of `keys[i]` (or [`NO_ROW`]), and the rows new keys took.
+    /// row each of `keys[i]` reads (or [`NO_ROW`]), and the rows new keys took.
     fn answer<K: AsRef<[u64]> + Sync>(
         &mut self,
         keys: &[K],
@@ -188,16 +205,13 @@ impl KeyMaps {
             .unzip()
     }
 
-    /// Evaluation, as an owner: per feature, the global row each of `keys[i]` holds now
+    /// Evaluation, as an owner: per feature, the global row each of `keys[i]` reads now
     /// (or [`NO_ROW`]).
     fn rows_held<K: AsRef<[u64]> + Sync>(&self, keys: &[K]) -> Vec<Vec<u64>> {
         self.features
             .par_iter()
             .zip(keys)
-            .map(|(m, keys)| {
-                let row = |k: &u64| m.map.row_of(*k).map_or(NO_ROW, |r| m.base + u64::from(r));
-                keys.as_ref().iter().map(row).collect()
-            })
+            .map(|(m, keys)| keys.as_ref().iter().map(|&k| m.row_held(k)).collect())
             .collect()
     }
 
@@ -495,6 +509,7 @@ mod tests {
                 feature: 1,
                 map,
                 base,
+                default_row: None,
             }],
         )
     }
@@ -513,7 +528,7 @@ mod tests {
         assert_eq!(pieces[0].ids(1, 0), &[0]);
         assert!(pieces[0].ids(1, 1).is_empty());
         assert_eq!(pieces[0].ids(1, 2), &[0]);
-        assert_eq!(fresh[0].local_rows, vec![0]);
+        assert_eq!(fresh[0].rows, vec![0]);
         assert_eq!(fresh[0].keys, vec![100]);
         let seen = m
             .map_read_only(&SoloExchange, &batch(&[(1, 100), (1, 200), (1, 999)]))
@@ -527,6 +542,57 @@ mod tests {
             .map_for_training(&SoloExchange, &mut [batch(&[(1, 200)])], 2)
             .unwrap();
         assert_eq!(again[0].keys, vec![200], "the second sighting admits");
+    }
+
+    #[test]
+    fn with_a_learned_default_keys_without_a_row_read_it_where_they_lie() {
+        let admit2 = Admission::MinCount {
+            min_count: 2,
+            sketch_bytes: 1 << 12,
+        };
+        // the default row is global row 0; the map's rows follow it
+        let mut m = maps(0, 1, 7, admit2);
+        m.features_mut()[0].base = 1;
+        m.features_mut()[0].default_row = Some(0);
+        let mut pieces = [batch(&[(5, 100), (6, 200), (7, 100)])];
+        let fresh = m.map_for_training(&SoloExchange, &mut pieces, 1).unwrap();
+        let ids = |b: &KeyedJaggedIds| (0..3).map(|s| b.ids(1, s).to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            ids(&pieces[0]),
+            [vec![1], vec![0], vec![1]],
+            "200 reads row 0"
+        );
+        assert_eq!(fresh[0].rows, vec![1], "fresh rows are global");
+        let seen = m
+            .map_read_only(&SoloExchange, &batch(&[(1, 100), (1, 200), (1, 999)]))
+            .unwrap();
+        assert_eq!(ids(&seen), [vec![1], vec![0], vec![0]]);
+        // two ranks: the owner of a refused key answers the default row, wherever it is
+        let ids_of = |rank: usize| -> Vec<(u64, u64)> {
+            (0..4).map(|i| (i, 1000 + rank as u64 * 10 + i)).collect()
+        };
+        let answers: Vec<KeyedJaggedIds> = std::thread::scope(|s| {
+            let handles: Vec<_> = ThreadExchange::world(2)
+                .into_iter()
+                .enumerate()
+                .map(|(rank, ex)| {
+                    s.spawn(move || {
+                        let mut m = maps(rank, 2, 4, admit2);
+                        m.features_mut()[0].default_row = Some(3);
+                        let mut p = [batch(&ids_of(rank))];
+                        m.map_for_training(&ex, &mut p, 1).unwrap();
+                        p[0].clone()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for a in &answers {
+            assert!(
+                (0..4).all(|s| a.ids(1, s) == [3]),
+                "every key seen once reads row 3"
+            );
+        }
     }
 
     #[test]

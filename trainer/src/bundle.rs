@@ -16,8 +16,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::Batch;
 use crate::embedding::{
-    apply_gradient_slices, key_maps, lookup, start_fresh_rows, Activation, DynamicTable,
-    EmbeddingEngine,
+    apply_gradient_slices, key_maps, lookup, start_default_rows, start_fresh_rows, Activation,
+    DynamicTable, EmbeddingEngine,
 };
 use crate::sequence::SequenceLookup;
 use crate::sharding_plan::CollectionPlans;
@@ -175,7 +175,7 @@ impl BundleSpec<'_> {
             .filter(|d| !d.reserved)
             .map(|d| d.table.clone())
             .collect();
-        let tables = EmbeddingEngine::new(
+        let mut tables = EmbeddingEngine::new(
             self.main,
             optimizer,
             ex,
@@ -183,7 +183,7 @@ impl BundleSpec<'_> {
             self.storage,
             &keyed,
         )?;
-        let first_order = self
+        let mut first_order = self
             .first_order
             .map(|l| {
                 let plan = plans.and_then(|p| p.first_order.clone());
@@ -191,6 +191,11 @@ impl BundleSpec<'_> {
             })
             .transpose()?;
         let keys = key_maps(self.dynamic, &tables, ex.rank(), ex.world_size())?;
+        start_default_rows(
+            self.dynamic,
+            ex.rank(),
+            [Some(&mut tables), first_order.as_mut()],
+        )?;
         let cache_bytes = self.storage.map_or(0, |c| c.gpu_cache_bytes);
         let device = self.fused.then_some(cache_bytes);
         let (tables, first_order) = place_tables(device, self.table_device, tables, first_order)?;

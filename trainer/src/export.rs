@@ -5,8 +5,9 @@
 //! `tables/<feature>.keys.u64` (little-endian u64, [`crate::data::key_of`] of the raw
 //! value) and `tables/<feature>.rows.f32` (little-endian f32, `keys x dim`, row-major);
 //! with a first-order term also `tables/<feature>.linear.f32` (one float a key). A key
-//! that is not listed reads `default_row` (zeros for a dynamic table, the out-of-
-//! vocabulary row of a plain one, written as `tables/<feature>.default.f32`). The dense
+//! that is not listed reads `default_row`: zeros, or a row written as
+//! `tables/<feature>.default.f32` (a plain table's out-of-vocabulary row, a dynamic
+//! table's learned default), with its first-order weight in `default_linear`. The dense
 //! network's parameters are `dense.safetensors`; `manifest.json` says all of it.
 //!
 //! Dynamic tables export their live keys (every rank's map); plain tables every value of
@@ -61,6 +62,10 @@ struct ExportedFeature {
     linear_file: Option<String>,
     /// `zeros`, or the file holding the row of keys not listed.
     default_row: String,
+    /// With a first-order term and a default row file: the file holding the first-order
+    /// weight of keys not listed (otherwise it is zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_linear: Option<String>,
     /// torchrec_npy's features: a raw id is first taken modulo this (TorchRec's
     /// `num_embeddings_per_feature`); the keys are the ids 0..it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,7 +191,11 @@ pub fn export_model(model_dir: &Path, out: &Path) -> Result<serde_json::Value, T
     for (f, column) in schema.categorical.iter().enumerate() {
         let keyed = dynamic.iter().find(|d| d.feature == f);
         let (keys, rows, kind) = match keyed {
-            Some(_) => (live_keys(model_dir, files, key_maps, f)?, None, "dynamic"),
+            Some(d) => (
+                live_keys(model_dir, files, key_maps, f)?,
+                learned_default_row(d),
+                "dynamic",
+            ),
             None => {
                 let (keys, rows) = vocab_keys(main, f, &column.name, &vocab)?;
                 (keys, Some(rows), "plain")
@@ -230,6 +239,12 @@ fn copy_dense(model_dir: &Path, files: &[SavedFile], out: &Path) -> Result<(), T
     std::fs::copy(model_dir.join(&dense.path), &to)
         .map_err(|source| ExportError::Io { path: to, source })?;
     Ok(())
+}
+
+/// The row of a dynamic table's keys not listed: its learned default row, or none (zeros).
+fn learned_default_row(d: &crate::embedding::DynamicTable) -> Option<u64> {
+    let learned = d.default_row == crate::config::DefaultRowConfig::Learned;
+    learned.then_some(crate::embedding::DEFAULT_ROW)
 }
 
 /// Every live key of dynamic feature `f` and its global row, over every rank's map.
@@ -343,13 +358,22 @@ fn write_feature(
         }
         None => None,
     };
-    let default_row = match oov_row {
+    let (default_row, default_linear) = match oov_row {
         Some(r) => {
             let mut d = Vec::with_capacity(dim);
             main.1.row(t, r, dim, &mut d)?;
-            write("default.f32", floats(&d))?
+            let row = write("default.f32", floats(&d))?;
+            let linear = match linear {
+                Some((spec, held)) => {
+                    let mut w = Vec::with_capacity(1);
+                    held.row(table_of(spec).0, r, 1, &mut w)?;
+                    Some(write("default.linear.f32", floats(&w))?)
+                }
+                None => None,
+            };
+            (row, linear)
         }
-        None => "zeros".into(),
+        None => ("zeros".into(), None),
     };
     Ok(ExportedFeature {
         name: name.to_string(),
@@ -360,6 +384,7 @@ fn write_feature(
         rows_file,
         linear_file,
         default_row,
+        default_linear,
         ids_modulo: None,
     })
 }

@@ -192,6 +192,22 @@ pub struct DynamicConfig {
     pub admit: Option<AdmitConfig>,
     #[serde(default)]
     pub evict: EvictConfig,
+    /// What a key without a row reads: `zeros` (left out of its bag) or a `learned` row.
+    #[serde(default)]
+    pub default: DefaultRowConfig,
+}
+
+/// `embedding.dynamic.default`: the row of keys that hold none (not admitted yet, evicted,
+/// or unseen at evaluation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultRowConfig {
+    /// Zeros: the key is left out of its bag (Monolith's and DeepRec's constant default).
+    #[default]
+    Zeros,
+    /// One trained row per table (its global row 0, starting at zeros), read and updated
+    /// by every such key, as a plain table's out-of-vocabulary row is.
+    Learned,
 }
 
 impl DynamicConfig {

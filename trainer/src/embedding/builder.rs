@@ -123,6 +123,9 @@ pub struct DynamicTable {
     pub reserved: bool,
     pub admission: shardrec_tables::Admission,
     pub eviction: shardrec_tables::Eviction,
+    /// What keys without a row read (manifests before it: zeros).
+    #[serde(default)]
+    pub default_row: crate::config::DefaultRowConfig,
     /// Seeds the map's sketch and probability draws.
     pub seed: u64,
 }
@@ -914,6 +917,7 @@ pub fn build_collections(
                 || budget.fraction.is_some(),
             admission: cfg.dynamic.admission(),
             eviction: cfg.dynamic.eviction(),
+            default_row: cfg.dynamic.default,
             seed: name_seed(seed ^ 0xD1A, &p.name),
         })
         .collect::<Vec<_>>();

@@ -1,11 +1,19 @@
 //! The bridge between a bundle's dynamic tables and its engines: each rank's key maps
 //! (one per dynamic feature, over the rows of the table that rank holds), and starting
 //! afresh the rows a step gave to new keys, in the main and first-order tables alike.
+//!
+//! A learned default row (`embedding.dynamic.default = "learned"`) is the table's global
+//! row 0: the rank whose block starts there keeps it out of its map, and every owner
+//! answers it for the keys it holds no row for.
 
 use shardrec_tables::{FeatureKeys, FreshRows, KeyMaps, KeyRows, RowInit, TableError, TableShard};
 
 use super::builder::DynamicTable;
 use super::engine::EmbeddingEngine;
+use crate::config::DefaultRowConfig;
+
+/// The global row of a dynamic table's learned default row.
+pub const DEFAULT_ROW: u64 = 0;
 
 /// This rank's key maps of the `dynamic` features, over the rows of their tables it holds
 /// in `tables` (every rank holds a block: dynamic tables are sharded row-wise over all).
@@ -29,12 +37,18 @@ pub fn key_maps(
                 "a dynamic table must be sharded row-wise over all {world} ranks (its keys are spread by hash)"
             ))
         })?;
-        if rows == 0 {
+        let learned = d.default_row == DefaultRowConfig::Learned;
+        // the block holding the default row keeps it out of its map
+        let kept = u64::from(learned && base == DEFAULT_ROW);
+        if rows <= kept {
+            let least = world as u64 + u64::from(learned);
             return Err(refuse(format!(
-                "its capacity of {} rows leaves rank {rank} none of the {world} ranks' blocks; give it at least {world} rows",
-                d.capacity
+                "its capacity of {} rows leaves rank {rank} no rows for keys over {world} ranks{}; give it at least {least} rows",
+                d.capacity,
+                if learned { " and the default row" } else { "" }
             )));
         }
+        let rows = rows - kept;
         let capacity = u32::try_from(rows).map_err(|_| {
             refuse(format!(
                 "{rows} rows on rank {rank}: a rank holds at most {} rows of a dynamic table",
@@ -45,10 +59,40 @@ pub fn key_maps(
         features.push(FeatureKeys {
             feature: d.feature,
             map,
-            base,
+            base: base + kept,
+            default_row: learned.then_some(DEFAULT_ROW),
         });
     }
     Ok(Some(KeyMaps::new(rank, world, features)))
+}
+
+/// Starts the learned default rows this rank holds (in every table of their feature) at
+/// zeros with fresh optimizer state: until a key without a row trains it, it reads as the
+/// zeros default does (with sum pooling), rather than as a random row no key ever moved.
+pub fn start_default_rows(
+    dynamic: &[DynamicTable],
+    rank: usize,
+    [tables, first_order]: [Option<&mut EmbeddingEngine>; 2],
+) -> Result<(), TableError> {
+    let Some(tables) = tables else {
+        return Ok(());
+    };
+    let held: Vec<FreshRows> = dynamic
+        .iter()
+        .filter(|d| d.default_row == DefaultRowConfig::Learned)
+        .filter(|d| {
+            tables
+                .held_rows(&d.table, rank)
+                .is_some_and(|(base, rows)| base == DEFAULT_ROW && rows > 0)
+        })
+        .map(|d| FreshRows {
+            feature: d.feature,
+            rows: vec![DEFAULT_ROW],
+            keys: vec![0],
+        })
+        .collect();
+    let engines = [Some(tables), first_order];
+    reset_feature_rows(&held, dynamic, engines, Some(RowInit::Zeros))
 }
 
 /// Sets the rows new keys took this step to their initial values (drawn from each key,
@@ -59,6 +103,17 @@ pub fn start_fresh_rows(
     dynamic: &[DynamicTable],
     engines: [Option<&mut EmbeddingEngine>; 2],
 ) -> Result<(), TableError> {
+    reset_feature_rows(fresh, dynamic, engines, None)
+}
+
+/// Resets the rows `fresh` in every table of their feature this rank holds, to `init`
+/// (None: each table's own initialiser, drawn from each row's key).
+fn reset_feature_rows(
+    fresh: &[FreshRows],
+    dynamic: &[DynamicTable],
+    engines: [Option<&mut EmbeddingEngine>; 2],
+    init: Option<RowInit>,
+) -> Result<(), TableError> {
     use rayon::prelude::*;
     for engine in engines.into_iter().flatten() {
         let opt = *engine.optimizer();
@@ -67,7 +122,7 @@ pub fn start_fresh_rows(
         let tables = &engine.layout().spec().tables;
         let wanted: Vec<(usize, &FreshRows, RowInit)> = fresh
             .iter()
-            .filter(|f| !f.local_rows.is_empty())
+            .filter(|f| !f.rows.is_empty())
             .filter_map(|f| {
                 dynamic
                     .iter()
@@ -77,7 +132,7 @@ pub fn start_fresh_rows(
             .flat_map(|(f, d)| d.tables().map(move |name| (f, name)))
             .filter_map(|(f, name)| {
                 let t = tables.iter().position(|s| &s.name == name)?;
-                Some((t, f, tables[t].init.clone()))
+                Some((t, f, init.clone().unwrap_or_else(|| tables[t].init.clone())))
             })
             .collect();
         let jobs: Vec<(&mut TableShard, &FreshRows, RowInit)> = engine
@@ -89,7 +144,9 @@ pub fn start_fresh_rows(
             })
             .collect();
         jobs.into_par_iter().try_for_each(|(shard, f, init)| {
-            shard.reset_rows(&f.local_rows, &f.keys, &init, &opt)
+            let start = shard.rows.start;
+            let local: Vec<u64> = f.rows.iter().map(|&r| r - start).collect();
+            shard.reset_rows(&local, &f.keys, &init, &opt)
         })?;
     }
     Ok(())

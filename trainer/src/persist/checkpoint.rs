@@ -220,14 +220,14 @@ fn write_pieces(
 ) -> Result<(Vec<SavedPiece>, Vec<SavedFile>), TrainError> {
     let mut pieces = Vec::new();
     let mut files = Vec::new();
-    let in_use = rows_in_use(bundle);
+    let in_use = rows_in_use_end(bundle);
     for (name, engine) in collections(bundle) {
         std::fs::create_dir_all(tmp.join("tables").join(name)).map_err(io(tmp))?;
         let layout = engine.optimizer().state_layout();
         for (t, shard) in engine.shards_to_save() {
-            // a dynamic table's block: only the rows keys took (the rest are set before use)
-            let used = in_use.get(&shard.table).copied();
-            let end = used.map_or(shard.rows.end, |n| shard.rows.start + n);
+            // a dynamic table's block: only the rows keys took, and its default row (the
+            // rest are set before use)
+            let end = in_use.get(&shard.table).copied().unwrap_or(shard.rows.end);
             let stem = format!(
                 "tables/{name}/t{t:04}.rows{}-{}.cols{}-{}",
                 shard.rows.start, end, shard.cols.start, shard.cols.end
@@ -297,9 +297,10 @@ fn first_floats(
     }
 }
 
-/// The rows in use of this rank's blocks of dynamic tables (main and first-order), by
+/// Where the rows in use of this rank's blocks of dynamic tables (main and first-order)
+/// end (a global row: the map's rows follow the default row where a block holds it), by
 /// table name.
-fn rows_in_use(bundle: &ModelBundle) -> HashMap<String, u64> {
+fn rows_in_use_end(bundle: &ModelBundle) -> HashMap<String, u64> {
     let Some(keys) = &bundle.keys else {
         return HashMap::new();
     };
@@ -308,7 +309,7 @@ fn rows_in_use(bundle: &ModelBundle) -> HashMap<String, u64> {
         .zip(&bundle.dynamic)
         .flat_map(|(k, d)| {
             d.tables()
-                .map(move |t| (t.clone(), u64::from(k.map.rows_in_use())))
+                .map(move |t| (t.clone(), k.base + u64::from(k.map.rows_in_use())))
         })
         .collect()
 }

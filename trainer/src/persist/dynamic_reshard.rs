@@ -11,9 +11,11 @@ use super::checked_file::listed_f32s;
 use super::checkpoint::CheckpointManifest;
 use super::key_map_files::{read_key_map, SavedKeyMap};
 use crate::bundle::ModelBundle;
+use crate::config::DefaultRowConfig;
+use crate::embedding::DEFAULT_ROW;
 use crate::TrainError;
 
-/// Rows this rank takes over: (old global row, new local row).
+/// Rows this rank takes over: (old global row, new global row).
 type Moved = Vec<(u64, u64)>;
 
 /// Reshards the bundle's key maps from `m`'s ranks to the bundle's and moves the rows
@@ -49,7 +51,7 @@ pub fn reshard_dynamic(
                 .map(|mv| {
                     (
                         old[mv.from.0].base + u64::from(mv.from.1),
-                        u64::from(mv.to.1),
+                        k.base + u64::from(mv.to.1),
                     )
                 })
                 .collect(),
@@ -78,14 +80,19 @@ pub fn reshard_dynamic(
                 .position(|s| &s.name == table);
             if let (Some(t), Some(shard)) = (t, engine.held_shard_mut(table)) {
                 let state = with_state.then_some(layout);
-                move_rows(dir, m, (collection, t), shard, rows, state)?;
+                // a learned default row stays the table's row 0, in whichever block
+                let mut rows = rows.clone();
+                if d.default_row == DefaultRowConfig::Learned && shard.rows.contains(&DEFAULT_ROW) {
+                    rows.push((DEFAULT_ROW, DEFAULT_ROW));
+                }
+                move_rows(dir, m, (collection, t), shard, &rows, state)?;
             }
         }
     }
     Ok(())
 }
 
-/// Copies the saved rows `rows` (old global, new local) of table `t` of `collection`
+/// Copies the saved rows `rows` (old global, new global) of table `t` of `collection`
 /// into `shard`, with their optimizer state under `state`'s layout when given.
 fn move_rows(
     dir: &Path,
@@ -111,9 +118,11 @@ fn move_rows(
         }
         let floats = |rel: &str| listed_f32s(dir, &m.files, rel);
         let weights = floats(&p.weights)?;
-        for &&(g, local) in &inside {
+        let start = shard.rows.start;
+        let local = |to: u64| (to - start) as usize;
+        for &&(g, to) in &inside {
             let i = (g - p.rows[0]) as usize;
-            shard.set_weights_rows(local as usize, &weights[i * width..][..width])?;
+            shard.set_weights_rows(local(to), &weights[i * width..][..width])?;
         }
         let (Some(layout), Some(rel)) = (state, &p.state) else {
             continue;
@@ -125,10 +134,10 @@ fn move_rows(
         };
         for plane in 0..layout.planes() {
             let at = plane * n * plane_width;
-            for &&(g, local) in &inside {
+            for &&(g, to) in &inside {
                 let i = (g - p.rows[0]) as usize;
                 let values = &all[at + i * plane_width..][..plane_width];
-                shard.set_state_plane_rows(layout, plane, local as usize, values)?;
+                shard.set_state_plane_rows(layout, plane, local(to), values)?;
             }
         }
     }

@@ -155,6 +155,18 @@ fn restore_dynamic(
     bundle: &mut ModelBundle,
     with_state: bool,
 ) -> Result<(), TrainError> {
+    // a learned default row is a row of the table that keys never take: read as the
+    // other kind, it would be a key's row or be lost
+    let defaults = |d: &[crate::embedding::DynamicTable]| -> Vec<_> {
+        d.iter().map(|d| (d.feature, d.default_row)).collect()
+    };
+    if defaults(&m.dynamic) != defaults(&bundle.dynamic) {
+        return Err(PersistError::Differs {
+            dir: dir.to_path_buf(),
+            what: "embedding.dynamic.default".into(),
+        }
+        .into());
+    }
     if m.world_size != bundle.tables.world_size() && bundle.keys.is_some() {
         return super::dynamic_reshard::reshard_dynamic(dir, m, bundle, with_state);
     }
