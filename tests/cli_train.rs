@@ -83,6 +83,29 @@ fn same_seed_repeats_bitwise_and_other_seed_differs() {
     }
     let c = train_summary(dir.path(), &cfg, &["train.run_dir=runC", "seed=8"]);
     assert_ne!(a["logloss"], c["logloss"]);
+    // libgomp's spin count: the binary's 10000 unless one was set; it changes no figure
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        let ours = std::env::var("GOMP_SPINCOUNT").unwrap_or_else(|_| "10000".into());
+        assert_eq!(a["openmp_spin_count"], ours.as_str());
+    }
+    let o = bin()
+        .current_dir(dir.path())
+        .args([
+            "train",
+            cfg.to_str().unwrap(),
+            "--set",
+            "train.run_dir=runD",
+        ])
+        .env("GOMP_SPINCOUNT", "300000")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = summary(&o);
+    assert_eq!(
+        d["openmp_spin_count"], "300000",
+        "the user's setting is kept"
+    );
+    assert_eq!((&d["auc"], &d["logloss"]), (&a["auc"], &a["logloss"]));
 }
 
 #[test]

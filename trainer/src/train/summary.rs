@@ -105,6 +105,9 @@ pub struct RunSummary {
     pub model_saved: bool,
     pub model: String,
     pub threads: usize,
+    /// libgomp's `GOMP_SPINCOUNT` this run had (the binary sets 10000 unless the user set
+    /// it or `OMP_WAIT_POLICY`).
+    pub openmp_spin_count: Option<String>,
     pub device: String,
     /// How the main tables are held and stepped: `host`, `device` (a tensor per shard)
     /// or `fused` (a tensor per width), on `embedding.device`.

@@ -769,6 +769,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
             model_saved: cfg.train.save_model,
             model: format!("{:?}", cfg.model.kind).to_lowercase(),
             threads: job.threads,
+            openmp_spin_count: std::env::var("GOMP_SPINCOUNT").ok(),
             device: cfg.train.device.clone(),
             tables: bundle.tables.kind_name().into(),
             table_device: cfg.embedding.device.clone(),

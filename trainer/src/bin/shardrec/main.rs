@@ -121,7 +121,38 @@ fn report(e: &anyhow::Error) {
     }
 }
 
+/// libgomp, libtorch's OpenMP, keeps a worker spinning after each parallel region for
+/// `GOMP_SPINCOUNT` iterations (300,000 unless set) before it sleeps. Where a spin
+/// iteration's pause takes on the order of 100 cycles that is milliseconds, so after every
+/// dense op a core spins through the step's Rust phases (key mapping, lookup, sparse
+/// update), which run on both cores: `perf` puts 32% of a dynamic-table run's samples in
+/// that loop. 10,000 keeps the wake-up between back-to-back GEMMs fast and frees the core
+/// within a few hundred microseconds (docs/benchmarks.md section 15: DLRM +6-12%
+/// samples/s, the dynamic tables' lookup + update 1.47-1.51x plain's against 1.79-1.95x).
+/// libgomp reads the setting when it is loaded, before `main`, so the binary sets it and
+/// starts itself again, once, before anything else (MPI included) has started. A
+/// `GOMP_SPINCOUNT` or `OMP_WAIT_POLICY` the user set is kept.
+fn spin_less_in_openmp() {
+    use std::os::unix::process::CommandExt;
+    const SPIN: &str = "GOMP_SPINCOUNT";
+    if std::env::var_os(SPIN).is_some() || std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut again = std::process::Command::new(exe);
+    if let Some(name) = args.next() {
+        again.arg0(name);
+    }
+    // exec returns only if it failed: go on with libgomp's default
+    let failed = again.args(args).env(SPIN, "10000").exec();
+    eprintln!("warning: could not restart with {SPIN}=10000 ({failed}); OpenMP threads will spin longer between ops");
+}
+
 fn main() -> ExitCode {
+    spin_less_in_openmp();
     tune_allocator();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
