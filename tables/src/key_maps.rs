@@ -99,17 +99,19 @@ impl FeatureKeys {
                 .map(|&r| self.map.key_at(r).unwrap_or(0))
                 .collect(),
         };
-        let unmapped = self.default_row.unwrap_or(NO_ROW);
-        let rows = found
-            .rows
-            .iter()
-            .map(|r| r.map_or(unmapped, |r| base + u64::from(r)));
+        let rows = found.rows.iter().map(|&r| self.row_read(r));
         (rows.collect(), fresh)
     }
 
     /// The global row key `key` reads now, without changing the map.
     fn row_held(&self, key: u64) -> u64 {
-        match self.map.row_of(key) {
+        self.row_read(self.map.row_of(key))
+    }
+
+    /// The global row of a key that holds map row `row`, or the default row (or
+    /// [`NO_ROW`]) for one that holds none.
+    fn row_read(&self, row: Option<u32>) -> u64 {
+        match row {
             Some(r) => self.base + u64::from(r),
             None => self.default_row.unwrap_or(NO_ROW),
         }
@@ -493,6 +495,12 @@ mod tests {
     use crate::dynamic::{Admission, Eviction};
     use crate::exchange::{SoloExchange, ThreadExchange};
 
+    /// A key gets a row at its second sighting.
+    const ADMIT2: Admission = Admission::MinCount {
+        min_count: 2,
+        sketch_bytes: 1 << 12,
+    };
+
     /// Feature 0 plain (ids pass through), feature 1 dynamic; one id each per sample.
     fn batch(ids: &[(u64, u64)]) -> KeyedJaggedIds {
         let flat: Vec<u64> = ids.iter().flat_map(|&(a, b)| [a, b]).collect();
@@ -516,11 +524,7 @@ mod tests {
 
     #[test]
     fn keys_become_rows_and_refused_keys_leave_their_bags() {
-        let admit2 = Admission::MinCount {
-            min_count: 2,
-            sketch_bytes: 1 << 12,
-        };
-        let mut m = maps(0, 1, 8, admit2);
+        let mut m = maps(0, 1, 8, ADMIT2);
         let mut pieces = [batch(&[(5, 100), (6, 200), (7, 100)])];
         let fresh = m.map_for_training(&SoloExchange, &mut pieces, 1).unwrap();
         // key 100 is seen twice in the step: admitted; key 200 once: refused
@@ -546,12 +550,8 @@ mod tests {
 
     #[test]
     fn with_a_learned_default_keys_without_a_row_read_it_where_they_lie() {
-        let admit2 = Admission::MinCount {
-            min_count: 2,
-            sketch_bytes: 1 << 12,
-        };
         // the default row is global row 0; the map's rows follow it
-        let mut m = maps(0, 1, 7, admit2);
+        let mut m = maps(0, 1, 7, ADMIT2);
         m.features_mut()[0].base = 1;
         m.features_mut()[0].default_row = Some(0);
         let mut pieces = [batch(&[(5, 100), (6, 200), (7, 100)])];
@@ -577,7 +577,7 @@ mod tests {
                 .enumerate()
                 .map(|(rank, ex)| {
                     s.spawn(move || {
-                        let mut m = maps(rank, 2, 4, admit2);
+                        let mut m = maps(rank, 2, 4, ADMIT2);
                         m.features_mut()[0].default_row = Some(3);
                         let mut p = [batch(&ids_of(rank))];
                         m.map_for_training(&ex, &mut p, 1).unwrap();
@@ -597,14 +597,10 @@ mod tests {
 
     #[test]
     fn one_rank_maps_a_step_in_slices_as_it_maps_it_whole() {
-        let admit2 = Admission::MinCount {
-            min_count: 2,
-            sketch_bytes: 1 << 12,
-        };
         let samples: Vec<Vec<(u64, u64)>> = (0..3u64)
             .map(|s| (0..6).map(|i| (i, (s * 5 + i * 3) % 7)).collect())
             .collect();
-        let (mut whole, mut sliced) = (maps(0, 1, 4, admit2), maps(0, 1, 4, admit2));
+        let (mut whole, mut sliced) = (maps(0, 1, 4, ADMIT2), maps(0, 1, 4, ADMIT2));
         for (s, ids) in samples.iter().enumerate() {
             let step = s as u64 + 1;
             let mut one = [batch(ids)];

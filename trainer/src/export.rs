@@ -193,7 +193,7 @@ pub fn export_model(model_dir: &Path, out: &Path) -> Result<serde_json::Value, T
         let (keys, rows, kind) = match keyed {
             Some(d) => (
                 live_keys(model_dir, files, key_maps, f)?,
-                learned_default_row(d),
+                d.learned_default_row(),
                 "dynamic",
             ),
             None => {
@@ -239,12 +239,6 @@ fn copy_dense(model_dir: &Path, files: &[SavedFile], out: &Path) -> Result<(), T
     std::fs::copy(model_dir.join(&dense.path), &to)
         .map_err(|source| ExportError::Io { path: to, source })?;
     Ok(())
-}
-
-/// The row of a dynamic table's keys not listed: its learned default row, or none (zeros).
-fn learned_default_row(d: &crate::embedding::DynamicTable) -> Option<u64> {
-    let learned = d.default_row == crate::config::DefaultRowConfig::Learned;
-    learned.then_some(crate::embedding::DEFAULT_ROW)
 }
 
 /// Every live key of dynamic feature `f` and its global row, over every rank's map.

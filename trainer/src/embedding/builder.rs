@@ -130,7 +130,16 @@ pub struct DynamicTable {
     pub seed: u64,
 }
 
+/// The global row of a dynamic table's learned default row.
+const DEFAULT_ROW: u64 = 0;
+
 impl DynamicTable {
+    /// The global row its keys without a row read and train (its row 0, kept out of the
+    /// key map of the rank whose block starts there), or None: they read zeros.
+    pub fn learned_default_row(&self) -> Option<u64> {
+        (self.default_row == crate::config::DefaultRowConfig::Learned).then_some(DEFAULT_ROW)
+    }
+
     /// The feature's tables: the main one, and the first-order one when there is one.
     pub fn tables(&self) -> impl Iterator<Item = &String> {
         std::iter::once(&self.table).chain(self.first_order_table.as_ref())

@@ -10,10 +10,6 @@ use shardrec_tables::{FeatureKeys, FreshRows, KeyMaps, KeyRows, RowInit, TableEr
 
 use super::builder::DynamicTable;
 use super::engine::EmbeddingEngine;
-use crate::config::DefaultRowConfig;
-
-/// The global row of a dynamic table's learned default row.
-pub const DEFAULT_ROW: u64 = 0;
 
 /// This rank's key maps of the `dynamic` features, over the rows of their tables it holds
 /// in `tables` (every rank holds a block: dynamic tables are sharded row-wise over all).
@@ -37,15 +33,15 @@ pub fn key_maps(
                 "a dynamic table must be sharded row-wise over all {world} ranks (its keys are spread by hash)"
             ))
         })?;
-        let learned = d.default_row == DefaultRowConfig::Learned;
+        let default_row = d.learned_default_row();
         // the block holding the default row keeps it out of its map
-        let kept = u64::from(learned && base == DEFAULT_ROW);
+        let kept = u64::from(default_row == Some(base));
         if rows <= kept {
-            let least = world as u64 + u64::from(learned);
+            let least = world as u64 + u64::from(default_row.is_some());
             return Err(refuse(format!(
                 "its capacity of {} rows leaves rank {rank} no rows for keys over {world} ranks{}; give it at least {least} rows",
                 d.capacity,
-                if learned { " and the default row" } else { "" }
+                if default_row.is_some() { " and the default row" } else { "" }
             )));
         }
         let rows = rows - kept;
@@ -60,7 +56,7 @@ pub fn key_maps(
             feature: d.feature,
             map,
             base: base + kept,
-            default_row: learned.then_some(DEFAULT_ROW),
+            default_row,
         });
     }
     Ok(Some(KeyMaps::new(rank, world, features)))
@@ -79,16 +75,14 @@ pub fn start_default_rows(
     };
     let held: Vec<FreshRows> = dynamic
         .iter()
-        .filter(|d| d.default_row == DefaultRowConfig::Learned)
-        .filter(|d| {
-            tables
-                .held_rows(&d.table, rank)
-                .is_some_and(|(base, rows)| base == DEFAULT_ROW && rows > 0)
-        })
-        .map(|d| FreshRows {
-            feature: d.feature,
-            rows: vec![DEFAULT_ROW],
-            keys: vec![0],
+        .filter_map(|d| {
+            let row = d.learned_default_row()?;
+            let (base, rows) = tables.held_rows(&d.table, rank)?;
+            (base == row && rows > 0).then(|| FreshRows {
+                feature: d.feature,
+                rows: vec![row],
+                keys: vec![0],
+            })
         })
         .collect();
     let engines = [Some(tables), first_order];

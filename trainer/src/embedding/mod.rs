@@ -19,6 +19,6 @@ pub use engine::EmbeddingEngine;
 pub use fused::{FusedEmbeddings, FusedStep, StageTimes};
 pub use fused_hook::FusedTablesHook;
 pub use fused_shards::FusedShards;
-pub use keyed::{key_maps, start_default_rows, start_fresh_rows, DEFAULT_ROW};
+pub use keyed::{key_maps, start_default_rows, start_fresh_rows};
 pub use prefetch::FileTierHook;
 pub use tensor_bridge::{apply_gradient, apply_gradient_slices, lookup, Activation};

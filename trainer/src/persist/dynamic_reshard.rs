@@ -11,8 +11,6 @@ use super::checked_file::listed_f32s;
 use super::checkpoint::CheckpointManifest;
 use super::key_map_files::{read_key_map, SavedKeyMap};
 use crate::bundle::ModelBundle;
-use crate::config::DefaultRowConfig;
-use crate::embedding::DEFAULT_ROW;
 use crate::TrainError;
 
 /// Rows this rank takes over: (old global row, new global row).
@@ -82,8 +80,8 @@ pub fn reshard_dynamic(
                 let state = with_state.then_some(layout);
                 // a learned default row stays the table's row 0, in whichever block
                 let mut rows = rows.clone();
-                if d.default_row == DefaultRowConfig::Learned && shard.rows.contains(&DEFAULT_ROW) {
-                    rows.push((DEFAULT_ROW, DEFAULT_ROW));
+                if let Some(row) = d.learned_default_row().filter(|r| shard.rows.contains(r)) {
+                    rows.push((row, row));
                 }
                 move_rows(dir, m, (collection, t), shard, &rows, state)?;
             }
