@@ -73,7 +73,8 @@ fn map_huge(bytes: usize) -> Option<(NonNull<f32>, usize)> {
     let start = raw as usize;
     let aligned = start.div_ceil(HUGE_PAGE) * HUGE_PAGE;
     // SAFETY: the head [start, aligned) and the tail after aligned + size lie inside the
-    // mapping just made and are not used; unmapping them leaves the aligned middle.
+    // mapping just made and are not used; unmapping them leaves the aligned middle. The
+    // advice covers only that middle and changes how its pages are backed, not contents.
     unsafe {
         if aligned > start {
             libc::munmap(raw, aligned - start);
@@ -82,8 +83,16 @@ fn map_huge(bytes: usize) -> Option<(NonNull<f32>, usize)> {
         if start + span > end {
             libc::munmap(end as *mut libc::c_void, start + span - end);
         }
-        // Advice only: without transparent huge pages this is a no-op.
-        libc::madvise(aligned as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
+        // Advice only: without transparent huge pages this is a no-op. Only the 2 MiB
+        // pages the rows fill are advised; the partial last one stays in 4 KiB pages, so
+        // a table does not hold up to 2 MiB it never uses (52 tables of section 6's
+        // DLRM held 40 MiB that way).
+        let whole = bytes / HUGE_PAGE * HUGE_PAGE;
+        libc::madvise(aligned as *mut libc::c_void, whole, libc::MADV_HUGEPAGE);
+        if size > whole {
+            let tail = (aligned + whole) as *mut libc::c_void;
+            libc::madvise(tail, size - whole, libc::MADV_NOHUGEPAGE);
+        }
     }
     NonNull::new(aligned as *mut f32).map(|p| (p, size))
 }

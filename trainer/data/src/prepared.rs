@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use serde::{Deserialize, Serialize};
 
 use super::bad_rows::BadRowCounts;
@@ -115,6 +115,27 @@ impl MappedColumn {
         Ok(Self { map: Some(map) })
     }
 
+    /// Hands back this process's pages of bytes `range` of the file and of the
+    /// [`MAPPED_REACH`] on either side (pages its reads mapped): they leave the RSS and
+    /// stay in the page cache, and a later read maps them again (rows still to be read
+    /// there cost their read a minor fault). Best effort: a failed advice only leaves the
+    /// pages mapped.
+    fn release(&self, range: std::ops::Range<usize>) {
+        let Some(map) = &self.map else { return };
+        let start = range.start.saturating_sub(MAPPED_REACH) / PAGE * PAGE;
+        let end = range.end.saturating_add(MAPPED_REACH).min(map.len());
+        if end > start {
+            // SAFETY: the mapping is a read-only shared map of a file never written after
+            // it is renamed into place; MADV_DONTNEED only drops this process's page table
+            // entries (the kernel rounds the length up to whole pages), so every later read
+            // of the range faults in the file's same bytes: no slice handed out sees other
+            // values.
+            let _ = unsafe {
+                map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+
     pub(crate) fn slice<T: Plain>(&self) -> &[T] {
         match &self.map {
             None => &[],
@@ -128,6 +149,16 @@ impl MappedColumn {
         }
     }
 }
+
+/// The page size assumed when releasing mapped rows (x86-64's); on a machine with larger
+/// pages the kernel rounds the start down further, which releases a few more rows' pages.
+const PAGE: usize = 4096;
+
+/// How far from the bytes it reads a read fault may map a file's pages: Linux maps the
+/// whole page-cache folio around the fault (large folios reach a PMD, 2 MiB on x86-64,
+/// on ext4 and XFS since 6.x), or 64 KiB of fault-around for small folios. A release
+/// reaches this far on either side, so pages mapped by its range's reads go with it.
+const MAPPED_REACH: usize = 2 << 20;
 
 /// One categorical column: an id (u32) or, keyed, a key (u64) per value, and per-row
 /// offsets when multi-valued.
@@ -149,6 +180,23 @@ impl CatColumn {
                 let o = o.slice::<u64>();
                 o[r] as usize..o[r + 1] as usize
             }
+        }
+    }
+
+    /// Releases the pages of rows `rows`' values and offsets ([`MappedColumn::release`]).
+    fn release(&self, rows: std::ops::Range<usize>) {
+        let width = if self.keyed { 8 } else { 4 };
+        let values = match &self.offsets {
+            None => rows.clone(),
+            Some(o) => {
+                let o = o.slice::<u64>();
+                o[rows.start] as usize..o[rows.end] as usize
+            }
+        };
+        self.values
+            .release(values.start * width..values.end * width);
+        if let Some(o) = &self.offsets {
+            o.release(rows.start * 8..(rows.end + 1) * 8);
         }
     }
 }
@@ -203,20 +251,42 @@ pub struct PreparedSplit {
 
 impl PreparedSplit {
     /// A split of `rows` rows whose label is the row's index (no features), for tests of
-    /// the order rows are read in.
+    /// the order rows are read in. The labels are a mapped file, as a prepared split's.
     #[cfg(test)]
     pub(crate) fn for_tests(rows: usize) -> Self {
-        let mut m = memmap2::MmapMut::map_anon((rows * 4).max(4)).expect("anonymous map");
-        for (r, b) in m.chunks_exact_mut(4).take(rows).enumerate() {
-            b.copy_from_slice(&(r as f32).to_le_bytes());
-        }
-        let map = m.make_read_only().expect("read-only map");
+        use std::io::Write;
+        let mut file = tempfile::tempfile().expect("a temporary file");
+        let bytes: Vec<u8> = (0..rows).flat_map(|r| (r as f32).to_le_bytes()).collect();
+        file.write_all(&bytes).expect("writing the labels");
+        let map = (rows > 0).then(|| {
+            // SAFETY: the file is this test's own, unnamed, and not written again.
+            unsafe { Mmap::map(&file) }.expect("mapping the labels")
+        });
         Self {
             name: SplitName::Train,
             rows,
-            label: MappedColumn { map: Some(map) },
+            label: MappedColumn { map },
             dense: vec![],
             cats: vec![],
+        }
+    }
+
+    /// Hands back this process's mapped pages of rows `rows` (clamped to the split):
+    /// they leave the RSS, stay in the page cache, and are mapped again if read again.
+    /// The loader calls it behind its reading position, so a pass over a split larger
+    /// than RAM keeps about one shuffle window of it mapped, not all it has read.
+    pub fn release_rows(&self, rows: std::ops::Range<usize>) {
+        let rows = rows.start.min(self.rows)..rows.end.min(self.rows);
+        if rows.is_empty() {
+            return;
+        }
+        let fixed = rows.start * 4..rows.end * 4;
+        self.label.release(fixed.clone());
+        for d in &self.dense {
+            d.release(fixed.clone());
+        }
+        for c in &self.cats {
+            c.release(rows.clone());
         }
     }
 
@@ -378,13 +448,16 @@ fn open_split(
             });
         }
     }
-    Ok(PreparedSplit {
+    let split = PreparedSplit {
         name,
         rows: n as usize,
         label,
         dense,
         cats,
-    })
+    };
+    // the scan mapped every id; training maps back only what it reads
+    split.release_rows(0..split.rows);
+    Ok(split)
 }
 
 /// Maps categorical feature `f` of split `name` (`n` rows): its offsets when

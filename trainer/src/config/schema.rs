@@ -740,7 +740,8 @@ pub struct TrainConfig {
     pub loader_queue: usize,
     #[serde(default = "default_true")]
     pub shuffle: bool,
-    /// Rows shuffled together (memory bound of the shuffle).
+    /// Rows shuffled together: the memory bound of the shuffle, since the window being
+    /// read stays mapped (about 4 bytes a column a row; pages behind it are given back).
     #[serde(default = "default_window")]
     pub shuffle_window: usize,
     /// "cpu" or "cuda".
