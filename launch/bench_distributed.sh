@@ -5,6 +5,7 @@
 # rank's peak RSS beside its bytes of tables + optimizer state. Not a test: prints figures.
 #
 #   launch/bench_distributed.sh [ROWS] [RANKS...]      (defaults 3000000 1 2)
+#   SETS="train.shuffle_window=131072" launch/bench_distributed.sh   (extra --set overrides)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -19,11 +20,14 @@ THREADS=1   # one torch thread per rank
 # shellcheck source=launch/bench_dlrm_data.sh
 source launch/bench_dlrm_data.sh
 LOG=$DIR/bench_distributed-$ROWS.log
+OVERRIDES=()
+for kv in ${SETS:-}; do OVERRIDES+=(--set "$kv"); done
 : > "$LOG"
 for n in "${RANKS[@]}"; do
   echo "[bench] mpirun -np $n" >&2
   rm -rf "$DIR/runs/distributed-np$n"   # a run folder holds one run
-  mpirun -np "$n" "$BIN" train "$CFG" --set train.run_dir="$DIR/runs/distributed-np$n" 2>/dev/null \
+  mpirun -np "$n" "$BIN" train "$CFG" --set train.run_dir="$DIR/runs/distributed-np$n" \
+    ${OVERRIDES[@]+"${OVERRIDES[@]}"} 2>/dev/null \
     | tail -n 1 | sed "s/^/NP$n /" >> "$LOG"
 done
 python3 - "$LOG" <<'PY'
@@ -39,7 +43,9 @@ for line in open(sys.argv[1]):
           f"sparse update {t['sparse_update_s']:.1f} (embedding exchange bwd {t['embedding_exchange_backward_s']:.1f}); "
           f"exchanges {t['exchange_share']:.1%} of step time")
     rss = s["peak_rss_bytes_per_rank"]
+    mine = s['embedding_bytes_this_rank'] + s['optimizer_state_bytes_this_rank']
     print(f"  tables + optimizer state: {(s['embedding_bytes'] + s['optimizer_state_bytes'])/2**30:.2f} GiB in all, "
-          f"{(s['embedding_bytes_this_rank'] + s['optimizer_state_bytes_this_rank'])/2**30:.2f} GiB on rank 0; "
-          f"peak RSS per rank: {', '.join(f'{r/2**30:.2f} GiB' for r in rss)}")
+          f"{mine/2**30:.2f} GiB on rank 0; "
+          f"peak RSS per rank: {', '.join(f'{r/2**30:.2f} GiB' for r in rss)}; "
+          f"above rank 0's tables + state: {', '.join(f'{(r - mine)/2**20:.0f} MiB' for r in rss)}")
 PY
