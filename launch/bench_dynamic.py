@@ -144,6 +144,7 @@ def run(a, name, seed, kind, buckets=0, extra=""):
         "peak_rss_mib": round(s["peak_rss_bytes"] / 2**20),
         "steps": s["steps"],
         "lookup_ms_per_step": 1000 * t["lookup_s"] / s["steps"],
+        "key_mapping_ms_per_step": 1000 * t.get("key_mapping_s", 0.0) / s["steps"],
         "update_ms_per_step": 1000 * t["sparse_update_s"] / s["steps"],
         "admitted": sum(d["admitted"] for d in dyn),
         "live_keys": sum(d["live_keys"] for d in dyn),

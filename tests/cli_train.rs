@@ -22,6 +22,9 @@ fn train_writes_run_folder_and_summary_then_eval_reproduces_auc() {
         assert!(!s[key].is_null(), "summary lacks {key}: {s}");
     }
     assert_eq!(s["rows_train"], 4800);
+    // no dynamic features: no key mapping inside the lookup's time
+    assert_eq!(s["time"]["key_mapping_s"], 0.0, "{s}");
+    assert!(s["time"]["lookup_s"].as_f64().unwrap() > 0.0, "{s}");
     assert_eq!(s["rows_test"], 1200);
     assert!(s["auc"].as_f64().unwrap() > 0.55, "{s}");
     let run_dir = dir.path().join("run");

@@ -131,6 +131,9 @@ fn a_stream_of_days_validates_progressively_resumes_bitwise_and_exports_its_keys
     assert!(dynamic_sum(&full, "evicted") > 0);
     assert!(dynamic_sum(&full, "refused") > 0);
     assert_eq!(dynamic_sum(&full, "sketch_bytes"), 26 * 4096);
+    // mapping keys to rows is timed as part of the lookup
+    let time = |key: &str| full["time"][key].as_f64().unwrap();
+    assert!(time("key_mapping_s") > 0.0 && time("key_mapping_s") < time("lookup_s"));
 
     // killed mid-day 1 (12 steps a day), resumed from its last checkpoint: the same end
     let part = run_dir(dir, "part");

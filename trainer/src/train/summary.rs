@@ -12,6 +12,9 @@ pub struct Timing {
     pub data: Duration,
     /// Includes the forward exchanges (ids out, rows back) when sharded.
     pub lookup: Duration,
+    /// The part of `lookup` that turns dynamic features' keys into rows (with the key
+    /// exchange when sharded).
+    pub key_mapping: Duration,
     pub dense: Duration,
     pub all_reduce: Duration,
     /// Includes the gradient exchange when sharded.
@@ -39,6 +42,7 @@ impl Timing {
         json!({
             "data_wait_s": self.data.as_secs_f64(),
             "lookup_s": self.lookup.as_secs_f64(),
+            "key_mapping_s": self.key_mapping.as_secs_f64(),
             "dense_forward_backward_s": self.dense.as_secs_f64(),
             "all_reduce_s": self.all_reduce.as_secs_f64(),
             "sparse_update_s": self.sparse_update.as_secs_f64(),

@@ -329,6 +329,7 @@ impl<'j, 'h> Trainer<'j, 'h> {
         // dynamic features: keys to rows (admission, eviction) before the lookups
         self.bundle
             .map_keys(&mut pieces, self.position.step as u64 + 1, cluster)?;
+        let t_map = t0.elapsed();
         self.bundle.stage_tables(&pieces)?;
         let t_keys = t0.elapsed();
         let (lookups, mut loss_v, t_lookup) = self.forward_backward(&pieces, global_rows)?;
@@ -354,6 +355,9 @@ impl<'j, 'h> Trainer<'j, 'h> {
         let timing = &mut self.timing;
         timing.data += data_wait;
         timing.lookup += t1 - t0;
+        if self.bundle.keys.is_some() {
+            timing.key_mapping += t_map;
+        }
         timing.dense += t2 - t1 - t_all_reduce;
         timing.all_reduce += t_all_reduce;
         timing.sparse_update += t3 - t2;
