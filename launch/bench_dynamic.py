@@ -6,6 +6,7 @@ admission, RSS per day, and the lookup + sparse-update time per step.
 
     python3 launch/bench_dynamic.py [--days 10] [--rows-per-day 100000] [--seeds 3]
         [--np 1] [--turnover 0.1] [--drift 0.1] [--only NAME,...] [--out data/bench/dynamic]
+        [--set KEY=VALUE ...]
 
 Runs (`--only`, default the first eight): plain, dynamic, dynfull, cap25, hashed25, min2,
 cap25min2, cap25lfu, cap25lfumin2 (LFU eviction with `min_count = 2`), and a `...learned`
@@ -128,7 +129,7 @@ def run(a, name, seed, kind, buckets=0, extra=""):
         fh.write(BASE.format(seed=seed, train=json.dumps(train), test=test,
                              cache=os.path.join(a.out, "cache"), kind=kind,
                              buckets=buckets, extra=extra, run=rundir))
-    cmd = [BIN, "train", cfg]
+    cmd = [BIN, "train", cfg] + [x for kv in a.set for x in ("--set", kv)]
     if a.np > 1:
         cmd = ["mpirun", "-np", str(a.np)] + cmd
     sh(cmd, cwd=ROOT)
@@ -163,6 +164,8 @@ def main():
     p.add_argument("--rows-per-day", type=int, default=100000)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--np", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run, e.g. sharding.strategy=row_wise")
     p.add_argument("--turnover", type=float, default=0.1)
     p.add_argument("--drift", type=float, default=0.1)
     p.add_argument("--only",
