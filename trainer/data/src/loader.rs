@@ -234,9 +234,10 @@ impl DropBehind {
         }
     }
 
-    fn window_read(&mut self, rows: std::ops::Range<usize>) {
+    /// Every row of `window` is in `pending` or a batch made.
+    fn window_read(&mut self, window: &[usize]) {
         if self.shuffled {
-            self.read.push(rows);
+            self.read.push(span(window));
         }
     }
 
@@ -291,8 +292,7 @@ pub fn spawn_loader(split: Arc<PreparedSplit>, opts: LoaderOptions) -> BatchStre
             let mut pending: Vec<usize> = Vec::with_capacity(bs);
             let mut behind = DropBehind::new(opts.shuffle);
             for window in row_order(split.rows, &opts) {
-                let rows = span(&window);
-                for r in window {
+                for &r in &window {
                     pending.push(r);
                     if pending.len() == bs {
                         if !emit(&pending) {
@@ -302,7 +302,7 @@ pub fn spawn_loader(split: Arc<PreparedSplit>, opts: LoaderOptions) -> BatchStre
                         pending.clear();
                     }
                 }
-                behind.window_read(rows);
+                behind.window_read(&window);
             }
             if !pending.is_empty() {
                 emit(&pending);

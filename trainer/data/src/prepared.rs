@@ -122,7 +122,8 @@ impl MappedColumn {
     /// pages mapped.
     fn release(&self, range: std::ops::Range<usize>) {
         let Some(map) = &self.map else { return };
-        let start = range.start.saturating_sub(MAPPED_REACH) / PAGE * PAGE;
+        // memmap2 rounds the start down to a page
+        let start = range.start.saturating_sub(MAPPED_REACH);
         let end = range.end.saturating_add(MAPPED_REACH).min(map.len());
         if end > start {
             // SAFETY: the mapping is a read-only shared map of a file never written after
@@ -149,10 +150,6 @@ impl MappedColumn {
         }
     }
 }
-
-/// The page size assumed when releasing mapped rows (x86-64's); on a machine with larger
-/// pages the kernel rounds the start down further, which releases a few more rows' pages.
-const PAGE: usize = 4096;
 
 /// How far from the bytes it reads a read fault may map a file's pages: Linux maps the
 /// whole page-cache folio around the fault (large folios reach a PMD, 2 MiB on x86-64,
