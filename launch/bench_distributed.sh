@@ -14,7 +14,7 @@ shift || true
 RANKS=("$@")
 ((${#RANKS[@]})) || RANKS=(1 2)
 source launch/env.sh
-BIN=target/release/shardrec
+BIN=${BIN:-target/release/shardrec}   # BIN=... compares another build
 [ -x "$BIN" ] || bash launch/setup.sh
 THREADS=1   # one torch thread per rank
 # shellcheck source=launch/bench_dlrm_data.sh

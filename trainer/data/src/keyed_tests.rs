@@ -106,6 +106,39 @@ fn keyed_features_are_prepared_as_keys_and_batched_as_keys() {
 }
 
 #[test]
+fn a_copy_of_rows_batches_as_the_rows_where_they_lie() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = prepare(
+        &delimited(dir.path(), "keyed_features = [\"ks\", \"km\"]"),
+        &quiet,
+    )
+    .unwrap();
+    let split = ds.split(SplitName::Train).unwrap();
+    // shuffled, one row twice, one row left out: every kind of column (dense, keyed and
+    // vocabulary, single and multi-valued, empty cells)
+    let rows = [5, 0, 7, 3, 3, 1, 6, 2];
+    let copy = split.copy_rows(&rows).unwrap();
+    assert_eq!(copy.rows, rows.len());
+    let all: Vec<usize> = (0..rows.len()).collect();
+    for group in [None, Some(1), Some(3)] {
+        let want = gather(split, &rows, group);
+        let got = gather(&copy, &all, group);
+        assert_eq!(got.labels, want.labels);
+        assert_eq!(got.dense, want.dense);
+        assert_eq!(got.sparse, want.sparse);
+        assert_eq!(got.groups, want.groups);
+    }
+    let third = gather(&copy, &all, None);
+    assert_eq!(
+        third.sparse.ids(1, 7).len(),
+        3,
+        "row 2 (copy row 7): x||y, three keys"
+    );
+    let none = split.copy_rows(&[]).unwrap();
+    assert_eq!(gather(&none, &[], None).labels, Vec::<f32>::new());
+}
+
+#[test]
 fn a_truncated_key_file_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = delimited(dir.path(), "keyed_features = [\"ks\"]");

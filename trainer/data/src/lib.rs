@@ -28,6 +28,7 @@ mod parquet_format;
 mod prepare;
 mod prepared;
 mod raw_format;
+mod row_copy;
 pub mod sequence_format;
 pub mod synth;
 pub mod synth_days;

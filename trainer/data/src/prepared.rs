@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Mmap, UncheckedAdvice};
+use memmap2::{Mmap, MmapMut, UncheckedAdvice};
 use serde::{Deserialize, Serialize};
 
 use super::bad_rows::BadRowCounts;
@@ -121,10 +121,17 @@ impl MappedColumn {
     /// there cost their read a minor fault). Best effort: a failed advice only leaves the
     /// pages mapped.
     fn release(&self, range: std::ops::Range<usize>) {
+        let start = range.start.saturating_sub(MAPPED_REACH);
+        self.release_exact(start..range.end.saturating_add(MAPPED_REACH));
+    }
+
+    /// Hands back this process's pages of bytes `range` (clamped to the file), and of no
+    /// more than the pages the range touches.
+    pub(crate) fn release_exact(&self, range: std::ops::Range<usize>) {
         let Some(map) = &self.map else { return };
         // memmap2 rounds the start down to a page
-        let start = range.start.saturating_sub(MAPPED_REACH);
-        let end = range.end.saturating_add(MAPPED_REACH).min(map.len());
+        let start = range.start;
+        let end = range.end.min(map.len());
         if end > start {
             // SAFETY: the mapping is a read-only shared map of a file never written after
             // it is renamed into place; MADV_DONTNEED only drops this process's page table
@@ -135,6 +142,28 @@ impl MappedColumn {
                 map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
             };
         }
+    }
+
+    /// A column of `n` values of `T` in anonymous memory of its own, written by `fill`
+    /// (the memory goes back to the system when the column is dropped, whatever the
+    /// allocator's settings).
+    pub(crate) fn anonymous<T: Plain>(
+        n: usize,
+        fill: impl FnOnce(&mut [T]),
+    ) -> std::io::Result<Self> {
+        if n == 0 {
+            return Ok(Self { map: None });
+        }
+        let mut map = MmapMut::map_anon(n * std::mem::size_of::<T>())?;
+        // SAFETY: `T` is a plain number type (every bit pattern valid, zeros included)
+        // and an anonymous mapping is page-aligned; `align_to_mut` only yields the
+        // aligned middle part, which is the whole mapping.
+        let (head, body, _) = unsafe { map.align_to_mut::<T>() };
+        debug_assert!(head.is_empty());
+        fill(&mut body[..n]);
+        Ok(Self {
+            map: Some(map.make_read_only()?),
+        })
     }
 
     pub(crate) fn slice<T: Plain>(&self) -> &[T] {
@@ -155,7 +184,7 @@ impl MappedColumn {
 /// whole page-cache folio around the fault (large folios reach a PMD, 2 MiB on x86-64,
 /// on ext4 and XFS since 6.x), or 64 KiB of fault-around for small folios. A release
 /// reaches this far on either side, so pages mapped by its range's reads go with it.
-const MAPPED_REACH: usize = 2 << 20;
+pub(crate) const MAPPED_REACH: usize = 2 << 20;
 
 /// One categorical column: an id (u32) or, keyed, a key (u64) per value, and per-row
 /// offsets when multi-valued.

@@ -740,8 +740,9 @@ pub struct TrainConfig {
     pub loader_queue: usize,
     #[serde(default = "default_true")]
     pub shuffle: bool,
-    /// Rows shuffled together: the memory bound of the shuffle, since the window being
-    /// read stays mapped (about 4 bytes a column a row; pages behind it are given back).
+    /// Rows shuffled together. Not a memory bound: the loader copies the rows of the next
+    /// batches it sends (65,536 rows, about 4 bytes a column a row) reading the window in
+    /// file order, and hands the mapped pages back behind it.
     #[serde(default = "default_window")]
     pub shuffle_window: usize,
     /// "cpu" or "cuda".
