@@ -16,7 +16,7 @@ ROWS=${1:-3000000}
 THREADS=${2:-1}
 REPEATS=${3:-2}
 source launch/env.sh
-BIN=target/release/shardrec
+BIN=${BIN:-target/release/shardrec}   # BIN=... measures another build
 [ -x "$BIN" ] || bash launch/setup.sh
 PY=$(bash ../shared/peers/setup.sh | tail -n 1)
 # shellcheck source=launch/bench_dlrm_data.sh
