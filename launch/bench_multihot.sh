@@ -11,7 +11,7 @@ ROWS=${1:-200000}
 THREADS=${2:-2}
 ROUNDS=${3:-2}
 source launch/env.sh
-BIN=target/release/shardrec
+BIN=${BIN:-target/release/shardrec}   # BIN=... measures another build
 [ -x "$BIN" ] || bash launch/setup.sh
 PY=$(bash ../shared/peers/setup.sh | tail -n 1)
 DIR=data/bench/multihot-$ROWS
