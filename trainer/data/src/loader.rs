@@ -285,11 +285,12 @@ impl Cut {
     }
 }
 
-/// Gathers planned batches and sends them. Unshuffled, each batch is read where it
-/// lies and its pages handed back ([`PreparedSplit::release_rows`]). Shuffled, the
-/// batches wait until they hold [`COPY_ROWS`] rows, which are then copied at once in file
-/// order ([`PreparedSplit::copy_rows`]), so a pass keeps a copy of those rows resident
-/// rather than every page of a window. Neither changes a value read.
+/// Gathers planned batches and sends them. Unshuffled (or when no memory can be had for a
+/// copy), each batch is read where it lies and its pages handed back
+/// ([`PreparedSplit::release_rows`]). Shuffled, the batches wait until they hold
+/// [`COPY_ROWS`] rows, which are then copied at once in file order
+/// ([`PreparedSplit::copy_rows`]), so a pass keeps a copy of those rows resident rather
+/// than every page of a window. Neither changes a value read.
 struct Sender {
     split: Arc<PreparedSplit>,
     tx: crossbeam_channel::Sender<Batch>,
@@ -314,24 +315,18 @@ impl Sender {
     fn flush(&mut self) -> bool {
         let planned = std::mem::take(&mut self.planned);
         self.planned_rows = 0;
-        if !self.shuffled {
-            return planned.into_iter().all(|p| {
+        let copy = self.shuffled.then(|| {
+            let rows: Vec<usize> = planned.iter().flat_map(|p| &p.rows).copied().collect();
+            self.split.copy_rows(&rows)
+        });
+        let Some(Ok(copy)) = copy else {
+            // unshuffled, or no memory for a copy: each batch read where it lies, then its
+            // pages handed back
+            return planned.iter().all(|p| {
                 let sent = self.send(&self.split, &p.rows, p.step_slice);
                 self.split.release_rows(span(&p.rows));
                 sent
             });
-        }
-        let rows: Vec<usize> = planned
-            .iter()
-            .flat_map(|p| p.rows.iter().copied())
-            .collect();
-        let Ok(copy) = self.split.copy_rows(&rows) else {
-            // no memory for a copy: read the rows where they lie, then hand them back
-            let sent = planned
-                .iter()
-                .all(|p| self.send(&self.split, &p.rows, p.step_slice));
-            self.split.release_rows(span(&rows));
-            return sent;
         };
         let mut at = 0;
         planned.iter().all(|p| {

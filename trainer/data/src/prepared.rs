@@ -130,8 +130,7 @@ impl MappedColumn {
     pub(crate) fn release_exact(&self, range: std::ops::Range<usize>) {
         let Some(map) = &self.map else { return };
         // memmap2 rounds the start down to a page
-        let start = range.start;
-        let end = range.end.min(map.len());
+        let (start, end) = (range.start, range.end.min(map.len()));
         if end > start {
             // SAFETY: the mapping is a read-only shared map of a file never written after
             // it is renamed into place; MADV_DONTNEED only drops this process's page table
