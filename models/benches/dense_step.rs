@@ -7,7 +7,8 @@
 //! cargo bench -p shardrec-models --bench dense_step -- [threads] [batch] [steps]
 //! ```
 //! Defaults: 2 threads, batch 2048, 30 timed steps (after 5 to warm up); DLRM with 13
-//! dense inputs, 26 features of width 16, bottom 512-256(-16), top 512-256(-1).
+//! dense inputs, 26 features of width 16, bottom 512-256(-16), top 512-256(-1). Then
+//! DCNv2's cross-layer GEMM at its 429 features and at the 432 it is padded to.
 
 use std::time::Instant;
 
@@ -150,6 +151,18 @@ fn main() {
         "| interaction bmm [{batch},27,16]x[16,27] | {inter:.3} | | | {:.0} |",
         2.0 * (batch * 27 * 27 * 16) as f64 / (inter * 1e-3) / 1e9
     );
+    // DCNv2's cross layer (configs/synthetic_dcnv2.toml: 13 + 26 x 16 = 429 features,
+    // batch 1024) at its own width and at the aligned width it now runs at
+    for n in [429, 432] {
+        let (f, dx, dw) = layer_gemms(1024, n, n, reps);
+        let g = |ms: f64| 2.0 * (1024 * n * n) as f64 / (ms * 1e-3) / 1e9;
+        println!(
+            "| DCNv2 cross {n}->{n}, batch 1024 | {f:.3} | {dx:.3} | {dw:.3} | {:.0}, {:.0}, {:.0} |",
+            g(f),
+            g(dx),
+            g(dw)
+        );
+    }
     let sq = Tensor::randn([2048, 512], opts);
     let w = Tensor::randn([512, 512], opts);
     let peak = time_ms(reps, || drop(sq.matmul(&w)));

@@ -27,6 +27,61 @@ pub fn torch_linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
     )
 }
 
+/// Inner GEMM sizes at which MKL's CPU kernels run at full speed: multiples of 16 floats
+/// (one 64-byte line). On the AMD VM a 1024x429x429 GEMM (DCNv2's cross layer) runs at
+/// 107–123 GFLOP/s and a 1024x432x432 one at 143–160 (docs/benchmarks.md, section 21).
+const GEMM_ALIGN: i64 = 16;
+
+/// `width` rounded up to a multiple of [`GEMM_ALIGN`].
+pub fn gemm_width(width: i64) -> i64 {
+    (width + GEMM_ALIGN - 1) / GEMM_ALIGN * GEMM_ALIGN
+}
+
+/// `parts` side by side (along dim 1), then zero columns up to [`gemm_width`]: the input
+/// of a layer applied with [`padded_linear`], which gives those columns zero weights. The
+/// concatenation copies anyway, so the padding costs no pass of its own.
+pub fn cat_padded(parts: &[&Tensor]) -> Tensor {
+    let width: i64 = parts.iter().map(|t| t.size()[1]).sum();
+    let pad = gemm_width(width) - width;
+    match (pad, parts) {
+        (0, [one]) => return one.shallow_clone(),
+        (0, _) => return Tensor::cat(parts, 1),
+        _ => {}
+    }
+    let first = parts[0];
+    let zeros = Tensor::zeros([first.size()[0], pad], (first.kind(), first.device()));
+    let mut all: Vec<&Tensor> = parts.to_vec();
+    all.push(&zeros);
+    Tensor::cat(&all, 1)
+}
+
+/// `lin` applied to `x`, whose last dimension may be wider than the layer's input: the
+/// weight is padded with zero columns to that width, so the columns past the layer's
+/// input add nothing and the GEMM runs at `x`'s (aligned) inner size. With `out_width`,
+/// the output is padded likewise with zero rows of weight and bias: its extra columns are
+/// zeros. The parameters keep their own shapes (checkpoints and exports do not change),
+/// and their gradients are the padded ones' slices. Only the GEMM's summation order can
+/// change.
+pub fn padded_linear(lin: &nn::Linear, x: &Tensor, out_width: Option<i64>) -> Tensor {
+    let [outputs, inputs] = lin.ws.size()[..] else {
+        return lin.forward(x);
+    };
+    // the features are the last dimension (a sequence model's MLPs see [batch, L, n])
+    let pad_in = x.size().last().map_or(0, |&n| n - inputs);
+    let pad_out = out_width.map_or(0, |w| w - outputs);
+    if pad_in <= 0 && pad_out <= 0 {
+        return lin.forward(x);
+    }
+    let ws = lin
+        .ws
+        .constant_pad_nd([0, pad_in.max(0), 0, pad_out.max(0)]);
+    let bs = lin
+        .bs
+        .as_ref()
+        .map(|b| b.constant_pad_nd([0, pad_out.max(0)]));
+    x.linear(&ws, bs.as_ref())
+}
+
 #[derive(Debug)]
 pub struct Mlp {
     layers: Vec<(nn::Linear, Option<nn::BatchNorm>)>,
@@ -80,7 +135,8 @@ impl Mlp {
     }
 
     /// As [`Mlp::forward_t`], with batch norm over the whole job's batch when `stats` is
-    /// given.
+    /// given. `xs` may carry zero padding columns past the input width
+    /// ([`cat_padded`]); the first layer ignores them.
     pub fn forward_synced(
         &self,
         xs: &Tensor,
@@ -89,7 +145,7 @@ impl Mlp {
     ) -> Tensor {
         let mut x = xs.shallow_clone();
         for (lin, bn) in &self.layers {
-            x = lin.forward(&x);
+            x = padded_linear(lin, &x, None);
             if let Some(bn) = bn {
                 x = batch_norm_forward(bn, &x, train, stats);
             }
@@ -101,7 +157,7 @@ impl Mlp {
             }
         }
         match &self.output {
-            Some(o) => o.forward(&x),
+            Some(o) => padded_linear(o, &x, None),
             None => x,
         }
     }
