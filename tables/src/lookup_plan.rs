@@ -6,6 +6,9 @@
 //! so each distinct row is fetched once (and sent once to its owner rank) and its
 //! gradient is reduced once, always summing in the same order.
 
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::collection::{CollectionLayout, FeatureLayout, ResolvedProbe};
@@ -68,6 +71,16 @@ impl LookupPlan {
     /// Maps every id of `batch` to its rows; keys of the batch are the layout's features
     /// in order.
     pub fn build(layout: &CollectionLayout, batch: &KeyedJaggedIds) -> Result<Self, TableError> {
+        Self::build_in_pieces(layout, batch, None)
+    }
+
+    /// [`LookupPlan::build`], its samples cut into `pieces` built in parallel (None: one
+    /// per worker, fewer for a small batch). The plan is the same for every cut.
+    fn build_in_pieces(
+        layout: &CollectionLayout,
+        batch: &KeyedJaggedIds,
+        pieces: Option<usize>,
+    ) -> Result<Self, TableError> {
         let features = layout.features();
         if batch.num_keys() != features.len() {
             return Err(TableError::BadBatch(format!(
@@ -92,51 +105,54 @@ impl LookupPlan {
                 u32::MAX
             )));
         }
-        let mut requests = Vec::with_capacity(probes_per_id);
-        // per table: its requests in request order and the rows they read
-        let mut per_table: Vec<(Vec<u32>, Vec<u64>)> = lookups
-            .into_iter()
-            .map(|c| (Vec::with_capacity(c), Vec::with_capacity(c)))
+        let pieces = sample_pieces(bsz, probes_per_id, pieces);
+        let counted: Vec<PieceCounts> = pieces
+            .par_iter()
+            .map(|samples| count_piece(layout, batch, samples.clone()))
             .collect();
         let mut sample_starts = Vec::with_capacity(bsz + 1);
         sample_starts.push(0u32);
-        for b in 0..bsz {
-            for (k, f) in features.iter().enumerate() {
-                let ids = batch.ids(k, b);
-                if ids.is_empty() {
-                    continue;
-                }
-                let weight = match f.pooling {
-                    Pooling::Sum => 1.0,
-                    Pooling::Mean => 1.0 / ids.len() as f32,
-                };
-                for &id in ids {
-                    let first = requests.len() as u32;
-                    for (pi, p) in f.probes.iter().enumerate() {
-                        let row = probe_row(layout, f, p, id)?;
-                        let (partner, secondary) = match (f.combine, pi) {
-                            (Combine::Mul, 0) => (first + 1, false),
-                            (Combine::Mul, _) => (first, true),
-                            _ => (NO_PARTNER, false),
-                        };
-                        let (reqs, rows) = &mut per_table[p.table];
-                        reqs.push(requests.len() as u32);
-                        rows.push(row);
-                        requests.push(Request {
-                            table: p.table as u32,
-                            unique: 0,
-                            dest: (b * width + f.offset + p.sub_offset) as u32,
-                            weight,
-                            partner,
-                            secondary,
-                        });
-                    }
-                }
+        for c in &counted {
+            for &n in &c.per_sample {
+                sample_starts.push(sample_starts[sample_starts.len() - 1] + n);
             }
-            sample_starts.push(requests.len() as u32);
+        }
+        // where each piece's requests start, overall and in each table's lists
+        let piece_starts: Vec<usize> = pieces
+            .iter()
+            .map(|s| sample_starts[s.start] as usize)
+            .collect();
+        let table_starts = table_starts_of(&counted, lookups.len());
+        let mut requests: Vec<Request> = Vec::with_capacity(probes_per_id);
+        let mut per_table: Vec<(Vec<u32>, Vec<u64>)> = lookups
+            .iter()
+            .map(|&c| (Vec::with_capacity(c), Vec::with_capacity(c)))
+            .collect();
+        let slots = piece_slots(&mut requests, &mut per_table, &counted, &lookups);
+        pieces
+            .par_iter()
+            .zip(slots)
+            .zip(&piece_starts)
+            .try_for_each(|((samples, slots), &first)| {
+                fill_piece(layout, batch, samples.clone(), first, slots)
+            })?;
+        // SAFETY: the pieces' slots partition each vector's first `len` elements (their
+        // lengths are the pieces' counts, whose sums are these lengths), and
+        // `fill_piece` returned Ok only after writing every slot it was given.
+        unsafe {
+            requests.set_len(probes_per_id);
+            for ((reqs, rows), &n) in per_table.iter_mut().zip(&lookups) {
+                reqs.set_len(n);
+                rows.set_len(n);
+            }
         }
 
-        let tables = group_by_table(layout, per_table, &mut requests);
+        let tables = group_by_table(
+            layout,
+            per_table,
+            &mut requests,
+            (&piece_starts, &table_starts),
+        );
         Ok(Self {
             batch_size: bsz,
             width,
@@ -153,11 +169,14 @@ impl LookupPlan {
 }
 
 /// Per table, the distinct rows (ascending) its requests read; sets each request's index
-/// among them. `per_table[t]`: table `t`'s requests in request order and their rows.
+/// among them. `per_table[t]`: table `t`'s requests in request order and their rows;
+/// `pieces`: where each piece of the batch starts among the requests and in each table's
+/// lists ([`LookupPlan::build`] makes them), so the pieces are passed over in parallel.
 fn group_by_table(
     layout: &CollectionLayout,
     per_table: Vec<(Vec<u32>, Vec<u64>)>,
     requests: &mut [Request],
+    (piece_starts, table_starts): (&[usize], &[Vec<usize>]),
 ) -> Vec<TableRequests> {
     let plain = plain_sum_tables(layout);
     let mut tables: Vec<TableRequests> = per_table
@@ -175,21 +194,236 @@ fn group_by_table(
             }
         })
         .collect();
-    // one pass over the requests in their order (a pass per table would read every
-    // cache line of them once per table)
-    for t in &mut tables {
-        t.dests_in_request_order
-            .reserve_exact(t.in_request_order.len());
-    }
-    let mut next = vec![0usize; tables.len()];
-    for r in requests.iter_mut() {
-        let t = &mut tables[r.table as usize];
-        let k = &mut next[r.table as usize];
-        r.unique = t.unique_in_request_order[*k];
-        t.dests_in_request_order.push(r.dest);
-        *k += 1;
+    let mut dests: Vec<Vec<u32>> = tables
+        .iter()
+        .map(|t| vec![0; t.in_request_order.len()])
+        .collect();
+    // one pass over each piece's requests in their order (a pass per table would read
+    // every cache line of them once per table)
+    let ends = piece_starts.iter().skip(1).copied().chain([requests.len()]);
+    let lens = piece_starts.iter().zip(ends).map(|(s, e)| e - s);
+    let piece_requests = split_lengths(requests, lens);
+    let totals: Vec<usize> = dests.iter().map(Vec::len).collect();
+    let piece_dests = per_piece_slices(
+        dests.iter_mut().map(Vec::as_mut_slice),
+        table_starts,
+        &totals,
+    );
+    let read = &tables;
+    piece_requests
+        .into_par_iter()
+        .zip(piece_dests)
+        .zip(table_starts)
+        .for_each(|((requests, mut dests), starts)| {
+            let mut next = vec![0usize; read.len()];
+            for r in requests.iter_mut() {
+                let t = r.table as usize;
+                r.unique = read[t].unique_in_request_order[starts[t] + next[t]];
+                dests[t][next[t]] = r.dest;
+                next[t] += 1;
+            }
+        });
+    for (t, d) in tables.iter_mut().zip(dests) {
+        t.dests_in_request_order = d;
     }
     tables
+}
+
+/// Requests a piece of a plan should hold at least, so that a piece's work outweighs
+/// handing it to a worker.
+const MIN_PIECE_REQUESTS: usize = 16_384;
+
+/// The batch's samples cut into `pieces` consecutive pieces (None: one per worker, fewer
+/// for a small batch): a plan is built piece by piece in parallel. Requests stay in
+/// sample order, so the plan does not depend on the cut.
+fn sample_pieces(batch_size: usize, requests: usize, pieces: Option<usize>) -> Vec<Range<usize>> {
+    let wanted =
+        pieces.unwrap_or_else(|| rayon::current_num_threads().min(requests / MIN_PIECE_REQUESTS));
+    let n = wanted.min(batch_size).max(1);
+    (0..n)
+        .map(|i| batch_size * i / n..batch_size * (i + 1) / n)
+        .collect()
+}
+
+/// How many requests one piece of samples makes: per sample, and per table.
+struct PieceCounts {
+    per_sample: Vec<u32>,
+    per_table: Vec<usize>,
+}
+
+fn count_piece(
+    layout: &CollectionLayout,
+    batch: &KeyedJaggedIds,
+    samples: Range<usize>,
+) -> PieceCounts {
+    let features = layout.features();
+    let mut per_table = vec![0usize; layout.num_tables()];
+    let per_sample = samples
+        .map(|b| {
+            let mut n = 0;
+            for (k, f) in features.iter().enumerate() {
+                let ids = batch.ids(k, b).len();
+                for p in &f.probes {
+                    per_table[p.table] += ids;
+                }
+                n += ids * f.probes.len();
+            }
+            n as u32
+        })
+        .collect();
+    PieceCounts {
+        per_sample,
+        per_table,
+    }
+}
+
+/// Per piece and table: where the piece's requests start in the table's lists.
+fn table_starts_of(counted: &[PieceCounts], tables: usize) -> Vec<Vec<usize>> {
+    let mut at = vec![0usize; tables];
+    counted
+        .iter()
+        .map(|c| {
+            let starts = at.clone();
+            for (a, n) in at.iter_mut().zip(&c.per_table) {
+                *a += n;
+            }
+            starts
+        })
+        .collect()
+}
+
+/// `slice` cut into consecutive parts of `lens` (which sum to at most its length).
+fn split_lengths<T>(mut slice: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
+    lens.map(|n| {
+        let (part, rest) = std::mem::take(&mut slice).split_at_mut(n);
+        slice = rest;
+        part
+    })
+    .collect()
+}
+
+/// Per piece, its part of each of `vectors` (one per table): piece `i`'s part of table
+/// `t` is `starts[i][t]` up to where piece `i + 1`'s starts, the last one's up to
+/// `totals[t]`.
+fn per_piece_slices<'a, T: 'a>(
+    vectors: impl IntoIterator<Item = &'a mut [T]>,
+    starts: &[Vec<usize>],
+    totals: &[usize],
+) -> Vec<Vec<&'a mut [T]>> {
+    let mut per_piece: Vec<Vec<&mut [T]>> = starts.iter().map(|_| Vec::new()).collect();
+    for ((t, v), &total) in vectors.into_iter().enumerate().zip(totals) {
+        let ends = starts.iter().skip(1).map(|s| s[t]).chain([total]);
+        let lens = starts.iter().zip(ends).map(|(s, e)| e - s[t]);
+        for (piece, part) in per_piece.iter_mut().zip(split_lengths(v, lens)) {
+            piece.push(part);
+        }
+    }
+    per_piece
+}
+
+/// One piece's share of a plan being built: its requests, and its part of each table's
+/// request and row lists, not yet written.
+struct PieceSlots<'a> {
+    requests: &'a mut [MaybeUninit<Request>],
+    reqs: Vec<&'a mut [MaybeUninit<u32>]>,
+    rows: Vec<&'a mut [MaybeUninit<u64>]>,
+}
+
+/// Cuts the spare capacity of the plan's vectors into the pieces' shares, as `counted`
+/// sizes them (`totals`: each table's requests).
+fn piece_slots<'a>(
+    requests: &'a mut Vec<Request>,
+    per_table: &'a mut [(Vec<u32>, Vec<u64>)],
+    counted: &[PieceCounts],
+    totals: &[usize],
+) -> Vec<PieceSlots<'a>> {
+    let lens = counted
+        .iter()
+        .map(|c| c.per_sample.iter().map(|&n| n as usize).sum());
+    let requests = split_lengths(requests.spare_capacity_mut(), lens);
+    let starts = table_starts_of(counted, per_table.len());
+    let (reqs, rows): (Vec<_>, Vec<_>) = per_table
+        .iter_mut()
+        .map(|(r, w)| (r.spare_capacity_mut(), w.spare_capacity_mut()))
+        .unzip();
+    let reqs = per_piece_slices(reqs, &starts, totals);
+    let rows = per_piece_slices(rows, &starts, totals);
+    requests
+        .into_iter()
+        .zip(reqs)
+        .zip(rows)
+        .map(|((requests, reqs), rows)| PieceSlots {
+            requests,
+            reqs,
+            rows,
+        })
+        .collect()
+}
+
+/// Writes the requests of one piece of samples (`first`: the index of its first request
+/// in the plan) into its slots; every slot, or an error.
+fn fill_piece(
+    layout: &CollectionLayout,
+    batch: &KeyedJaggedIds,
+    samples: Range<usize>,
+    first: usize,
+    slots: PieceSlots,
+) -> Result<(), TableError> {
+    let PieceSlots {
+        requests,
+        mut reqs,
+        mut rows,
+    } = slots;
+    let width = layout.width();
+    let mut next = 0usize;
+    let mut next_in_table = vec![0usize; reqs.len()];
+    for b in samples {
+        for (k, f) in layout.features().iter().enumerate() {
+            let ids = batch.ids(k, b);
+            if ids.is_empty() {
+                continue;
+            }
+            let weight = match f.pooling {
+                Pooling::Sum => 1.0,
+                Pooling::Mean => 1.0 / ids.len() as f32,
+            };
+            for &id in ids {
+                let first_probe = (first + next) as u32;
+                for (pi, p) in f.probes.iter().enumerate() {
+                    let row = probe_row(layout, f, p, id)?;
+                    let (partner, secondary) = match (f.combine, pi) {
+                        (Combine::Mul, 0) => (first_probe + 1, false),
+                        (Combine::Mul, _) => (first_probe, true),
+                        _ => (NO_PARTNER, false),
+                    };
+                    let j = next_in_table[p.table];
+                    reqs[p.table][j].write((first + next) as u32);
+                    rows[p.table][j].write(row);
+                    next_in_table[p.table] = j + 1;
+                    requests[next].write(Request {
+                        table: p.table as u32,
+                        unique: 0,
+                        dest: (b * width + f.offset + p.sub_offset) as u32,
+                        weight,
+                        partner,
+                        secondary,
+                    });
+                    next += 1;
+                }
+            }
+        }
+    }
+    let all_written = next == requests.len()
+        && next_in_table
+            .iter()
+            .zip(&reqs)
+            .all(|(&n, slots)| n == slots.len());
+    if !all_written {
+        return Err(TableError::BadBatch(
+            "a piece of the lookup plan made other requests than it counted".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Per table: whether every feature that reads it sums its ids and multiplies nothing.
@@ -392,7 +626,73 @@ mod tests {
         assert!(e.contains("`c1`") && e.contains("id 9"), "{e}");
     }
 
+    /// Two tables: f0 sums hashed ids of t0, f1 averages them, f2 multiplies a quotient
+    /// row of t0 by a remainder row of t1 (QR embeddings).
+    fn mixed_layout() -> CollectionLayout {
+        let table = |name: &str, rows| TableSpec {
+            name: name.into(),
+            rows,
+            dim: 2,
+            init: RowInit::Zeros,
+        };
+        let probe = |table: &str, map| Probe {
+            table: table.into(),
+            map,
+        };
+        let feature = |name: &str, probes, combine, pooling| FeatureSpec {
+            name: name.into(),
+            probes,
+            combine,
+            pooling,
+        };
+        let spec = CollectionSpec {
+            tables: vec![table("t0", 40), table("t1", 7)],
+            features: vec![
+                feature(
+                    "f0",
+                    vec![probe("t0", RowMap::Hash { seed: 1 })],
+                    Combine::Concat,
+                    Pooling::Sum,
+                ),
+                feature(
+                    "f1",
+                    vec![probe("t1", RowMap::Hash { seed: 2 })],
+                    Combine::Concat,
+                    Pooling::Mean,
+                ),
+                feature(
+                    "f2",
+                    vec![
+                        probe("t0", RowMap::Quotient { divisor: 7 }),
+                        probe("t1", RowMap::Remainder { modulus: 7 }),
+                    ],
+                    Combine::Mul,
+                    Pooling::Sum,
+                ),
+            ],
+        };
+        CollectionLayout::new(spec).unwrap()
+    }
+
     proptest! {
+        /// A plan built in pieces in parallel is the plan built in one: every request,
+        /// partner, per-table list and distinct row the same.
+        #[test]
+        fn a_plan_built_in_pieces_is_the_plan_built_whole(
+            lens in proptest::collection::vec(0u32..4, 3 * 9),
+            raw in proptest::collection::vec(0u64..280, 108),
+            pieces in 2usize..7,
+        ) {
+            let layout = mixed_layout();
+            let total: usize = lens.iter().map(|&l| l as usize).sum();
+            let values: Vec<u64> = raw.iter().cycle().take(total).copied().collect();
+            let batch = KeyedJaggedIds::from_lengths(3, 9, &lens, values).unwrap();
+            let whole = LookupPlan::build_in_pieces(&layout, &batch, Some(1)).unwrap();
+            let cut = LookupPlan::build_in_pieces(&layout, &batch, Some(pieces)).unwrap();
+            prop_assert_eq!(&cut, &whole);
+            prop_assert_eq!(LookupPlan::build(&layout, &batch).unwrap(), whole);
+        }
+
         /// The radix sort orders by row and keeps request order among equal rows.
         #[test]
         fn radix_sort_is_a_stable_sort_by_row(rows in proptest::collection::vec(0u64..5000, 0..400)) {
