@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use crate::lookup_plan::{LookupPlan, NO_PARTNER};
+use crate::prefetch::{prefetch, DISTANCE};
 use crate::TableError;
 
 fn check_rows(
@@ -65,9 +66,18 @@ pub fn assemble_output(
         .for_each(|(b, row_out)| {
             row_out.fill(0.0);
             let base = b * plan.width;
-            let reqs =
-                &plan.requests[plan.sample_starts[b] as usize..plan.sample_starts[b + 1] as usize];
-            for r in reqs {
+            let (first, end) = (
+                plan.sample_starts[b] as usize,
+                plan.sample_starts[b + 1] as usize,
+            );
+            for (i, r) in plan.requests[first..end].iter().enumerate() {
+                // the rows a big table's requests read lie anywhere in its gathered
+                // rows: ask for the one a few requests on while this one is added
+                if let Some(ahead) = plan.requests.get(first + i + DISTANCE) {
+                    let t = ahead.table as usize;
+                    let at = ahead.unique as usize * dims[t];
+                    prefetch(gathered[t].as_ptr().wrapping_add(at));
+                }
                 if r.secondary {
                     continue;
                 }
@@ -119,8 +129,11 @@ pub fn reduce_row_gradients(
             let mut grads = vec![0.0f32; reqs.unique_rows.len() * d];
             if reqs.plain_sums {
                 // weight 1, no partner: `a += s` is the general loop's `a += 1 * s`
-                let order = reqs.unique_in_request_order.iter();
-                for (&u, &dest) in order.zip(&reqs.dests_in_request_order) {
+                let order = reqs.unique_in_request_order.iter().enumerate();
+                for ((k, &u), &dest) in order.zip(&reqs.dests_in_request_order) {
+                    if let Some(&ahead) = reqs.unique_in_request_order.get(k + DISTANCE) {
+                        prefetch(grads.as_ptr().wrapping_add(ahead as usize * d));
+                    }
                     let acc = &mut grads[u as usize * d..][..d];
                     let src = &out_grad[dest as usize..][..d];
                     for (a, s) in acc.iter_mut().zip(src) {
