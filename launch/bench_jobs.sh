@@ -2,7 +2,7 @@
 # runs one training (one process, or under mpirun with one thread per rank) and keeps its
 # summary and log in $OUT.
 source launch/env.sh
-BIN=target/release/shardrec
+BIN=${BIN:-target/release/shardrec}
 [ -x "$BIN" ] || bash launch/setup.sh
 mkdir -p "$OUT"
 
