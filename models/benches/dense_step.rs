@@ -55,13 +55,7 @@ fn model_step(batch: i64, steps: usize) {
             Tensor::randn([batch, 26 * 16], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         opt.zero_grad();
         let t0 = Instant::now();
-        let input = ModelInput {
-            dense: &dense,
-            emb: &emb,
-            first_order: None,
-            sequence: None,
-            stats: None,
-        };
+        let input = ModelInput::plain(&dense, &emb);
         let (logits, _) = model.forward_train(&input);
         let loss = logits.binary_cross_entropy_with_logits::<Tensor>(
             &labels,

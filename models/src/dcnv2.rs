@@ -97,13 +97,7 @@ mod tests {
         wrt.push(emb.shallow_clone());
         let grads =
             |logits: Tensor| Tensor::run_backward(&[logits.sum(Kind::Float)], &wrt, false, false);
-        let input = ModelInput {
-            dense: &dense,
-            emb: &emb,
-            first_order: None,
-            sequence: None,
-            stats: None,
-        };
+        let input = ModelInput::plain(&dense, &emb);
         let padded = m.forward_t(&input, true);
         let plain = unpadded(&m, &emb, &dense);
         assert_eq!(padded.size(), [64]);

@@ -59,6 +59,20 @@ pub struct ModelInput<'a> {
     pub stats: Option<&'a BatchStatsSync<'a>>,
 }
 
+impl<'a> ModelInput<'a> {
+    /// Dense values and embeddings alone: no first-order weights, no sequence, and batch
+    /// norm over this process's rows.
+    pub fn plain(dense: &'a Tensor, emb: &'a Tensor) -> Self {
+        Self {
+            dense,
+            emb,
+            first_order: None,
+            sequence: None,
+            stats: None,
+        }
+    }
+}
+
 /// Sequence models' view of `emb`: it has `batch * (len + 1)` rows, sample `b`'s target
 /// in row `b * (len + 1)` and its history slots (oldest first, left-padded) in the `len`
 /// rows after it; padded slots are zero rows.

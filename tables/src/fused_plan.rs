@@ -461,7 +461,7 @@ fn counting_order(keys: impl Iterator<Item = usize> + Clone, n: usize) -> Counti
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::spec::{CollectionSpec, FeatureSpec, Probe, RowMap, TableSpec};
     use crate::RowInit;
@@ -477,8 +477,8 @@ mod tests {
     }
 
     /// Two width-4 tables and a width-2 one; feature `q` multiplies two width-4 rows,
-    /// feature `m` is mean-pooled.
-    fn layout() -> CollectionLayout {
+    /// feature `m` is mean-pooled. Ids below 5 (`fa`), 3 (`m`) and 12 (`q`).
+    pub(crate) fn layout() -> CollectionLayout {
         let probe = |t: &str, map| Probe {
             table: t.into(),
             map,
