@@ -99,6 +99,20 @@ fn layer_gemms(b: i64, n_in: i64, n_out: i64, reps: usize) -> (f64, f64, f64) {
     (f, dx, dw)
 }
 
+/// Prints one layer's row of the GEMM table; returns its three GEMMs' milliseconds.
+fn layer_row(name: &str, batch: i64, (n_in, n_out): (i64, i64), reps: usize) -> f64 {
+    let (f, dx, dw) = layer_gemms(batch, n_in, n_out, reps);
+    let flop = 2.0 * (batch * n_in * n_out) as f64;
+    let g = |ms: f64| flop / (ms * 1e-3) / 1e9;
+    println!(
+        "| {name}, batch {batch} | {f:.3} | {dx:.3} | {dw:.3} | {:.0}, {:.0}, {:.0} |",
+        g(f),
+        g(dx),
+        g(dw)
+    );
+    f + dx + dw
+}
+
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -122,19 +136,10 @@ fn main() {
     let _g = tch::no_grad_guard();
     println!("| GEMM | forward ms | input grad ms | weight grad ms | GFLOP/s (f, dx, dw) |");
     println!("|---|---|---|---|---|");
-    let mut total = 0.0;
-    for (name, i, o) in layers {
-        let (f, dx, dw) = layer_gemms(batch, i, o, reps);
-        let flop = 2.0 * (batch * i * o) as f64;
-        let g = |ms: f64| flop / (ms * 1e-3) / 1e9;
-        total += f + dx + dw;
-        println!(
-            "| {name} | {f:.3} | {dx:.3} | {dw:.3} | {:.0}, {:.0}, {:.0} |",
-            g(f),
-            g(dx),
-            g(dw)
-        );
-    }
+    let total: f64 = layers
+        .into_iter()
+        .map(|(name, i, o)| layer_row(name, batch, (i, o), reps))
+        .sum();
     let opts = (Kind::Float, Device::Cpu);
     let (a, b) = (
         Tensor::randn([batch, 27, 16], opts),
@@ -147,15 +152,8 @@ fn main() {
     );
     // DCNv2's cross layer (configs/synthetic_dcnv2.toml: 13 + 26 x 16 = 429 features,
     // batch 1024) at its own width and at the aligned width it now runs at
-    for n in [429, 432] {
-        let (f, dx, dw) = layer_gemms(1024, n, n, reps);
-        let g = |ms: f64| 2.0 * (1024 * n * n) as f64 / (ms * 1e-3) / 1e9;
-        println!(
-            "| DCNv2 cross {n}->{n}, batch 1024 | {f:.3} | {dx:.3} | {dw:.3} | {:.0}, {:.0}, {:.0} |",
-            g(f),
-            g(dx),
-            g(dw)
-        );
+    for (name, n) in [("DCNv2 cross 429->429", 429), ("DCNv2 cross 432->432", 432)] {
+        layer_row(name, 1024, (n, n), reps);
     }
     let sq = Tensor::randn([2048, 512], opts);
     let w = Tensor::randn([512, 512], opts);

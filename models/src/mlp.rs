@@ -43,10 +43,8 @@ pub fn gemm_width(width: i64) -> i64 {
 pub fn cat_padded(parts: &[&Tensor]) -> Tensor {
     let width: i64 = parts.iter().map(|t| t.size()[1]).sum();
     let pad = gemm_width(width) - width;
-    match (pad, parts) {
-        (0, [one]) => return one.shallow_clone(),
-        (0, _) => return Tensor::cat(parts, 1),
-        _ => {}
+    if pad == 0 {
+        return Tensor::cat(parts, 1);
     }
     let first = parts[0];
     let zeros = Tensor::zeros([first.size()[0], pad], (first.kind(), first.device()));

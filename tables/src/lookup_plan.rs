@@ -111,24 +111,10 @@ impl LookupPlan {
             .map(|samples| count_piece(layout, batch, samples.clone()))
             .collect();
         let sample_starts = sample_starts_of(&counted, bsz);
-        // where each piece's requests start, overall and in each table's lists
-        let piece_starts: Vec<usize> = pieces
-            .iter()
-            .map(|s| sample_starts[s.start] as usize)
-            .collect();
-        let table_starts = table_starts_of(&counted, lookups.len());
-        let (mut requests, per_table) = write_requests(
-            (layout, batch),
-            &pieces,
-            (&counted, &piece_starts),
-            &lookups,
-        )?;
-        let tables = group_by_table(
-            layout,
-            per_table,
-            &mut requests,
-            (&piece_starts, &table_starts),
-        );
+        let starts = PieceStarts::of(&counted, lookups.len());
+        let (mut requests, per_table) =
+            write_requests((layout, batch), &pieces, (&counted, &starts), &lookups)?;
+        let tables = group_by_table(layout, per_table, &mut requests, &starts);
         Ok(Self {
             batch_size: bsz,
             width,
@@ -146,13 +132,12 @@ impl LookupPlan {
 
 /// Per table, the distinct rows (ascending) its requests read; sets each request's index
 /// among them. `per_table[t]`: table `t`'s requests in request order and their rows;
-/// `pieces`: where each piece of the batch starts among the requests and in each table's
-/// lists ([`LookupPlan::build`] makes them), so the pieces are passed over in parallel.
+/// `starts`: where the batch's pieces start, so they are passed over in parallel.
 fn group_by_table(
     layout: &CollectionLayout,
-    per_table: Vec<(Vec<u32>, Vec<u64>)>,
+    per_table: Vec<TableLists>,
     requests: &mut [Request],
-    (piece_starts, table_starts): (&[usize], &[Vec<usize>]),
+    starts: &PieceStarts,
 ) -> Vec<TableRequests> {
     let plain = plain_sum_tables(layout);
     let mut tables: Vec<TableRequests> = per_table
@@ -176,20 +161,13 @@ fn group_by_table(
         .collect();
     // one pass over each piece's requests in their order (a pass per table would read
     // every cache line of them once per table)
-    let ends = piece_starts.iter().skip(1).copied().chain([requests.len()]);
-    let lens = piece_starts.iter().zip(ends).map(|(s, e)| e - s);
-    let piece_requests = split_lengths(requests, lens);
-    let totals: Vec<usize> = dests.iter().map(Vec::len).collect();
-    let piece_dests = per_piece_slices(
-        dests.iter_mut().map(Vec::as_mut_slice),
-        table_starts,
-        &totals,
-    );
+    let piece_requests = split_at_starts(requests, &starts.requests);
+    let piece_dests = per_piece_slices(dests.iter_mut().map(Vec::as_mut_slice), &starts.tables);
     let read = &tables;
     piece_requests
         .into_par_iter()
         .zip(piece_dests)
-        .zip(table_starts)
+        .zip(&starts.tables)
         .for_each(|((requests, mut dests), starts)| {
             let mut next = vec![0usize; read.len()];
             for r in requests.iter_mut() {
@@ -222,11 +200,11 @@ fn sample_starts_of(counted: &[PieceCounts], batch_size: usize) -> Vec<u32> {
 }
 
 /// The plan's requests and each table's (requests, rows) lists, written by the pieces in
-/// parallel (`first`: where each piece's requests start; `lookups`: each table's total).
+/// parallel (`lookups`: each table's total).
 fn write_requests(
     (layout, batch): (&CollectionLayout, &KeyedJaggedIds),
     pieces: &[Range<usize>],
-    (counted, first): (&[PieceCounts], &[usize]),
+    (counted, starts): (&[PieceCounts], &PieceStarts),
     lookups: &[usize],
 ) -> Result<(Vec<Request>, Vec<TableLists>), TableError> {
     let total: usize = lookups.iter().sum();
@@ -248,11 +226,11 @@ fn write_requests(
         .iter()
         .map(|&c| (Vec::with_capacity(c), Vec::with_capacity(c)))
         .collect();
-    let slots = piece_slots(&mut requests, &mut per_table, counted, lookups);
+    let slots = piece_slots(&mut requests, &mut per_table, starts, lookups);
     pieces
         .par_iter()
         .zip(slots)
-        .zip(first)
+        .zip(&starts.requests)
         .try_for_each(|((samples, slots), &first)| {
             fill_piece(layout, batch, samples.clone(), first, slots)
         })?;
@@ -317,44 +295,64 @@ fn count_piece(
     }
 }
 
-/// Per piece and table: where the piece's requests start in the table's lists.
-fn table_starts_of(counted: &[PieceCounts], tables: usize) -> Vec<Vec<usize>> {
-    let mut at = vec![0usize; tables];
-    counted
+/// Where each piece of a batch starts among the plan's requests and in each table's
+/// lists, from the pieces' counts.
+struct PieceStarts {
+    requests: Vec<usize>,
+    /// Per piece, per table.
+    tables: Vec<Vec<usize>>,
+}
+
+impl PieceStarts {
+    fn of(counted: &[PieceCounts], tables: usize) -> Self {
+        let (mut at, mut at_table) = (0usize, vec![0usize; tables]);
+        let (requests, tables) = counted
+            .iter()
+            .map(|c| {
+                let starts = (at, at_table.clone());
+                at += c.per_sample.iter().map(|&n| n as usize).sum::<usize>();
+                for (a, n) in at_table.iter_mut().zip(&c.per_table) {
+                    *a += n;
+                }
+                starts
+            })
+            .unzip();
+        Self { requests, tables }
+    }
+}
+
+/// `slice` cut at `starts` (ascending, the first 0): each part runs to the next start, the
+/// last to the slice's end.
+fn split_at_starts<'a, T>(
+    mut slice: &'a mut [T],
+    starts: impl IntoIterator<Item = &'a usize>,
+) -> Vec<&'a mut [T]> {
+    let starts: Vec<usize> = starts.into_iter().copied().collect();
+    let ends = starts.iter().skip(1).copied();
+    let lens: Vec<usize> = starts
         .iter()
-        .map(|c| {
-            let starts = at.clone();
-            for (a, n) in at.iter_mut().zip(&c.per_table) {
-                *a += n;
-            }
-            starts
+        .zip(ends.chain([slice.len()]))
+        .map(|(s, e)| e - s)
+        .collect();
+    lens.into_iter()
+        .map(|n| {
+            let (part, rest) = std::mem::take(&mut slice).split_at_mut(n);
+            slice = rest;
+            part
         })
         .collect()
 }
 
-/// `slice` cut into consecutive parts of `lens` (which sum to at most its length).
-fn split_lengths<T>(mut slice: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
-    lens.map(|n| {
-        let (part, rest) = std::mem::take(&mut slice).split_at_mut(n);
-        slice = rest;
-        part
-    })
-    .collect()
-}
-
-/// Per piece, its part of each of `vectors` (one per table): piece `i`'s part of table
-/// `t` is `starts[i][t]` up to where piece `i + 1`'s starts, the last one's up to
-/// `totals[t]`.
+/// Per piece, its part of each of `vectors` (one per table, each exactly that table's
+/// lists): piece `i`'s part of table `t` starts at `starts[i][t]`.
 fn per_piece_slices<'a, T: 'a>(
     vectors: impl IntoIterator<Item = &'a mut [T]>,
-    starts: &[Vec<usize>],
-    totals: &[usize],
+    starts: &'a [Vec<usize>],
 ) -> Vec<Vec<&'a mut [T]>> {
     let mut per_piece: Vec<Vec<&mut [T]>> = starts.iter().map(|_| Vec::new()).collect();
-    for ((t, v), &total) in vectors.into_iter().enumerate().zip(totals) {
-        let ends = starts.iter().skip(1).map(|s| s[t]).chain([total]);
-        let lens = starts.iter().zip(ends).map(|(s, e)| e - s[t]);
-        for (piece, part) in per_piece.iter_mut().zip(split_lengths(v, lens)) {
+    for (t, v) in vectors.into_iter().enumerate() {
+        let parts = split_at_starts(v, starts.iter().map(|s| &s[t]));
+        for (piece, part) in per_piece.iter_mut().zip(parts) {
             piece.push(part);
         }
     }
@@ -369,25 +367,31 @@ struct PieceSlots<'a> {
     rows: Vec<&'a mut [MaybeUninit<u64>]>,
 }
 
-/// Cuts the spare capacity of the plan's vectors into the pieces' shares, as `counted`
-/// sizes them (`totals`: each table's requests).
+/// Cuts the spare capacity of the plan's vectors, `lookups[t]` slots of table `t`'s
+/// lists and their sum of requests, into the pieces' shares.
 fn piece_slots<'a>(
     requests: &'a mut Vec<Request>,
-    per_table: &'a mut [(Vec<u32>, Vec<u64>)],
-    counted: &[PieceCounts],
-    totals: &[usize],
+    per_table: &'a mut [TableLists],
+    starts: &'a PieceStarts,
+    lookups: &[usize],
 ) -> Vec<PieceSlots<'a>> {
-    let lens = counted
-        .iter()
-        .map(|c| c.per_sample.iter().map(|&n| n as usize).sum());
-    let requests = split_lengths(requests.spare_capacity_mut(), lens);
-    let starts = table_starts_of(counted, per_table.len());
+    let total = lookups.iter().sum();
+    let requests = split_at_starts(
+        &mut requests.spare_capacity_mut()[..total],
+        &starts.requests,
+    );
     let (reqs, rows): (Vec<_>, Vec<_>) = per_table
         .iter_mut()
-        .map(|(r, w)| (r.spare_capacity_mut(), w.spare_capacity_mut()))
+        .zip(lookups)
+        .map(|((r, w), &n)| {
+            (
+                &mut r.spare_capacity_mut()[..n],
+                &mut w.spare_capacity_mut()[..n],
+            )
+        })
         .unzip();
-    let reqs = per_piece_slices(reqs, &starts, totals);
-    let rows = per_piece_slices(rows, &starts, totals);
+    let reqs = per_piece_slices(reqs, &starts.tables);
+    let rows = per_piece_slices(rows, &starts.tables);
     requests
         .into_iter()
         .zip(reqs)
