@@ -292,12 +292,14 @@ impl FusedLayout {
 
     /// Every group's index arrays for the step planned as `plan`.
     pub fn step(&self, plan: &LookupPlan) -> Vec<GroupStep> {
+        let requests = plan.all_requests();
         (0..self.groups.len())
-            .map(|g| self.group_step(g, plan))
+            .map(|g| self.group_step(g, plan, &requests))
             .collect()
     }
 
-    fn group_step(&self, g: usize, plan: &LookupPlan) -> GroupStep {
+    /// `requests`: the plan's, in request order.
+    fn group_step(&self, g: usize, plan: &LookupPlan, requests: &[crate::Request]) -> GroupStep {
         let group = &self.groups[g];
         let mut unique_base = vec![u32::MAX; self.placement.len()];
         let mut unique = Vec::new();
@@ -310,7 +312,7 @@ impl FusedLayout {
                     .map(|&r| (first + r) as i64),
             );
         }
-        let terms = self.terms(g, plan, &unique_base);
+        let terms = self.terms(g, requests, &unique_base);
         let slots = group.slot_columns.len() * plan.batch_size;
         let by_slot = counting_order(terms.iter().map(|t| t.slot as usize), slots);
         let forward = Bags {
@@ -372,12 +374,12 @@ impl FusedLayout {
     }
 
     /// Group `g`'s terms in request order (the second factors of `mul` write nothing).
-    fn terms(&self, g: usize, plan: &LookupPlan, unique_base: &[u32]) -> Vec<Term> {
+    fn terms(&self, g: usize, requests: &[crate::Request], unique_base: &[u32]) -> Vec<Term> {
         let slots = self.groups[g].slot_columns.len();
         let column_slot = &self.column_slot[g];
         let width = self.width.max(1);
         let distinct = |r: &crate::Request| unique_base[r.table as usize] + r.unique;
-        plan.requests
+        requests
             .iter()
             .enumerate()
             .filter(|(_, r)| self.placement[r.table as usize].0 == g && !r.secondary)
@@ -389,7 +391,7 @@ impl FusedLayout {
                     weight: r.weight,
                     request: i as u32,
                     factor: (r.partner != NO_PARTNER).then(|| {
-                        let p = &plan.requests[r.partner as usize];
+                        let p = &requests[r.partner as usize];
                         (distinct(p), r.partner)
                     }),
                 }

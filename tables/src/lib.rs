@@ -39,6 +39,7 @@ mod key_index;
 mod key_maps;
 mod local;
 mod lookup_plan;
+mod one_id_plan;
 mod optimizer;
 mod planner;
 mod prefetch;

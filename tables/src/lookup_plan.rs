@@ -6,6 +6,7 @@
 //! so each distinct row is fetched once (and sent once to its owner rank) and its
 //! gradient is reduced once, always summing in the same order.
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -61,17 +62,43 @@ pub struct LookupPlan {
     pub batch_size: usize,
     /// Output columns per sample.
     pub width: usize,
+    /// Empty in a one-id plan (see [`LookupPlan::all_requests`]).
     pub requests: Vec<Request>,
-    /// Requests of sample `b` are `requests[sample_starts[b]..sample_starts[b + 1]]`.
+    /// Requests of sample `b` are `requests[sample_starts[b]..sample_starts[b + 1]]`
+    /// (empty in a one-id plan).
     pub sample_starts: Vec<u32>,
     pub tables: Vec<TableRequests>,
+    /// At most one id reaches each output slot, so the tables' lists are the whole plan:
+    /// no request list, and no `in_request_order` (`one_id_plan`).
+    pub one_id_per_slot: bool,
 }
 
 impl LookupPlan {
     /// Maps every id of `batch` to its rows; keys of the batch are the layout's features
-    /// in order.
+    /// in order. A batch of at most one id a slot gets a one-id plan.
     pub fn build(layout: &CollectionLayout, batch: &KeyedJaggedIds) -> Result<Self, TableError> {
+        if let Some(plan) = crate::one_id_plan::build(layout, batch)? {
+            return Ok(plan);
+        }
+        Self::build_with_requests(layout, batch)
+    }
+
+    /// [`LookupPlan::build`], always with the list of requests.
+    pub fn build_with_requests(
+        layout: &CollectionLayout,
+        batch: &KeyedJaggedIds,
+    ) -> Result<Self, TableError> {
         Self::build_in_pieces(layout, batch, None)
+    }
+
+    /// Every request in request order: the list, or a one-id plan's rebuilt from its
+    /// tables' lists.
+    pub fn all_requests(&self) -> Cow<'_, [Request]> {
+        if self.one_id_per_slot {
+            Cow::Owned(crate::one_id_plan::requests_of(self))
+        } else {
+            Cow::Borrowed(&self.requests)
+        }
     }
 
     /// [`LookupPlan::build`], its samples cut into `pieces` built in parallel (None: one
@@ -121,6 +148,7 @@ impl LookupPlan {
             requests,
             sample_starts,
             tables,
+            one_id_per_slot: false,
         })
     }
 
@@ -529,7 +557,7 @@ pub(crate) fn probe_row(
 /// tables, or a table every step touches much of) a dense index over the table's rows
 /// finds them in three linear passes; otherwise a radix sort of the rows does, whose
 /// cost follows the batch and not the table. Both give the same answer.
-fn distinct_rows(rows: &[u64], table_rows: u64) -> (Vec<u64>, Vec<u32>) {
+pub(crate) fn distinct_rows(rows: &[u64], table_rows: u64) -> (Vec<u64>, Vec<u32>) {
     if table_rows <= DENSE_ROWS_PER_LOOKUP * rows.len() as u64 {
         return distinct_rows_dense(rows, table_rows as usize);
     }
@@ -730,7 +758,7 @@ mod tests {
             let total: usize = lens.iter().map(|&l| l as usize).sum();
             let values: Vec<u64> = raw.iter().cycle().take(total).copied().collect();
             let batch = KeyedJaggedIds::from_lengths(3, 5, &lens, values).unwrap();
-            let plan = LookupPlan::build(&layout, &batch).unwrap();
+            let plan = LookupPlan::build_with_requests(&layout, &batch).unwrap();
             prop_assert_eq!(plan.requests.len(), total);
             let t = &plan.tables[0];
             prop_assert!(t.unique_rows.windows(2).all(|w| w[0] < w[1]));

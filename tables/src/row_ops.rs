@@ -60,6 +60,10 @@ pub fn assemble_output(
     if plan.width == 0 {
         return Ok(());
     }
+    if plan.one_id_per_slot {
+        assemble_one_id(plan, dims, gathered, out);
+        return Ok(());
+    }
     out.par_chunks_mut(plan.width)
         .enumerate()
         .with_min_len(64)
@@ -100,6 +104,37 @@ pub fn assemble_output(
     Ok(())
 }
 
+/// [`assemble_output`] of a one-id plan: each chunk of samples is zeroed, then each
+/// table's requests into it add their rows (`0 + s`, the general loop's `0 + 1 * s`, so
+/// both give the same bits), table by table from its (distinct row, destination) lists.
+fn assemble_one_id(plan: &LookupPlan, dims: &[usize], gathered: &[Vec<f32>], out: &mut [f32]) {
+    // about 64 KB of output a chunk: zeroed and written while in the cache
+    let samples = (16_384 / plan.width).max(1);
+    out.par_chunks_mut(plan.width * samples)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            chunk.fill(0.0);
+            let base = c * samples * plan.width;
+            let end = base + chunk.len();
+            for ((lists, &d), rows) in plan.tables.iter().zip(dims).zip(gathered) {
+                let dests = &lists.dests_in_request_order;
+                let from = dests.partition_point(|&x| (x as usize) < base);
+                let to = dests.partition_point(|&x| (x as usize) < end);
+                let unique = &lists.unique_in_request_order[from..to];
+                for (i, (&u, &dest)) in unique.iter().zip(&dests[from..to]).enumerate() {
+                    if let Some(&ahead) = unique.get(i + DISTANCE) {
+                        prefetch(rows.as_ptr().wrapping_add(ahead as usize * d));
+                    }
+                    let src = &rows[u as usize * d..][..d];
+                    let dst = &mut chunk[dest as usize - base..][..d];
+                    for (o, s) in dst.iter_mut().zip(src) {
+                        *o += s;
+                    }
+                }
+            }
+        });
+}
+
 /// Gradient of every distinct row of every table, from the gradient of the output
 /// (batch x width). `gathered` (the forward rows) is needed only by `Mul` features.
 ///
@@ -133,6 +168,9 @@ pub fn reduce_row_gradients(
                 for ((k, &u), &dest) in order.zip(&reqs.dests_in_request_order) {
                     if let Some(&ahead) = reqs.unique_in_request_order.get(k + DISTANCE) {
                         prefetch(grads.as_ptr().wrapping_add(ahead as usize * d));
+                    }
+                    if let Some(&ahead) = reqs.dests_in_request_order.get(k + 2 * DISTANCE) {
+                        prefetch(out_grad.as_ptr().wrapping_add(ahead as usize));
                     }
                     let acc = &mut grads[u as usize * d..][..d];
                     let src = &out_grad[dest as usize..][..d];

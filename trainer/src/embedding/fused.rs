@@ -850,8 +850,9 @@ mod tests {
         let plan = fused.host().plan(&ids).unwrap();
         // sample 0's second request (m has no id there) is feature h's (table w, width
         // 8), at columns 6..14
-        assert_eq!(plan.requests[1].table, 3);
-        let row = plan.tables[3].unique_rows[plan.requests[1].unique as usize] as i64;
+        let requests = plan.all_requests();
+        assert_eq!(requests[1].table, 3);
+        let row = plan.tables[3].unique_rows[requests[1].unique as usize] as i64;
         let got = Vec::<f32>::try_from(out.get(0).narrow(0, 6, 8)).unwrap();
         let want: Vec<f32> = (row * 8..row * 8 + 8).map(|v| v as f32).collect();
         assert_eq!(got, want);
