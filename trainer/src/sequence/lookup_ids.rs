@@ -41,12 +41,10 @@ impl SequenceLookup {
         }
         let (b, l) = (sparse.batch_size(), self.len);
         let rows = b * (l + 1);
-        // per row: (item, category, time) or none (padding)
-        let mut slots: Vec<Option<[u64; 3]>> = Vec::with_capacity(rows);
+        // per sample: the behaviours kept (the newest `l`), checked once for all keys
+        let mut kept = Vec::with_capacity(b);
         let mut mask = Vec::with_capacity(b * l);
         for s in 0..b {
-            let single = |k: usize| sparse.ids(k, s).first().copied().unwrap_or(0);
-            slots.push(Some([single(TARGET_ITEM), single(TARGET_CATEGORY), 0]));
             let items = sparse.ids(HIST_ITEMS, s);
             let cats = sparse.ids(HIST_CATEGORIES, s);
             if items.len() != cats.len() {
@@ -57,30 +55,36 @@ impl SequenceLookup {
                 )));
             }
             let n = items.len().min(l);
-            let (items, cats) = (&items[items.len() - n..], &cats[cats.len() - n..]);
-            for j in 0..l {
-                let pad = l - n;
-                if j < pad {
-                    slots.push(None);
-                    mask.push(false);
-                } else {
-                    let h = j - pad;
-                    slots.push(Some([items[h], cats[h], (l - j) as u64]));
-                    mask.push(true);
-                }
-            }
+            kept.push(n);
+            mask.extend((0..l).map(|j| j >= l - n));
         }
         let keys = self.keys();
-        let mut lengths = Vec::with_capacity(keys * rows);
+        let mut lengths = vec![0u32; keys * rows];
         let mut values = Vec::with_capacity(keys * rows);
-        for k in 0..keys {
-            for slot in &slots {
-                match slot {
-                    Some(ids) => {
-                        lengths.push(1);
-                        values.push(ids[k % 3]);
-                    }
-                    None => lengths.push(0),
+        // key by key (the jagged layout's order), each sample's target row and then its
+        // slots: padding (no id) before the kept behaviours
+        // (`max(1)`: a rank's batch may be empty at the end of a pass)
+        for (k, lengths) in lengths.chunks_mut(rows.max(1)).enumerate() {
+            let role = k % 3;
+            for (s, &n) in kept.iter().enumerate() {
+                let single = |k: usize| sparse.ids(k, s).first().copied().unwrap_or(0);
+                let base = s * (l + 1);
+                lengths[base] = 1;
+                values.push(match role {
+                    0 => single(TARGET_ITEM),
+                    1 => single(TARGET_CATEGORY),
+                    _ => 0,
+                });
+                lengths[base + 1 + l - n..base + 1 + l].fill(1);
+                let newest = |k: usize| {
+                    let ids = sparse.ids(k, s);
+                    &ids[ids.len() - n..]
+                };
+                match role {
+                    0 => values.extend_from_slice(newest(HIST_ITEMS)),
+                    1 => values.extend_from_slice(newest(HIST_CATEGORIES)),
+                    // a behaviour's distance from the target, oldest kept first
+                    _ => values.extend((1..=n as u64).rev()),
                 }
             }
         }
@@ -161,6 +165,9 @@ mod tests {
             decoupled: true,
         };
         let (ids2, _) = two.expand(&b).unwrap();
+        // a rank's empty batch at the end of a pass
+        let (none, mask) = two.expand(&batch(&[])).unwrap();
+        assert_eq!((none.batch_size(), none.num_keys(), mask.len()), (0, 6, 0));
         assert_eq!(ids2.num_keys(), 6);
         assert_eq!(ids2.ids(3, 1), ids.ids(0, 1));
         assert_eq!(ids2.ids(5, 2), ids.ids(2, 2));
