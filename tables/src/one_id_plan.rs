@@ -139,6 +139,11 @@ mod tests {
     /// Four single-probe features: two share a plain table (offset ids), one is hashed,
     /// one mean-pools; widths 2 and 3.
     fn layout() -> CollectionLayout {
+        layout_of_widths(2, 3)
+    }
+
+    /// [`layout`] with the shared table `shared` wide and the hashed one `hashed`.
+    fn layout_of_widths(shared: usize, hashed: usize) -> CollectionLayout {
         let table = |name: &str, rows, dim| TableSpec {
             name: name.into(),
             rows,
@@ -156,7 +161,7 @@ mod tests {
         };
         let offset = |offset, id_rows| RowMap::Offset { offset, id_rows };
         CollectionLayout::new(CollectionSpec {
-            tables: vec![table("shared", 20, 2), table("hashed", 7, 3)],
+            tables: vec![table("shared", 20, shared), table("hashed", 7, hashed)],
             features: vec![
                 feature("a", "shared", offset(0, 10), Pooling::Sum),
                 feature("h", "hashed", RowMap::Hash { seed: 3 }, Pooling::Sum),
@@ -181,6 +186,37 @@ mod tests {
                 .collect()
             })
             .collect()
+    }
+
+    /// The assembled bits of both plans for `batch`, which must read row 0 of table 0
+    /// (rows from [`gathered`], with that row's first value -0).
+    fn assembled_bits(l: &CollectionLayout, batch: &KeyedJaggedIds) -> [Vec<u32>; 2] {
+        let fast = LookupPlan::build(l, batch).unwrap();
+        let general = LookupPlan::build_with_requests(l, batch).unwrap();
+        assert!(fast.one_id_per_slot);
+        let dims = l.table_dims();
+        let mut rows = gathered(&general, &dims);
+        assert_eq!(general.tables[0].unique_rows.first(), Some(&0));
+        rows[0][0] = -0.0;
+        [fast, general].map(|plan| {
+            let mut out = vec![7.0; batch.batch_size() * l.width()];
+            assemble_output(&plan, &dims, &rows, &mut out).unwrap();
+            out.iter().map(|x| x.to_bits()).collect()
+        })
+    }
+
+    #[test]
+    fn a_batch_without_gaps_assembles_the_general_plans_bits() {
+        // every slot has its id; `0 + s`, as the general plan adds (-0 becomes +0)
+        for (shared, hashed) in [(4, 8), (2, 3)] {
+            let l = layout_of_widths(shared, hashed);
+            let ids: Vec<u64> = (0..4 * 50).map(|i| (i as u64 * 7) % 10).collect();
+            let batch = KeyedJaggedIds::from_single_valued(4, 50, &ids).unwrap();
+            let [fast, general] = assembled_bits(&l, &batch);
+            assert_eq!(fast, general, "widths {shared}, {hashed}");
+            assert!(!fast.contains(&7.0f32.to_bits()));
+            assert!(!fast.contains(&(-0.0f32).to_bits()));
+        }
     }
 
     #[test]
