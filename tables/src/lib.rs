@@ -9,7 +9,9 @@
 //!    validated into a [`CollectionLayout`] that fixes every feature's output columns.
 //! 3. [`LookupPlan`]: one batch's requests, with duplicate rows merged per table and the
 //!    requests grouped by row, so forward gathers each row once and backward reduces each
-//!    row's gradient once, in a fixed order (bitwise repeatable).
+//!    row's gradient once, in a fixed order (bitwise repeatable). A batch of at most one
+//!    id per feature and sample (sequence rows, single-valued fields) is planned table
+//!    by table, without the list of requests (`one_id_plan`).
 //! 4. [`ShardingPlan`]: plain data saying which rank owns which rows and columns of each
 //!    table; routing an id to its owner is a pure function of it.
 //! 5. [`TableShard`]: the rows (and optimizer state) one rank owns, behind the

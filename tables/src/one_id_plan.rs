@@ -220,6 +220,35 @@ mod tests {
     }
 
     #[test]
+    fn a_large_batch_with_gaps_reduces_to_the_general_plans_bits() {
+        // 1,000 samples x 24 columns, every seventh slot empty: each row sums its many
+        // lookups in request order, as the general plan does
+        let (l, n) = (layout_of_widths(4, 8), 1000);
+        let kept = |i: &usize| i % 7 != 3;
+        let lengths: Vec<u32> = (0..4 * n).map(|i| kept(&i) as u32).collect();
+        let values = (0..4 * n)
+            .filter(kept)
+            .map(|i| (i as u64 * 13) % 10)
+            .collect();
+        let batch = KeyedJaggedIds::from_lengths(4, n, &lengths, values).unwrap();
+        let fast = LookupPlan::build(&l, &batch).unwrap();
+        let general = LookupPlan::build_with_requests(&l, &batch).unwrap();
+        assert!(fast.one_id_per_slot);
+        let dims = l.table_dims();
+        let rows = gathered(&general, &dims);
+        let grad: Vec<f32> = (0..n * l.width())
+            .map(|i| ((i * 37) % 101) as f32 / 7.0 - 7.0)
+            .collect();
+        let bits = |plan: &LookupPlan| -> Vec<Vec<u32>> {
+            let sums = reduce_row_gradients(plan, &dims, &rows, &grad).unwrap();
+            sums.iter()
+                .map(|g| g.iter().map(|x| x.to_bits()).collect())
+                .collect()
+        };
+        assert_eq!(bits(&fast), bits(&general));
+    }
+
+    #[test]
     fn several_ids_in_a_slot_or_a_second_probe_take_the_general_plan() {
         let l = layout();
         let several = KeyedJaggedIds::from_lengths(4, 2, &[1, 1, 2, 0, 1, 1, 0, 0], vec![1; 6]);
