@@ -523,6 +523,7 @@ fn table_lookups(layout: &CollectionLayout, batch: &KeyedJaggedIds) -> Vec<usize
 }
 
 /// The row of its table that probe `p` of feature `f` reads for `id`.
+#[inline]
 pub(crate) fn probe_row(
     layout: &CollectionLayout,
     f: &FeatureLayout,
