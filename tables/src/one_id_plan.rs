@@ -75,19 +75,25 @@ fn table_requests(
     t: usize,
     readers: &[usize],
 ) -> Result<Option<TableRequests>, TableError> {
-    let features = layout.features();
     let lookups: usize = readers.iter().map(|&k| batch.key_len(k)).sum();
     let width = layout.width();
+    // per reader, once: its key, feature, probe and output column
+    let readers: Vec<_> = readers
+        .iter()
+        .map(|&k| {
+            let f = &layout.features()[k];
+            (k, f, &f.probes[0], f.offset + f.probes[0].sub_offset)
+        })
+        .collect();
     let mut rows = Vec::with_capacity(lookups);
     let mut dests = Vec::with_capacity(lookups);
     for b in 0..batch.batch_size() {
-        for &k in readers {
-            let (f, p) = (&features[k], &features[k].probes[0]);
+        for &(k, f, p, column) in &readers {
             match *batch.ids(k, b) {
                 [] => {}
                 [id] => {
                     rows.push(probe_row(layout, f, p, id)?);
-                    dests.push((b * width + f.offset + p.sub_offset) as u32);
+                    dests.push((b * width + column) as u32);
                 }
                 _ => return Ok(None),
             }
