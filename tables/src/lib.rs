@@ -72,7 +72,7 @@ pub use init::RowInit;
 pub use jagged::KeyedJaggedIds;
 pub use key_maps::{FeatureKeys, FreshRows, KeyMaps};
 pub use local::{FilePrefetcher, LocalEmbeddings, SliceGradient};
-pub use lookup_plan::{LookupPlan, Request, TableRequests};
+pub use lookup_plan::{LookupPlan, PlanRequests, Request, TableRequests};
 pub use optimizer::{OptimizerKind, SparseOptimizer, StateLayout};
 pub use planner::{
     plan_collection, rank_loads, stored_bytes, table_bytes, PlanRequest, PlanStrategy, TierRequest,

@@ -44,7 +44,8 @@ pub struct Request {
 pub struct TableRequests {
     /// Distinct global rows, ascending.
     pub unique_rows: Vec<u64>,
-    /// This table's requests in request (sample-major) order.
+    /// This table's requests in request (sample-major) order, as indices into the
+    /// plan's [`PlanRequests::Listed`] list (empty in a one-id plan, which has none).
     pub in_request_order: Vec<u32>,
     /// For each of `in_request_order`: its index among `unique_rows`, and where in the
     /// output it writes. The backward reads these, 8 bytes a request in order, and not
@@ -56,21 +57,30 @@ pub struct TableRequests {
     pub plain_sums: bool,
 }
 
+/// How a plan holds its requests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanRequests {
+    /// Every request, sample-major: sample `b`'s are
+    /// `requests[sample_starts[b]..sample_starts[b + 1]]`. Pooled, multi-probe and
+    /// multiplied features sum their rows in this order.
+    Listed {
+        requests: Vec<Request>,
+        sample_starts: Vec<u32>,
+    },
+    /// At most one id reaches each output slot, so the tables' lists are the whole plan:
+    /// no request list, no `in_request_order`, and every table sums plainly
+    /// (`one_id_plan`; [`LookupPlan::all_requests`] rebuilds the list where one is needed).
+    OneIdPerSlot,
+}
+
 /// All requests of a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LookupPlan {
     pub batch_size: usize,
     /// Output columns per sample.
     pub width: usize,
-    /// Empty in a one-id plan (see [`LookupPlan::all_requests`]).
-    pub requests: Vec<Request>,
-    /// Requests of sample `b` are `requests[sample_starts[b]..sample_starts[b + 1]]`
-    /// (empty in a one-id plan).
-    pub sample_starts: Vec<u32>,
+    pub requests: PlanRequests,
     pub tables: Vec<TableRequests>,
-    /// At most one id reaches each output slot, so the tables' lists are the whole plan:
-    /// no request list, and no `in_request_order` (`one_id_plan`).
-    pub one_id_per_slot: bool,
 }
 
 impl LookupPlan {
@@ -94,11 +104,15 @@ impl LookupPlan {
     /// Every request in request order: the list, or a one-id plan's rebuilt from its
     /// tables' lists.
     pub fn all_requests(&self) -> Cow<'_, [Request]> {
-        if self.one_id_per_slot {
-            Cow::Owned(crate::one_id_plan::requests_of(self))
-        } else {
-            Cow::Borrowed(&self.requests)
+        match &self.requests {
+            PlanRequests::Listed { requests, .. } => Cow::Borrowed(requests),
+            PlanRequests::OneIdPerSlot => Cow::Owned(crate::one_id_plan::requests_of(self)),
         }
+    }
+
+    /// The plan has at most one id an output slot (no request list).
+    pub fn is_one_id_per_slot(&self) -> bool {
+        matches!(self.requests, PlanRequests::OneIdPerSlot)
     }
 
     /// [`LookupPlan::build`], its samples cut into `pieces` built in parallel (None: one
@@ -145,10 +159,11 @@ impl LookupPlan {
         Ok(Self {
             batch_size: bsz,
             width,
-            requests,
-            sample_starts,
+            requests: PlanRequests::Listed {
+                requests,
+                sample_starts,
+            },
             tables,
-            one_id_per_slot: false,
         })
     }
 
@@ -760,20 +775,21 @@ mod tests {
             let values: Vec<u64> = raw.iter().cycle().take(total).copied().collect();
             let batch = KeyedJaggedIds::from_lengths(3, 5, &lens, values).unwrap();
             let plan = LookupPlan::build_with_requests(&layout, &batch).unwrap();
-            prop_assert_eq!(plan.requests.len(), total);
+            let requests = plan.all_requests();
+            prop_assert_eq!(requests.len(), total);
             let t = &plan.tables[0];
             prop_assert!(t.unique_rows.windows(2).all(|w| w[0] < w[1]));
             prop_assert_eq!(t.in_request_order.clone(), (0..total as u32).collect::<Vec<_>>());
             // the backward's copies of each request's distinct row and destination
             for (i, &req) in t.in_request_order.iter().enumerate() {
-                let r = &plan.requests[req as usize];
+                let r = &requests[req as usize];
                 prop_assert_eq!(t.unique_in_request_order[i], r.unique);
                 prop_assert_eq!(t.dests_in_request_order[i], r.dest);
             }
             prop_assert!(!t.plain_sums, "mean pooling weighs its ids");
             // every distinct row is read by some request
             let mut read = vec![false; t.unique_rows.len()];
-            for r in &plan.requests {
+            for r in requests.iter() {
                 read[r.unique as usize] = true;
             }
             prop_assert!(read.iter().all(|&x| x));
@@ -782,7 +798,7 @@ mod tests {
             for b in 0..5 {
                 for k in 0..3 {
                     for &id in batch.ids(k, b) {
-                        let r = plan.requests[i];
+                        let r = requests[i];
                         prop_assert_eq!(t.unique_rows[r.unique as usize], hash_id(k as u64, id) % rows);
                         prop_assert_eq!(r.dest as usize, b * 6 + k * 2);
                         prop_assert!((r.weight - 1.0 / batch.ids(k, b).len() as f32).abs() < 1e-7);

@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use crate::collection::CollectionLayout;
-use crate::lookup_plan::{distinct_rows, probe_row, LookupPlan, Request, NO_PARTNER};
+use crate::lookup_plan::{distinct_rows, probe_row, LookupPlan, PlanRequests, Request, NO_PARTNER};
 use crate::spec::Combine;
 use crate::{KeyedJaggedIds, TableError, TableRequests};
 
@@ -51,10 +51,8 @@ pub(crate) fn build(
     Ok(Some(LookupPlan {
         batch_size: bsz,
         width,
-        requests: Vec::new(),
-        sample_starts: Vec::new(),
+        requests: PlanRequests::OneIdPerSlot,
         tables,
-        one_id_per_slot: true,
     }))
 }
 
@@ -199,7 +197,7 @@ mod tests {
     fn assembled_bits(l: &CollectionLayout, batch: &KeyedJaggedIds) -> [Vec<u32>; 2] {
         let fast = LookupPlan::build(l, batch).unwrap();
         let general = LookupPlan::build_with_requests(l, batch).unwrap();
-        assert!(fast.one_id_per_slot);
+        assert!(fast.is_one_id_per_slot());
         let dims = l.table_dims();
         let mut rows = gathered(&general, &dims);
         assert_eq!(general.tables[0].unique_rows.first(), Some(&0));
@@ -239,7 +237,7 @@ mod tests {
         let batch = KeyedJaggedIds::from_lengths(4, n, &lengths, values).unwrap();
         let fast = LookupPlan::build(&l, &batch).unwrap();
         let general = LookupPlan::build_with_requests(&l, &batch).unwrap();
-        assert!(fast.one_id_per_slot);
+        assert!(fast.is_one_id_per_slot());
         let dims = l.table_dims();
         let rows = gathered(&general, &dims);
         let grad: Vec<f32> = (0..n * l.width())
@@ -259,11 +257,13 @@ mod tests {
         let l = layout();
         let several = KeyedJaggedIds::from_lengths(4, 2, &[1, 1, 2, 0, 1, 1, 0, 0], vec![1; 6]);
         let plan = LookupPlan::build(&l, &several.unwrap()).unwrap();
-        assert!(!plan.one_id_per_slot);
-        assert_eq!(plan.requests.len(), 6);
+        assert!(!plan.is_one_id_per_slot());
+        assert_eq!(plan.all_requests().len(), 6);
         let qr = crate::fused_plan::tests::layout();
         let single = KeyedJaggedIds::from_single_valued(3, 2, &[1, 1, 1, 2, 2, 2]).unwrap();
-        assert!(!LookupPlan::build(&qr, &single).unwrap().one_id_per_slot);
+        assert!(!LookupPlan::build(&qr, &single)
+            .unwrap()
+            .is_one_id_per_slot());
     }
 
     #[test]
@@ -292,13 +292,13 @@ mod tests {
             let batch = KeyedJaggedIds::from_lengths(4, 9, &lengths, values).unwrap();
             let fast = LookupPlan::build(&l, &batch).unwrap();
             let general = LookupPlan::build_with_requests(&l, &batch).unwrap();
-            prop_assert!(fast.one_id_per_slot && !general.one_id_per_slot);
+            prop_assert!(fast.is_one_id_per_slot() && !general.is_one_id_per_slot());
             for (f, g) in fast.tables.iter().zip(&general.tables) {
                 prop_assert_eq!(&f.unique_rows, &g.unique_rows);
                 prop_assert_eq!(&f.unique_in_request_order, &g.unique_in_request_order);
                 prop_assert_eq!(&f.dests_in_request_order, &g.dests_in_request_order);
             }
-            prop_assert_eq!(fast.all_requests().into_owned(), general.requests.clone());
+            prop_assert_eq!(fast.all_requests().into_owned(), general.all_requests().into_owned());
             let dims = l.table_dims();
             let rows = gathered(&general, &dims);
             let (mut out_fast, mut out_general) = (vec![7.0; 90], vec![7.0; 90]);

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use crate::lookup_plan::{LookupPlan, NO_PARTNER};
+use crate::lookup_plan::{LookupPlan, PlanRequests, Request, NO_PARTNER};
 use crate::prefetch::{prefetch, DISTANCE};
 use crate::TableError;
 
@@ -60,24 +60,27 @@ pub fn assemble_output(
     if plan.width == 0 {
         return Ok(());
     }
-    if plan.one_id_per_slot {
-        assemble_one_id(plan, dims, gathered, out);
-        return Ok(());
-    }
+    let (requests, sample_starts) = match &plan.requests {
+        PlanRequests::Listed {
+            requests,
+            sample_starts,
+        } => (requests, sample_starts),
+        PlanRequests::OneIdPerSlot => {
+            assemble_one_id(plan, dims, gathered, out);
+            return Ok(());
+        }
+    };
     out.par_chunks_mut(plan.width)
         .enumerate()
         .with_min_len(64)
         .for_each(|(b, row_out)| {
             row_out.fill(0.0);
             let base = b * plan.width;
-            let (first, end) = (
-                plan.sample_starts[b] as usize,
-                plan.sample_starts[b + 1] as usize,
-            );
-            for (i, r) in plan.requests[first..end].iter().enumerate() {
+            let (first, end) = (sample_starts[b] as usize, sample_starts[b + 1] as usize);
+            for (i, r) in requests[first..end].iter().enumerate() {
                 // the rows a big table's requests read lie anywhere in its gathered
                 // rows: ask for the one a few requests on while this one is added
-                if let Some(ahead) = plan.requests.get(first + i + DISTANCE) {
+                if let Some(ahead) = requests.get(first + i + DISTANCE) {
                     let t = ahead.table as usize;
                     let at = ahead.unique as usize * dims[t];
                     prefetch(gathered[t].as_ptr().wrapping_add(at));
@@ -93,7 +96,7 @@ pub fn assemble_output(
                         *o += r.weight * s;
                     }
                 } else {
-                    let p = plan.requests[r.partner as usize];
+                    let p = requests[r.partner as usize];
                     let other = &gathered[p.table as usize][p.unique as usize * d..][..d];
                     for ((o, s), q) in dst.iter_mut().zip(src).zip(other) {
                         *o += r.weight * s * q;
@@ -156,6 +159,11 @@ pub fn reduce_row_gradients(
             got: out_grad.len(),
         });
     }
+    // a one-id plan's tables all sum plainly: only the general loop below reads the list
+    let requests: &[Request] = match &plan.requests {
+        PlanRequests::Listed { requests, .. } => requests,
+        PlanRequests::OneIdPerSlot => &[],
+    };
     Ok(plan
         .tables
         .par_iter()
@@ -181,7 +189,7 @@ pub fn reduce_row_gradients(
                 return grads;
             }
             for &ri in &reqs.in_request_order {
-                let r = &plan.requests[ri as usize];
+                let r = &requests[ri as usize];
                 let acc = &mut grads[r.unique as usize * d..][..d];
                 let src = &out_grad[r.dest as usize..][..d];
                 if r.partner == NO_PARTNER {
@@ -189,7 +197,7 @@ pub fn reduce_row_gradients(
                         *a += r.weight * s;
                     }
                 } else {
-                    let p = plan.requests[r.partner as usize];
+                    let p = requests[r.partner as usize];
                     let other = &gathered[p.table as usize][p.unique as usize * d..][..d];
                     for ((a, s), q) in acc.iter_mut().zip(src).zip(other) {
                         *a += r.weight * s * q;
