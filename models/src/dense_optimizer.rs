@@ -137,12 +137,13 @@ impl DenseOptimizer {
         let c = &self.cfg;
         let t = self.steps as i32;
         let _guard = tch::no_grad_guard();
+        let adam = AdamScalars::of(c, t);
         for (v, (s1, s2)) in self.vars.iter_mut().zip(self.state.iter_mut()) {
             let g = v.grad();
             if !g.defined() {
                 continue;
             }
-            if c.kind == DenseOptimizerKind::Adam && fused_adam(c, t, v, &g, s1, s2) {
+            if c.kind == DenseOptimizerKind::Adam && adam.fused_update(v, &g, s1, s2) {
                 continue;
             }
             let g = if c.weight_decay != 0.0 {
@@ -171,7 +172,7 @@ impl DenseOptimizer {
 }
 
 /// Adam's update of one variable with libtorch's ops (`g`: the gradient with weight
-/// decay added), for tensors [`fused_adam`] does not take (on a GPU).
+/// decay added), for tensors [`AdamScalars::fused_update`] does not take (on a GPU).
 fn adam_ops(
     c: &DenseOptimizerConfig,
     t: i32,
@@ -190,67 +191,6 @@ fn adam_ops(
     let _ = v.g_sub_(&(&*s1 / &denom * (c.lr / bc1)));
 }
 
-/// Adam's update of one variable in two passes over its memory and one libtorch op,
-/// where the variable, its gradient and its two moments are contiguous CPU f32 tensors
-/// (false otherwise: the caller then runs [`adam_ops`]). The op-by-op update makes a
-/// dozen passes over the variable's size, each a parallel region of its own (DLRM, batch
-/// 2048: 2.3–2.7 ms a step against 0.7–0.8 for one fused pass, docs/benchmarks.md
-/// section 23).
-///
-/// Each element takes the op-by-op update's f32 operations in the same order, so the
-/// result is the same to the bit (checked in the tests). The square root stays
-/// libtorch's: its CPU kernel (MKL's vector square root) is not correctly rounded (about
-/// 0.7% of its results differ by one ulp from `f32::sqrt`), so the first pass writes
-/// `v / (1 - beta2^t)` to a tensor the shape of the variable, libtorch takes its root in
-/// place, and the second pass finishes the update.
-fn fused_adam(
-    c: &DenseOptimizerConfig,
-    t: i32,
-    v: &mut Tensor,
-    g: &Tensor,
-    s1: &mut Tensor,
-    s2: &mut Tensor,
-) -> bool {
-    let cpu_f32 = |x: &Tensor| {
-        x.device() == tch::Device::Cpu && x.kind() == tch::Kind::Float && x.is_contiguous()
-    };
-    let n = v.numel();
-    if ![&*v, g, &*s1, &*s2].into_iter().all(cpu_f32)
-        || [g.numel(), s1.numel(), s2.numel()] != [n; 3]
-    {
-        return false;
-    }
-    if n == 0 {
-        return true;
-    }
-    // libtorch casts each f64 scalar to the tensors' f32 before the op
-    let k = AdamScalars {
-        beta1: c.beta1 as f32,
-        one_minus_beta1: (1.0 - c.beta1) as f32,
-        beta2: c.beta2 as f32,
-        one_minus_beta2: (1.0 - c.beta2) as f32,
-        correction2: (1.0 - c.beta2.powi(t)) as f32,
-        eps: c.eps as f32,
-        step: (c.lr / (1.0 - c.beta1.powi(t))) as f32,
-        weight_decay: c.weight_decay as f32,
-    };
-    // as the op-by-op update's `s2 / bc2`: a fresh tensor of the same shape (and so the
-    // same split over threads in libtorch's square root)
-    let mut root = s2.empty_like();
-    let f32s = |t: &Tensor| {
-        // SAFETY: the tensors are contiguous CPU f32 tensors of `n` elements, checked
-        // above (`root` made so). They are distinct storages (a variable, the gradient
-        // autograd allocated for it, two moments made by `zeros_like`, and `root`), so no
-        // mutable slice aliases another, and no libtorch op runs while the slices live:
-        // they end before `sqrt_` and are made again after it.
-        unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) }
-    };
-    k.first_pass(f32s(v), f32s(g), f32s(s1), f32s(s2), f32s(&root));
-    let _ = root.sqrt_();
-    k.second_pass(f32s(v), f32s(s1), f32s(&root));
-    true
-}
-
 /// Adam's per-step constants in f32, as libtorch applies them.
 struct AdamScalars {
     beta1: f32,
@@ -266,6 +206,64 @@ struct AdamScalars {
 }
 
 impl AdamScalars {
+    /// The step-`t` constants of `c`: libtorch casts each f64 scalar to the tensors'
+    /// f32 before the op.
+    fn of(c: &DenseOptimizerConfig, t: i32) -> Self {
+        Self {
+            beta1: c.beta1 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            correction2: (1.0 - c.beta2.powi(t)) as f32,
+            eps: c.eps as f32,
+            step: (c.lr / (1.0 - c.beta1.powi(t))) as f32,
+            weight_decay: c.weight_decay as f32,
+        }
+    }
+
+    /// Adam's update of one variable in two passes over its memory and one libtorch op,
+    /// where the variable, its gradient and its two moments are contiguous CPU f32 tensors
+    /// (false otherwise: the caller then runs [`adam_ops`]). The op-by-op update makes a
+    /// dozen passes over the variable's size, each a parallel region of its own (DLRM,
+    /// batch 2048: 2.3–2.7 ms a step against 1.2–1.5 this way; docs/benchmarks.md,
+    /// section 23).
+    ///
+    /// Each element takes the op-by-op update's f32 operations in the same order, so the
+    /// result is the same to the bit (checked in the tests). The square root stays
+    /// libtorch's: its CPU kernel (MKL's vector square root) is not correctly rounded (about
+    /// 0.7% of its results differ by one ulp from `f32::sqrt`), so the first pass writes
+    /// `v / (1 - beta2^t)` to a tensor the shape of the variable, libtorch takes its root in
+    /// place, and the second pass finishes the update.
+    fn fused_update(&self, v: &mut Tensor, g: &Tensor, s1: &mut Tensor, s2: &mut Tensor) -> bool {
+        let cpu_f32 = |x: &Tensor| {
+            x.device() == tch::Device::Cpu && x.kind() == tch::Kind::Float && x.is_contiguous()
+        };
+        let n = v.numel();
+        if ![&*v, g, &*s1, &*s2].into_iter().all(cpu_f32)
+            || [g.numel(), s1.numel(), s2.numel()] != [n; 3]
+        {
+            return false;
+        }
+        if n == 0 {
+            return true;
+        }
+        // as the op-by-op update's `s2 / bc2`: a fresh tensor of the same shape (and so the
+        // same split over threads in libtorch's square root)
+        let mut root = s2.empty_like();
+        let f32s = |t: &Tensor| {
+            // SAFETY: the tensors are contiguous CPU f32 tensors of `n` elements, checked
+            // above (`root` made so). They are distinct storages (a variable, the gradient
+            // autograd allocated for it, two moments made by `zeros_like`, and `root`), so no
+            // mutable slice aliases another, and no libtorch op runs while the slices live:
+            // they end before `sqrt_` and are made again after it.
+            unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) }
+        };
+        self.first_pass(f32s(v), f32s(g), f32s(s1), f32s(s2), f32s(&root));
+        let _ = root.sqrt_();
+        self.second_pass(f32s(v), f32s(s1), f32s(&root));
+        true
+    }
+
     /// The moments' update, and `v / (1 - beta2^t)` into `root`. Compiled for FMA where
     /// the CPU has it: without it `f32::mul_add` is a call into libm per element.
     fn first_pass(&self, p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32], root: &mut [f32]) {
@@ -331,7 +329,7 @@ mod tests {
     /// The fused update gives libtorch's op-by-op update to the bit, with and without
     /// weight decay, over sizes with and without a vector tail, for several steps.
     #[test]
-    fn fused_adam_equals_the_op_by_op_update_bit_for_bit() {
+    fn the_fused_update_equals_the_op_by_op_update_bit_for_bit() {
         tch::manual_seed(11);
         for (n, weight_decay) in [
             (1, 0.0),
@@ -353,7 +351,7 @@ mod tests {
                 // gradients of several scales, some exact zeros
                 let g = Tensor::randn([n], (Kind::Float, Device::Cpu)) * 10f64.powi(t - 4);
                 let g = g.where_self(&g.abs().gt(0.3), &g.zeros_like());
-                assert!(fused_adam(&c, t, &mut pf, &g, &mut mf, &mut sf));
+                assert!(AdamScalars::of(&c, t).fused_update(&mut pf, &g, &mut mf, &mut sf));
                 let gd = if weight_decay != 0.0 {
                     &g + &po * weight_decay
                 } else {
@@ -381,18 +379,21 @@ mod tests {
     }
 
     #[test]
-    fn fused_adam_declines_other_tensors() {
+    fn the_fused_update_declines_other_tensors() {
         let c = DenseOptimizerConfig::default();
         let mut v = Tensor::zeros([4, 3], (Kind::Float, Device::Cpu)).tr();
         let g = Tensor::ones([3, 4], (Kind::Float, Device::Cpu));
         let (mut m, mut s) = (g.zeros_like(), g.zeros_like());
         assert!(
-            !fused_adam(&c, 1, &mut v, &g, &mut m, &mut s),
+            !AdamScalars::of(&c, 1).fused_update(&mut v, &g, &mut m, &mut s),
             "not contiguous"
         );
         let mut d = Tensor::zeros([3], (Kind::Double, Device::Cpu));
         let gd = d.ones_like();
         let (mut m, mut s) = (d.zeros_like(), d.zeros_like());
-        assert!(!fused_adam(&c, 1, &mut d, &gd, &mut m, &mut s), "not f32");
+        assert!(
+            !AdamScalars::of(&c, 1).fused_update(&mut d, &gd, &mut m, &mut s),
+            "not f32"
+        );
     }
 }
