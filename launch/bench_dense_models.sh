@@ -9,13 +9,16 @@
 # test), generated once into data/bench/s300k. Each build prepares it into its own cache
 # (prepared formats may differ between builds). A line: model, build (a or b), round,
 # samples/s, test AUC, dense forward+backward s, lookup + sparse update s, peak RSS MiB.
+# Runs, summaries and logs go to data/bench/dense-models.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-source launch/env.sh
-ROUNDS=${1:-3}
+OUT=data/bench/dense-models
 BIN_A=${BIN_A:-target/release/shardrec}
 BIN_B=${BIN_B:?set BIN_B to the build to compare with}
+BIN=$BIN_A
+source launch/bench_jobs.sh
+ROUNDS=${1:-3}
 D=data/bench/s300k
 mkdir -p "$D"
 [ -f "$D/synth.tsv.json" ] || "$BIN_A" synth --rows 300000 --cardinality 1000000 --out "$D/synth.tsv" > /dev/null
@@ -24,9 +27,9 @@ for model in deepfm dcnv2; do
     for side in a b; do
       bin=$BIN_A
       [ "$side" = b ] && bin=$BIN_B
-      "$bin" train "configs/synthetic_$model.toml" --set "data.train=\"$D/synth.tsv\"" \
-        --set "data.cache_dir=\"$D/cache-$side\"" --set "train.run_dir=\"$D/run-$model-$side-$r\"" \
-        2>/dev/null | tail -n 1 | python3 -c "
+      BIN=$bin job "$model-$side-$r" 1 "configs/synthetic_$model.toml" \
+        --set "data.train=\"$D/synth.tsv\"" --set "data.cache_dir=\"$D/cache-$side\""
+      tail -n 1 "$OUT/$model-$side-$r.json" | python3 -c "
 import json, sys
 s = json.load(sys.stdin); t = s['time']
 print('$model $side $r', round(s['train_samples_per_s']), s['auc'], round(t['dense_forward_backward_s'], 2),
