@@ -111,7 +111,8 @@ impl LookupPlan {
     }
 
     /// The plan has at most one id an output slot (no request list).
-    pub fn is_one_id_per_slot(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_one_id_per_slot(&self) -> bool {
         matches!(self.requests, PlanRequests::OneIdPerSlot)
     }
 
